@@ -1,0 +1,86 @@
+# capgate -- top-level Makefile.
+#
+#   make            build build/capgate
+#   make run        install missing packages, build, start a private Redis and capgate
+#   make test       install missing packages, build, run every unit and black-box test
+#   make check      alias of test
+#   make SAN=1 ...  the same with ASan + UBSan
+#   make clean
+
+VERSION  := 0.1.0
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+
+CC       ?= cc
+PKGS     := libevent libmicrohttpd hiredis jansson libfyaml libsodium
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+OPT      ?= -O2 -g
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+            -Wpointer-arith -Wformat=2 -Wno-unused-parameter
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -Iinclude -Ibuild/gen $(PKG_CFLAGS) \
+            -DCAPGATE_VERSION=\"$(VERSION)\" -MMD -MP
+LDLIBS   += $(PKG_LIBS) -lm
+
+ifeq ($(SAN),1)
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+  BUILD   := build/san
+else
+  BUILD   := build
+endif
+
+SRCS     := $(wildcard src/*.c)
+LIB_SRCS := $(filter-out src/main.c,$(SRCS))
+OBJS     := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) $(BUILD)/obj/lua_scripts.o
+LIB_OBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
+LUA      := $(wildcard src/lua/*.lua)
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
+
+# Debian packages needed to build, run and test (installed on demand by `make deps`).
+DEB_PKGS := build-essential pkg-config libevent-dev libmicrohttpd-dev libhiredis-dev \
+            libjansson-dev libfyaml-dev libsodium-dev redis-server python3 tzdata wrk curl
+
+.PHONY: all deps run test check unit blackbox clean install
+all: $(BUILD)/capgate
+
+$(BUILD)/capgate: $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj build/gen/lua_scripts.h
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# Lua scripts are embedded as C strings: the source of truth stays in src/lua/*.lua.
+build/gen/lua_scripts.c build/gen/lua_scripts.h: $(LUA) tools/embed-lua.sh | build/gen
+	sh tools/embed-lua.sh build/gen/lua_scripts $(LUA)
+
+$(BUILD)/obj/lua_scripts.o: build/gen/lua_scripts.c | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
+
+$(BUILD)/obj $(BUILD)/tests build/gen:
+	mkdir -p $@
+
+deps:
+	@sh tools/deps.sh $(DEB_PKGS)
+
+unit: $(UNIT_BINS)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/run.sh $(BUILD)/capgate
+
+test: deps
+	@$(MAKE) --no-print-directory all unit
+	@sh tests/run.sh $(BUILD)
+
+check: test
+
+clean:
+	rm -rf build
+
+-include $(wildcard $(BUILD)/obj/*.d $(BUILD)/tests/*.d)

@@ -1,0 +1,21 @@
+/*
+ * api: the endpoint handlers, one file per family (api_decide.c,
+ * api_consent.c, api_status.c).  Each takes a request whose body is
+ * complete and answers it exactly once, now or from a store callback.
+ */
+#ifndef CAPGATE_API_H
+#define CAPGATE_API_H
+
+struct worker;
+struct http_request;
+
+typedef void api_handler(struct worker *w, struct http_request *req);
+
+api_handler api_decide;     /* POST /v1/decide */
+api_handler api_release;    /* POST /v1/release */
+api_handler api_consent;    /* POST /v1/consent */
+api_handler api_status;     /* GET /status */
+api_handler api_healthz;    /* GET /healthz */
+api_handler api_readyz;     /* GET /readyz */
+
+#endif

@@ -1,0 +1,127 @@
+/*
+ * config: capgate.yaml -> an immutable, validated struct config.
+ *
+ * A config is loaded once, validated completely, and never changed
+ * afterwards; a reload builds a new one (with a higher generation) and
+ * swaps the pointer.  Every error names the file, the line and the key:
+ *     capgate.yaml:14: caps[2].window: bad duration "1x"
+ * Unknown keys are errors: a typo must never silently disable a cap.
+ */
+#ifndef CAPGATE_CONFIG_H
+#define CAPGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_ERR_LEN 512
+
+#define CAP_LIMIT_MAX 1000
+#define CAP_NAME_MAX 64
+
+struct cfg_channel {
+    char *name;
+    bool requires_opt_in;
+};
+
+struct cfg_category {
+    char *name;
+    bool exempt_from_caps;
+    bool exempt_from_quiet_hours;
+    bool ignores_opt_out;
+    bool requires_opt_in;
+};
+
+enum cap_per { CAP_PER_USER, CAP_PER_CAMPAIGN };
+enum cap_action { CAP_DEFER, CAP_DENY };
+
+struct cfg_cap {
+    char *name;          /* unique, [A-Za-z0-9_.-]{1,64} */
+    char *channel;       /* NULL: any channel */
+    char *category;      /* NULL: any category */
+    enum cap_per per;    /* default CAP_PER_USER */
+    int limit;           /* 1..CAP_LIMIT_MAX */
+    int64_t window_ms;   /* > 0 */
+    enum cap_action on_exceed; /* default CAP_DEFER */
+};
+
+struct cfg_quiet_hours {
+    bool enabled;        /* false when the section is absent */
+    int start_min;       /* minutes after local midnight, 0..1439 */
+    int end_min;         /* ditto; start > end means "over midnight" */
+    char *default_tz;    /* IANA name, default "UTC" */
+    char **channels;     /* channels quiet hours apply to */
+    size_t n_channels;
+    char *zoneinfo_dir;  /* default "/usr/share/zoneinfo" */
+};
+
+enum redis_transport { REDIS_TCP, REDIS_UNIX };
+
+struct cfg_redis {
+    char *url;           /* as written, for display (password masked) */
+    enum redis_transport transport;
+    char *host;          /* TCP */
+    int port;            /* TCP, default 6379 */
+    char *path;          /* UNIX socket path */
+    char *user;          /* NULL: no ACL user */
+    char *password;      /* NULL: no AUTH */
+    int db;              /* default 0 */
+    int timeout_ms;      /* default 250, 1..60000 */
+    bool fail_open;      /* on_unavailable: allow */
+};
+
+struct cfg_limits {
+    size_t max_body_bytes;          /* default 65536 */
+    unsigned max_connections;       /* default 4096 */
+    unsigned max_connections_per_ip;/* default 0 = unlimited */
+    unsigned connection_timeout_s;  /* idle timeout, default 30 */
+    size_t connection_memory_bytes; /* per connection, default 32768 */
+    unsigned max_pending;           /* requests waiting on Redis, default 10000 */
+};
+
+enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
+
+struct config {
+    uint64_t generation;     /* set by the caller that installs it */
+    char *path;              /* file it came from */
+
+    char *listen;            /* as written, e.g. "127.0.0.1:8425" */
+    char *listen_host;       /* numeric IPv4/IPv6 address */
+    uint16_t listen_port;
+
+    struct cfg_redis redis;
+    char *key_file;          /* privacy.key_file */
+
+    struct cfg_channel *channels;   size_t n_channels;
+    struct cfg_category *categories; size_t n_categories;
+    char *default_category;  /* must name a category */
+    struct cfg_cap *caps;    size_t n_caps;
+    struct cfg_quiet_hours quiet_hours;
+
+    int64_t max_defer_ms;    /* default 7d */
+    int64_t idempotency_ms;  /* replay horizon, default 1d */
+    struct cfg_limits limits;
+    enum log_level log_level;/* default info */
+};
+
+/* Parses and validates PATH.  Returns NULL and fills ERR on any error. */
+struct config *config_load(const char *path, char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+/* Lookups by name; NULL when not configured. */
+const struct cfg_channel *config_channel(const struct config *cfg, const char *name);
+const struct cfg_category *config_category(const struct config *cfg, const char *name);
+bool config_quiet_channel(const struct config *cfg, const char *channel);
+
+/* Longest cap window (or idempotency horizon): how long any per-user send
+ * record is needed, and so the TTL of those keys. */
+int64_t config_retention_ms(const struct config *cfg);
+
+/* "2s", "90m", "1d", "2w" -> milliseconds.  Units: s m h d w (ms too).
+ * Returns 0 on success, -1 on a malformed or out-of-range value. */
+int config_parse_duration(const char *s, int64_t *ms);
+
+/* "21:00" -> 1260.  Returns 0 or -1. */
+int config_parse_clock(const char *s, int *minutes);
+
+#endif

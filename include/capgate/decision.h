@@ -1,0 +1,86 @@
+/*
+ * decision: turns config + a validated request into the arguments of one
+ * Redis script call, and the script's reply into a result.  It owns the
+ * Redis key layout and the scripts; it knows nothing of HTTP.
+ *
+ * Key layout (all keys of a person share the hash tag, so one slot):
+ *   cg:{<pseudonym>}:s   sorted set of allowed sends   (TTL: retention)
+ *   cg:{<pseudonym>}:c   hash of consent records       (no TTL: proof)
+ */
+#ifndef CAPGATE_DECISION_H
+#define CAPGATE_DECISION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "capgate/config.h"
+#include "capgate/pseudonym.h"
+#include "capgate/store.h"
+
+struct tz_zone;
+
+enum decision_script { SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT__COUNT };
+
+/* The Lua sources, in enum decision_script order, for store_create(). */
+extern const char *const decision_scripts[SCRIPT__COUNT];
+
+enum decision_outcome { OUTCOME_ALLOW, OUTCOME_DEFER, OUTCOME_DENY, OUTCOME__COUNT };
+
+enum decision_reason {
+    REASON_OK, REASON_OPTED_OUT, REASON_CONSENT_REQUIRED, REASON_QUIET_HOURS,
+    REASON_CAP, REASON_STORE_UNAVAILABLE, REASON__COUNT
+};
+
+const char *decision_outcome_name(enum decision_outcome o);
+const char *decision_reason_name(enum decision_reason r);
+
+struct decide_input {
+    char user[PSEUDONYM_USER_HEX + 1];       /* pseudonym */
+    char message[PSEUDONYM_SHORT_HEX + 1];   /* pseudonym of message_id */
+    const struct cfg_channel *channel;
+    const struct cfg_category *category;
+    const char *campaign;                    /* NULL: none */
+    const struct tz_zone *zone;              /* quiet hours zone (request tz or default) */
+    bool dry_run;
+};
+
+struct decision {
+    enum decision_outcome outcome;
+    enum decision_reason reason;
+    int rule;                 /* index into cfg->caps, -1 when no cap decided */
+    int64_t retry_after_s;    /* defer (and deny past max_defer): rounded up */
+    bool replay;
+};
+
+/* Arguments of one script call: keys first, then ARGV. */
+#define SCRIPT_ARGS_MAX (16 + 2 * 8 + 7 * 64)
+struct script_args {
+    size_t script;
+    int nkeys;
+    int argc;
+    const char *argv[SCRIPT_ARGS_MAX];
+    size_t argvlen[SCRIPT_ARGS_MAX];
+    char buf[8192];           /* storage for formatted numbers and keys */
+    size_t used;
+};
+
+/* NOW_S is the gateway's clock, used only to pick which quiet-hours
+ * intervals to send; the script decides with Redis's clock. */
+void decision_decide_args(const struct config *cfg, const struct decide_input *in,
+                          int64_t now_s, struct script_args *out);
+/* Returns 0, or -1 when the reply is not what decide.lua returns. */
+int decision_decide_result(const struct store_reply *r, const struct config *cfg,
+                           struct decision *out);
+
+void decision_release_args(const char *user, const char *message, struct script_args *out);
+/* Returns 1 released, 0 nothing to release, -1 bad reply. */
+int decision_release_result(const struct store_reply *r);
+
+/* CHANNEL / CATEGORY: a configured name or "*"; OPT_IN: the state. */
+void decision_consent_args(const char *user, const char *channel, const char *category,
+                           bool opt_in, const char *source, struct script_args *out);
+/* The stored time in ms, or -1 on a bad reply. */
+int64_t decision_consent_result(const struct store_reply *r);
+
+#endif

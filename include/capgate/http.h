@@ -1,0 +1,66 @@
+/*
+ * http: libmicrohttpd inside the libevent loop.
+ *
+ * MHD runs in "external select" mode with epoll: its epoll fd is watched by
+ * one persistent libevent event, MHD_run() is called when it is readable,
+ * and a timer is re-armed from MHD_get_timeout() after every run.  Bodies
+ * are collected here, bounded by max_body_bytes (MHD has no such option).
+ *
+ * A request's life, as seen by the handler:
+ *   the handler is called once, when the whole body has arrived (or as soon
+ *   as the body is known to be too large: http_body_too_large() says so);
+ *   it answers with http_respond(), right away or later from any callback
+ *   of the same loop.  It must answer exactly once; after http_respond()
+ *   the request pointer is gone.  While the answer is pending the
+ *   connection is suspended: it costs no CPU, and MHD's own idle timeout
+ *   does not run, so whoever owes the answer must bound its wait.
+ */
+#ifndef CAPGATE_HTTP_H
+#define CAPGATE_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct http_server;
+struct http_request;
+
+struct http_options {
+    const char *host;                 /* numeric IPv4 or IPv6 */
+    uint16_t port;
+    size_t max_body_bytes;
+    unsigned max_connections;
+    unsigned max_connections_per_ip;  /* 0: unlimited */
+    unsigned connection_timeout_s;
+    size_t connection_memory_bytes;
+};
+
+typedef void http_handler(struct http_request *req, void *arg);
+
+struct http_server *http_server_start(struct event_base *base, const struct http_options *opt,
+                                      http_handler *handler, void *arg,
+                                      char *err, size_t errlen);
+/* Stops accepting connections (the listening socket is closed). */
+void http_server_quiesce(struct http_server *srv);
+/* Requests begun and not yet finished, and open connections. */
+unsigned http_server_active_requests(const struct http_server *srv);
+unsigned http_server_connections(const struct http_server *srv);
+/* Only when no request is active: MHD forbids stopping with suspended ones. */
+void http_server_free(struct http_server *srv);
+
+const char *http_method(const struct http_request *req);
+const char *http_path(const struct http_request *req);
+const char *http_header(const struct http_request *req, const char *name);
+const char *http_query(const struct http_request *req, const char *name);
+const char *http_body(const struct http_request *req, size_t *len);
+bool http_body_too_large(const struct http_request *req);
+uint64_t http_started_us(const struct http_request *req);   /* monotonic */
+
+/* HEADERS: NULL, or name, value, name, value, ..., NULL.  BODY is copied. */
+void http_respond(struct http_request *req, unsigned status, const char *content_type,
+                  const char *body, size_t len, const char *const *headers);
+
+uint64_t http_now_us(void);
+
+#endif

@@ -1,0 +1,36 @@
+/*
+ * pseudonym: the keyed hash that replaces every user id before it reaches
+ * Redis, a log line, a metric or an error message.
+ *
+ * BLAKE2b keyed with the secret from privacy.key_file (libsodium's
+ * crypto_generichash).  Without the key, a pseudonym cannot be linked back
+ * to the user id, not even by trying every e-mail address.  This module is
+ * the only place that sees raw ids together with the key.
+ */
+#ifndef CAPGATE_PSEUDONYM_H
+#define CAPGATE_PSEUDONYM_H
+
+#include <stddef.h>
+
+#define PSEUDONYM_KEY_MIN 32           /* bytes of secret, at least */
+#define PSEUDONYM_USER_HEX 32          /* 16-byte hash, hex */
+#define PSEUDONYM_SHORT_HEX 16         /* 8-byte hash, hex: message ids */
+
+struct pseudonym;
+
+/* Reads the key file (at start-up; never on the request path).  Returns NULL
+ * with a message naming the file when it is missing, unreadable or shorter
+ * than PSEUDONYM_KEY_MIN bytes. */
+struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen);
+void pseudonym_free(struct pseudonym *p);
+
+/* User id -> 32 lowercase hex digits + NUL into OUT[PSEUDONYM_USER_HEX + 1]. */
+void pseudonym_user(const struct pseudonym *p, const char *id, size_t len,
+                    char out[PSEUDONYM_USER_HEX + 1]);
+
+/* Message id (scoped to one user, so 64 bits are plenty) -> 16 hex + NUL.
+ * Domain-separated from user ids. */
+void pseudonym_message(const struct pseudonym *p, const char *id, size_t len,
+                       char out[PSEUDONYM_SHORT_HEX + 1]);
+
+#endif

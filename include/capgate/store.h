@@ -1,0 +1,79 @@
+/*
+ * store: the Redis connection of one event loop (hiredis async + libevent).
+ *
+ * It connects, authenticates, selects the database and loads the scripts
+ * it was given; it reconnects by itself with backoff; and it runs scripts
+ * with EVALSHA (EVAL once after NOSCRIPT, e.g. after a Redis restart or
+ * SCRIPT FLUSH).  hiredis 0.14 has no timeouts, so the store keeps its own:
+ * every call is answered within redis.timeout_ms, and a reply that comes
+ * later is dropped here, never seen by the caller.
+ *
+ * Ownership: store_eval() copies its arguments.  The reply handed to the
+ * callback, and everything it points to, is valid only during the callback.
+ * The callback of an accepted call runs exactly once, always later (never
+ * from inside store_eval), also when the store is freed (STORE_UNAVAILABLE).
+ */
+#ifndef CAPGATE_STORE_H
+#define CAPGATE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "capgate/config.h"
+
+struct event_base;
+struct store;
+
+enum store_status {
+    STORE_OK,           /* the script answered: items hold its reply */
+    STORE_ERROR,        /* Redis answered with an error (message in .error) */
+    STORE_UNAVAILABLE,  /* no connection, or it broke before the answer */
+    STORE_TIMEOUT,      /* no answer within timeout_ms */
+};
+
+/* One element of a (flat) reply.  Nested arrays are flattened depth-first
+ * with a marker item (is_array, n = element count) before their elements. */
+struct store_item {
+    enum { STORE_INT, STORE_STR, STORE_NIL, STORE_ARRAY } type;
+    long long i;        /* STORE_INT; element count for STORE_ARRAY */
+    const char *s;      /* STORE_STR (not NUL-terminated: use len) */
+    size_t len;
+};
+
+struct store_reply {
+    enum store_status status;
+    const char *error;              /* STORE_ERROR / others: a short text */
+    size_t n;
+    const struct store_item *items; /* a top-level array is unwrapped */
+};
+
+typedef void store_cb(void *arg, const struct store_reply *reply);
+
+struct store_stats {
+    bool connected;          /* connected, authenticated and scripts loaded */
+    unsigned pending;        /* calls waiting on Redis (timed-out ones too) */
+    uint64_t calls, timeouts, errors, unavailable, reconnects;
+    double last_rtt_ms;      /* of the latest answer */
+};
+
+/* Creates the store and starts connecting (a host name is resolved here,
+ * once, at start-up: never on the loop).  SCRIPTS are Lua sources, kept by
+ * pointer: they must outlive the store. */
+struct store *store_create(struct event_base *base, const struct cfg_redis *cfg,
+                           unsigned max_pending, const char *const *scripts,
+                           size_t n_scripts, char *err, size_t errlen);
+void store_free(struct store *st);
+
+/* Runs scripts[script] with NKEYS keys followed by arguments: ARGV[0..argc).
+ * Returns 0 when the call was queued (CB will run), -1 when it was refused
+ * at once because Redis is unavailable or too many calls wait (CB will not
+ * run). */
+int store_eval(struct store *st, size_t script, int nkeys, int argc,
+               const char *const *argv, const size_t *argvlen,
+               store_cb *cb, void *arg);
+
+bool store_ready(const struct store *st);
+void store_get_stats(const struct store *st, struct store_stats *out);
+
+#endif

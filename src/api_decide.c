@@ -1,0 +1,249 @@
+/*
+ * api_decide: POST /v1/decide and POST /v1/release.
+ *
+ * Validate everything first (a bad request never reaches Redis), replace
+ * the user id by its pseudonym here and only here, then one script call;
+ * the connection waits suspended until the store answers (always within
+ * redis.timeout_ms).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "capgate/api.h"
+#include "capgate/config.h"
+#include "capgate/decision.h"
+#include "capgate/http.h"
+#include "capgate/log.h"
+#include "capgate/pseudonym.h"
+#include "capgate/reply.h"
+#include "capgate/store.h"
+#include "capgate/tz.h"
+#include "capgate/validate.h"
+#include "capgate/worker.h"
+
+#define USER_MAX 256
+#define MESSAGE_ID_MAX 128
+#define CAMPAIGN_MAX 256
+#define TZ_NAME_MAX 64
+
+/* A decide waiting for Redis.  Freed in its store callback. */
+struct decide_call {
+    struct worker *w;
+    struct http_request *req;
+    const struct config *cfg;
+    char user[PSEUDONYM_USER_HEX + 1];    /* for logs: the pseudonym */
+    bool dry_run;
+    char message_id[MESSAGE_ID_MAX + 1];  /* echoed back to the caller */
+};
+
+static void reply_invalid(struct worker *w, struct http_request *req, const struct field_error *e)
+{
+    reply_error(w, req, e->code, e->field, "%s", e->message);
+}
+
+/* Fails closed (503) or open (allow, reason store_unavailable) as configured. */
+static void decide_unavailable(struct decide_call *call, const char *why)
+{
+    struct worker *w = call->w;
+    log_debug("decision without store", "user=%s why=\"%s\"", call->user, why);
+    if (!call->cfg->redis.fail_open) {
+        reply_error(w, call->req, API_STORE_UNAVAILABLE, NULL,
+                    "the decision store is unavailable (%s); retry later", why);
+        return;
+    }
+    w->metrics.decisions[OUTCOME_ALLOW][REASON_STORE_UNAVAILABLE]++;
+    reply_json(w, call->req, 200,
+               json_pack("{s:s, s:s, s:s, s:b}", "decision", "allow", "reason",
+                         "store_unavailable", "message_id", call->message_id, "replay", 0));
+}
+
+static void decide_answer(struct decide_call *call, const struct decision *d)
+{
+    struct worker *w = call->w;
+    const struct config *cfg = call->cfg;
+
+    w->metrics.decisions[d->outcome][d->reason]++;
+    if (d->replay)
+        w->metrics.replays++;
+    if (call->dry_run)
+        w->metrics.dry_runs++;
+    json_t *body = json_pack("{s:s, s:s}", "decision", decision_outcome_name(d->outcome),
+                             "reason", decision_reason_name(d->reason));
+    if (d->rule >= 0)
+        json_object_set_new(body, "rule", json_string(cfg->caps[d->rule].name));
+    if (d->outcome == OUTCOME_DEFER)
+        json_object_set_new(body, "retry_after", json_integer(d->retry_after_s));
+    json_object_set_new(body, "message_id", json_string(call->message_id));
+    json_object_set_new(body, "replay", json_boolean(d->replay));
+    if (call->dry_run)
+        json_object_set_new(body, "dry_run", json_true());
+    log_debug("decision", "user=%s decision=%s reason=%s rule=%s retry_after=%lld replay=%d",
+              call->user, decision_outcome_name(d->outcome), decision_reason_name(d->reason),
+              d->rule >= 0 ? cfg->caps[d->rule].name : "-", (long long)d->retry_after_s,
+              d->replay);
+    reply_json(w, call->req, 200, body);
+}
+
+static void on_decided(void *arg, const struct store_reply *r)
+{
+    struct decide_call *call = arg;
+    struct decision d;
+
+    if (r->status != STORE_OK) {
+        decide_unavailable(call, r->status == STORE_TIMEOUT ? "timeout"
+                                 : r->status == STORE_ERROR ? "redis error" : "not connected");
+    } else if (decision_decide_result(r, call->cfg, &d) != 0) {
+        log_error("unexpected reply from decide script", "n=%zu", r->n);
+        decide_unavailable(call, "bad reply");
+    } else {
+        decide_answer(call, &d);
+    }
+    free(call);
+}
+
+void api_decide(struct worker *w, struct http_request *req)
+{
+    static const char *const fields[] = { "user", "channel", "category", "campaign",
+                                          "message_id", "tz", "dry_run", NULL };
+    const struct config *cfg = w->cfg;
+    const char *user, *channel, *category, *campaign, *message_id, *tzname;
+    size_t user_len, message_id_len, body_len;
+    struct field_error e;
+    struct decide_input in;
+    bool dry_run;
+
+    const char *body = http_body(req, &body_len);
+    json_t *obj = validate_object(body, body_len, &e);
+    if (!obj) {
+        reply_invalid(w, req, &e);
+        return;
+    }
+    if (validate_known_fields(obj, fields, &e) ||
+        validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
+        validate_string(obj, "channel", true, 1, 64, &channel, NULL, &e) ||
+        validate_string(obj, "category", false, 1, 64, &category, NULL, &e) ||
+        validate_string(obj, "campaign", false, 1, CAMPAIGN_MAX, &campaign, NULL, &e) ||
+        validate_string(obj, "message_id", true, 1, MESSAGE_ID_MAX, &message_id,
+                        &message_id_len, &e) ||
+        validate_string(obj, "tz", false, 1, TZ_NAME_MAX, &tzname, NULL, &e) ||
+        validate_bool(obj, "dry_run", &dry_run, &e)) {
+        reply_invalid(w, req, &e);
+        json_decref(obj);
+        return;
+    }
+    memset(&in, 0, sizeof in);
+    in.channel = config_channel(cfg, channel);
+    if (!in.channel) {
+        reply_error(w, req, API_UNKNOWN_CHANNEL, "channel", "channel is not configured");
+        json_decref(obj);
+        return;
+    }
+    in.category = config_category(cfg, category ? category : cfg->default_category);
+    if (!in.category) {
+        reply_error(w, req, API_UNKNOWN_CATEGORY, "category", "category is not configured");
+        json_decref(obj);
+        return;
+    }
+    if (tzname) {
+        in.zone = tz_db_find(w->tz, tzname);
+        if (!in.zone) {
+            reply_error(w, req, API_INVALID_FIELD, "tz", "tz is not a known IANA time zone");
+            json_decref(obj);
+            return;
+        }
+    } else if (cfg->quiet_hours.enabled) {
+        in.zone = tz_db_find(w->tz, cfg->quiet_hours.default_tz);
+    }
+    struct decide_call *call = calloc(1, sizeof *call);
+    if (!call) {
+        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        json_decref(obj);
+        return;
+    }
+    call->w = w;
+    call->req = req;
+    call->cfg = cfg;
+    call->dry_run = dry_run;
+    memcpy(call->message_id, message_id, message_id_len);
+    pseudonym_user(w->pseudonym, user, user_len, in.user);
+    pseudonym_message(w->pseudonym, message_id, message_id_len, in.message);
+    memcpy(call->user, in.user, sizeof call->user);
+    in.campaign = campaign;
+    in.dry_run = dry_run;
+
+    struct script_args args;
+    decision_decide_args(cfg, &in, (int64_t)time(NULL), &args);
+    int rc = store_eval(w->store, args.script, args.nkeys, args.argc, args.argv,
+                        args.argvlen, on_decided, call);
+    json_decref(obj);          /* store_eval copied what it needs */
+    if (rc != 0) {
+        decide_unavailable(call, "not connected");
+        free(call);
+    }
+}
+
+/* ---- release ------------------------------------------------------------ */
+
+struct release_call {
+    struct worker *w;
+    struct http_request *req;
+};
+
+static void on_released(void *arg, const struct store_reply *r)
+{
+    struct release_call *call = arg;
+    int released = r->status == STORE_OK ? decision_release_result(r) : -1;
+
+    if (released < 0)
+        reply_error(call->w, call->req, API_STORE_UNAVAILABLE, NULL,
+                    "the decision store is unavailable; retry later");
+    else {
+        call->w->metrics.releases += (unsigned)released;
+        reply_json(call->w, call->req, 200, json_pack("{s:b}", "released", released));
+    }
+    free(call);
+}
+
+void api_release(struct worker *w, struct http_request *req)
+{
+    static const char *const fields[] = { "user", "message_id", NULL };
+    const char *user, *message_id;
+    size_t user_len, message_id_len, body_len;
+    char user_hash[PSEUDONYM_USER_HEX + 1], message_hash[PSEUDONYM_SHORT_HEX + 1];
+    struct field_error e;
+
+    const char *body = http_body(req, &body_len);
+    json_t *obj = validate_object(body, body_len, &e);
+    if (!obj) {
+        reply_invalid(w, req, &e);
+        return;
+    }
+    if (validate_known_fields(obj, fields, &e) ||
+        validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
+        validate_string(obj, "message_id", true, 1, MESSAGE_ID_MAX, &message_id,
+                        &message_id_len, &e)) {
+        reply_invalid(w, req, &e);
+        json_decref(obj);
+        return;
+    }
+    pseudonym_user(w->pseudonym, user, user_len, user_hash);
+    pseudonym_message(w->pseudonym, message_id, message_id_len, message_hash);
+    json_decref(obj);
+
+    struct release_call *call = malloc(sizeof *call);
+    if (!call) {
+        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        return;
+    }
+    call->w = w;
+    call->req = req;
+    struct script_args args;
+    decision_release_args(user_hash, message_hash, &args);
+    if (store_eval(w->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
+                   on_released, call) != 0) {
+        free(call);
+        reply_error(w, req, API_STORE_UNAVAILABLE, NULL,
+                    "the decision store is unavailable; retry later");
+    }
+}

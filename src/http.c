@@ -1,0 +1,368 @@
+/*
+ * http: libmicrohttpd inside libevent.  See http.h.
+ *
+ * The glue is small on purpose (hiredis's adapters/libevent.h is the
+ * model): one event for MHD's epoll fd, one timer for MHD's timeouts, and
+ * event_active() after MHD_resume_connection(), because in external mode
+ * MHD 0.9.7x does not wake the loop by itself on resume.
+ */
+#include "capgate/http.h"
+
+#include <arpa/inet.h>
+#include <event2/event.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "capgate/log.h"
+
+/* Bytes of an oversized chunked body we read and throw away so the client
+ * can see its 413; past this the connection is simply closed. */
+#define DISCARD_MAX (1u << 20)
+
+/* Where a request is.  One request per connection at a time (HTTP/1.1). */
+enum request_state {
+    REQ_READING,      /* receiving headers/body */
+    REQ_HANDLING,     /* inside the handler (synchronous part) */
+    REQ_SUSPENDED,    /* handler returned without answering: waiting for an async answer */
+    REQ_ANSWERED,     /* http_respond() done; the response waits to be queued */
+    REQ_QUEUED,       /* handed to MHD; freed when MHD reports completion */
+};
+
+struct http_server {
+    struct event_base *base;
+    struct MHD_Daemon *mhd;
+    struct event *io;         /* MHD's epoll fd readable */
+    struct event *timer;      /* MHD's next timeout */
+    http_handler *handler;
+    void *handler_arg;
+    size_t max_body;
+    unsigned active;          /* requests begun, not completed */
+    bool quiesced;
+};
+
+struct http_request {
+    struct http_server *srv;
+    struct MHD_Connection *conn;
+    const char *method;       /* MHD's strings, valid for the request */
+    const char *path;
+    enum request_state state;
+    char *body;
+    size_t len, cap;
+    size_t discarded;
+    bool too_large;
+    uint64_t started_us;
+    unsigned status;
+    struct MHD_Response *response;
+};
+
+uint64_t http_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- the loop glue ------------------------------------------------------ */
+
+static void rearm_timer(struct http_server *srv)
+{
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(srv->mhd, &ms) == MHD_YES) {
+        struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+        evtimer_add(srv->timer, &tv);
+    } else {
+        evtimer_del(srv->timer);
+    }
+}
+
+static void run_mhd(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_server *srv = arg;
+    (void)fd; (void)what;
+    MHD_run(srv->mhd);
+    rearm_timer(srv);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static enum MHD_Result queue_answer(struct http_request *req)
+{
+    enum MHD_Result rc = MHD_queue_response(req->conn, req->status, req->response);
+    MHD_destroy_response(req->response);
+    req->response = NULL;
+    req->state = REQ_QUEUED;
+    return rc;
+}
+
+static bool body_append(struct http_request *req, const char *data, size_t n)
+{
+    if (req->len + n > req->srv->max_body) {
+        req->too_large = true;
+        free(req->body);
+        req->body = NULL;
+        req->len = req->cap = 0;
+        return false;
+    }
+    if (req->len + n + 1 > req->cap) {
+        size_t cap = req->cap ? req->cap : 1024;
+        while (cap < req->len + n + 1)
+            cap *= 2;
+        char *p = realloc(req->body, cap);
+        if (!p)
+            return false;
+        req->body = p;
+        req->cap = cap;
+    }
+    memcpy(req->body + req->len, data, n);
+    req->len += n;
+    req->body[req->len] = '\0';
+    return true;
+}
+
+static enum MHD_Result run_handler(struct http_request *req)
+{
+    req->state = REQ_HANDLING;
+    req->srv->handler(req, req->srv->handler_arg);
+    if (req->state == REQ_ANSWERED)
+        return queue_answer(req);
+    /* The answer comes later: park the connection until http_respond(). */
+    req->state = REQ_SUSPENDED;
+    MHD_suspend_connection(req->conn);
+    return MHD_YES;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_data_size,
+                                 void **req_cls)
+{
+    struct http_server *srv = cls;
+    struct http_request *req = *req_cls;
+    (void)version;
+
+    if (!req) {
+        /* Headers are in; the body (if any) follows in later calls. */
+        req = calloc(1, sizeof *req);
+        if (!req)
+            return MHD_NO;
+        req->srv = srv;
+        req->conn = conn;
+        req->method = method;
+        req->path = url;
+        req->started_us = http_now_us();
+        *req_cls = req;
+        srv->active++;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > srv->max_body) {
+            /* Refuse at once: the body is never read. */
+            req->too_large = true;
+            return run_handler(req);
+        }
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (req->state != REQ_READING)
+            return MHD_YES;        /* answered early; ignore the rest */
+        if (req->too_large) {
+            req->discarded += n;
+            return req->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
+        }
+        if (!body_append(req, upload_data, n) && !req->too_large)
+            return MHD_NO;         /* out of memory */
+        return MHD_YES;
+    }
+
+    switch (req->state) {
+    case REQ_READING:
+        return run_handler(req);
+    case REQ_ANSWERED:          /* resumed after an async answer */
+        return queue_answer(req);
+    default:
+        return MHD_YES;
+    }
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct http_server *srv = cls;
+    struct http_request *req = *req_cls;
+    (void)conn; (void)toe;
+
+    if (!req)
+        return;
+    if (req->response)
+        MHD_destroy_response(req->response);
+    free(req->body);
+    free(req);
+    *req_cls = NULL;
+    srv->active--;
+}
+
+void http_respond(struct http_request *req, unsigned status, const char *content_type,
+                  const char *body, size_t len, const char *const *headers)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (resp) {
+        if (content_type)
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+        for (size_t k = 0; headers && headers[k] && headers[k + 1]; k += 2)
+            MHD_add_response_header(resp, headers[k], headers[k + 1]);
+    }
+    bool was_suspended = req->state == REQ_SUSPENDED;
+    req->response = resp;
+    req->status = status;
+    req->state = REQ_ANSWERED;
+    if (!resp) {
+        /* Without a response MHD closes the connection; nothing else to do. */
+        req->response = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        req->status = 500;
+    }
+    if (was_suspended) {
+        MHD_resume_connection(req->conn);
+        event_active(req->srv->io, EV_READ, 0);
+    }
+}
+
+const char *http_method(const struct http_request *req) { return req->method; }
+const char *http_path(const struct http_request *req) { return req->path; }
+bool http_body_too_large(const struct http_request *req) { return req->too_large; }
+uint64_t http_started_us(const struct http_request *req) { return req->started_us; }
+
+const char *http_header(const struct http_request *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *http_query(const struct http_request *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *http_body(const struct http_request *req, size_t *len)
+{
+    *len = req->len;
+    return req->body ? req->body : "";
+}
+
+/* ---- the server --------------------------------------------------------- */
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512], q[600];
+    (void)cls;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    log_warn("http", "detail=%s", log_quote(q, sizeof q, msg));
+}
+
+struct http_server *http_server_start(struct event_base *base, const struct http_options *opt,
+                                      http_handler *handler, void *arg,
+                                      char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, opt->host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(opt->port);
+    } else if (inet_pton(AF_INET6, opt->host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(opt->port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        snprintf(err, errlen, "listen: %s is not a numeric address", opt->host);
+        return NULL;
+    }
+
+    struct http_server *srv = calloc(1, sizeof *srv);
+    if (!srv) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    srv->base = base;
+    srv->handler = handler;
+    srv->handler_arg = arg;
+    srv->max_body = opt->max_body_bytes;
+
+    srv->mhd = MHD_start_daemon(
+        flags, opt->port, NULL, NULL, on_access, srv,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,   /* first: catches errors of the rest */
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opt->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)opt->max_connections_per_ip,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opt->connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)opt->connection_memory_bytes,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_END);
+    if (!srv->mhd) {
+        snprintf(err, errlen, "cannot listen on %s:%u (address in use, or not allowed)",
+                 opt->host, opt->port);
+        free(srv);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    srv->io = event_new(base, info->epoll_fd, EV_READ | EV_PERSIST, run_mhd, srv);
+    srv->timer = evtimer_new(base, run_mhd, srv);
+    if (!srv->io || !srv->timer || event_add(srv->io, NULL) != 0) {
+        snprintf(err, errlen, "cannot watch the HTTP server's events");
+        http_server_free(srv);
+        return NULL;
+    }
+    rearm_timer(srv);
+    return srv;
+}
+
+void http_server_quiesce(struct http_server *srv)
+{
+    if (srv->quiesced)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(srv->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    srv->quiesced = true;
+    /* Let MHD notice at once, so idle keep-alive connections are closed. */
+    event_active(srv->io, EV_READ, 0);
+}
+
+unsigned http_server_active_requests(const struct http_server *srv)
+{
+    return srv->active;
+}
+
+unsigned http_server_connections(const struct http_server *srv)
+{
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return info ? info->num_connections : 0;
+}
+
+void http_server_free(struct http_server *srv)
+{
+    if (!srv)
+        return;
+    if (srv->io)
+        event_free(srv->io);
+    if (srv->timer)
+        event_free(srv->timer);
+    if (srv->mhd)
+        MHD_stop_daemon(srv->mhd);
+    free(srv);
+}

@@ -1,0 +1,100 @@
+/* pseudonym: keyed BLAKE2b of user and message ids.  See pseudonym.h. */
+#include "capgate/pseudonym.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct pseudonym {
+    unsigned char key[crypto_generichash_KEYBYTES];  /* 32 bytes */
+};
+
+/* Largest key file we read: a secret, not a document. */
+#define KEY_FILE_MAX 4096
+
+struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen)
+{
+    unsigned char buf[KEY_FILE_MAX];
+    size_t len = 0;
+    int fd;
+
+    if (sodium_init() < 0) {
+        snprintf(err, errlen, "libsodium failed to initialise");
+        return NULL;
+    }
+    fd = open(key_file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "privacy.key_file %s: %s", key_file, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof buf - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(err, errlen, "privacy.key_file %s: %s", key_file, strerror(errno));
+            close(fd);
+            sodium_memzero(buf, sizeof buf);
+            return NULL;
+        }
+        if (n == 0 || (len += (size_t)n) == sizeof buf)
+            break;
+    }
+    close(fd);
+    if (len < PSEUDONYM_KEY_MIN) {
+        snprintf(err, errlen,
+                 "privacy.key_file %s: holds %zu bytes, needs at least %d random bytes "
+                 "(create one with: head -c 32 /dev/urandom > %s)",
+                 key_file, len, PSEUDONYM_KEY_MIN, key_file);
+        sodium_memzero(buf, sizeof buf);
+        return NULL;
+    }
+    struct pseudonym *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    /* Whatever the file's length, derive a fixed 32-byte key from all of it. */
+    crypto_generichash(p->key, sizeof p->key, buf, len, NULL, 0);
+    sodium_memzero(buf, sizeof buf);
+    return p;
+}
+
+void pseudonym_free(struct pseudonym *p)
+{
+    if (!p)
+        return;
+    sodium_memzero(p, sizeof *p);
+    free(p);
+}
+
+static void keyed_hex(const struct pseudonym *p, unsigned char domain,
+                      const char *id, size_t len, char *out, size_t outbytes)
+{
+    crypto_generichash_state st;
+    unsigned char h[crypto_generichash_BYTES_MIN];   /* 16 */
+
+    /* BLAKE2b's shortest output is 16 bytes; shorter ids are a prefix of it. */
+    crypto_generichash_init(&st, p->key, sizeof p->key, sizeof h);
+    crypto_generichash_update(&st, &domain, 1);
+    crypto_generichash_update(&st, (const unsigned char *)id, len);
+    crypto_generichash_final(&st, h, sizeof h);
+    sodium_bin2hex(out, outbytes * 2 + 1, h, outbytes);
+}
+
+void pseudonym_user(const struct pseudonym *p, const char *id, size_t len,
+                    char out[PSEUDONYM_USER_HEX + 1])
+{
+    keyed_hex(p, 'u', id, len, out, PSEUDONYM_USER_HEX / 2);
+}
+
+void pseudonym_message(const struct pseudonym *p, const char *id, size_t len,
+                       char out[PSEUDONYM_SHORT_HEX + 1])
+{
+    keyed_hex(p, 'm', id, len, out, PSEUDONYM_SHORT_HEX / 2);
+}

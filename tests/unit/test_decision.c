@@ -1,0 +1,236 @@
+/* Unit tests: script arguments and results (src/decision.c). */
+#include <stdlib.h>
+
+#include "capgate/decision.h"
+#include "capgate/tz.h"
+#include "unit.h"
+
+static struct cfg_channel channels[] = { { "email", false }, { "push", false }, { "sms", true } };
+static struct cfg_category categories[] = {
+    { "marketing", false, false, false, false },
+    { "transactional", true, true, true, false },
+    { "health", false, false, false, true },
+};
+static struct cfg_cap caps[] = {
+    { "email-daily", "email", NULL, CAP_PER_USER, 2, 86400000, CAP_DEFER },
+    { "all-weekly", NULL, NULL, CAP_PER_USER, 5, 7 * 86400000LL, CAP_DEFER },
+    { "campaign-once", NULL, NULL, CAP_PER_CAMPAIGN, 1, 30 * 86400000LL, CAP_DENY },
+    { "health-monthly", NULL, "health", CAP_PER_USER, 1, 30 * 86400000LL, CAP_DENY },
+};
+static char *quiet_channels[] = { "push", "sms" };
+
+static struct config make_config(void)
+{
+    struct config c;
+    memset(&c, 0, sizeof c);
+    c.channels = channels;
+    c.n_channels = 3;
+    c.categories = categories;
+    c.n_categories = 3;
+    c.default_category = "marketing";
+    c.caps = caps;
+    c.n_caps = 4;
+    c.max_defer_ms = 7 * 86400000LL;
+    c.idempotency_ms = 86400000LL;
+    c.quiet_hours.enabled = true;
+    c.quiet_hours.start_min = 21 * 60;
+    c.quiet_hours.end_min = 8 * 60;
+    c.quiet_hours.default_tz = "UTC";
+    c.quiet_hours.channels = quiet_channels;
+    c.quiet_hours.n_channels = 2;
+    return c;
+}
+
+static const char *arg(const struct script_args *a, int k)
+{
+    static char buf[256];
+    size_t n = a->argvlen[k] < sizeof buf - 1 ? a->argvlen[k] : sizeof buf - 1;
+    memcpy(buf, a->argv[k], n);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Index of ARGV's "n caps" element: after the quiet intervals. */
+static int caps_at(const struct script_args *a)
+{
+    int nq = atoi(arg(a, 2 + 8));
+    return 2 + 9 + 2 * nq;
+}
+
+static struct decide_input input(const struct config *c, const char *channel,
+                                 const char *category, const char *campaign)
+{
+    struct decide_input in;
+    memset(&in, 0, sizeof in);
+    strcpy(in.user, "0123456789abcdef0123456789abcdef");
+    strcpy(in.message, "fedcba9876543210");
+    in.channel = config_channel(c, channel);
+    in.category = config_category(c, category);
+    in.campaign = campaign;
+    return in;
+}
+
+TEST(keys_share_one_hash_tag)
+{
+    struct config c = make_config();
+    struct decide_input in = input(&c, "email", "marketing", "spring");
+    struct script_args a;
+    decision_decide_args(&c, &in, 1700000000, &a);
+    CHECK_EQ_INT(a.nkeys, 2);
+    CHECK_EQ_STR(arg(&a, 0), "cg:{0123456789abcdef0123456789abcdef}:s");
+    CHECK_EQ_STR(arg(&a, 1), "cg:{0123456789abcdef0123456789abcdef}:c");
+    CHECK_EQ_STR(arg(&a, 2), "fedcba9876543210");
+    CHECK_EQ_STR(arg(&a, 5), "spring");
+}
+
+TEST(only_matching_caps_are_sent)
+{
+    struct config c = make_config();
+    struct script_args a;
+    struct decide_input in = input(&c, "email", "marketing", "spring");
+    decision_decide_args(&c, &in, 1700000000, &a);
+    int p = caps_at(&a);
+    CHECK_EQ_STR(arg(&a, p), "3");          /* email-daily, all-weekly, campaign-once */
+    CHECK_EQ_STR(arg(&a, p + 1), "0");
+    CHECK_EQ_STR(arg(&a, p + 2), "email");
+    CHECK_EQ_STR(arg(&a, p + 1 + 14), "2");  /* campaign-once's index */
+    CHECK_EQ_STR(arg(&a, p + 1 + 14 + 3), "1");   /* per campaign */
+    CHECK_EQ_STR(arg(&a, p + 1 + 14 + 6), "1");   /* deny */
+    CHECK_EQ_INT(a.argc, p + 1 + 3 * 7);
+
+    /* No campaign: the per-campaign cap has nothing to count. */
+    in = input(&c, "push", "marketing", NULL);
+    decision_decide_args(&c, &in, 1700000000, &a);
+    CHECK_EQ_STR(arg(&a, caps_at(&a)), "1");
+    CHECK_EQ_STR(arg(&a, 5), "");
+
+    in = input(&c, "push", "health", NULL);
+    decision_decide_args(&c, &in, 1700000000, &a);
+    CHECK_EQ_STR(arg(&a, caps_at(&a)), "2");  /* all-weekly, health-monthly */
+}
+
+TEST(exempt_category_sends_no_caps_and_flags)
+{
+    struct config c = make_config();
+    struct script_args a;
+    struct decide_input in = input(&c, "sms", "transactional", "x");
+    in.dry_run = true;
+    decision_decide_args(&c, &in, 1700000000, &a);
+    CHECK_EQ_STR(arg(&a, 6), "doi");  /* dry run, ignores opt-out, sms requires opt-in */
+    CHECK_EQ_STR(arg(&a, 2 + 8), "0"); /* exempt from quiet hours */
+    CHECK_EQ_STR(arg(&a, caps_at(&a)), "0");
+    in = input(&c, "email", "health", NULL);
+    decision_decide_args(&c, &in, 1700000000, &a);
+    CHECK_EQ_STR(arg(&a, 6), "i");
+}
+
+TEST(quiet_intervals_only_for_listed_channels)
+{
+    struct config c = make_config();
+    char err[256];
+    struct tz_db *db = tz_db_load("/usr/share/zoneinfo", err, sizeof err);
+    CHECK(db != NULL);
+    if (!db)
+        return;
+    struct script_args a;
+    struct decide_input in = input(&c, "push", "marketing", NULL);
+    in.zone = tz_db_find(db, "UTC");
+    /* 2023-11-14 22:13:20 UTC: inside 21:00-08:00. */
+    decision_decide_args(&c, &in, 1700000000, &a);
+    int nq = atoi(arg(&a, 10));
+    CHECK(nq >= 2);
+    int found = 0;
+    for (int k = 0; k < nq; k++) {
+        long long s = atoll(arg(&a, 11 + 2 * k)), e = atoll(arg(&a, 12 + 2 * k));
+        if (s <= 1700000000000LL && 1700000000000LL < e) {
+            found = 1;
+            CHECK_EQ_INT(s, 1699995600000LL);     /* 21:00 */
+            CHECK_EQ_INT(e, 1700035200000LL);     /* 08:00 next day */
+        }
+    }
+    CHECK(found);
+    in = input(&c, "email", "marketing", NULL);
+    in.zone = tz_db_find(db, "UTC");
+    decision_decide_args(&c, &in, 1700000000, &a);
+    CHECK_EQ_STR(arg(&a, 10), "0");
+    tz_db_free(db);
+}
+
+static struct store_reply ints(struct store_item *items, const long long *v, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        items[k] = (struct store_item){ .type = STORE_INT, .i = v[k] };
+    return (struct store_reply){ .status = STORE_OK, .n = n, .items = items };
+}
+
+TEST(results_are_decoded_and_rounded_up)
+{
+    struct config c = make_config();
+    struct store_item it[8];
+    struct decision d;
+    long long defer[] = { 1, 4, 2, 1001, 0, 1 };
+    struct store_reply r = ints(it, defer, 6);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
+    CHECK_EQ_INT(d.outcome, OUTCOME_DEFER);
+    CHECK_EQ_INT(d.reason, REASON_CAP);
+    CHECK_EQ_INT(d.rule, 1);
+    CHECK_EQ_INT(d.retry_after_s, 2);
+    long long exact[] = { 1, 3, 0, 5000, 0, 1 };
+    r = ints(it, exact, 6);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
+    CHECK_EQ_INT(d.retry_after_s, 5);
+    CHECK_EQ_INT(d.rule, -1);
+    long long replay[] = { 0, 0, 0, 0, 1, 1 };
+    r = ints(it, replay, 6);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
+    CHECK(d.replay);
+    CHECK_EQ_STR(decision_outcome_name(d.outcome), "allow");
+}
+
+TEST(bad_results_are_refused)
+{
+    struct config c = make_config();
+    struct store_item it[8];
+    struct decision d;
+    long long bad_outcome[] = { 3, 0, 0, 0, 0, 1 };
+    struct store_reply r = ints(it, bad_outcome, 6);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
+    long long bad_rule[] = { 1, 4, 9, 0, 0, 1 };
+    r = ints(it, bad_rule, 6);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
+    r = ints(it, bad_rule, 5);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
+    it[0] = (struct store_item){ .type = STORE_STR, .s = "x", .len = 1 };
+    r.n = 6;
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
+    r.status = STORE_TIMEOUT;
+    CHECK_EQ_INT(decision_release_result(&r), -1);
+    CHECK_EQ_INT(decision_consent_result(&r), -1);
+}
+
+TEST(release_and_consent_args)
+{
+    struct script_args a;
+    decision_release_args("aa", "bb", &a);
+    CHECK_EQ_INT(a.script, SCRIPT_RELEASE);
+    CHECK_EQ_INT(a.argc, 2);
+    CHECK_EQ_STR(arg(&a, 0), "cg:{aa}:s");
+    decision_consent_args("aa", "*", "marketing", false, "web form", &a);
+    CHECK_EQ_INT(a.script, SCRIPT_CONSENT);
+    CHECK_EQ_STR(arg(&a, 0), "cg:{aa}:c");
+    CHECK_EQ_STR(arg(&a, 1), "*|marketing");
+    CHECK_EQ_STR(arg(&a, 2), "out");
+    CHECK_EQ_STR(arg(&a, 3), "web form");
+}
+
+int main(void)
+{
+    RUN(keys_share_one_hash_tag);
+    RUN(only_matching_caps_are_sent);
+    RUN(exempt_category_sends_no_caps_and_flags);
+    RUN(quiet_intervals_only_for_listed_channels);
+    RUN(results_are_decoded_and_rounded_up);
+    RUN(bad_results_are_refused);
+    RUN(release_and_consent_args);
+    return unit_done("test_decision");
+}
