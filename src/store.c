@@ -47,6 +47,7 @@ struct store {
 
     redisAsyncContext *ac;         /* NULL when DOWN */
     bool ready;
+    bool down_logged;              /* said once that Redis is away */
     uint64_t deadline_us;          /* connect + handshake must finish by then */
     unsigned backoff_ms;
     struct event *reconnect_timer;
@@ -317,8 +318,15 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
 
 static void mark_down(struct store *st, const char *why)
 {
-    if (st->ready || st->ac)
-        log_warn("redis connection down", "redis=%s reason=\"%s\"", st->display, why);
+    /* Warn when a working connection breaks; while Redis stays away, each
+     * failed attempt is only worth a debug line. */
+    if (st->ready)
+        log_warn("redis connection lost", "redis=%s reason=\"%s\"", st->display, why);
+    else if (!st->down_logged)
+        log_warn("redis unavailable", "redis=%s reason=\"%s\" retrying=1", st->display, why);
+    else
+        log_debug("redis connect failed", "redis=%s reason=\"%s\"", st->display, why);
+    st->down_logged = true;
     st->ac = NULL;
     st->ready = false;
     st->ping_sent_us = 0;
@@ -361,6 +369,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
     st->sha[step][SHA_HEX] = '\0';
     if (++st->shas_loaded == st->n_scripts) {
         st->ready = true;
+        st->down_logged = false;
         st->backoff_ms = BACKOFF_MIN_MS;
         st->last_reply_us = now_us();
         log_info("redis ready", "redis=%s", st->display);
