@@ -1,0 +1,1779 @@
+/*
+ * config.c: capgate.yaml -> an immutable, validated struct config.
+ *
+ * The shape follows Redis's config.c: every directive is declared exactly
+ * once, in a static table, with its type, bounds, default and (where one is
+ * needed) a validator.  A generic walker matches a YAML mapping against a
+ * table, so the rules "unknown keys are errors", "required keys must be
+ * present" and "absent keys take their default" live in one place instead
+ * of being repeated by hand for every key.
+ *
+ * Loading happens in three steps:
+ *   1. read the file and check that it is UTF-8 (libfyaml reports some
+ *      encoding errors without a position, and every error needs a line);
+ *   2. parse it with libfyaml (syntax errors become "<path>:<line>: ...");
+ *   3. walk the document against the tables, filling struct config.
+ *
+ * Every error reads "<path>:<line>: <key path>: <message>", where the key
+ * path is "listen", "redis.timeout_ms", "caps[2].window" (0-based) or
+ * "channels.sms.requires_opt_in".  The first error wins and loading stops.
+ */
+#include "capgate/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <libfyaml.h>
+
+#define MAX_CAPS          64
+#define GROUP_NAME_MAX    32          /* channel and category names */
+#define MAX_CONFIG_BYTES  (1 << 20)   /* a config file is small; refuse junk */
+#define KEY_PATH_LEN      256
+#define TABLE_MAX         16          /* most directives in one table */
+#define REDIS_DB_MAX      1000000     /* Redis "databases" can be raised past 16 */
+
+#define MS_PER_S  1000LL
+#define MS_PER_M  (60 * MS_PER_S)
+#define MS_PER_H  (60 * MS_PER_M)
+#define MS_PER_D  (24 * MS_PER_H)
+#define MS_PER_W  (7 * MS_PER_D)
+
+/* ------------------------------------------------------------------------ */
+/* Parser state and error reporting                                         */
+/* ------------------------------------------------------------------------ */
+
+struct parser {
+    const char *file;          /* path exactly as given to config_load */
+    char *err;
+    size_t errlen;
+    struct config *cfg;        /* being filled; validators look things up in it */
+    size_t cap_index;          /* cap being parsed, for the duplicate-name check */
+    char key[KEY_PATH_LEN];    /* key path of the value being parsed */
+    size_t keylen;
+};
+
+static int fail(struct parser *p, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Formats the error into p->err and returns -1, so callers can write
+ * "return fail(...)". */
+static int fail(struct parser *p, int line, const char *fmt, ...)
+{
+    char msg[CONFIG_ERR_LEN];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (p->keylen > 0)
+        snprintf(p->err, p->errlen, "%s:%d: %s: %s", p->file, line, p->key, msg);
+    else
+        snprintf(p->err, p->errlen, "%s:%d: %s", p->file, line, msg);
+    return -1;
+}
+
+/* Key path maintenance: push returns the old length, pop restores it.  A
+ * path that does not fit is truncated; it only ever feeds error messages. */
+static size_t push_key(struct parser *p, const char *name, size_t len)
+{
+    size_t saved = p->keylen;
+    int n = snprintf(p->key + p->keylen, sizeof p->key - p->keylen, "%s%.*s",
+                     p->keylen ? "." : "", (int)len, name);
+
+    if (n > 0)
+        p->keylen += (size_t)n < sizeof p->key - p->keylen ? (size_t)n
+                                                           : sizeof p->key - p->keylen - 1;
+    return saved;
+}
+
+static size_t push_index(struct parser *p, size_t i)
+{
+    size_t saved = p->keylen;
+    int n = snprintf(p->key + p->keylen, sizeof p->key - p->keylen, "[%zu]", i);
+
+    if (n > 0)
+        p->keylen += (size_t)n < sizeof p->key - p->keylen ? (size_t)n
+                                                           : sizeof p->key - p->keylen - 1;
+    return saved;
+}
+
+static void pop_key(struct parser *p, size_t saved)
+{
+    p->keylen = saved;
+    p->key[saved] = '\0';
+}
+
+/* A value quoted for an error message: control characters escaped, so a
+ * stray byte cannot garble a log line, and long values cut short. */
+struct qbuf { char s[96]; };
+
+static const char *quote(struct qbuf *q, const char *s)
+{
+    size_t o = 0;
+
+    q->s[o++] = '"';
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+
+        if (o + 8 >= sizeof q->s) {     /* room for "...\"" and the NUL */
+            memcpy(q->s + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (c == '"' || c == '\\') {
+            q->s[o++] = '\\';
+            q->s[o++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            o += (size_t)snprintf(q->s + o, sizeof q->s - o, "\\x%02x", c);
+        } else {
+            q->s[o++] = (char)c;
+        }
+    }
+    q->s[o++] = '"';
+    q->s[o] = '\0';
+    return q->s;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scalar syntax shared by the loader and the public helpers               */
+/* ------------------------------------------------------------------------ */
+
+static bool all_digits(const char *s, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
+/* "-?[0-9]+" that fits int64_t.  Returns 0, -1 (not an integer) or -2
+ * (an integer, but too large for int64_t). */
+static int parse_int64(const char *s, int64_t *out)
+{
+    bool neg = *s == '-';
+    const char *d = s + neg;
+    uint64_t v = 0;
+    uint64_t lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+
+    if (!all_digits(d, strlen(d)))
+        return -1;
+    for (; *d != '\0'; d++) {
+        unsigned digit = (unsigned)(*d - '0');
+
+        if (v > (lim - digit) / 10)
+            return -2;
+        v = v * 10 + digit;
+    }
+    *out = neg ? (v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v) : (int64_t)v;
+    return 0;
+}
+
+int config_parse_duration(const char *s, int64_t *ms)
+{
+    static const struct { const char *unit; int64_t ms; } units[] = {
+        { "ms", 1 }, { "s", MS_PER_S }, { "m", MS_PER_M },
+        { "h", MS_PER_H }, { "d", MS_PER_D }, { "w", MS_PER_W },
+    };
+    int64_t n = 0;
+    const char *u = s;
+
+    if (s == NULL || ms == NULL)
+        return -1;
+    /* Digits only: no sign, no spaces, no fraction, at least one digit. */
+    for (; *u >= '0' && *u <= '9'; u++) {
+        if (n > (INT64_MAX - (*u - '0')) / 10)
+            return -1;
+        n = n * 10 + (*u - '0');
+    }
+    if (u == s || n == 0)
+        return -1;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(u, units[i].unit) == 0) {
+            if (n > INT64_MAX / units[i].ms)
+                return -1;
+            *ms = n * units[i].ms;
+            return 0;
+        }
+    }
+    return -1;      /* no unit, unknown unit, or trailing junk */
+}
+
+int config_parse_clock(const char *s, int *minutes)
+{
+    int h, m;
+
+    if (s == NULL || minutes == NULL || strlen(s) != 5 || s[2] != ':' ||
+        !all_digits(s, 2) || !all_digits(s + 3, 2))
+        return -1;
+    h = (s[0] - '0') * 10 + (s[1] - '0');
+    m = (s[3] - '0') * 10 + (s[4] - '0');
+    if (h > 23 || m > 59)
+        return -1;
+    *minutes = h * 60 + m;
+    return 0;
+}
+
+/* Writes a duration back in its largest exact unit, for range messages. */
+static const char *format_duration(char *buf, size_t len, int64_t ms)
+{
+    static const struct { const char *unit; int64_t ms; } units[] = {
+        { "d", MS_PER_D }, { "h", MS_PER_H }, { "m", MS_PER_M }, { "s", MS_PER_S },
+    };
+
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (ms % units[i].ms == 0) {
+            snprintf(buf, len, "%" PRId64 "%s", ms / units[i].ms, units[i].unit);
+            return buf;
+        }
+    }
+    snprintf(buf, len, "%" PRId64 "ms", ms);
+    return buf;
+}
+
+/* ------------------------------------------------------------------------ */
+/* libfyaml node helpers                                                    */
+/* ------------------------------------------------------------------------ */
+
+static int token_line(struct fy_token *t, int fallback)
+{
+    const struct fy_mark *m = t ? fy_token_start_mark(t) : NULL;
+
+    return m ? m->line + 1 : fallback;
+}
+
+/*
+ * 1-based line of a node.  libfyaml 0.7.12 has no public start mark for
+ * collections, so a mapping or sequence reports the line of its first
+ * scalar; an empty one (or an empty scalar, which has no token) reports
+ * FALLBACK, normally the line of the key that holds it.
+ */
+static int node_line(struct fy_node *n, int fallback)
+{
+    void *it = NULL;
+
+    if (n == NULL)
+        return fallback;
+    switch (fy_node_get_type(n)) {
+    case FYNT_SCALAR:
+        return token_line(fy_node_get_scalar_token(n), fallback);
+    case FYNT_MAPPING: {
+        struct fy_node_pair *pair = fy_node_mapping_iterate(n, &it);
+
+        return pair ? node_line(fy_node_pair_key(pair), fallback) : fallback;
+    }
+    case FYNT_SEQUENCE:
+        return node_line(fy_node_sequence_iterate(n, &it), fallback);
+    }
+    return fallback;
+}
+
+/* YAML's null: a missing value, "~", "null", "Null" or "NULL", unquoted. */
+static bool is_null(struct fy_node *n)
+{
+    size_t len;
+    const char *s;
+
+    if (n == NULL)
+        return true;
+    if (!fy_node_is_scalar(n) || fy_node_get_style(n) != FYNS_PLAIN)
+        return false;
+    s = fy_node_get_scalar(n, &len);
+    if (s == NULL || len == 0)
+        return true;
+    return (len == 1 && s[0] == '~') ||
+           (len == 4 && (memcmp(s, "null", 4) == 0 || memcmp(s, "Null", 4) == 0 ||
+                         memcmp(s, "NULL", 4) == 0));
+}
+
+static const char *kind_of(struct fy_node *n)
+{
+    if (is_null(n))
+        return "null";
+    if (fy_node_is_mapping(n))
+        return "a mapping";
+    if (fy_node_is_sequence(n))
+        return "a list";
+    return "a scalar";
+}
+
+/* Explicit tags (!!str 5, !foo) would let a value dodge the type rules; a
+ * config file has no use for them. */
+static int check_untagged(struct parser *p, struct fy_node *n, int line)
+{
+    if (n != NULL && fy_node_get_tag_token(n) != NULL)
+        return fail(p, node_line(n, line), "YAML tags are not supported");
+    return 0;
+}
+
+/* A scalar value with where it was written.  Defaults are run through the
+ * same conversions as written values, as unquoted scalars. */
+struct scalar {
+    const char *s;      /* NUL-terminated; owned by the document or the table */
+    bool plain;         /* unquoted: the only form integers and booleans take */
+    int line;
+};
+
+static int get_scalar(struct parser *p, struct fy_node *n, int line, const char *want,
+                      struct scalar *out)
+{
+    size_t len;
+    const char *s;
+
+    if (check_untagged(p, n, line))
+        return -1;
+    if (is_null(n) || !fy_node_is_scalar(n))
+        return fail(p, node_line(n, line), "expected %s, got %s", want, kind_of(n));
+    out->line = node_line(n, line);
+    s = fy_node_get_scalar0(n);
+    if (s == NULL || fy_node_get_scalar(n, &len) == NULL)
+        return fail(p, out->line, "out of memory");
+    if (strlen(s) != len)       /* "\0" in a double-quoted scalar */
+        return fail(p, out->line, "value contains a NUL character");
+    out->s = s;
+    out->plain = fy_node_get_style(n) == FYNS_PLAIN;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The directive tables: types                                              */
+/* ------------------------------------------------------------------------ */
+
+enum dtype {
+    DT_STRING,      /* char *, any non-empty scalar */
+    DT_INT,         /* unquoted integer in [min, max] */
+    DT_BOOL,        /* unquoted true or false */
+    DT_ENUM,        /* one of .choices */
+    DT_DURATION,    /* "30s" etc. in [min, max] ms */
+    DT_CLOCK,       /* "HH:MM" -> minutes after midnight */
+    DT_SECTION,     /* nested mapping described by .sub */
+    DT_CUSTOM,      /* anything else: .parse does the work */
+};
+
+/* How a converted value is written into its field. */
+enum dstore { ST_NONE, ST_BOOL, ST_INT, ST_UNSIGNED, ST_SIZE, ST_I64, ST_STR, ST_ENUM };
+
+#define D_REQUIRED  0x1u    /* absent is an error */
+#define D_OPTIONAL  0x2u    /* DT_SECTION: absent leaves the fields alone */
+#define D_SECONDS   0x4u    /* DT_DURATION: store whole seconds, not ms */
+
+/* The store kind follows from the field's C type, so a table entry cannot
+ * name an int field and write a size_t into it. */
+#define STORE_OF(x) _Generic((x), bool: ST_BOOL, int: ST_INT, unsigned: ST_UNSIGNED, \
+                             size_t: ST_SIZE, int64_t: ST_I64, char *: ST_STR, \
+                             default: ST_NONE)
+#define FIELD(T, f)      .off = offsetof(T, f), .store = STORE_OF(((T *)0)->f)
+/* Enums are stored as int; see the static assertions below. */
+#define ENUM_FIELD(T, f) .off = offsetof(T, f), .store = ST_ENUM
+
+_Static_assert(sizeof(enum log_level) == sizeof(int), "enum stored as int");
+_Static_assert(sizeof(enum cap_per) == sizeof(int), "enum stored as int");
+_Static_assert(sizeof(enum cap_action) == sizeof(int), "enum stored as int");
+/* parse_groups() writes the name through the first member. */
+_Static_assert(offsetof(struct cfg_channel, name) == 0, "name first");
+_Static_assert(offsetof(struct cfg_category, name) == 0, "name first");
+
+struct choice {
+    const char *name;
+    int value;
+};
+
+/* Runs after a value (or its default, or its absence) has been stored.
+ * BASE is the struct the table describes (for DT_SECTION, the section's
+ * own struct); LINE is that of the value. */
+typedef int (*check_fn)(struct parser *p, void *base, int line);
+/* DT_CUSTOM: PRESENT tells "key absent" from "key: (null)". */
+typedef int (*parse_fn)(struct parser *p, void *base, bool present, struct fy_node *v,
+                        int line);
+
+struct directive {
+    const char *name;
+    enum dtype type;
+    unsigned flags;
+    size_t off;                     /* field (or sub-struct) offset in BASE */
+    enum dstore store;
+    int64_t min, max;               /* DT_INT bounds; DT_DURATION bounds in ms */
+    const char *def;                /* default, written as in the YAML file */
+    const struct choice *choices;   /* DT_ENUM, NULL-terminated */
+    const struct directive *sub;    /* DT_SECTION */
+    parse_fn parse;                 /* DT_CUSTOM */
+    check_fn check;                 /* validator, optional */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Storing converted values                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void store_int(void *field, enum dstore store, int64_t v)
+{
+    switch (store) {
+    case ST_BOOL:     *(bool *)field = v != 0; break;
+    case ST_INT:      *(int *)field = (int)v; break;
+    case ST_UNSIGNED: *(unsigned *)field = (unsigned)v; break;
+    case ST_SIZE:     *(size_t *)field = (size_t)v; break;
+    case ST_I64:      *(int64_t *)field = v; break;
+    case ST_ENUM: {
+        int e = (int)v;
+
+        memcpy(field, &e, sizeof e);
+        break;
+    }
+    case ST_NONE:
+    case ST_STR:
+        abort();    /* a table bug, caught by the first test run */
+    }
+}
+
+static const char *choice_list(char *buf, size_t len, const struct choice *c)
+{
+    size_t o = 0;
+
+    buf[0] = '\0';
+    for (; c->name != NULL && o < len; c++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? "|" : "", c->name);
+    return buf;
+}
+
+/* Converts V according to D and stores it into BASE. */
+static int set_value(struct parser *p, const struct directive *d, void *base,
+                     const struct scalar *v)
+{
+    void *field = (char *)base + d->off;
+    struct qbuf qb;
+    int64_t n;
+    int rc;
+
+    switch (d->type) {
+    case DT_STRING: {
+        char **sp = field;
+
+        if (v->s[0] == '\0')
+            return fail(p, v->line, "must not be empty");
+        free(*sp);
+        if ((*sp = strdup(v->s)) == NULL)
+            return fail(p, v->line, "out of memory");
+        return 0;
+    }
+    case DT_INT:
+        if (!v->plain)
+            return fail(p, v->line, "expected an integer, got a quoted string %s",
+                        quote(&qb, v->s));
+        rc = parse_int64(v->s, &n);
+        if (rc == -1)
+            return fail(p, v->line, "expected an integer, got %s", quote(&qb, v->s));
+        if (rc == -2 || n < d->min || n > d->max)
+            return fail(p, v->line, "%s out of range (%" PRId64 "..%" PRId64 ")",
+                        v->s, d->min, d->max);
+        store_int(field, d->store, n);
+        return 0;
+    case DT_BOOL:
+        if (v->plain && strcmp(v->s, "true") == 0)
+            n = 1;
+        else if (v->plain && strcmp(v->s, "false") == 0)
+            n = 0;
+        else
+            return fail(p, v->line, "expected true or false, got %s%s",
+                        v->plain ? "" : "a quoted string ", quote(&qb, v->s));
+        store_int(field, d->store, n);
+        return 0;
+    case DT_ENUM: {
+        char list[128];
+
+        for (const struct choice *c = d->choices; c->name != NULL; c++) {
+            if (strcmp(c->name, v->s) == 0) {
+                store_int(field, d->store, c->value);
+                return 0;
+            }
+        }
+        return fail(p, v->line, "expected one of %s, got %s",
+                    choice_list(list, sizeof list, d->choices), quote(&qb, v->s));
+    }
+    case DT_DURATION: {
+        char lo[32], hi[32];
+        const char *digits = v->s + (v->s[0] == '-');
+
+        if (all_digits(digits, strlen(digits)))
+            return fail(p, v->line, "duration needs a unit (ms, s, m, h, d or w), got %s",
+                        quote(&qb, v->s));
+        if (config_parse_duration(v->s, &n) < 0)
+            return fail(p, v->line, "bad duration %s", quote(&qb, v->s));
+        if (n < d->min || n > d->max)
+            return fail(p, v->line, "duration %s out of range (%s..%s)", quote(&qb, v->s),
+                        format_duration(lo, sizeof lo, d->min),
+                        format_duration(hi, sizeof hi, d->max));
+        if (d->flags & D_SECONDS) {
+            if (n % MS_PER_S != 0)
+                return fail(p, v->line, "duration %s is not a whole number of seconds",
+                            quote(&qb, v->s));
+            n /= MS_PER_S;
+        }
+        store_int(field, d->store, n);
+        return 0;
+    }
+    case DT_CLOCK: {
+        int minutes;
+
+        if (config_parse_clock(v->s, &minutes) < 0)
+            return fail(p, v->line, "bad time %s (want HH:MM, 00:00..23:59)",
+                        quote(&qb, v->s));
+        store_int(field, d->store, minutes);
+        return 0;
+    }
+    case DT_SECTION:
+    case DT_CUSTOM:
+        break;
+    }
+    abort();    /* sections and custom directives never get here */
+}
+
+static const char *want_of(const struct directive *d, char *buf, size_t len)
+{
+    char list[128];
+
+    switch (d->type) {
+    case DT_STRING:   return "a string";
+    case DT_INT:      return "an integer";
+    case DT_BOOL:     return "true or false";
+    case DT_DURATION: return "a duration";
+    case DT_CLOCK:    return "a time (HH:MM)";
+    case DT_ENUM:
+        snprintf(buf, len, "one of %s", choice_list(list, sizeof list, d->choices));
+        return buf;
+    case DT_SECTION:
+    case DT_CUSTOM:
+        break;
+    }
+    return "a value";
+}
+
+/* ------------------------------------------------------------------------ */
+/* The table walker                                                         */
+/* ------------------------------------------------------------------------ */
+
+static int parse_section(struct parser *p, const struct directive *table, void *base,
+                         struct fy_node *map, int line);
+
+/* One directive: PAIR is its key/value in the file, NULL when absent.
+ * LINE is that of the enclosing mapping, for absent keys. */
+static int parse_directive(struct parser *p, const struct directive *d, void *base,
+                           struct fy_node_pair *pair, int line)
+{
+    struct fy_node *v = pair ? fy_node_pair_value(pair) : NULL;
+    int kline = pair ? node_line(fy_node_pair_key(pair), line) : line;
+    int vline = kline;
+    void *checked = base;       /* what d->check gets */
+
+    if (pair == NULL && (d->flags & D_REQUIRED))
+        return fail(p, line, "missing required key");
+
+    switch (d->type) {
+    case DT_SECTION:
+        if (pair == NULL && (d->flags & D_OPTIONAL))
+            return 0;
+        /* An absent section is parsed as {} so that its defaults apply. */
+        checked = (char *)base + d->off;
+        if (parse_section(p, d->sub, checked, v, kline))
+            return -1;
+        break;
+    case DT_CUSTOM:
+        if (d->parse(p, base, pair != NULL, v, kline))
+            return -1;
+        break;
+    default: {
+        struct scalar s;
+        char want[160];
+
+        if (pair != NULL) {
+            if (get_scalar(p, v, kline, want_of(d, want, sizeof want), &s))
+                return -1;
+        } else if (d->def != NULL) {
+            s = (struct scalar){ .s = d->def, .plain = true, .line = line };
+        } else {
+            break;      /* optional, no default: the field stays zero/NULL */
+        }
+        if (set_value(p, d, base, &s))
+            return -1;
+        vline = s.line;
+        break;
+    }
+    }
+    return d->check ? d->check(p, checked, vline) : 0;
+}
+
+/*
+ * Matches mapping MAP (NULL or null: an empty mapping) against TABLE.
+ * Keys are checked in file order, so the first unknown key in the file is
+ * the one reported; values are then parsed in table order, so that a
+ * directive may rely on those declared before it (caps look up channels,
+ * quiet_hours.default_tz needs zoneinfo_dir) whatever order the file uses.
+ */
+static int parse_section(struct parser *p, const struct directive *table, void *base,
+                         struct fy_node *map, int line)
+{
+    struct fy_node_pair *found[TABLE_MAX] = { NULL };
+    size_t n = 0;
+
+    while (table[n].name != NULL)
+        n++;
+    if (n > TABLE_MAX)
+        abort();        /* a table outgrew TABLE_MAX: raise it */
+    if (check_untagged(p, map, line))
+        return -1;
+    if (!is_null(map)) {
+        struct fy_node_pair *pair;
+        void *it = NULL;
+
+        if (!fy_node_is_mapping(map))
+            return fail(p, node_line(map, line), "expected a mapping, got %s", kind_of(map));
+        while ((pair = fy_node_mapping_iterate(map, &it)) != NULL) {
+            struct fy_node *k = fy_node_pair_key(pair);
+            int kline = node_line(k, line);
+            const char *name;
+            size_t len, i;
+
+            if (k == NULL || !fy_node_is_scalar(k) || fy_node_get_tag_token(k) != NULL ||
+                (name = fy_node_get_scalar(k, &len)) == NULL)
+                return fail(p, kline, "keys must be plain strings");
+            for (i = 0; table[i].name != NULL; i++)
+                if (strlen(table[i].name) == len && memcmp(table[i].name, name, len) == 0)
+                    break;
+            if (table[i].name == NULL) {
+                /* No pop: on error loading stops, and the path is spent. */
+                push_key(p, name, len);
+                return fail(p, kline, "unknown key");
+            }
+            found[i] = pair;    /* duplicates were already refused by libfyaml */
+        }
+    }
+    for (size_t i = 0; table[i].name != NULL; i++) {
+        size_t saved = push_key(p, table[i].name, strlen(table[i].name));
+        int rc = parse_directive(p, &table[i], base, found[i], line);
+
+        if (rc)
+            return -1;
+        pop_key(p, saved);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Validators and custom parsers                                            */
+/* ------------------------------------------------------------------------ */
+
+/* "1..65535", digits only. */
+static int parse_port(const char *s, size_t len, int *port)
+{
+    int v = 0;
+
+    if (len == 0 || len > 5 || !all_digits(s, len))
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        v = v * 10 + (s[i] - '0');
+    if (v < 1 || v > 65535)
+        return -1;
+    *port = v;
+    return 0;
+}
+
+/* listen: host:port with a numeric host, never resolved through DNS, so
+ * that the daemon binds exactly what the file says. */
+static int check_listen(struct parser *p, void *base, int line)
+{
+    struct config *cfg = base;
+    const char *s = cfg->listen;
+    const char *colon, *host;
+    char hostbuf[INET6_ADDRSTRLEN + 1], canon[INET6_ADDRSTRLEN];
+    size_t hostlen;
+    unsigned char addr[sizeof(struct in6_addr)];
+    int port;
+    struct qbuf qb;
+    const char *form = "want host:port; host is a numeric IPv4 address, [IPv6], "
+                       "localhost or *";
+
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+
+        if (close == NULL || close[1] != ':')
+            return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
+        host = s + 1;
+        hostlen = (size_t)(close - host);
+        colon = close + 1;
+        if (hostlen == 0 || hostlen >= sizeof hostbuf)
+            return fail(p, line, "bad IPv6 address in %s", quote(&qb, s));
+        memcpy(hostbuf, host, hostlen);
+        hostbuf[hostlen] = '\0';
+        if (inet_pton(AF_INET6, hostbuf, addr) != 1)
+            return fail(p, line, "bad IPv6 address in %s", quote(&qb, s));
+        inet_ntop(AF_INET6, addr, canon, sizeof canon);
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL)
+            return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
+        host = s;
+        hostlen = (size_t)(colon - s);
+        if (memchr(host, ':', hostlen) != NULL)
+            return fail(p, line, "bad address %s (IPv6 addresses need brackets: [::1]:8425)",
+                        quote(&qb, s));
+        if (hostlen == 0 || hostlen >= sizeof hostbuf)
+            return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
+        memcpy(hostbuf, host, hostlen);
+        hostbuf[hostlen] = '\0';
+        if (strcmp(hostbuf, "localhost") == 0)
+            strcpy(canon, "127.0.0.1");
+        else if (strcmp(hostbuf, "*") == 0)
+            strcpy(canon, "0.0.0.0");
+        else if (inet_pton(AF_INET, hostbuf, addr) == 1)
+            inet_ntop(AF_INET, addr, canon, sizeof canon);
+        else
+            return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
+    }
+    if (parse_port(colon + 1, strlen(colon + 1), &port) < 0)
+        return fail(p, line, "bad port in %s (want 1..65535)", quote(&qb, s));
+    free(cfg->listen_host);
+    if ((cfg->listen_host = strdup(canon)) == NULL)
+        return fail(p, line, "out of memory");
+    cfg->listen_port = (uint16_t)port;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes S[0..LEN) into a new string; empty gives NULL.  WHAT
+ * names the part in messages; the value itself may be secret and is never
+ * echoed. */
+static int url_decode(struct parser *p, int line, const char *what, const char *s,
+                      size_t len, char **out)
+{
+    char *d;
+    size_t o = 0;
+
+    *out = NULL;
+    if (len == 0)
+        return 0;
+    if ((d = malloc(len + 1)) == NULL)
+        return fail(p, line, "out of memory");
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%') {
+            int hi = i + 2 < len ? hexval(s[i + 1]) : -1;
+            int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
+
+            /* %00 would cut the C string short: refuse it. */
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                free(d);
+                return fail(p, line, "bad percent-encoding in the %s", what);
+            }
+            d[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            d[o++] = s[i];
+        }
+    }
+    d[o] = '\0';
+    *out = d;
+    return 0;
+}
+
+static int parse_db(struct parser *p, int line, const char *s, size_t len, int *db)
+{
+    char buf[16];
+    struct qbuf qb;
+    long v = 0;
+
+    if (len >= sizeof buf)
+        len = sizeof buf - 1;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    if (len == 0 || len > 7 || !all_digits(s, len))
+        return fail(p, line, "bad db %s (want 0..%d)", quote(&qb, buf), REDIS_DB_MAX);
+    for (size_t i = 0; i < len; i++)
+        v = v * 10 + (s[i] - '0');
+    if (v > REDIS_DB_MAX)
+        return fail(p, line, "bad db %s (want 0..%d)", quote(&qb, buf), REDIS_DB_MAX);
+    *db = (int)v;
+    return 0;
+}
+
+/* A host name or IPv4 address: letters, digits, '.', '-', '_'. */
+static bool valid_host_name(const char *s, size_t len)
+{
+    if (len == 0 || len > 253)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* redis://[[user]:password@]host[:port][/db].  [MFROM, MTO) receives the
+ * password's bytes in URL, for masking. */
+static int parse_redis_tcp(struct parser *p, struct cfg_redis *r, const char *url, int line,
+                           size_t *mfrom, size_t *mto)
+{
+    const char *a = url + strlen("redis://");
+    size_t alen = strcspn(a, "/?#");
+    const char *at = memrchr(a, '@', alen);
+    const char *hp = a, *end = a + alen, *rest;
+
+    r->transport = REDIS_TCP;
+    r->port = 6379;
+    if (at != NULL) {
+        const char *colon = memchr(a, ':', (size_t)(at - a));
+
+        if (colon == NULL)
+            return fail(p, line, "credentials must be written [user]:password@");
+        if (url_decode(p, line, "user", a, (size_t)(colon - a), &r->user) ||
+            url_decode(p, line, "password", colon + 1, (size_t)(at - colon - 1), &r->password))
+            return -1;
+        *mfrom = (size_t)(colon + 1 - url);
+        *mto = (size_t)(at - url);
+        hp = at + 1;
+    }
+    if (hp < end && *hp == '[') {
+        const char *close = memchr(hp, ']', (size_t)(end - hp));
+        char buf[INET6_ADDRSTRLEN + 1];
+        unsigned char addr[sizeof(struct in6_addr)];
+        size_t hl;
+
+        if (close == NULL)
+            return fail(p, line, "bad IPv6 host (missing ])");
+        hl = (size_t)(close - hp - 1);
+        if (hl == 0 || hl >= sizeof buf)
+            return fail(p, line, "bad IPv6 host");
+        memcpy(buf, hp + 1, hl);
+        buf[hl] = '\0';
+        if (inet_pton(AF_INET6, buf, addr) != 1)
+            return fail(p, line, "bad IPv6 host");
+        r->host = strdup(buf);
+        rest = close + 1;
+    } else {
+        const char *colon = memchr(hp, ':', (size_t)(end - hp));
+
+        rest = colon ? colon : end;
+        if (!valid_host_name(hp, (size_t)(rest - hp)))
+            return fail(p, line, "bad host (want a name, an IPv4 address or [IPv6])");
+        r->host = strndup(hp, (size_t)(rest - hp));
+    }
+    if (r->host == NULL)
+        return fail(p, line, "out of memory");
+    if (rest < end) {
+        if (*rest != ':' || parse_port(rest + 1, (size_t)(end - rest - 1), &r->port) < 0)
+            return fail(p, line, "bad port (want 1..65535)");
+    }
+    if (*end == '?' || *end == '#')
+        return fail(p, line, "redis:// URLs take no query or fragment (the db goes in /db)");
+    if (*end == '/' && end[1] != '\0')
+        return parse_db(p, line, end + 1, strlen(end + 1), &r->db);
+    return 0;
+}
+
+/* unix:///path/to/redis.sock[?db=N&password=...&user=...] */
+static int parse_redis_unix(struct parser *p, struct cfg_redis *r, const char *url, int line,
+                            size_t *mfrom, size_t *mto)
+{
+    const char *path = url + strlen("unix://");
+    size_t plen = strcspn(path, "?#");
+    const char *q = path + plen;
+    bool seen_db = false;
+    struct qbuf qb;
+
+    r->transport = REDIS_UNIX;
+    if (plen < 2 || path[0] != '/')
+        return fail(p, line, "unix:// needs an absolute socket path, e.g. "
+                             "unix:///run/redis/redis.sock");
+    if (plen >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return fail(p, line, "socket path too long (max %zu bytes)",
+                    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    if ((r->path = strndup(path, plen)) == NULL)
+        return fail(p, line, "out of memory");
+    if (*q == '#')
+        return fail(p, line, "unix:// URLs take no fragment");
+    if (*q == '\0')
+        return 0;
+    for (q++; ; ) {
+        size_t len = strcspn(q, "&");
+        const char *eq = memchr(q, '=', len);
+        size_t klen = eq ? (size_t)(eq - q) : len;
+        const char *val = eq ? eq + 1 : q + len;
+        size_t vlen = (size_t)(q + len - val);
+        char name[32];
+
+        snprintf(name, sizeof name, "%.*s", (int)(klen < 31 ? klen : 31), q);
+        if (eq == NULL)
+            return fail(p, line, "URL parameter %s needs a value", quote(&qb, name));
+        if (klen == 2 && memcmp(q, "db", 2) == 0) {
+            if (seen_db)
+                return fail(p, line, "duplicate URL parameter \"db\"");
+            seen_db = true;
+            if (parse_db(p, line, val, vlen, &r->db))
+                return -1;
+        } else if (klen == 8 && memcmp(q, "password", 8) == 0) {
+            if (r->password != NULL)
+                return fail(p, line, "duplicate URL parameter \"password\"");
+            if (url_decode(p, line, "password", val, vlen, &r->password))
+                return -1;
+            *mfrom = (size_t)(val - url);
+            *mto = (size_t)(val + vlen - url);
+        } else if (klen == 4 && memcmp(q, "user", 4) == 0) {
+            if (r->user != NULL)
+                return fail(p, line, "duplicate URL parameter \"user\"");
+            if (url_decode(p, line, "user", val, vlen, &r->user))
+                return -1;
+        } else {
+            return fail(p, line, "unknown URL parameter %s (want db, password or user)",
+                        quote(&qb, name));
+        }
+        if (q[len] == '\0')
+            return 0;
+        q += len + 1;
+    }
+}
+
+/* redis.url: fills transport/host/port/path/user/password/db, then keeps
+ * a display form of the URL with the password replaced by "***", so the
+ * URL can be logged.  Error messages never echo the URL: it may hold a
+ * password. */
+static int check_redis_url(struct parser *p, void *base, int line)
+{
+    struct cfg_redis *r = base;
+    size_t mfrom = 0, mto = 0;
+    int rc;
+
+    if (strncasecmp(r->url, "redis://", 8) == 0) {
+        rc = parse_redis_tcp(p, r, r->url, line, &mfrom, &mto);
+    } else if (strncasecmp(r->url, "unix://", 7) == 0) {
+        rc = parse_redis_unix(p, r, r->url, line, &mfrom, &mto);
+    } else {
+        const char *sep = strstr(r->url, "://");
+        struct qbuf qb;
+        char scheme[24];
+
+        if (sep == NULL)
+            return fail(p, line, "expected a redis:// or unix:// URL");
+        snprintf(scheme, sizeof scheme, "%.*s",
+                 (int)((size_t)(sep - r->url) < 20 ? (size_t)(sep - r->url) : 20), r->url);
+        return fail(p, line, "unsupported URL scheme %s (want redis:// or unix://)",
+                    quote(&qb, scheme));
+    }
+    if (rc)
+        return -1;
+    if (r->user != NULL && r->password == NULL)
+        return fail(p, line, "a user needs a password");
+    if (mto > mfrom) {
+        size_t len = strlen(r->url);
+        char *shown = malloc(len - (mto - mfrom) + 4);
+
+        if (shown == NULL)
+            return fail(p, line, "out of memory");
+        memcpy(shown, r->url, mfrom);
+        memcpy(shown + mfrom, "***", 3);
+        memcpy(shown + mfrom + 3, r->url + mto, len - mto + 1);
+        explicit_bzero(r->url, len);
+        free(r->url);
+        r->url = shown;
+    }
+    return 0;
+}
+
+/* [a-z0-9_-]{1,32} */
+static bool valid_group_name(const char *s, size_t len)
+{
+    if (len == 0 || len > GROUP_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* channels / categories: a non-empty mapping name -> options.  The entry
+ * structs start with their name; OPTS describes the rest. */
+static int parse_groups(struct parser *p, struct fy_node *v, int line, const char *what,
+                        const struct directive *opts, size_t elem_size, void **arrp,
+                        size_t *np)
+{
+    struct fy_node_pair *pair;
+    void *it = NULL;
+    size_t n, i = 0;
+    char *arr;
+
+    if (check_untagged(p, v, line))
+        return -1;
+    if (!is_null(v) && !fy_node_is_mapping(v))
+        return fail(p, node_line(v, line), "expected a mapping of %s names, got %s", what,
+                    kind_of(v));
+    n = is_null(v) ? 0 : (size_t)fy_node_mapping_item_count(v);
+    if (n == 0)
+        return fail(p, line, "at least one %s is required", what);
+    if ((arr = calloc(n, elem_size)) == NULL)
+        return fail(p, line, "out of memory");
+    *arrp = arr;
+    *np = n;        /* config_free copes with entries not filled in yet */
+    while ((pair = fy_node_mapping_iterate(v, &it)) != NULL) {
+        struct fy_node *k = fy_node_pair_key(pair);
+        int kline = node_line(k, line);
+        void *elem = arr + i * elem_size;
+        char **name = elem;     /* the name is the first member */
+        const char *s;
+        size_t len, saved;
+        struct qbuf qb;
+
+        if (k == NULL || !fy_node_is_scalar(k) || fy_node_get_tag_token(k) != NULL ||
+            (s = fy_node_get_scalar0(k)) == NULL)
+            return fail(p, kline, "%s names must be plain strings", what);
+        len = strlen(s);
+        if (!valid_group_name(s, len))
+            return fail(p, kline, "bad %s name %s (want 1 to %d of a-z, 0-9, _ and -)", what,
+                        quote(&qb, s), GROUP_NAME_MAX);
+        if ((*name = strdup(s)) == NULL)
+            return fail(p, kline, "out of memory");
+        saved = push_key(p, s, len);
+        /* "email:" with nothing after it is an empty option mapping. */
+        if (parse_section(p, opts, elem, fy_node_pair_value(pair), kline))
+            return -1;
+        pop_key(p, saved);
+        i++;
+    }
+    return 0;
+}
+
+static const struct directive channel_table[] = {
+    { .name = "requires_opt_in", .type = DT_BOOL, FIELD(struct cfg_channel, requires_opt_in),
+      .def = "false" },
+    { .name = NULL },
+};
+
+static const struct directive category_table[] = {
+    { .name = "exempt_from_caps", .type = DT_BOOL,
+      FIELD(struct cfg_category, exempt_from_caps), .def = "false" },
+    { .name = "exempt_from_quiet_hours", .type = DT_BOOL,
+      FIELD(struct cfg_category, exempt_from_quiet_hours), .def = "false" },
+    { .name = "ignores_opt_out", .type = DT_BOOL,
+      FIELD(struct cfg_category, ignores_opt_out), .def = "false" },
+    { .name = "requires_opt_in", .type = DT_BOOL,
+      FIELD(struct cfg_category, requires_opt_in), .def = "false" },
+    { .name = NULL },
+};
+
+static int parse_channels(struct parser *p, void *base, bool present, struct fy_node *v,
+                          int line)
+{
+    struct config *cfg = base;
+    void *arr = NULL;
+    int rc;
+
+    (void)present;      /* required: the walker refused an absent key */
+    rc = parse_groups(p, v, line, "channel", channel_table, sizeof(struct cfg_channel),
+                          &arr, &cfg->n_channels);
+
+    cfg->channels = arr;
+    return rc;
+}
+
+static int parse_categories(struct parser *p, void *base, bool present, struct fy_node *v,
+                            int line)
+{
+    struct config *cfg = base;
+    void *arr = NULL;
+    int rc;
+
+    (void)present;
+    rc = parse_groups(p, v, line, "category", category_table,
+                          sizeof(struct cfg_category), &arr, &cfg->n_categories);
+
+    cfg->categories = arr;
+    return rc;
+}
+
+/* default_category: must name a category; may be left out only when
+ * there is exactly one, which is then the default. */
+static int check_default_category(struct parser *p, void *base, int line)
+{
+    struct config *cfg = base;
+    struct qbuf qb;
+
+    if (cfg->default_category == NULL) {
+        if (cfg->n_categories != 1)
+            return fail(p, line, "missing required key (there is more than one category)");
+        if ((cfg->default_category = strdup(cfg->categories[0].name)) == NULL)
+            return fail(p, line, "out of memory");
+        return 0;
+    }
+    if (config_category(cfg, cfg->default_category) == NULL)
+        return fail(p, line, "unknown category %s", quote(&qb, cfg->default_category));
+    return 0;
+}
+
+/* [A-Za-z0-9_.-]{1,64}, unique among the caps. */
+static int check_cap_name(struct parser *p, void *base, int line)
+{
+    const struct cfg_cap *cap = base;
+    size_t len = strlen(cap->name);
+    struct qbuf qb;
+
+    if (len > CAP_NAME_MAX)
+        return fail(p, line, "cap name %s is longer than %d characters", quote(&qb, cap->name),
+                    CAP_NAME_MAX);
+    for (size_t i = 0; i < len; i++) {
+        char c = cap->name[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return fail(p, line, "bad cap name %s (want A-Z, a-z, 0-9, _, . and -)",
+                        quote(&qb, cap->name));
+    }
+    for (size_t i = 0; i < p->cap_index; i++)
+        if (strcmp(p->cfg->caps[i].name, cap->name) == 0)
+            return fail(p, line, "duplicate cap name %s (also caps[%zu])",
+                        quote(&qb, cap->name), i);
+    return 0;
+}
+
+static int check_cap_channel(struct parser *p, void *base, int line)
+{
+    const struct cfg_cap *cap = base;
+    struct qbuf qb;
+
+    if (cap->channel != NULL && config_channel(p->cfg, cap->channel) == NULL)
+        return fail(p, line, "unknown channel %s", quote(&qb, cap->channel));
+    return 0;
+}
+
+static int check_cap_category(struct parser *p, void *base, int line)
+{
+    const struct cfg_cap *cap = base;
+    struct qbuf qb;
+
+    if (cap->category != NULL && config_category(p->cfg, cap->category) == NULL)
+        return fail(p, line, "unknown category %s", quote(&qb, cap->category));
+    return 0;
+}
+
+static const struct choice cap_pers[] = {
+    { "user", CAP_PER_USER }, { "campaign", CAP_PER_CAMPAIGN }, { NULL, 0 },
+};
+
+static const struct choice cap_actions[] = {
+    { "defer", CAP_DEFER }, { "deny", CAP_DENY }, { NULL, 0 },
+};
+
+/* Windows are bounded so that the TTL of the send records stays sane. */
+static const struct directive cap_table[] = {
+    { .name = "name", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_cap, name),
+      .check = check_cap_name },
+    { .name = "channel", .type = DT_STRING, FIELD(struct cfg_cap, channel),
+      .check = check_cap_channel },
+    { .name = "category", .type = DT_STRING, FIELD(struct cfg_cap, category),
+      .check = check_cap_category },
+    { .name = "per", .type = DT_ENUM, ENUM_FIELD(struct cfg_cap, per), .choices = cap_pers,
+      .def = "user" },
+    { .name = "limit", .type = DT_INT, .flags = D_REQUIRED, FIELD(struct cfg_cap, limit),
+      .min = 1, .max = CAP_LIMIT_MAX },
+    { .name = "window", .type = DT_DURATION, .flags = D_REQUIRED,
+      FIELD(struct cfg_cap, window_ms), .min = MS_PER_S, .max = 366 * MS_PER_D },
+    { .name = "on_exceed", .type = DT_ENUM, ENUM_FIELD(struct cfg_cap, on_exceed),
+      .choices = cap_actions, .def = "defer" },
+    { .name = NULL },
+};
+
+/* caps: an optional list (null or [] means none) of at most MAX_CAPS. */
+static int parse_caps(struct parser *p, void *base, bool present, struct fy_node *v,
+                      int line)
+{
+    struct config *cfg = base;
+    struct fy_node *item;
+    void *it = NULL;
+    size_t n;
+
+    if (!present)
+        return 0;
+    if (check_untagged(p, v, line))
+        return -1;
+    if (is_null(v))
+        return 0;
+    if (!fy_node_is_sequence(v))
+        return fail(p, node_line(v, line), "expected a list, got %s", kind_of(v));
+    n = (size_t)fy_node_sequence_item_count(v);
+    if (n > MAX_CAPS)
+        return fail(p, line, "too many caps (%zu, max %d)", n, MAX_CAPS);
+    if (n == 0)
+        return 0;
+    if ((cfg->caps = calloc(n, sizeof *cfg->caps)) == NULL)
+        return fail(p, line, "out of memory");
+    cfg->n_caps = n;
+    for (p->cap_index = 0; (item = fy_node_sequence_iterate(v, &it)) != NULL; p->cap_index++) {
+        int iline = node_line(item, line);
+        size_t saved = push_index(p, p->cap_index);
+
+        if (check_untagged(p, item, iline))
+            return -1;
+        if (is_null(item) || !fy_node_is_mapping(item))
+            return fail(p, iline, "expected a mapping, got %s", kind_of(item));
+        if (parse_section(p, cap_table, &cfg->caps[p->cap_index], item, iline))
+            return -1;
+        pop_key(p, saved);
+    }
+    return 0;
+}
+
+/* quiet_hours.end: an empty window is almost surely a typo. */
+static int check_quiet_end(struct parser *p, void *base, int line)
+{
+    const struct cfg_quiet_hours *q = base;
+
+    if (q->start_min == q->end_min)
+        return fail(p, line, "same as start (quiet hours would be empty)");
+    return 0;
+}
+
+static int check_zoneinfo_dir(struct parser *p, void *base, int line)
+{
+    const struct cfg_quiet_hours *q = base;
+    struct stat st;
+    struct qbuf qb;
+
+    if (stat(q->zoneinfo_dir, &st) < 0)
+        return fail(p, line, "%s: %s", quote(&qb, q->zoneinfo_dir), strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return fail(p, line, "%s is not a directory", quote(&qb, q->zoneinfo_dir));
+    return 0;
+}
+
+/* default_tz: an IANA name that must exist as a file under zoneinfo_dir.
+ * Names are kept inside that directory: no "..", no absolute paths. */
+static int check_default_tz(struct parser *p, void *base, int line)
+{
+    const struct cfg_quiet_hours *q = base;
+    const char *tz = q->default_tz;
+    char path[4096];
+    struct stat st;
+    struct qbuf qb;
+
+    if (tz[0] == '/' || strstr(tz, "..") != NULL)
+        return fail(p, line, "bad time zone name %s", quote(&qb, tz));
+    for (const char *c = tz; *c != '\0'; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+              (*c >= '0' && *c <= '9') || strchr("/_+-.", *c) != NULL))
+            return fail(p, line, "bad time zone name %s", quote(&qb, tz));
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", q->zoneinfo_dir, tz) >= sizeof path)
+        return fail(p, line, "time zone path too long");
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || access(path, R_OK) < 0)
+        return fail(p, line, "unknown time zone %s (no readable file %s)", quote(&qb, tz),
+                    path);
+    return 0;
+}
+
+/* quiet_hours.channels: configured channels, each once.  Absent means all
+ * channels; null or [] means none. */
+static int parse_quiet_channels(struct parser *p, void *base, bool present,
+                                struct fy_node *v, int line)
+{
+    struct cfg_quiet_hours *q = base;
+    const struct config *cfg = p->cfg;
+    struct fy_node *item;
+    void *it = NULL;
+    size_t n, i = 0;
+
+    if (!present) {
+        if ((q->channels = calloc(cfg->n_channels, sizeof *q->channels)) == NULL)
+            return fail(p, line, "out of memory");
+        q->n_channels = cfg->n_channels;
+        for (i = 0; i < cfg->n_channels; i++)
+            if ((q->channels[i] = strdup(cfg->channels[i].name)) == NULL)
+                return fail(p, line, "out of memory");
+        return 0;
+    }
+    if (check_untagged(p, v, line))
+        return -1;
+    if (is_null(v))
+        return 0;
+    if (!fy_node_is_sequence(v))
+        return fail(p, node_line(v, line), "expected a list of channels, got %s", kind_of(v));
+    n = (size_t)fy_node_sequence_item_count(v);
+    if (n == 0)
+        return 0;
+    if ((q->channels = calloc(n, sizeof *q->channels)) == NULL)
+        return fail(p, line, "out of memory");
+    q->n_channels = n;
+    for (; (item = fy_node_sequence_iterate(v, &it)) != NULL; i++) {
+        size_t saved = push_index(p, i);
+        struct scalar s;
+        struct qbuf qb;
+
+        if (get_scalar(p, item, line, "a channel name", &s))
+            return -1;
+        if (config_channel(cfg, s.s) == NULL)
+            return fail(p, s.line, "unknown channel %s", quote(&qb, s.s));
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(q->channels[j], s.s) == 0)
+                return fail(p, s.line, "duplicate channel %s", quote(&qb, s.s));
+        if ((q->channels[i] = strdup(s.s)) == NULL)
+            return fail(p, s.line, "out of memory");
+        pop_key(p, saved);
+    }
+    return 0;
+}
+
+static int check_quiet_hours(struct parser *p, void *base, int line)
+{
+    struct cfg_quiet_hours *q = base;
+
+    (void)p; (void)line;
+    q->enabled = true;      /* the section is present and valid */
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The tables                                                               */
+/* ------------------------------------------------------------------------ */
+
+static const struct choice log_levels[] = {
+    { "error", LOG_LEVEL_ERROR }, { "warn", LOG_LEVEL_WARN },
+    { "info", LOG_LEVEL_INFO }, { "debug", LOG_LEVEL_DEBUG }, { NULL, 0 },
+};
+
+static const struct choice unavailable_policies[] = {
+    { "reject", 0 }, { "allow", 1 }, { NULL, 0 },     /* -> fail_open */
+};
+
+static const struct directive redis_table[] = {
+    { .name = "url", .type = DT_STRING, FIELD(struct cfg_redis, url),
+      .def = "redis://127.0.0.1:6379/0", .check = check_redis_url },
+    { .name = "timeout_ms", .type = DT_INT, FIELD(struct cfg_redis, timeout_ms),
+      .min = 1, .max = 60000, .def = "250" },
+    { .name = "on_unavailable", .type = DT_ENUM, FIELD(struct cfg_redis, fail_open),
+      .choices = unavailable_policies, .def = "reject" },
+    { .name = NULL },
+};
+
+/* privacy's only key lives on struct config itself: base offset 0. */
+static const struct directive privacy_table[] = {
+    { .name = "key_file", .type = DT_STRING, .flags = D_REQUIRED,
+      FIELD(struct config, key_file) },
+    { .name = NULL },
+};
+
+/* Order matters: zoneinfo_dir before default_tz, start before end. */
+static const struct directive quiet_table[] = {
+    { .name = "start", .type = DT_CLOCK, .flags = D_REQUIRED,
+      FIELD(struct cfg_quiet_hours, start_min) },
+    { .name = "end", .type = DT_CLOCK, .flags = D_REQUIRED,
+      FIELD(struct cfg_quiet_hours, end_min), .check = check_quiet_end },
+    { .name = "zoneinfo_dir", .type = DT_STRING, FIELD(struct cfg_quiet_hours, zoneinfo_dir),
+      .def = "/usr/share/zoneinfo", .check = check_zoneinfo_dir },
+    { .name = "default_tz", .type = DT_STRING, FIELD(struct cfg_quiet_hours, default_tz),
+      .def = "UTC", .check = check_default_tz },
+    { .name = "channels", .type = DT_CUSTOM, .parse = parse_quiet_channels },
+    { .name = NULL },
+};
+
+static const struct directive limits_table[] = {
+    { .name = "max_body_bytes", .type = DT_INT, FIELD(struct cfg_limits, max_body_bytes),
+      .min = 256, .max = 16777216, .def = "65536" },
+    { .name = "max_connections", .type = DT_INT, FIELD(struct cfg_limits, max_connections),
+      .min = 1, .max = 1000000, .def = "4096" },
+    { .name = "max_connections_per_ip", .type = DT_INT,
+      FIELD(struct cfg_limits, max_connections_per_ip), .min = 0, .max = 1000000, .def = "0" },
+    { .name = "connection_timeout", .type = DT_DURATION, .flags = D_SECONDS,
+      FIELD(struct cfg_limits, connection_timeout_s), .min = MS_PER_S, .max = MS_PER_H,
+      .def = "30s" },
+    { .name = "connection_memory_bytes", .type = DT_INT,
+      FIELD(struct cfg_limits, connection_memory_bytes), .min = 8192, .max = 16777216,
+      .def = "32768" },
+    { .name = "max_pending", .type = DT_INT, FIELD(struct cfg_limits, max_pending),
+      .min = 1, .max = 1000000, .def = "10000" },
+    { .name = NULL },
+};
+
+/* Top level.  channels and categories come before everything that refers
+ * to them (default_category, caps, quiet_hours). */
+static const struct directive config_table[] = {
+    { .name = "listen", .type = DT_STRING, FIELD(struct config, listen),
+      .def = "127.0.0.1:8425", .check = check_listen },
+    { .name = "log_level", .type = DT_ENUM, ENUM_FIELD(struct config, log_level),
+      .choices = log_levels, .def = "info" },
+    { .name = "redis", .type = DT_SECTION, .off = offsetof(struct config, redis),
+      .sub = redis_table },
+    { .name = "privacy", .type = DT_SECTION, .flags = D_REQUIRED, .off = 0,
+      .sub = privacy_table },
+    { .name = "channels", .type = DT_CUSTOM, .flags = D_REQUIRED, .parse = parse_channels },
+    { .name = "categories", .type = DT_CUSTOM, .flags = D_REQUIRED,
+      .parse = parse_categories },
+    { .name = "default_category", .type = DT_STRING, FIELD(struct config, default_category),
+      .check = check_default_category },
+    { .name = "caps", .type = DT_CUSTOM, .parse = parse_caps },
+    { .name = "quiet_hours", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct config, quiet_hours), .sub = quiet_table,
+      .check = check_quiet_hours },
+    { .name = "max_defer", .type = DT_DURATION, FIELD(struct config, max_defer_ms),
+      .min = MS_PER_S, .max = 366 * MS_PER_D, .def = "7d" },
+    { .name = "idempotency_window", .type = DT_DURATION, FIELD(struct config, idempotency_ms),
+      .min = MS_PER_S, .max = 366 * MS_PER_D, .def = "1d" },
+    { .name = "limits", .type = DT_SECTION, .off = offsetof(struct config, limits),
+      .sub = limits_table },
+    { .name = NULL },
+};
+
+/* ------------------------------------------------------------------------ */
+/* File and YAML                                                            */
+/* ------------------------------------------------------------------------ */
+
+static int io_fail(struct parser *p, int errnum)
+{
+    snprintf(p->err, p->errlen, "%s: cannot read: %s", p->file, strerror(errnum));
+    return -1;
+}
+
+static int read_file(struct parser *p, char **out, size_t *lenp)
+{
+    int fd = open(p->file, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int e = 0;
+
+    if (fd < 0)
+        return io_fail(p, errno);
+    if (fstat(fd, &st) < 0)
+        e = errno;
+    else if (S_ISDIR(st.st_mode))
+        e = EISDIR;
+    /* Sized from fstat and grown if the file grows meanwhile, up to one
+     * byte more than allowed: reading that byte means "too large". */
+    while (e == 0 && len <= MAX_CONFIG_BYTES) {
+        ssize_t n;
+
+        if (len == cap) {
+            size_t want = cap ? cap * 2 : st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
+            char *nbuf;
+
+            if (want > MAX_CONFIG_BYTES + 1)
+                want = MAX_CONFIG_BYTES + 1;
+            if ((nbuf = realloc(buf, want + 1)) == NULL) {
+                e = ENOMEM;
+                break;
+            }
+            buf = nbuf;
+            cap = want;
+        }
+        n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno != EINTR)
+            e = errno;
+        else if (n == 0)
+            break;
+        else if (n > 0)
+            len += (size_t)n;
+    }
+    close(fd);
+    if (e == 0 && len > MAX_CONFIG_BYTES) {
+        free(buf);
+        snprintf(p->err, p->errlen, "%s: file too large (max %d bytes)", p->file,
+                 MAX_CONFIG_BYTES);
+        return -1;
+    }
+    if (e != 0) {
+        free(buf);
+        return io_fail(p, e);
+    }
+    if (buf == NULL && (buf = malloc(1)) == NULL)     /* empty file */
+        return io_fail(p, ENOMEM);
+    buf[len] = '\0';
+    *out = buf;
+    *lenp = len;
+    return 0;
+}
+
+/* libfyaml reports some encoding errors without a position; checking the
+ * encoding first gives every such error a line. */
+static int check_utf8(struct parser *p, const char *text, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    int line = 1;
+
+    for (size_t i = 0; i < len;) {
+        unsigned c = s[i];
+        uint32_t cp, min;
+        size_t n;
+
+        if (c == '\n')
+            line++;
+        if (c == 0)
+            return fail(p, line, "NUL byte in file");
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if ((c & 0xe0) == 0xc0) { n = 2; cp = c & 0x1f; min = 0x80; }
+        else if ((c & 0xf0) == 0xe0) { n = 3; cp = c & 0x0f; min = 0x800; }
+        else if ((c & 0xf8) == 0xf0) { n = 4; cp = c & 0x07; min = 0x10000; }
+        else return fail(p, line, "invalid UTF-8");
+        if (i + n > len)
+            return fail(p, line, "invalid UTF-8");
+        for (size_t k = 1; k < n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return fail(p, line, "invalid UTF-8");
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return fail(p, line, "invalid UTF-8");
+        i += n;
+    }
+    return 0;
+}
+
+struct yaml {
+    struct fy_diag *diag;
+    struct fy_parser *fyp;
+    struct fy_document *doc;
+};
+
+/* libfyaml must never write to stderr on its own: the daemon's log is the
+ * only place errors go.  Its messages are collected instead (see below). */
+static void diag_discard(struct fy_diag *diag, void *user, const char *buf, size_t len)
+{
+    (void)diag; (void)user; (void)buf; (void)len;
+}
+
+/* The first collected libfyaml error as "<path>:<line>: <message>". */
+static int yaml_error(struct parser *p, struct fy_diag *diag)
+{
+    void *it = NULL;
+    struct fy_diag_error *e = fy_diag_errors_iterate(diag, &it);
+
+    if (e != NULL)
+        snprintf(p->err, p->errlen, "%s:%d: YAML syntax error: %s", p->file,
+                 e->line > 0 ? e->line : 1, e->msg ? e->msg : "unknown error");
+    else
+        snprintf(p->err, p->errlen, "%s: YAML syntax error", p->file);
+    return -1;
+}
+
+static int yaml_parse(struct parser *p, const char *text, size_t len, struct yaml *y)
+{
+    struct fy_diag_cfg dcfg;
+    struct fy_parse_cfg pcfg;
+    struct fy_document *extra;
+    void *it = NULL;
+
+    fy_diag_cfg_default(&dcfg);
+    dcfg.fp = NULL;
+    dcfg.output_fn = diag_discard;
+    dcfg.user = NULL;
+    dcfg.colorize = false;
+    if ((y->diag = fy_diag_create(&dcfg)) == NULL)
+        return fail(p, 1, "out of memory");
+    fy_diag_set_collect_errors(y->diag, true);
+
+    memset(&pcfg, 0, sizeof pcfg);
+    /* Anchors, aliases and merge keys are resolved, so the walker only
+     * ever sees plain mappings, sequences and scalars. */
+    pcfg.flags = FYPCF_QUIET | FYPCF_RESOLVE_DOCUMENT | FYPCF_JSON_NONE;
+    pcfg.diag = y->diag;
+    if ((y->fyp = fy_parser_create(&pcfg)) == NULL ||
+        fy_parser_set_string(y->fyp, text, len) < 0)
+        return fail(p, 1, "cannot set up the YAML parser");
+
+    y->doc = fy_parse_load_document(y->fyp);
+    /* NULL without error is an empty file; some errors are collected
+     * without fy_diag_got_error(), so look at the collection too. */
+    if (y->doc == NULL)
+        return fy_diag_errors_iterate(y->diag, &it) || fy_diag_got_error(y->diag)
+               ? yaml_error(p, y->diag) : 0;
+    extra = fy_parse_load_document(y->fyp);
+    if (extra != NULL) {
+        int line = node_line(fy_document_root(extra), 1);
+
+        fy_parse_document_destroy(y->fyp, extra);
+        return fail(p, line, "only one YAML document is allowed");
+    }
+    if (fy_diag_errors_iterate(y->diag, &it) || fy_diag_got_error(y->diag))
+        return yaml_error(p, y->diag);
+    return 0;
+}
+
+static void yaml_close(struct yaml *y)
+{
+    if (y->doc != NULL)
+        fy_parse_document_destroy(y->fyp, y->doc);
+    if (y->fyp != NULL)
+        fy_parser_destroy(y->fyp);
+    if (y->diag != NULL)
+        fy_diag_destroy(y->diag);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public interface                                                         */
+/* ------------------------------------------------------------------------ */
+
+struct config *config_load(const char *path, char *err, size_t errlen)
+{
+    char scratch[CONFIG_ERR_LEN];
+    struct parser p;
+    struct yaml y = { NULL, NULL, NULL };
+    struct config *cfg;
+    char *text = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (err == NULL || errlen == 0) {
+        err = scratch;
+        errlen = sizeof scratch;
+    }
+    err[0] = '\0';
+    if (path == NULL) {
+        snprintf(err, errlen, "config: no file name");
+        return NULL;
+    }
+    if ((cfg = calloc(1, sizeof *cfg)) == NULL) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    memset(&p, 0, sizeof p);
+    p.file = path;
+    p.err = err;
+    p.errlen = errlen;
+    p.cfg = cfg;
+
+    rc = read_file(&p, &text, &len);
+    if (rc == 0)
+        rc = check_utf8(&p, text, len);
+    if (rc == 0)
+        rc = yaml_parse(&p, text, len, &y);
+    if (rc == 0) {
+        struct fy_node *root = y.doc ? fy_document_root(y.doc) : NULL;
+
+        /* An empty file is an empty mapping: the required keys say what
+         * is missing. */
+        rc = parse_section(&p, config_table, cfg, root, node_line(root, 1));
+    }
+    /* With quiet_hours absent these still get their documented defaults,
+     * unchecked, so that readers never meet NULL. */
+    if (rc == 0 && !cfg->quiet_hours.enabled) {
+        struct cfg_quiet_hours *q = &cfg->quiet_hours;
+
+        if ((q->default_tz == NULL && (q->default_tz = strdup("UTC")) == NULL) ||
+            (q->zoneinfo_dir == NULL &&
+             (q->zoneinfo_dir = strdup("/usr/share/zoneinfo")) == NULL))
+            rc = fail(&p, 1, "out of memory");
+    }
+    if (rc == 0 && (cfg->path = strdup(path)) == NULL)
+        rc = fail(&p, 1, "out of memory");
+
+    yaml_close(&y);
+    free(text);
+    if (rc != 0) {
+        config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+static void free_secret(char *s)
+{
+    if (s != NULL) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+void config_free(struct config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    free(cfg->path);
+    free(cfg->listen);
+    free(cfg->listen_host);
+
+    free_secret(cfg->redis.url);    /* still the raw URL if loading failed */
+    free(cfg->redis.host);
+    free(cfg->redis.path);
+    free(cfg->redis.user);
+    free_secret(cfg->redis.password);
+
+    free(cfg->key_file);
+    for (size_t i = 0; i < cfg->n_channels; i++)
+        free(cfg->channels[i].name);
+    free(cfg->channels);
+    for (size_t i = 0; i < cfg->n_categories; i++)
+        free(cfg->categories[i].name);
+    free(cfg->categories);
+    free(cfg->default_category);
+    for (size_t i = 0; i < cfg->n_caps; i++) {
+        free(cfg->caps[i].name);
+        free(cfg->caps[i].channel);
+        free(cfg->caps[i].category);
+    }
+    free(cfg->caps);
+
+    for (size_t i = 0; i < cfg->quiet_hours.n_channels; i++)
+        free(cfg->quiet_hours.channels[i]);
+    free(cfg->quiet_hours.channels);
+    free(cfg->quiet_hours.default_tz);
+    free(cfg->quiet_hours.zoneinfo_dir);
+    free(cfg);
+}
+
+const struct cfg_channel *config_channel(const struct config *cfg, const char *name)
+{
+    if (cfg == NULL || name == NULL)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_channels; i++)
+        if (cfg->channels[i].name != NULL && strcmp(cfg->channels[i].name, name) == 0)
+            return &cfg->channels[i];
+    return NULL;
+}
+
+const struct cfg_category *config_category(const struct config *cfg, const char *name)
+{
+    if (cfg == NULL || name == NULL)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_categories; i++)
+        if (cfg->categories[i].name != NULL && strcmp(cfg->categories[i].name, name) == 0)
+            return &cfg->categories[i];
+    return NULL;
+}
+
+bool config_quiet_channel(const struct config *cfg, const char *channel)
+{
+    if (cfg == NULL || channel == NULL || !cfg->quiet_hours.enabled)
+        return false;
+    for (size_t i = 0; i < cfg->quiet_hours.n_channels; i++)
+        if (strcmp(cfg->quiet_hours.channels[i], channel) == 0)
+            return true;
+    return false;
+}
+
+int64_t config_retention_ms(const struct config *cfg)
+{
+    int64_t ms;
+
+    if (cfg == NULL)
+        return 0;
+    ms = cfg->idempotency_ms;
+    for (size_t i = 0; i < cfg->n_caps; i++)
+        if (cfg->caps[i].window_ms > ms)
+            ms = cfg->caps[i].window_ms;
+    return ms;
+}
