@@ -41,26 +41,33 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 # Debian packages needed to build, run and test (installed on demand by `make deps`).
 DEB_PKGS := build-essential pkg-config libevent-dev libmicrohttpd-dev libhiredis-dev \
-            libjansson-dev libfyaml-dev libsodium-dev redis-server python3 tzdata wrk curl
+            libjansson-dev libfyaml-dev libsodium-dev redis-server python3 tzdata wrk curl \
+            valgrind
 
-.PHONY: all deps run test check unit blackbox clean install
+.PHONY: all deps run test check unit test-valgrind clean install
 all: $(BUILD)/capgate
 
+# V=1 shows the full commands.
+Q := $(if $(V),,@)
+
 $(BUILD)/capgate: $(OBJS)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj build/gen/lua_scripts.h
-	$(CC) $(CFLAGS) -c -o $@ $<
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 # Lua scripts are embedded as C strings: the source of truth stays in src/lua/*.lua.
 build/gen/lua_scripts.c build/gen/lua_scripts.h: $(LUA) tools/embed-lua.sh | build/gen
 	sh tools/embed-lua.sh build/gen/lua_scripts $(LUA)
 
 $(BUILD)/obj/lua_scripts.o: build/gen/lua_scripts.c | $(BUILD)/obj
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) | $(BUILD)/tests
-	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LDLIBS)
 
 $(BUILD)/obj $(BUILD)/tests build/gen:
 	mkdir -p $@
@@ -79,6 +86,13 @@ test: deps
 	@sh tests/run.sh $(BUILD)
 
 check: test
+
+# The black-box suite with every daemon under valgrind memcheck: any invalid
+# access or definite leak in a daemon's stderr fails the test that ran it.
+VALGRIND := valgrind -q --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite
+test-valgrind: deps
+	@$(MAKE) --no-print-directory all unit
+	@CAPGATE_WRAP="$(VALGRIND)" sh tests/run.sh $(BUILD)
 
 clean:
 	rm -rf build
