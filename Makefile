@@ -12,7 +12,7 @@ PREFIX   ?= /usr/local
 DESTDIR  ?=
 
 CC       ?= cc
-PKGS     := libevent libmicrohttpd hiredis jansson libfyaml libsodium
+PKGS     := libevent libmicrohttpd hiredis jansson libfyaml libsodium libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -33,15 +33,18 @@ endif
 
 SRCS     := $(wildcard src/*.c)
 LIB_SRCS := $(filter-out src/main.c,$(SRCS))
-OBJS     := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) $(BUILD)/obj/lua_scripts.o
+OBJS     := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) $(BUILD)/obj/lua_scripts.o \
+            $(BUILD)/obj/assets.o
 LIB_OBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 LUA      := $(wildcard src/lua/*.lua)
+ASSETS   := src/status.html
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 # Debian packages needed to build, run and test (installed on demand by `make deps`).
 DEB_PKGS := build-essential pkg-config libevent-dev libmicrohttpd-dev libhiredis-dev \
-            libjansson-dev libfyaml-dev libsodium-dev redis-server python3 tzdata wrk curl \
+            libjansson-dev libfyaml-dev libsodium-dev libsystemd-dev redis-server python3 tzdata \
+            wrk curl chromium \
             valgrind
 
 .PHONY: all deps run test check unit test-valgrind clean install
@@ -54,15 +57,22 @@ $(BUILD)/capgate: $(OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj build/gen/lua_scripts.h
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj build/gen/lua_scripts.h build/gen/assets.h
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
-# Lua scripts are embedded as C strings: the source of truth stays in src/lua/*.lua.
-build/gen/lua_scripts.c build/gen/lua_scripts.h: $(LUA) tools/embed-lua.sh | build/gen
-	sh tools/embed-lua.sh build/gen/lua_scripts $(LUA)
+# Lua scripts and the status page are embedded as C strings: the source of
+# truth stays in src/lua/*.lua and src/status.html.
+build/gen/lua_scripts.c build/gen/lua_scripts.h: $(LUA) tools/embed.sh | build/gen
+	$(Q)sh tools/embed.sh build/gen/lua_scripts lua $(LUA)
+
+build/gen/assets.c build/gen/assets.h: $(ASSETS) tools/embed.sh | build/gen
+	$(Q)sh tools/embed.sh build/gen/assets asset $(ASSETS)
 
 $(BUILD)/obj/lua_scripts.o: build/gen/lua_scripts.c | $(BUILD)/obj
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/assets.o: build/gen/assets.c | $(BUILD)/obj
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) | $(BUILD)/tests

@@ -117,6 +117,7 @@ void api_consent(struct worker *w, struct http_request *req)
 
     char user_hash[PSEUDONYM_USER_HEX + 1];
     pseudonym_user(w->pseudonym, user, user_len, user_hash);
+    http_note_user(req, user_hash);
     struct script_args args;
     decision_consent_args(user_hash, call->channel, call->category, opt_in, call->source, &args);
     json_decref(obj);

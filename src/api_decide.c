@@ -6,6 +6,7 @@
  * the connection waits suspended until the store answers (always within
  * redis.timeout_ms).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,6 +35,7 @@ struct decide_call {
     const struct config *cfg;
     char user[PSEUDONYM_USER_HEX + 1];    /* for logs: the pseudonym */
     bool dry_run;
+    char channel[33];                     /* metric label */
     char message_id[MESSAGE_ID_MAX + 1];  /* echoed back to the caller */
 };
 
@@ -52,7 +54,8 @@ static void decide_unavailable(struct decide_call *call, const char *why)
                     "the decision store is unavailable (%s); retry later", why);
         return;
     }
-    w->metrics.decisions[OUTCOME_ALLOW][REASON_STORE_UNAVAILABLE]++;
+    metrics_count_decision(&w->metrics, OUTCOME_ALLOW, REASON_STORE_UNAVAILABLE, NULL,
+                           call->channel);
     reply_json(w, call->req, 200,
                json_pack("{s:s, s:s, s:s, s:b}", "decision", "allow", "reason",
                          "store_unavailable", "message_id", call->message_id, "replay", 0));
@@ -63,7 +66,8 @@ static void decide_answer(struct decide_call *call, const struct decision *d)
     struct worker *w = call->w;
     const struct config *cfg = call->cfg;
 
-    w->metrics.decisions[d->outcome][d->reason]++;
+    metrics_count_decision(&w->metrics, d->outcome, d->reason,
+                           d->rule >= 0 ? cfg->caps[d->rule].name : NULL, call->channel);
     if (d->replay)
         w->metrics.replays++;
     if (call->dry_run)
@@ -99,6 +103,7 @@ static void on_decided(void *arg, const struct store_reply *r)
     } else {
         decide_answer(call, &d);
     }
+    config_release(call->cfg);
     free(call);
 }
 
@@ -163,12 +168,14 @@ void api_decide(struct worker *w, struct http_request *req)
     }
     call->w = w;
     call->req = req;
-    call->cfg = cfg;
+    call->cfg = config_retain(cfg);   /* a reload must not free it under us */
     call->dry_run = dry_run;
+    snprintf(call->channel, sizeof call->channel, "%s", in.channel->name);
     memcpy(call->message_id, message_id, message_id_len);
     pseudonym_user(w->pseudonym, user, user_len, in.user);
     pseudonym_message(w->pseudonym, message_id, message_id_len, in.message);
     memcpy(call->user, in.user, sizeof call->user);
+    http_note_user(req, in.user);
     in.campaign = campaign;
     in.dry_run = dry_run;
 
@@ -179,6 +186,7 @@ void api_decide(struct worker *w, struct http_request *req)
     json_decref(obj);          /* store_eval copied what it needs */
     if (rc != 0) {
         decide_unavailable(call, "not connected");
+        config_release(call->cfg);
         free(call);
     }
 }
@@ -229,6 +237,7 @@ void api_release(struct worker *w, struct http_request *req)
     }
     pseudonym_user(w->pseudonym, user, user_len, user_hash);
     pseudonym_message(w->pseudonym, message_id, message_id_len, message_hash);
+    http_note_user(req, user_hash);
     json_decref(obj);
 
     struct release_call *call = malloc(sizeof *call);

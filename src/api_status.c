@@ -1,5 +1,8 @@
 /* api_status: GET /status, /healthz, /readyz -- what ops look at. */
+#include <string.h>
 #include <time.h>
+
+#include "assets.h"
 
 #include "capgate/api.h"
 #include "capgate/config.h"
@@ -37,43 +40,88 @@ static json_t *decisions_json(const struct metrics *m)
         json_object_set_new(by_reason, decision_outcome_name((enum decision_outcome)o), reasons);
     }
     json_object_set_new(out, "by_reason", by_reason);
+    /* Which rules decide: rule -> {"defer": n, "deny": n}. */
+    json_t *by_rule = json_object();
+    for (size_t k = 0; k < m->n_labels; k++) {
+        const struct decision_count *c = &m->by_label[k];
+        if (!c->rule[0])
+            continue;
+        json_t *r = json_object_get(by_rule, c->rule);
+        if (!r) {
+            r = json_pack("{s:I, s:I}", "defer", (json_int_t)0, "deny", (json_int_t)0);
+            json_object_set_new(by_rule, c->rule, r);
+        }
+        const char *o = decision_outcome_name(c->outcome);
+        json_t *v = json_object_get(r, o);
+        json_object_set_new(r, o, json_integer(json_integer_value(v) + (json_int_t)c->n));
+    }
+    json_object_set_new(out, "by_rule", by_rule);
     json_object_set_new(out, "replays", json_integer((json_int_t)m->replays));
     json_object_set_new(out, "dry_runs", json_integer((json_int_t)m->dry_runs));
     return out;
 }
 
+/* The page is self-contained (no external assets) and polls /status. */
+void api_status_page(struct worker *w, struct http_request *req)
+{
+    reply_text(w, req, 200, "text/html; charset=utf-8", asset_status, strlen(asset_status));
+}
+
 void api_status(struct worker *w, struct http_request *req)
 {
+    const char *accept = http_header(req, "Accept");
+    if (accept && strstr(accept, "text/html")) {
+        api_status_page(w, req);
+        return;
+    }
+
     const struct config *cfg = w->cfg;
     const struct metrics *m = &w->metrics;
     struct store_stats ss;
 
     store_get_stats(w->store, &ss);
-    json_t *redis = json_pack("{s:b, s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:f}",
+    json_t *redis = json_pack("{s:b, s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:f, s:{s:f, s:f}}",
                               "connected", ss.connected, "url", cfg->redis.url,
                               "pending", (int)ss.pending, "calls", (json_int_t)ss.calls,
                               "timeouts", (json_int_t)ss.timeouts,
                               "errors", (json_int_t)ss.errors,
                               "unavailable", (json_int_t)ss.unavailable,
                               "reconnects", (json_int_t)ss.reconnects,
-                              "last_rtt_ms", ss.last_rtt_ms);
+                              "last_rtt_ms", ss.last_rtt_ms,
+                              "rtt_ms", "p50", histogram_quantile(&ss.rtt, 0.5) * 1000,
+                              "p99", histogram_quantile(&ss.rtt, 0.99) * 1000);
     json_t *errors = json_object();
     for (int e = 0; e < API_ERROR__COUNT; e++)
         if (m->errors[e])
             json_object_set_new(errors, api_error_code((enum api_error)e),
                                 json_integer((json_int_t)m->errors[e]));
-    json_t *http = json_pack("{s:I, s:i, s:i, s:o}",
+    json_t *http = json_pack("{s:I, s:i, s:i, s:o, s:{s:f, s:f}}",
                              "requests", (json_int_t)m->http_requests,
-                             "active", (int)http_server_active_requests(w->http),
+                             "active", (int)worker_active_requests(w),
                              "connections", (int)http_server_connections(w->http),
-                             "errors", errors);
-    json_t *body = json_pack("{s:s, s:I, s:o, s:o, s:o, s:I, s:I, s:{s:I, s:s}}",
-                             "version", CAPGATE_VERSION,
+                             "errors", errors,
+                             "latency_ms", "p50", histogram_quantile(&m->http_latency, 0.5) * 1000,
+                             "p99", histogram_quantile(&m->http_latency, 0.99) * 1000);
+    json_t *last_reload = json_null();
+    if (w->last_reload.at) {
+        char at[32];
+        struct tm tm;
+        gmtime_r(&w->last_reload.at, &tm);
+        strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        last_reload = json_pack("{s:s, s:b, s:s?}", "at", at, "ok", w->last_reload.ok,
+                                "error", w->last_reload.ok ? NULL : w->last_reload.error);
+    }
+    char started[32];
+    struct tm stm;
+    gmtime_r(&w->started, &stm);
+    strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &stm);
+    json_t *body = json_pack("{s:s, s:s, s:I, s:o, s:o, s:o, s:I, s:I, s:{s:I, s:s, s:o}}",
+                             "version", CAPGATE_VERSION, "started_at", started,
                              "uptime_s", (json_int_t)(time(NULL) - w->started),
                              "redis", redis, "decisions", decisions_json(m), "http", http,
                              "releases", (json_int_t)m->releases,
                              "consents", (json_int_t)m->consents,
                              "config", "generation", (json_int_t)cfg->generation,
-                             "path", cfg->path);
+                             "path", cfg->path, "last_reload", last_reload);
     reply_json(w, req, 200, body);
 }

@@ -1433,6 +1433,10 @@ static const struct directive config_table[] = {
       .min = MS_PER_S, .max = 366 * MS_PER_D, .def = "1d" },
     { .name = "limits", .type = DT_SECTION, .off = offsetof(struct config, limits),
       .sub = limits_table },
+    { .name = "access_log", .type = DT_BOOL, FIELD(struct config, access_log), .def = "false" },
+    { .name = "shutdown_timeout", .type = DT_DURATION, .flags = D_SECONDS,
+      FIELD(struct config, shutdown_timeout_s), .min = MS_PER_S, .max = MS_PER_H,
+      .def = "10s" },
     { .name = NULL },
 };
 
@@ -1646,7 +1650,9 @@ struct config *config_load(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "config: no file name");
         return NULL;
     }
-    if ((cfg = calloc(1, sizeof *cfg)) == NULL) {
+    if ((cfg = calloc(1, sizeof *cfg)) != NULL)
+        cfg->refs = 1;
+    if (cfg == NULL) {
         snprintf(err, errlen, "%s: out of memory", path);
         return NULL;
     }
@@ -1696,6 +1702,18 @@ static void free_secret(char *s)
         explicit_bzero(s, strlen(s));
         free(s);
     }
+}
+
+const struct config *config_retain(const struct config *cfg)
+{
+    __atomic_add_fetch(&((struct config *)cfg)->refs, 1, __ATOMIC_RELAXED);
+    return cfg;
+}
+
+void config_release(const struct config *cfg)
+{
+    if (cfg && __atomic_sub_fetch(&((struct config *)cfg)->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        config_free((struct config *)cfg);
 }
 
 void config_free(struct config *cfg)

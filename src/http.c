@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <microhttpd.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,7 @@ struct http_request {
     uint64_t started_us;
     unsigned status;
     struct MHD_Response *response;
+    char user[40];            /* pseudonym, for the access log */
 };
 
 uint64_t http_now_us(void)
@@ -239,6 +241,31 @@ const char *http_path(const struct http_request *req) { return req->path; }
 bool http_body_too_large(const struct http_request *req) { return req->too_large; }
 uint64_t http_started_us(const struct http_request *req) { return req->started_us; }
 
+void http_note_user(struct http_request *req, const char *pseudonym)
+{
+    snprintf(req->user, sizeof req->user, "%s", pseudonym);
+}
+
+const char *http_noted_user(const struct http_request *req)
+{
+    return req->user;
+}
+
+const char *http_client_addr(const struct http_request *req, char *buf, size_t len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    buf[0] = '\0';
+    if (!ci || !ci->client_addr)
+        return buf;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, (socklen_t)len);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, (socklen_t)len);
+    return buf;
+}
+
 const char *http_header(const struct http_request *req, const char *name)
 {
     return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
@@ -304,6 +331,9 @@ struct http_server *http_server_start(struct event_base *base, const struct http
         flags, opt->port, NULL, NULL, on_access, srv,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,   /* first: catches errors of the rest */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        /* SO_REUSEPORT: a reload opens the new listener before closing the
+         * old one, so the port never refuses a connection. */
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opt->max_connections,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)opt->max_connections_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opt->connection_timeout_s,
@@ -328,6 +358,30 @@ struct http_server *http_server_start(struct event_base *base, const struct http
     }
     rearm_timer(srv);
     return srv;
+}
+
+void http_server_handoff(struct http_server *from, struct http_server *to)
+{
+    if (from->quiesced)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(from->mhd);
+    from->quiesced = true;
+    event_active(from->io, EV_READ, 0);
+    if (fd == MHD_INVALID_SOCKET)
+        return;
+    /* Connections the kernel already queued on the old socket would be
+     * reset by close(): accept them here and give them to the new server. */
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int c = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (c < 0)
+            break;
+        /* On failure MHD closes the socket itself. */
+        MHD_add_connection(to->mhd, c, (struct sockaddr *)&ss, len);
+    }
+    close(fd);
+    event_active(to->io, EV_READ, 0);
 }
 
 void http_server_quiesce(struct http_server *srv)

@@ -55,12 +55,13 @@ void log_write(enum log_level level, const char *msg, const char *fmt, ...)
                          tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000L,
                          level_names[level], log_quote(qmsg, sizeof qmsg, msg));
     if (fmt && *fmt && n < sizeof line - 2) {
-        line[n++] = ' ';
         va_start(ap, fmt);
-        int m = vsnprintf(line + n, sizeof line - n, fmt, ap);
+        int m = vsnprintf(line + n + 1, sizeof line - n - 1, fmt, ap);
         va_end(ap);
-        if (m > 0)
-            n += (size_t)m;
+        if (m > 0) {
+            line[n] = ' ';
+            n += (size_t)m + 1;
+        }
     }
     if (n > sizeof line - 2)
         n = sizeof line - 2;

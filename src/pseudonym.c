@@ -73,6 +73,11 @@ void pseudonym_free(struct pseudonym *p)
     free(p);
 }
 
+bool pseudonym_same_key(const struct pseudonym *a, const struct pseudonym *b)
+{
+    return sodium_memcmp(a->key, b->key, sizeof a->key) == 0;
+}
+
 static void keyed_hex(const struct pseudonym *p, unsigned char domain,
                       const char *id, size_t len, char *out, size_t outbytes)
 {

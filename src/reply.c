@@ -6,8 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capgate/config.h"
 #include "capgate/http.h"
 #include "capgate/log.h"
+#include "capgate/router.h"
 #include "capgate/worker.h"
 
 static const struct {
@@ -23,23 +25,41 @@ static const struct {
     [API_METHOD_NOT_ALLOWED] = { "method_not_allowed", 405 },
     [API_BODY_TOO_LARGE] = { "body_too_large", 413 },
     [API_STORE_UNAVAILABLE] = { "store_unavailable", 503 },
+    [API_INVALID_CONFIG] = { "invalid_config", 400 },
     [API_INTERNAL] = { "internal", 500 },
 };
 
 const char *api_error_code(enum api_error e) { return errors[e].code; }
 unsigned api_error_status(enum api_error e) { return errors[e].status; }
 
+/* Every response passes here: status counters, the latency histogram and
+ * the optional access log (pseudonymous ids only). */
+static void account(struct worker *w, struct http_request *req, unsigned status)
+{
+    double seconds = (double)(http_now_us() - http_started_us(req)) / 1e6;
+    w->metrics.http_requests++;
+    w->metrics.http_status[status < 600 ? status : 599]++;
+    histogram_observe(&w->metrics.http_latency, seconds);
+    if (w->cfg->access_log) {
+        char addr[64];
+        const char *user = http_noted_user(req);
+        log_info("access", "client=%s method=%s path=%s status=%u ms=%.3f user=%s",
+                 http_client_addr(req, addr, sizeof addr), http_method(req),
+                 router_known_path(http_path(req)) ? http_path(req) : "(other)",
+                 status, seconds * 1000, user[0] ? user : "-");
+    }
+}
+
 void reply_json_headers(struct worker *w, struct http_request *req, unsigned status,
                         json_t *body, const char *const *headers)
 {
     static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}\n";
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(body);
 
     if (!text)
         status = 500;
-    w->metrics.http_requests++;
-    w->metrics.http_status[status / 100 < 6 ? status / 100 : 5]++;
+    account(w, req, status);
     if (!text) {
         http_respond(req, status, "application/json", oom, sizeof oom - 1, headers);
         return;
@@ -54,6 +74,13 @@ void reply_json_headers(struct worker *w, struct http_request *req, unsigned sta
     }
     http_respond(req, status, "application/json", text, len, headers);
     free(text);
+}
+
+void reply_text(struct worker *w, struct http_request *req, unsigned status,
+                const char *content_type, const char *body, size_t len)
+{
+    account(w, req, status);
+    http_respond(req, status, content_type, body, len, NULL);
 }
 
 void reply_json(struct worker *w, struct http_request *req, unsigned status, json_t *body)

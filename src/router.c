@@ -20,9 +20,20 @@ static const struct route routes[] = {
     { "/v1/release", "POST", api_release },
     { "/v1/consent", "POST", api_consent },
     { "/status",     "GET",  api_status },
+    { "/status.html", "GET", api_status_page },
     { "/healthz",    "GET",  api_healthz },
+    { "/metrics",    "GET",  api_metrics },
+    { "/v1/admin/reload", "POST", api_admin_reload },
     { "/readyz",     "GET",  api_readyz },
 };
+
+bool router_known_path(const char *path)
+{
+    for (size_t k = 0; k < sizeof routes / sizeof routes[0]; k++)
+        if (strcmp(routes[k].path, path) == 0)
+            return true;
+    return false;
+}
 
 void router_dispatch(struct http_request *req, void *arg)
 {

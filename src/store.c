@@ -58,6 +58,8 @@ struct store {
     uint64_t last_reply_us, last_send_us, ping_sent_us;
 
     struct store_stats stats;
+    void (*state_cb)(void *arg, bool ready);
+    void *state_arg;
 };
 
 /* One script call.  Lives until hiredis has called back (always exactly
@@ -215,7 +217,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         call_free(call);
         return;
     }
-    st->stats.last_rtt_ms = (double)(now_us() - call->sent_us) / 1000.0;
+    uint64_t rtt_us = now_us() - call->sent_us;
+    st->stats.last_rtt_ms = (double)rtt_us / 1000.0;
+    histogram_observe(&st->stats.rtt, (double)rtt_us / 1e6);
     if (r->type == REDIS_REPLY_ERROR && !call->retried_eval && ac == st->ac &&
         strncmp(r->str, "NOSCRIPT", 8) == 0) {
         /* Redis lost its script cache (restart, failover, SCRIPT FLUSH):
@@ -318,6 +322,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
 
 static void mark_down(struct store *st, const char *why)
 {
+    bool was_ready = st->ready;
     /* Warn when a working connection breaks; while Redis stays away, each
      * failed attempt is only worth a debug line. */
     if (st->ready)
@@ -331,6 +336,8 @@ static void mark_down(struct store *st, const char *why)
     st->ready = false;
     st->ping_sent_us = 0;
     schedule_reconnect(st);
+    if (was_ready && st->state_cb)
+        st->state_cb(st->state_arg, false);
 }
 
 /* Drops the current connection from outside hiredis's callbacks (timers):
@@ -373,6 +380,8 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
         st->backoff_ms = BACKOFF_MIN_MS;
         st->last_reply_us = now_us();
         log_info("redis ready", "redis=%s", st->display);
+        if (st->state_cb)
+            st->state_cb(st->state_arg, true);
     }
 }
 
@@ -611,6 +620,12 @@ void store_free(struct store *st)
         free(st->password);
     }
     free(st);
+}
+
+void store_on_state(struct store *st, void (*cb)(void *arg, bool ready), void *arg)
+{
+    st->state_cb = cb;
+    st->state_arg = arg;
 }
 
 bool store_ready(const struct store *st)

@@ -5,7 +5,8 @@ set -eu
 bin=$1
 dir=build/run
 mkdir -p "$dir"
-redis_port=${REDIS_PORT:-6399}
+# A free loopback port for the private Redis, unless REDIS_PORT says which.
+redis_port=${REDIS_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 key="$dir/user.key"
 if [ ! -s "$key" ]; then
     # A development key: 32 random bytes.  Production keys live in /etc/capgate.

@@ -14,8 +14,11 @@ typedef void api_handler(struct worker *w, struct http_request *req);
 api_handler api_decide;     /* POST /v1/decide */
 api_handler api_release;    /* POST /v1/release */
 api_handler api_consent;    /* POST /v1/consent */
-api_handler api_status;     /* GET /status */
+api_handler api_status;     /* GET /status (HTML with Accept: text/html) */
+api_handler api_status_page;/* GET /status.html */
 api_handler api_healthz;    /* GET /healthz */
 api_handler api_readyz;     /* GET /readyz */
+api_handler api_metrics;    /* GET /metrics (Prometheus text 0.0.4) */
+api_handler api_admin_reload; /* POST /v1/admin/reload */
 
 #endif

@@ -83,6 +83,7 @@ enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBU
 
 struct config {
     uint64_t generation;     /* set by the caller that installs it */
+    unsigned refs;           /* config_retain / config_release; 1 after load */
     char *path;              /* file it came from */
 
     char *listen;            /* as written, e.g. "127.0.0.1:8425" */
@@ -102,11 +103,19 @@ struct config {
     int64_t idempotency_ms;  /* replay horizon, default 1d */
     struct cfg_limits limits;
     enum log_level log_level;/* default info */
+    bool access_log;         /* one logfmt line per request, default false */
+    unsigned shutdown_timeout_s; /* drain time on SIGTERM, default 10 */
 };
 
 /* Parses and validates PATH.  Returns NULL and fills ERR on any error. */
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *cfg);
+
+/* A request keeps the config it started with alive across a reload:
+ * retain when it starts, release when it is answered.  The last release
+ * frees.  (Atomic, so loops on several threads may share a config.) */
+const struct config *config_retain(const struct config *cfg);
+void config_release(const struct config *cfg);
 
 /* Lookups by name; NULL when not configured. */
 const struct cfg_channel *config_channel(const struct config *cfg, const char *name);

@@ -43,6 +43,9 @@ struct http_server *http_server_start(struct event_base *base, const struct http
                                       char *err, size_t errlen);
 /* Stops accepting connections (the listening socket is closed). */
 void http_server_quiesce(struct http_server *srv);
+/* The same, for a reload: connections already queued on FROM's socket are
+ * accepted and handed to TO instead of being reset by the close. */
+void http_server_handoff(struct http_server *from, struct http_server *to);
 /* Requests begun and not yet finished, and open connections. */
 unsigned http_server_active_requests(const struct http_server *srv);
 unsigned http_server_connections(const struct http_server *srv);
@@ -56,6 +59,12 @@ const char *http_query(const struct http_request *req, const char *name);
 const char *http_body(const struct http_request *req, size_t *len);
 bool http_body_too_large(const struct http_request *req);
 uint64_t http_started_us(const struct http_request *req);   /* monotonic */
+
+/* The pseudonym of the request's user, for the access log (never a raw id). */
+void http_note_user(struct http_request *req, const char *pseudonym);
+const char *http_noted_user(const struct http_request *req);   /* "" if none */
+/* The client's address as text, for the access log. */
+const char *http_client_addr(const struct http_request *req, char *buf, size_t len);
 
 /* HEADERS: NULL, or name, value, name, value, ..., NULL.  BODY is copied. */
 void http_respond(struct http_request *req, unsigned status, const char *content_type,

@@ -10,6 +10,7 @@
 #ifndef CAPGATE_PSEUDONYM_H
 #define CAPGATE_PSEUDONYM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define PSEUDONYM_KEY_MIN 32           /* bytes of secret, at least */
@@ -23,6 +24,9 @@ struct pseudonym;
  * than PSEUDONYM_KEY_MIN bytes. */
 struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen);
 void pseudonym_free(struct pseudonym *p);
+
+/* True when A and B were loaded from the same secret. */
+bool pseudonym_same_key(const struct pseudonym *a, const struct pseudonym *b);
 
 /* User id -> 32 lowercase hex digits + NUL into OUT[PSEUDONYM_USER_HEX + 1]. */
 void pseudonym_user(const struct pseudonym *p, const char *id, size_t len,

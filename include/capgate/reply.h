@@ -21,6 +21,7 @@ enum api_error {
     API_METHOD_NOT_ALLOWED,  /* 405 */
     API_BODY_TOO_LARGE,      /* 413 */
     API_STORE_UNAVAILABLE,   /* 503, with Retry-After */
+    API_INVALID_CONFIG,      /* 400: a reload was refused */
     API_INTERNAL,            /* 500 */
     API_ERROR__COUNT
 };
@@ -39,6 +40,10 @@ void reply_json_headers(struct worker *w, struct http_request *req, unsigned sta
 /* FIELD may be NULL. */
 void reply_error(struct worker *w, struct http_request *req, enum api_error e,
                  const char *field, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Sends a non-JSON body (the status page, Prometheus text). */
+void reply_text(struct worker *w, struct http_request *req, unsigned status,
+                const char *content_type, const char *body, size_t len);
 
 /* 405 with an Allow header listing ALLOW (e.g. "POST"). */
 void reply_method_not_allowed(struct worker *w, struct http_request *req, const char *allow);

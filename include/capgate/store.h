@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "capgate/config.h"
+#include "capgate/histogram.h"
 
 struct event_base;
 struct store;
@@ -55,6 +56,7 @@ struct store_stats {
     unsigned pending;        /* calls waiting on Redis (timed-out ones too) */
     uint64_t calls, timeouts, errors, unavailable, reconnects;
     double last_rtt_ms;      /* of the latest answer */
+    struct histogram rtt;    /* every answered script call */
 };
 
 /* Creates the store and starts connecting (a host name is resolved here,
@@ -74,6 +76,10 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
                store_cb *cb, void *arg);
 
 bool store_ready(const struct store *st);
+
+/* CB(ARG, ready) runs whenever the store becomes ready or stops being so
+ * (from inside the loop; not from store_create). */
+void store_on_state(struct store *st, void (*cb)(void *arg, bool ready), void *arg);
 void store_get_stats(const struct store *st, struct store_stats *out);
 
 #endif

@@ -1,0 +1,183 @@
+/*
+ * api_metrics: GET /metrics in Prometheus text format 0.0.4, and
+ * POST /v1/admin/reload.  Label values come from the config (rule and
+ * channel names) and from fixed enums: never from a request.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "capgate/api.h"
+#include "capgate/config.h"
+#include "capgate/http.h"
+#include "capgate/reply.h"
+#include "capgate/store.h"
+#include "capgate/worker.h"
+
+struct text {
+    char *buf;
+    size_t len, cap;
+    bool failed;
+};
+
+__attribute__((format(printf, 2, 3)))
+static void put(struct text *t, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        size_t room = t->cap - t->len;
+        va_start(ap, fmt);
+        int n = t->buf ? vsnprintf(t->buf + t->len, room, fmt, ap) : -1;
+        va_end(ap);
+        if (n >= 0 && (size_t)n < room) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap ? t->cap * 2 : 16384;
+        while (n >= 0 && cap - t->len <= (size_t)n)
+            cap *= 2;
+        char *p = realloc(t->buf, cap);
+        if (!p) {
+            t->failed = true;
+            return;
+        }
+        t->buf = p;
+        t->cap = cap;
+    }
+}
+
+static void help(struct text *t, const char *name, const char *type, const char *text)
+{
+    put(t, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
+}
+
+/* Config names are [A-Za-z0-9_.-]; escape anyway, as the format requires. */
+static const char *label(const char *s, char *buf, size_t size)
+{
+    size_t o = 0;
+    for (; *s && o + 3 < size; s++) {
+        if (*s == '\\' || *s == '"') {
+            buf[o++] = '\\';
+            buf[o++] = *s;
+        } else if (*s == '\n') {
+            buf[o++] = '\\';
+            buf[o++] = 'n';
+        } else {
+            buf[o++] = *s;
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+static void histogram(struct text *t, const char *name, const struct histogram *h)
+{
+    uint64_t cum = 0;
+    for (int k = 0; k < HISTOGRAM_BUCKETS - 1; k++) {
+        cum += h->buckets[k];
+        put(t, "%s_bucket{le=\"%g\"} %llu\n", name, histogram_bounds[k], (unsigned long long)cum);
+    }
+    put(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);
+    put(t, "%s_sum %.9f\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
+}
+
+static void counter(struct text *t, const char *name, const char *text, uint64_t v)
+{
+    help(t, name, "counter", text);
+    put(t, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void gauge(struct text *t, const char *name, const char *text, double v)
+{
+    help(t, name, "gauge", text);
+    put(t, "%s %.17g\n", name, v);
+}
+
+void api_metrics(struct worker *w, struct http_request *req)
+{
+    const struct metrics *m = &w->metrics;
+    const struct config *cfg = w->cfg;
+    struct store_stats ss;
+    struct text t = { 0 };
+    char a[80], b[80];
+
+    store_get_stats(w->store, &ss);
+
+    help(&t, "capgate_build_info", "gauge", "Version of the running capgate.");
+    put(&t, "capgate_build_info{version=\"%s\"} 1\n", CAPGATE_VERSION);
+    gauge(&t, "capgate_start_time_seconds", "Unix time capgate started.", (double)w->started);
+
+    help(&t, "capgate_decisions_total", "counter",
+         "Decisions by outcome, reason, deciding rule and channel.");
+    for (size_t k = 0; k < m->n_labels; k++) {
+        const struct decision_count *c = &m->by_label[k];
+        put(&t, "capgate_decisions_total{decision=\"%s\",reason=\"%s\",rule=\"%s\",channel=\"%s\"} %llu\n",
+            decision_outcome_name(c->outcome), decision_reason_name(c->reason),
+            label(c->rule, a, sizeof a), label(c->channel, b, sizeof b),
+            (unsigned long long)c->n);
+    }
+    counter(&t, "capgate_replays_total", "Decides answered as replays of an allowed message.",
+            m->replays);
+    counter(&t, "capgate_dry_runs_total", "Decides evaluated without recording.", m->dry_runs);
+    counter(&t, "capgate_releases_total", "Allowed sends released by the sender.", m->releases);
+    counter(&t, "capgate_consent_changes_total", "Consent records stored.", m->consents);
+
+    help(&t, "capgate_http_requests_total", "counter", "HTTP responses by status code.");
+    for (unsigned code = 100; code < 600; code++)
+        if (m->http_status[code])
+            put(&t, "capgate_http_requests_total{code=\"%u\"} %llu\n", code,
+                (unsigned long long)m->http_status[code]);
+    help(&t, "capgate_http_errors_total", "counter", "Error responses by error code.");
+    for (int e = 0; e < API_ERROR__COUNT; e++)
+        put(&t, "capgate_http_errors_total{code=\"%s\"} %llu\n", api_error_code((enum api_error)e),
+            (unsigned long long)m->errors[e]);
+    help(&t, "capgate_http_request_duration_seconds", "histogram",
+         "Time from a request's headers to its response.");
+    histogram(&t, "capgate_http_request_duration_seconds", &m->http_latency);
+    gauge(&t, "capgate_http_in_flight_requests", "Requests begun and not yet answered.",
+          worker_active_requests(w));
+    gauge(&t, "capgate_http_connections", "Open client connections.",
+          http_server_connections(w->http));
+
+    gauge(&t, "capgate_redis_up", "1 when the Redis connection is ready.", ss.connected);
+    counter(&t, "capgate_redis_reconnects_total", "Redis (re)connection attempts.", ss.reconnects);
+    counter(&t, "capgate_redis_calls_total", "Script calls sent to Redis.", ss.calls);
+    counter(&t, "capgate_redis_timeouts_total", "Script calls not answered within timeout_ms.",
+            ss.timeouts);
+    counter(&t, "capgate_redis_errors_total", "Script calls answered with a Redis error.",
+            ss.errors);
+    counter(&t, "capgate_redis_unavailable_total",
+            "Script calls refused or lost because Redis was not connected.", ss.unavailable);
+    gauge(&t, "capgate_redis_pending_calls", "Script calls waiting on Redis.", ss.pending);
+    help(&t, "capgate_redis_rtt_seconds", "histogram", "Round-trip time of script calls.");
+    histogram(&t, "capgate_redis_rtt_seconds", &ss.rtt);
+
+    gauge(&t, "capgate_config_generation", "Generation of the config in use (1 at start).",
+          (double)cfg->generation);
+    gauge(&t, "capgate_config_last_reload_success",
+          "1 when the last reload succeeded (or none was tried), 0 when it was refused.",
+          w->last_reload.at == 0 || w->last_reload.ok);
+    gauge(&t, "capgate_config_last_reload_timestamp_seconds",
+          "Unix time of the last reload attempt (0: none).", (double)w->last_reload.at);
+
+    if (t.failed || !t.buf) {
+        free(t.buf);
+        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        return;
+    }
+    reply_text(w, req, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len);
+    free(t.buf);
+}
+
+void api_admin_reload(struct worker *w, struct http_request *req)
+{
+    char err[CONFIG_ERR_LEN];
+    if (worker_reload(w, err, sizeof err) != 0) {
+        reply_error(w, req, API_INVALID_CONFIG, NULL, "%s", err);
+        return;
+    }
+    reply_json(w, req, 200, json_pack("{s:b, s:I}", "reloaded", 1, "generation",
+                                      (json_int_t)w->cfg->generation));
+}
