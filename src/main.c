@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "capgate/config.h"
+#include "capgate/http.h"
 #include "capgate/log.h"
 #include "capgate/notify.h"
 #include "capgate/pseudonym.h"
@@ -44,7 +45,7 @@ struct daemon_state {
     struct event_base *base;
     struct worker *w;
     struct event *drain;
-    time_t deadline;
+    uint64_t deadline_us;   /* monotonic */
     bool stopping;
 };
 
@@ -53,7 +54,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     struct daemon_state *d = arg;
     (void)fd; (void)what;
     unsigned active = worker_active_requests(d->w);
-    if (active == 0 || time(NULL) >= d->deadline) {
+    if (active == 0 || http_now_us() >= d->deadline_us) {
         if (active)
             log_warn("shutdown timeout: answering the rest as unavailable", "unfinished=%u", active);
         event_base_loopbreak(d->base);
@@ -77,7 +78,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     log_info("stopping", "signal=%s unfinished=%u", sig == SIGTERM ? "TERM" : "INT",
              worker_active_requests(d->w));
     worker_quiesce(d->w);
-    d->deadline = time(NULL) + (time_t)d->w->cfg->shutdown_timeout_s;
+    d->deadline_us = http_now_us() + (uint64_t)d->w->cfg->shutdown_timeout_s * 1000000u;
     on_drain_tick(-1, 0, d);
 }
 
