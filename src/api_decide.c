@@ -248,7 +248,7 @@ void api_release(struct worker *w, struct http_request *req)
     call->w = w;
     call->req = req;
     struct script_args args;
-    decision_release_args(user_hash, message_hash, &args);
+    decision_release_args(w->cfg, user_hash, message_hash, &args);
     if (store_eval(w->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
                    on_released, call) != 0) {
         free(call);

@@ -1365,6 +1365,8 @@ static const struct directive redis_table[] = {
       .min = 1, .max = 60000, .def = "250" },
     { .name = "on_unavailable", .type = DT_ENUM, FIELD(struct cfg_redis, fail_open),
       .choices = unavailable_policies, .def = "reject" },
+    { .name = "bucket_bits", .type = DT_INT, FIELD(struct cfg_redis, bucket_bits),
+      .min = 12, .max = 24, .def = "16" },
     { .name = NULL },
 };
 

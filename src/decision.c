@@ -68,9 +68,109 @@ static void arg_fmt(struct script_args *a, const char *fmt, ...)
     a->used += (size_t)n + 1;
 }
 
-static void arg_key(struct script_args *a, const char *user, char kind)
+/* ---- key layout --------------------------------------------------------- */
+
+static unsigned hexval(char c)
 {
-    arg_fmt(a, "cg:{%s}:%c", user, kind);
+    return (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+}
+
+/* cg:{T}:s<B>: the tag is 3 hex digits; the bucket adds bucket_bits - 12
+ * bits taken from the following digits. */
+static void arg_sends_key(struct script_args *a, const struct config *cfg, const char *user)
+{
+    int extra = cfg->redis.bucket_bits - 12;
+    unsigned next = 0;
+    for (int k = 3; k < 9; k++)
+        next = (next << 4) | hexval(user[k]);          /* 24 bits */
+    if (extra <= 0) {
+        arg_fmt(a, "cg:{%.3s}:s", user);
+        return;
+    }
+    arg_fmt(a, "cg:{%.3s}:s%x", user, next >> (24 - extra));
+}
+
+static void arg_consent_key(struct script_args *a, const char *user)
+{
+    arg_fmt(a, "cg:{%.3s}:c:%s", user, user);
+}
+
+/* The person's field in the bucket: the pseudonym's last 8 bytes. */
+static void arg_person(struct script_args *a, const char *user)
+{
+    char *p = a->buf + a->used;
+    if (a->used + 8 > sizeof a->buf)
+        return;
+    for (int k = 0; k < 8; k++)
+        p[k] = (char)(hexval(user[16 + 2 * k]) << 4 | hexval(user[17 + 2 * k]));
+    arg_str(a, p, 8);
+    a->used += 8;
+}
+
+/* FNV-1a: a stable, unkeyed id of a config name or campaign (not personal). */
+static uint32_t fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static unsigned name_id(const char *name)     /* 1..65535; 0 means "any" */
+{
+    uint32_t h = fnv1a(name);
+    unsigned id = (h >> 16) ^ (h & 0xffff);
+    return id ? id : 1;
+}
+
+/* 24 bits of the (keyed) message pseudonym: enough to tell apart the few
+ * messages one person has inside the idempotency window. */
+static unsigned message_id(const char *hex)
+{
+    unsigned id = 0;
+    for (int k = 0; k < 6; k++)
+        id = (id << 4) | hexval(hex[k]);
+    return id;
+}
+
+static unsigned campaign_id(const char *campaign)   /* 1..2^24-1; 0: none */
+{
+    if (!campaign)
+        return 0;
+    uint32_t h = fnv1a(campaign);
+    unsigned id = (h >> 24) ^ (h & 0xffffff);
+    return id ? id : 1;
+}
+
+int decision_check_config(const struct config *cfg, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < cfg->n_channels; i++)
+        for (size_t j = i + 1; j < cfg->n_channels; j++)
+            if (name_id(cfg->channels[i].name) == name_id(cfg->channels[j].name)) {
+                snprintf(err, errlen, "channels: \"%s\" and \"%s\" share a record id; rename one",
+                         cfg->channels[i].name, cfg->channels[j].name);
+                return -1;
+            }
+    for (size_t i = 0; i < cfg->n_categories; i++)
+        for (size_t j = i + 1; j < cfg->n_categories; j++)
+            if (name_id(cfg->categories[i].name) == name_id(cfg->categories[j].name)) {
+                snprintf(err, errlen, "categories: \"%s\" and \"%s\" share a record id; rename one",
+                         cfg->categories[i].name, cfg->categories[j].name);
+                return -1;
+            }
+    return 0;
+}
+
+/* Big-endian packing, as Lua's struct.unpack('>...') reads it. */
+static char *put_be(char *p, uint64_t v, int bytes)
+{
+    for (int k = bytes - 1; k >= 0; k--) {
+        p[k] = (char)(v & 0xff);
+        v >>= 8;
+    }
+    return p + bytes;
 }
 
 static bool cap_matches(const struct cfg_cap *cap, const struct decide_input *in)
@@ -99,16 +199,19 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     flags[nf] = '\0';
 
     args_init(a, SCRIPT_DECIDE, 2);
-    arg_key(a, in->user, 's');
-    arg_key(a, in->user, 'c');
-    arg_cstr(a, in->message);
-    arg_cstr(a, in->channel->name);
-    arg_cstr(a, cat->name);
-    arg_cstr(a, in->campaign);
+    arg_sends_key(a, cfg, in->user);
+    arg_consent_key(a, in->user);
+    arg_person(a, in->user);
+    arg_fmt(a, "%u", message_id(in->message));
+    arg_fmt(a, "%u", name_id(in->channel->name));
+    arg_fmt(a, "%u", name_id(cat->name));
+    arg_fmt(a, "%u", campaign_id(in->campaign));
     arg_fmt(a, "%s", flags);
     arg_fmt(a, "%lld", (long long)config_retention_ms(cfg));
     arg_fmt(a, "%lld", (long long)cfg->idempotency_ms);
     arg_fmt(a, "%lld", (long long)cfg->max_defer_ms);
+    arg_cstr(a, in->channel->name);
+    arg_cstr(a, cat->name);
 
     /* Quiet hours as absolute intervals around now: the script compares them
      * with Redis's clock, and the zone arithmetic (DST included) stays here. */
@@ -119,37 +222,33 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
         niv = tz_quiet_intervals(in->zone, cfg->quiet_hours.start_min,
                                  cfg->quiet_hours.end_min, now_s - 86400, now_s + 2 * 86400,
                                  iv, sizeof iv / sizeof iv[0]);
-    arg_fmt(a, "%zu", niv);
+    char *p = a->buf + a->used, *start = p;
     for (size_t k = 0; k < niv; k++) {
-        arg_fmt(a, "%lld", (long long)iv[k].start * 1000);
-        arg_fmt(a, "%lld", (long long)iv[k].end * 1000);
+        p = put_be(p, (uint64_t)iv[k].start * 1000, 6);
+        p = put_be(p, (uint64_t)iv[k].end * 1000, 6);
     }
+    arg_str(a, start, (size_t)(p - start));
+    a->used += (size_t)(p - start);
 
     /* Only the caps that apply to this message travel to Redis. */
-    int ncaps_at = a->argc;
-    arg_cstr(a, "0");
-    size_t ncaps = 0;
+    p = start = a->buf + a->used;
     if (!cat->exempt_from_caps) {
-        for (size_t k = 0; k < cfg->n_caps; k++) {
+        for (size_t k = 0; k < cfg->n_caps && a->used + (size_t)(p - start) + 15 <= sizeof a->buf;
+             k++) {
             const struct cfg_cap *cap = &cfg->caps[k];
             if (!cap_matches(cap, in))
                 continue;
-            arg_fmt(a, "%zu", k);
-            arg_cstr(a, cap->channel);
-            arg_cstr(a, cap->category);
-            arg_cstr(a, cap->per == CAP_PER_CAMPAIGN ? "1" : "0");
-            arg_fmt(a, "%d", cap->limit);
-            arg_fmt(a, "%lld", (long long)cap->window_ms);
-            arg_cstr(a, cap->on_exceed == CAP_DENY ? "1" : "0");
-            ncaps++;
+            p = put_be(p, k, 1);
+            p = put_be(p, cap->channel ? name_id(cap->channel) : 0, 2);
+            p = put_be(p, cap->category ? name_id(cap->category) : 0, 2);
+            p = put_be(p, cap->per == CAP_PER_CAMPAIGN, 1);
+            p = put_be(p, cap->on_exceed == CAP_DENY, 1);
+            p = put_be(p, (uint64_t)cap->limit, 2);
+            p = put_be(p, (uint64_t)cap->window_ms, 6);
         }
     }
-    if (ncaps) {
-        int n = snprintf(a->buf + a->used, sizeof a->buf - a->used, "%zu", ncaps);
-        a->argv[ncaps_at] = a->buf + a->used;
-        a->argvlen[ncaps_at] = (size_t)n;
-        a->used += (size_t)n + 1;
-    }
+    arg_str(a, start, (size_t)(p - start));
+    a->used += (size_t)(p - start);
 }
 
 /* ---- reading results ---------------------------------------------------- */
@@ -182,11 +281,13 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
     return 0;
 }
 
-void decision_release_args(const char *user, const char *message, struct script_args *a)
+void decision_release_args(const struct config *cfg, const char *user, const char *message,
+                           struct script_args *a)
 {
     args_init(a, SCRIPT_RELEASE, 1);
-    arg_key(a, user, 's');
-    arg_cstr(a, message);
+    arg_sends_key(a, cfg, user);
+    arg_person(a, user);
+    arg_fmt(a, "%u", message_id(message));
 }
 
 int decision_release_result(const struct store_reply *r)
@@ -200,7 +301,7 @@ void decision_consent_args(const char *user, const char *channel, const char *ca
                            bool opt_in, const char *source, struct script_args *a)
 {
     args_init(a, SCRIPT_CONSENT, 1);
-    arg_key(a, user, 'c');
+    arg_consent_key(a, user);
     arg_fmt(a, "%s|%s", channel, category);
     arg_cstr(a, opt_in ? "in" : "out");
     arg_cstr(a, source);

@@ -155,6 +155,9 @@ int worker_load_support(const struct config *cfg, struct pseudonym **pseudonym,
                         struct tz_db **tz, char *err, size_t errlen)
 {
     *tz = NULL;
+    *pseudonym = NULL;
+    if (decision_check_config(cfg, err, errlen) != 0)
+        return -1;
     *pseudonym = pseudonym_load(cfg->key_file, err, errlen);
     if (!*pseudonym)
         return -1;

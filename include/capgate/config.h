@@ -68,6 +68,8 @@ struct cfg_redis {
     int db;              /* default 0 */
     int timeout_ms;      /* default 250, 1..60000 */
     bool fail_open;      /* on_unavailable: allow */
+    int bucket_bits;     /* 2^bits buckets of people share the send records,
+                            12..24, default 16; see decision.h */
 };
 
 struct cfg_limits {

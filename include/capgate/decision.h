@@ -3,9 +3,15 @@
  * Redis script call, and the script's reply into a result.  It owns the
  * Redis key layout and the scripts; it knows nothing of HTTP.
  *
- * Key layout (all keys of a person share the hash tag, so one slot):
- *   cg:{<pseudonym>}:s   sorted set of allowed sends   (TTL: retention)
- *   cg:{<pseudonym>}:c   hash of consent records       (no TTL: proof)
+ * Key layout.  A person's pseudonym P (32 hex digits) gives:
+ *   T = P[0..3)   the hash tag: 4096 tags, spread over the cluster's slots
+ *   B = the next (bucket_bits - 12) bits: T plus B pick the person's bucket
+ *   F = P[16..32) as 8 bytes: the person's field inside the bucket
+ * and the keys (all with tag {T}, so one decision is one slot):
+ *   cg:{T}:s<B>     hash F -> the person's allowed sends, packed  (TTL: retention)
+ *   cg:{T}:c:<P>    string: the person's consent records          (no TTL: proof)
+ * Sharing one small hash among many people keeps it a listpack: a person
+ * costs a field and a value, not a key with its expiry (see decide.lua).
  */
 #ifndef CAPGATE_DECISION_H
 #define CAPGATE_DECISION_H
@@ -54,16 +60,20 @@ struct decision {
 };
 
 /* Arguments of one script call: keys first, then ARGV. */
-#define SCRIPT_ARGS_MAX (16 + 2 * 8 + 7 * 64)
+#define SCRIPT_ARGS_MAX 16
 struct script_args {
     size_t script;
     int nkeys;
     int argc;
     const char *argv[SCRIPT_ARGS_MAX];
     size_t argvlen[SCRIPT_ARGS_MAX];
-    char buf[8192];           /* storage for formatted numbers and keys */
+    char buf[4096];           /* storage for keys, numbers and packed fields */
     size_t used;
 };
+
+/* Refuses a config whose channel or category names collide in the 16-bit
+ * ids the send records use (a rename fixes it).  0 or -1 with ERR. */
+int decision_check_config(const struct config *cfg, char *err, size_t errlen);
 
 /* NOW_S is the gateway's clock, used only to pick which quiet-hours
  * intervals to send; the script decides with Redis's clock. */
@@ -73,7 +83,8 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
 int decision_decide_result(const struct store_reply *r, const struct config *cfg,
                            struct decision *out);
 
-void decision_release_args(const char *user, const char *message, struct script_args *out);
+void decision_release_args(const struct config *cfg, const char *user, const char *message,
+                           struct script_args *out);
 /* Returns 1 released, 0 nothing to release, -1 bad reply. */
 int decision_release_result(const struct store_reply *r);
 

@@ -50,11 +50,16 @@ static const char *arg(const struct script_args *a, int k)
     return buf;
 }
 
-/* Index of ARGV's "n caps" element: after the quiet intervals. */
-static int caps_at(const struct script_args *a)
+/* ARGV positions (after the 2 keys). */
+enum { A_PERSON = 2, A_MSG, A_CH, A_CAT, A_CAMP, A_FLAGS, A_RET, A_IDEM, A_MAXDEF,
+       A_CHNAME, A_CATNAME, A_QUIET, A_CAPS, A_COUNT };
+
+static uint64_t be(const char *p, int n)
 {
-    int nq = atoi(arg(a, 2 + 8));
-    return 2 + 9 + 2 * nq;
+    uint64_t v = 0;
+    for (int k = 0; k < n; k++)
+        v = v << 8 | (unsigned char)p[k];
+    return v;
 }
 
 static struct decide_input input(const struct config *c, const char *channel,
@@ -73,60 +78,78 @@ static struct decide_input input(const struct config *c, const char *channel,
 TEST(keys_share_one_hash_tag)
 {
     struct config c = make_config();
+    c.redis.bucket_bits = 16;
     struct decide_input in = input(&c, "email", "marketing", "spring");
     struct script_args a;
     decision_decide_args(&c, &in, 1700000000, &a);
     CHECK_EQ_INT(a.nkeys, 2);
-    CHECK_EQ_STR(arg(&a, 0), "cg:{0123456789abcdef0123456789abcdef}:s");
-    CHECK_EQ_STR(arg(&a, 1), "cg:{0123456789abcdef0123456789abcdef}:c");
-    CHECK_EQ_STR(arg(&a, 2), "fedcba9876543210");
-    CHECK_EQ_STR(arg(&a, 5), "spring");
+    CHECK_EQ_INT(a.argc, A_COUNT);
+    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s3");          /* 4 more bits: "3" */
+    CHECK_EQ_STR(arg(&a, 1), "cg:{012}:c:0123456789abcdef0123456789abcdef");
+    CHECK_EQ_INT(a.argvlen[A_PERSON], 8);
+    CHECK_EQ_INT(be(a.argv[A_PERSON], 8), 0x0123456789abcdefULL);
+    CHECK_EQ_STR(arg(&a, A_MSG), "16702650");           /* 0xfedcba */
+    CHECK(strcmp(arg(&a, A_CAMP), "0") != 0);
+    CHECK_EQ_STR(arg(&a, A_CHNAME), "email");
+    c.redis.bucket_bits = 12;
+    decision_decide_args(&c, &in, 1700000000, &a);
+    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s");
+    c.redis.bucket_bits = 20;
+    decision_decide_args(&c, &in, 1700000000, &a);
+    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s34");     /* 8 more bits */
 }
 
 TEST(only_matching_caps_are_sent)
 {
     struct config c = make_config();
+    c.redis.bucket_bits = 16;
     struct script_args a;
     struct decide_input in = input(&c, "email", "marketing", "spring");
     decision_decide_args(&c, &in, 1700000000, &a);
-    int p = caps_at(&a);
-    CHECK_EQ_STR(arg(&a, p), "3");          /* email-daily, all-weekly, campaign-once */
-    CHECK_EQ_STR(arg(&a, p + 1), "0");
-    CHECK_EQ_STR(arg(&a, p + 2), "email");
-    CHECK_EQ_STR(arg(&a, p + 1 + 14), "2");  /* campaign-once's index */
-    CHECK_EQ_STR(arg(&a, p + 1 + 14 + 3), "1");   /* per campaign */
-    CHECK_EQ_STR(arg(&a, p + 1 + 14 + 6), "1");   /* deny */
-    CHECK_EQ_INT(a.argc, p + 1 + 3 * 7);
+    /* email-daily, all-weekly, campaign-once: 15 bytes each */
+    CHECK_EQ_INT(a.argvlen[A_CAPS], 3 * 15);
+    const char *p = a.argv[A_CAPS];
+    CHECK_EQ_INT(be(p, 1), 0);
+    CHECK(be(p + 1, 2) != 0);                 /* channel filter: email */
+    CHECK_EQ_INT(be(p + 3, 2), 0);            /* any category */
+    CHECK_EQ_INT(be(p + 7, 2), 2);            /* limit */
+    CHECK_EQ_INT(be(p + 9, 6), 86400000);     /* window */
+    p += 30;
+    CHECK_EQ_INT(be(p, 1), 2);                /* campaign-once's index */
+    CHECK_EQ_INT(be(p + 5, 1), 1);            /* per campaign */
+    CHECK_EQ_INT(be(p + 6, 1), 1);            /* deny */
 
     /* No campaign: the per-campaign cap has nothing to count. */
     in = input(&c, "push", "marketing", NULL);
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, caps_at(&a)), "1");
-    CHECK_EQ_STR(arg(&a, 5), "");
+    CHECK_EQ_INT(a.argvlen[A_CAPS], 15);
+    CHECK_EQ_STR(arg(&a, A_CAMP), "0");
 
     in = input(&c, "push", "health", NULL);
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, caps_at(&a)), "2");  /* all-weekly, health-monthly */
+    CHECK_EQ_INT(a.argvlen[A_CAPS], 30);      /* all-weekly, health-monthly */
 }
 
 TEST(exempt_category_sends_no_caps_and_flags)
 {
     struct config c = make_config();
+    c.redis.bucket_bits = 16;
     struct script_args a;
     struct decide_input in = input(&c, "sms", "transactional", "x");
     in.dry_run = true;
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, 6), "doi");  /* dry run, ignores opt-out, sms requires opt-in */
-    CHECK_EQ_STR(arg(&a, 2 + 8), "0"); /* exempt from quiet hours */
-    CHECK_EQ_STR(arg(&a, caps_at(&a)), "0");
+    CHECK_EQ_STR(arg(&a, A_FLAGS), "doi");  /* dry run, ignores opt-out, sms requires opt-in */
+    CHECK_EQ_INT(a.argvlen[A_QUIET], 0);    /* exempt from quiet hours */
+    CHECK_EQ_INT(a.argvlen[A_CAPS], 0);
     in = input(&c, "email", "health", NULL);
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, 6), "i");
+    CHECK_EQ_STR(arg(&a, A_FLAGS), "i");
 }
 
 TEST(quiet_intervals_only_for_listed_channels)
 {
     struct config c = make_config();
+    c.redis.bucket_bits = 16;
     char err[256];
     struct tz_db *db = tz_db_load("/usr/share/zoneinfo", err, sizeof err);
     CHECK(db != NULL);
@@ -137,12 +160,13 @@ TEST(quiet_intervals_only_for_listed_channels)
     in.zone = tz_db_find(db, "UTC");
     /* 2023-11-14 22:13:20 UTC: inside 21:00-08:00. */
     decision_decide_args(&c, &in, 1700000000, &a);
-    int nq = atoi(arg(&a, 10));
+    size_t nq = a.argvlen[A_QUIET] / 12;
     CHECK(nq >= 2);
+    CHECK_EQ_INT(a.argvlen[A_QUIET] % 12, 0);
     int found = 0;
-    for (int k = 0; k < nq; k++) {
-        long long s = atoll(arg(&a, 11 + 2 * k)), e = atoll(arg(&a, 12 + 2 * k));
-        if (s <= 1700000000000LL && 1700000000000LL < e) {
+    for (size_t k = 0; k < nq; k++) {
+        uint64_t s = be(a.argv[A_QUIET] + 12 * k, 6), e = be(a.argv[A_QUIET] + 12 * k + 6, 6);
+        if (s <= 1700000000000ULL && 1700000000000ULL < e) {
             found = 1;
             CHECK_EQ_INT(s, 1699995600000LL);     /* 21:00 */
             CHECK_EQ_INT(e, 1700035200000LL);     /* 08:00 next day */
@@ -152,8 +176,15 @@ TEST(quiet_intervals_only_for_listed_channels)
     in = input(&c, "email", "marketing", NULL);
     in.zone = tz_db_find(db, "UTC");
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, 10), "0");
+    CHECK_EQ_INT(a.argvlen[A_QUIET], 0);
     tz_db_free(db);
+}
+
+TEST(config_names_must_not_collide)
+{
+    struct config c = make_config();
+    char err[256];
+    CHECK_EQ_INT(decision_check_config(&c, err, sizeof err), 0);
 }
 
 static struct store_reply ints(struct store_item *items, const long long *v, size_t n)
@@ -210,14 +241,19 @@ TEST(bad_results_are_refused)
 
 TEST(release_and_consent_args)
 {
+    struct config c = make_config();
+    c.redis.bucket_bits = 16;
     struct script_args a;
-    decision_release_args("aa", "bb", &a);
+    const char *user = "0123456789abcdef0123456789abcdef";
+    decision_release_args(&c, user, "00000a9876543210", &a);
     CHECK_EQ_INT(a.script, SCRIPT_RELEASE);
-    CHECK_EQ_INT(a.argc, 2);
-    CHECK_EQ_STR(arg(&a, 0), "cg:{aa}:s");
-    decision_consent_args("aa", "*", "marketing", false, "web form", &a);
+    CHECK_EQ_INT(a.argc, 3);
+    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s3");
+    CHECK_EQ_INT(a.argvlen[1], 8);
+    CHECK_EQ_STR(arg(&a, 2), "10");
+    decision_consent_args(user, "*", "marketing", false, "web form", &a);
     CHECK_EQ_INT(a.script, SCRIPT_CONSENT);
-    CHECK_EQ_STR(arg(&a, 0), "cg:{aa}:c");
+    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:c:0123456789abcdef0123456789abcdef");
     CHECK_EQ_STR(arg(&a, 1), "*|marketing");
     CHECK_EQ_STR(arg(&a, 2), "out");
     CHECK_EQ_STR(arg(&a, 3), "web form");
@@ -232,5 +268,6 @@ int main(void)
     RUN(results_are_decoded_and_rounded_up);
     RUN(bad_results_are_refused);
     RUN(release_and_consent_args);
+    RUN(config_names_must_not_collide);
     return unit_done("test_decision");
 }
