@@ -167,7 +167,7 @@ void api_metrics(struct worker *w, struct http_request *req)
         reply_error(w, req, API_INTERNAL, NULL, "out of memory");
         return;
     }
-    reply_text(w, req, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len);
+    reply_text(w, req, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len, NULL);
     free(t.buf);
 }
 

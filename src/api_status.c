@@ -64,7 +64,16 @@ static json_t *decisions_json(const struct metrics *m)
 /* The page is self-contained (no external assets) and polls /status. */
 void api_status_page(struct worker *w, struct http_request *req)
 {
-    reply_text(w, req, 200, "text/html; charset=utf-8", asset_status, strlen(asset_status));
+    /* The page needs nothing but itself and /status: say so to the browser. */
+    static const char *const headers[] = {
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'",
+        "X-Content-Type-Options", "nosniff",
+        NULL,
+    };
+    reply_text(w, req, 200, "text/html; charset=utf-8", asset_status, strlen(asset_status),
+               headers);
 }
 
 void api_status(struct worker *w, struct http_request *req)
@@ -95,8 +104,17 @@ void api_status(struct worker *w, struct http_request *req)
         if (m->errors[e])
             json_object_set_new(errors, api_error_code((enum api_error)e),
                                 json_integer((json_int_t)m->errors[e]));
-    json_t *http = json_pack("{s:I, s:i, s:i, s:o, s:{s:f, s:f}}",
+    json_t *by_class = json_object();
+    for (int c = 1; c < 6; c++) {
+        uint64_t n = 0;
+        for (int code = c * 100; code < c * 100 + 100; code++)
+            n += m->http_status[code];
+        char name[4] = { (char)('0' + c), 'x', 'x', '\0' };
+        json_object_set_new(by_class, name, json_integer((json_int_t)n));
+    }
+    json_t *http = json_pack("{s:I, s:o, s:i, s:i, s:o, s:{s:f, s:f}}",
                              "requests", (json_int_t)m->http_requests,
+                             "responses", by_class,
                              "active", (int)worker_active_requests(w),
                              "connections", (int)http_server_connections(w->http),
                              "errors", errors,
@@ -115,8 +133,11 @@ void api_status(struct worker *w, struct http_request *req)
     struct tm stm;
     gmtime_r(&w->started, &stm);
     strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &stm);
-    json_t *body = json_pack("{s:s, s:s, s:I, s:o, s:o, s:o, s:I, s:I, s:{s:I, s:s, s:o}}",
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    json_t *body = json_pack("{s:s, s:s, s:I, s:I, s:o, s:o, s:o, s:I, s:I, s:{s:I, s:s, s:o}}",
                              "version", CAPGATE_VERSION, "started_at", started,
+                             "now_ms", (json_int_t)now.tv_sec * 1000 + now.tv_nsec / 1000000,
                              "uptime_s", (json_int_t)(time(NULL) - w->started),
                              "redis", redis, "decisions", decisions_json(m), "http", http,
                              "releases", (json_int_t)m->releases,

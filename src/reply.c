@@ -77,10 +77,11 @@ void reply_json_headers(struct worker *w, struct http_request *req, unsigned sta
 }
 
 void reply_text(struct worker *w, struct http_request *req, unsigned status,
-                const char *content_type, const char *body, size_t len)
+                const char *content_type, const char *body, size_t len,
+                const char *const *headers)
 {
     account(w, req, status);
-    http_respond(req, status, content_type, body, len, NULL);
+    http_respond(req, status, content_type, body, len, headers);
 }
 
 void reply_json(struct worker *w, struct http_request *req, unsigned status, json_t *body)

@@ -43,7 +43,8 @@ void reply_error(struct worker *w, struct http_request *req, enum api_error e,
 
 /* Sends a non-JSON body (the status page, Prometheus text). */
 void reply_text(struct worker *w, struct http_request *req, unsigned status,
-                const char *content_type, const char *body, size_t len);
+                const char *content_type, const char *body, size_t len,
+                const char *const *headers);
 
 /* 405 with an Allow header listing ALLOW (e.g. "POST"). */
 void reply_method_not_allowed(struct worker *w, struct http_request *req, const char *allow);
