@@ -12,7 +12,7 @@ PREFIX   ?= /usr/local
 DESTDIR  ?=
 
 CC       ?= cc
-PKGS     := libevent libmicrohttpd hiredis jansson libfyaml libsodium libsystemd
+PKGS     := libevent libevent_pthreads libmicrohttpd hiredis jansson libfyaml libsodium libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -49,7 +49,7 @@ static void on_consent_stored(void *arg, const struct store_reply *r)
     } else {
         char when[32];
         format_rfc3339(at, when);
-        call->w->metrics.consents++;
+        COUNTER_INC(call->w->metrics.consents);
         reply_json(call->w, call->req, 200,
                    json_pack("{s:s, s:s, s:s, s:s, s:s}", "channel", call->channel,
                              "category", call->category, "state",

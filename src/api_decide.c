@@ -69,9 +69,9 @@ static void decide_answer(struct decide_call *call, const struct decision *d)
     metrics_count_decision(&w->metrics, d->outcome, d->reason,
                            d->rule >= 0 ? cfg->caps[d->rule].name : NULL, call->channel);
     if (d->replay)
-        w->metrics.replays++;
+        COUNTER_INC(w->metrics.replays);
     if (call->dry_run)
-        w->metrics.dry_runs++;
+        COUNTER_INC(w->metrics.dry_runs);
     json_t *body = json_pack("{s:s, s:s}", "decision", decision_outcome_name(d->outcome),
                              "reason", decision_reason_name(d->reason));
     if (d->rule >= 0)
@@ -207,7 +207,7 @@ static void on_released(void *arg, const struct store_reply *r)
         reply_error(call->w, call->req, API_STORE_UNAVAILABLE, NULL,
                     "the decision store is unavailable; retry later");
     else {
-        call->w->metrics.releases += (unsigned)released;
+        COUNTER_ADD(call->w->metrics.releases, (unsigned)released);
         reply_json(call->w, call->req, 200, json_pack("{s:b}", "released", released));
     }
     free(call);

@@ -11,6 +11,7 @@
 
 #include "capgate/api.h"
 #include "capgate/config.h"
+#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/reply.h"
 #include "capgate/store.h"
@@ -97,17 +98,23 @@ static void gauge(struct text *t, const char *name, const char *text, double v)
 
 void api_metrics(struct worker *w, struct http_request *req)
 {
-    const struct metrics *m = &w->metrics;
     const struct config *cfg = w->cfg;
-    struct store_stats ss;
     struct text t = { 0 };
     char a[80], b[80];
 
-    store_get_stats(w->store, &ss);
+    struct gateway_snapshot *snap = calloc(1, sizeof *snap);
+    if (!snap) {
+        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        return;
+    }
+    gateway_snapshot(w->gw, snap);
+    const struct metrics *m = &snap->metrics;
+    const struct store_stats ss = snap->redis;
 
     help(&t, "capgate_build_info", "gauge", "Version of the running capgate.");
     put(&t, "capgate_build_info{version=\"%s\"} 1\n", CAPGATE_VERSION);
-    gauge(&t, "capgate_start_time_seconds", "Unix time capgate started.", (double)w->started);
+    gauge(&t, "capgate_start_time_seconds", "Unix time capgate started.", (double)snap->started);
+    gauge(&t, "capgate_workers", "Event loops (threads) serving requests.", snap->workers);
 
     help(&t, "capgate_decisions_total", "counter",
          "Decisions by outcome, reason, deciding rule and channel.");
@@ -137,9 +144,9 @@ void api_metrics(struct worker *w, struct http_request *req)
          "Time from a request's headers to its response.");
     histogram(&t, "capgate_http_request_duration_seconds", &m->http_latency);
     gauge(&t, "capgate_http_in_flight_requests", "Requests begun and not yet answered.",
-          worker_active_requests(w));
+          snap->active);
     gauge(&t, "capgate_http_connections", "Open client connections.",
-          http_server_connections(w->http));
+          snap->connections);
 
     gauge(&t, "capgate_redis_up", "1 when the Redis connection is ready.", ss.connected);
     counter(&t, "capgate_redis_reconnects_total", "Redis (re)connection attempts.", ss.reconnects);
@@ -158,9 +165,10 @@ void api_metrics(struct worker *w, struct http_request *req)
           (double)cfg->generation);
     gauge(&t, "capgate_config_last_reload_success",
           "1 when the last reload succeeded (or none was tried), 0 when it was refused.",
-          w->last_reload.at == 0 || w->last_reload.ok);
+          snap->last_reload.at == 0 || snap->last_reload.ok);
     gauge(&t, "capgate_config_last_reload_timestamp_seconds",
-          "Unix time of the last reload attempt (0: none).", (double)w->last_reload.at);
+          "Unix time of the last reload attempt (0: none).", (double)snap->last_reload.at);
+    free(snap);
 
     if (t.failed || !t.buf) {
         free(t.buf);
@@ -174,7 +182,7 @@ void api_metrics(struct worker *w, struct http_request *req)
 void api_admin_reload(struct worker *w, struct http_request *req)
 {
     char err[CONFIG_ERR_LEN];
-    if (worker_reload(w, err, sizeof err) != 0) {
+    if (gateway_reload(w->gw, w, err, sizeof err) != 0) {
         reply_error(w, req, API_INVALID_CONFIG, NULL, "%s", err);
         return;
     }

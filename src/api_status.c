@@ -1,11 +1,13 @@
 /* api_status: GET /status, /healthz, /readyz -- what ops look at. */
 #include <string.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "assets.h"
 
 #include "capgate/api.h"
 #include "capgate/config.h"
+#include "capgate/gateway.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
 #include "capgate/reply.h"
@@ -85,10 +87,14 @@ void api_status(struct worker *w, struct http_request *req)
     }
 
     const struct config *cfg = w->cfg;
-    const struct metrics *m = &w->metrics;
-    struct store_stats ss;
-
-    store_get_stats(w->store, &ss);
+    struct gateway_snapshot *snap = calloc(1, sizeof *snap);
+    if (!snap) {
+        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        return;
+    }
+    gateway_snapshot(w->gw, snap);
+    const struct metrics *m = &snap->metrics;
+    const struct store_stats ss = snap->redis;
     json_t *redis = json_pack("{s:b, s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:f, s:{s:f, s:f}}",
                               "connected", ss.connected, "url", cfg->redis.url,
                               "pending", (int)ss.pending, "calls", (json_int_t)ss.calls,
@@ -115,34 +121,36 @@ void api_status(struct worker *w, struct http_request *req)
     json_t *http = json_pack("{s:I, s:o, s:i, s:i, s:o, s:{s:f, s:f}}",
                              "requests", (json_int_t)m->http_requests,
                              "responses", by_class,
-                             "active", (int)worker_active_requests(w),
-                             "connections", (int)http_server_connections(w->http),
+                             "active", (int)snap->active,
+                             "connections", (int)snap->connections,
                              "errors", errors,
                              "latency_ms", "p50", histogram_quantile(&m->http_latency, 0.5) * 1000,
                              "p99", histogram_quantile(&m->http_latency, 0.99) * 1000);
     json_t *last_reload = json_null();
-    if (w->last_reload.at) {
+    if (snap->last_reload.at) {
         char at[32];
         struct tm tm;
-        gmtime_r(&w->last_reload.at, &tm);
+        gmtime_r(&snap->last_reload.at, &tm);
         strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", &tm);
-        last_reload = json_pack("{s:s, s:b, s:s?}", "at", at, "ok", w->last_reload.ok,
-                                "error", w->last_reload.ok ? NULL : w->last_reload.error);
+        last_reload = json_pack("{s:s, s:b, s:s?}", "at", at, "ok", snap->last_reload.ok,
+                                "error", snap->last_reload.ok ? NULL : snap->last_reload.error);
     }
     char started[32];
     struct tm stm;
-    gmtime_r(&w->started, &stm);
+    gmtime_r(&snap->started, &stm);
     strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &stm);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     json_t *body = json_pack("{s:s, s:s, s:I, s:I, s:o, s:o, s:o, s:I, s:I, s:{s:I, s:s, s:o}}",
                              "version", CAPGATE_VERSION, "started_at", started,
                              "now_ms", (json_int_t)now.tv_sec * 1000 + now.tv_nsec / 1000000,
-                             "uptime_s", (json_int_t)(time(NULL) - w->started),
+                             "uptime_s", (json_int_t)(time(NULL) - snap->started),
                              "redis", redis, "decisions", decisions_json(m), "http", http,
                              "releases", (json_int_t)m->releases,
                              "consents", (json_int_t)m->consents,
                              "config", "generation", (json_int_t)cfg->generation,
                              "path", cfg->path, "last_reload", last_reload);
+    json_object_set_new(body, "workers", json_integer(snap->workers));
+    free(snap);
     reply_json(w, req, 200, body);
 }

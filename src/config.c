@@ -1435,6 +1435,8 @@ static const struct directive config_table[] = {
       .min = MS_PER_S, .max = 366 * MS_PER_D, .def = "1d" },
     { .name = "limits", .type = DT_SECTION, .off = offsetof(struct config, limits),
       .sub = limits_table },
+    { .name = "workers", .type = DT_INT, FIELD(struct config, workers),
+      .min = 0, .max = 64, .def = "0" },
     { .name = "access_log", .type = DT_BOOL, FIELD(struct config, access_log), .def = "false" },
     { .name = "shutdown_timeout", .type = DT_DURATION, .flags = D_SECONDS,
       FIELD(struct config, shutdown_timeout_s), .min = MS_PER_S, .max = MS_PER_H,

@@ -1,6 +1,8 @@
 /* histogram: fixed buckets from 100 us to 5 s.  See histogram.h. */
 #include "capgate/histogram.h"
 
+#include "capgate/counter.h"
+
 const double histogram_bounds[HISTOGRAM_BUCKETS - 1] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
     0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
@@ -11,9 +13,25 @@ void histogram_observe(struct histogram *h, double seconds)
     int k = 0;
     while (k < HISTOGRAM_BUCKETS - 1 && seconds > histogram_bounds[k])
         k++;
-    h->buckets[k]++;
-    h->count++;
-    h->sum += seconds;
+    COUNTER_INC(h->buckets[k]);
+    COUNTER_INC(h->count);
+    counter_set_double(&h->sum, h->sum + seconds);
+}
+
+void histogram_read(const struct histogram *h, struct histogram *out)
+{
+    for (int k = 0; k < HISTOGRAM_BUCKETS; k++)
+        out->buckets[k] = COUNTER_GET(h->buckets[k]);
+    out->count = COUNTER_GET(h->count);
+    out->sum = counter_get_double(&h->sum);
+}
+
+void histogram_add(struct histogram *out, const struct histogram *h)
+{
+    for (int k = 0; k < HISTOGRAM_BUCKETS; k++)
+        out->buckets[k] += h->buckets[k];
+    out->count += h->count;
+    out->sum += h->sum;
 }
 
 double histogram_quantile(const struct histogram *h, double q)

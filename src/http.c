@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "capgate/counter.h"
 #include "capgate/log.h"
 
 /* Bytes of an oversized chunked body we read and throw away so the client
@@ -158,7 +159,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->path = url;
         req->started_us = http_now_us();
         *req_cls = req;
-        srv->active++;
+        COUNTER_INC(srv->active);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > srv->max_body) {
@@ -207,7 +208,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     free(req->body);
     free(req);
     *req_cls = NULL;
-    srv->active--;
+    COUNTER_ADD(srv->active, (unsigned)-1);
 }
 
 void http_respond(struct http_request *req, unsigned status, const char *content_type,
@@ -398,7 +399,7 @@ void http_server_quiesce(struct http_server *srv)
 
 unsigned http_server_active_requests(const struct http_server *srv)
 {
-    return srv->active;
+    return COUNTER_GET(srv->active);
 }
 
 unsigned http_server_connections(const struct http_server *srv)

@@ -1,30 +1,28 @@
 /*
  * main: command line, start-up order, signals and shutdown.
  *
- * Start-up: config -> key file -> time zones -> event loop -> Redis -> HTTP.
- * Everything that reads files happens here or in a reload, never while a
- * request waits.  Signals arrive through the event loop:
+ * Start-up: config -> key file -> time zones -> workers (each: event loop,
+ * Redis connection, listener, thread).  Everything that reads files happens
+ * here or in a reload, never while a request waits.  The main thread's own
+ * loop handles only signals and the systemd watchdog:
  *   SIGHUP         reload the config (a bad one is refused, the old one stays)
  *   SIGTERM/SIGINT stop accepting, let in-flight requests finish within
  *                  shutdown_timeout, then exit 0 (a second signal: at once)
  */
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "capgate/config.h"
-#include "capgate/http.h"
+#include "capgate/gateway.h"
 #include "capgate/log.h"
 #include "capgate/notify.h"
 #include "capgate/pseudonym.h"
 #include "capgate/tz.h"
-#include "capgate/worker.h"
-
-#define DRAIN_TICK_MS 20
 
 static void usage(FILE *out)
 {
@@ -41,54 +39,71 @@ static void usage(FILE *out)
             "SIGHUP reloads the configuration; SIGTERM drains and exits.\n");
 }
 
-struct daemon_state {
+struct supervisor {
     struct event_base *base;
-    struct worker *w;
-    struct event *drain;
-    uint64_t deadline_us;   /* monotonic */
+    struct gateway *gw;
+    struct event *watchdog;
+    struct event *status;
+    uint64_t watchdog_us;
     bool stopping;
 };
 
-static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
-{
-    struct daemon_state *d = arg;
-    (void)fd; (void)what;
-    unsigned active = worker_active_requests(d->w);
-    if (active == 0 || http_now_us() >= d->deadline_us) {
-        if (active)
-            log_warn("shutdown timeout: answering the rest as unavailable", "unfinished=%u", active);
-        event_base_loopbreak(d->base);
-        return;
-    }
-    struct timeval tv = { 0, DRAIN_TICK_MS * 1000 };
-    evtimer_add(d->drain, &tv);
-}
-
 static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 {
-    struct daemon_state *d = arg;
+    struct supervisor *s = arg;
     (void)what;
-    if (d->stopping) {
+    if (s->stopping) {
         log_warn("second stop signal: exiting now", "signal=%d", (int)sig);
-        event_base_loopbreak(d->base);
+        gateway_stop_now(s->gw);
         return;
     }
-    d->stopping = true;
+    s->stopping = true;
     notify_stopping();
-    log_info("stopping", "signal=%s unfinished=%u", sig == SIGTERM ? "TERM" : "INT",
-             worker_active_requests(d->w));
-    worker_quiesce(d->w);
-    d->deadline_us = http_now_us() + (uint64_t)d->w->cfg->shutdown_timeout_s * 1000000u;
-    on_drain_tick(-1, 0, d);
+    log_info("stopping", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
+    gateway_quiesce(s->gw);
+    /* The workers drain and end; main joins them once this loop is left. */
+    event_base_loopbreak(s->base);
 }
 
 static void on_reload_signal(evutil_socket_t sig, short what, void *arg)
 {
-    struct daemon_state *d = arg;
+    struct supervisor *s = arg;
     char err[CONFIG_ERR_LEN];
     (void)sig; (void)what;
-    if (!d->stopping)
-        worker_reload(d->w, err, sizeof err);
+    if (!s->stopping)
+        gateway_reload(s->gw, NULL, err, sizeof err);
+}
+
+/* WATCHDOG=1 only while every worker's loop is ticking: a hung loop stops
+ * the pings and systemd restarts the service. */
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    struct supervisor *s = arg;
+    (void)fd; (void)what;
+    if (gateway_alive(s->gw, s->watchdog_us))
+        notify_watchdog_ping();
+    else
+        log_error("a worker loop is not ticking: withholding the watchdog ping", NULL);
+}
+
+/* STATUS= for `systemctl status`: a one-line summary, every few seconds. */
+static void on_status(evutil_socket_t fd, short what, void *arg)
+{
+    struct supervisor *s = arg;
+    (void)fd; (void)what;
+    struct gateway_snapshot *snap = calloc(1, sizeof *snap);
+    if (!snap)
+        return;
+    gateway_snapshot(s->gw, snap);
+    uint64_t d[OUTCOME__COUNT] = { 0 };
+    for (int o = 0; o < OUTCOME__COUNT; o++)
+        for (int r = 0; r < REASON__COUNT; r++)
+            d[o] += snap->metrics.decisions[o][r];
+    notify_status("%u workers, redis %s, config generation %llu; %llu allow, %llu defer, %llu deny",
+                  snap->workers, snap->redis.connected ? "connected" : "UNAVAILABLE",
+                  (unsigned long long)snap->generation, (unsigned long long)d[OUTCOME_ALLOW],
+                  (unsigned long long)d[OUTCOME_DEFER], (unsigned long long)d[OUTCOME_DENY]);
+    free(snap);
 }
 
 int main(int argc, char **argv)
@@ -115,7 +130,7 @@ int main(int argc, char **argv)
     struct config *cfg = config_load(config_path, err, sizeof err);
     struct pseudonym *pseud = NULL;
     struct tz_db *tz = NULL;
-    if (!cfg || worker_load_support(cfg, &pseud, &tz, err, sizeof err) != 0) {
+    if (!cfg || gateway_load_support(cfg, &pseud, &tz, err, sizeof err) != 0) {
         fprintf(stderr, "capgate: %s\n", err);
         config_release(cfg);
         return 1;
@@ -130,45 +145,63 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg->log_level);
 
-    /* A client that hangs up mid-response must not kill the daemon. */
+    /* A client that hangs up mid-response must not kill the daemon; workers
+     * wake each other's loops (reload, shutdown) with event_active. */
     signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
 
-    struct daemon_state d = { 0 };
-    d.base = event_base_new();
-    if (!d.base) {
+    struct supervisor s = { 0 };
+    s.base = event_base_new();
+    if (!s.base) {
         fprintf(stderr, "capgate: cannot create the event loop\n");
         return 1;
     }
-    d.w = worker_create(d.base, cfg, pseud, tz, err, sizeof err);
-    if (!d.w) {
+    char listen[128], redis[256];
+    size_t ncaps = cfg->n_caps, nzones = tz_db_count(tz);
+    snprintf(listen, sizeof listen, "%s", cfg->listen);
+    snprintf(redis, sizeof redis, "%s", cfg->redis.url);
+    s.gw = gateway_start(cfg, pseud, tz, err, sizeof err);
+    if (!s.gw) {
         fprintf(stderr, "capgate: %s\n", err);
-        tz_db_free(tz);
-        pseudonym_free(pseud);
-        config_release(cfg);
-        event_base_free(d.base);
+        event_base_free(s.base);
         return 1;
     }
-    d.drain = evtimer_new(d.base, on_drain_tick, &d);
-    struct event *sigterm = evsignal_new(d.base, SIGTERM, on_stop_signal, &d);
-    struct event *sigint = evsignal_new(d.base, SIGINT, on_stop_signal, &d);
-    struct event *sighup = evsignal_new(d.base, SIGHUP, on_reload_signal, &d);
+    struct event *sigterm = evsignal_new(s.base, SIGTERM, on_stop_signal, &s);
+    struct event *sigint = evsignal_new(s.base, SIGINT, on_stop_signal, &s);
+    struct event *sighup = evsignal_new(s.base, SIGHUP, on_reload_signal, &s);
     evsignal_add(sigterm, NULL);
     evsignal_add(sigint, NULL);
     evsignal_add(sighup, NULL);
-    unsigned watchdog_ms = notify_watchdog_start(d.base);
+    s.watchdog_us = notify_watchdog_usec();
+    if (s.watchdog_us) {
+        struct timeval tv = { (time_t)(s.watchdog_us / 2000000),
+                              (suseconds_t)(s.watchdog_us / 2 % 1000000) };
+        s.watchdog = event_new(s.base, -1, EV_PERSIST, on_watchdog, &s);
+        event_add(s.watchdog, &tv);
+        notify_watchdog_ping();
+    }
 
-    log_info("capgate started", "version=%s listen=%s redis=%s tz_zones=%zu caps=%zu watchdog_ms=%u",
-             CAPGATE_VERSION, cfg->listen, cfg->redis.url, tz_db_count(tz), cfg->n_caps,
-             watchdog_ms);
-    event_base_dispatch(d.base);
+    struct timeval every = { 2, 0 };
+    s.status = event_new(s.base, -1, EV_PERSIST, on_status, &s);
+    event_add(s.status, &every);
+    on_status(-1, 0, &s);
 
-    worker_free(d.w);
-    notify_watchdog_stop();
+    log_info("capgate started", "version=%s listen=%s redis=%s tz_zones=%zu caps=%zu watchdog_ms=%llu",
+             CAPGATE_VERSION, listen, redis, nzones, ncaps,
+             (unsigned long long)(s.watchdog_us / 2000));
+    event_base_dispatch(s.base);
+
+    /* Stop signal: the workers drain; SIGTERM/SIGINT again cuts it short. */
+    event_base_loop(s.base, EVLOOP_NONBLOCK);
+    gateway_wait(s.gw);
+    gateway_free(s.gw);
+    if (s.watchdog)
+        event_free(s.watchdog);
+    event_free(s.status);
     event_free(sigterm);
     event_free(sigint);
     event_free(sighup);
-    event_free(d.drain);
-    event_base_free(d.base);
+    event_base_free(s.base);
     log_info("capgate stopped", NULL);
     return 0;
 }

@@ -2,44 +2,79 @@
 #include "capgate/metrics.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+static struct decision_count *find(struct decision_count *set, size_t n,
+                                   enum decision_outcome o, enum decision_reason r,
+                                   const char *rule, const char *channel)
+{
+    for (size_t k = 0; k < n; k++) {
+        struct decision_count *c = &set[k];
+        if (c->outcome == o && c->reason == r && strcmp(c->rule, rule) == 0 &&
+            strcmp(c->channel, channel) == 0)
+            return c;
+    }
+    return NULL;
+}
 
 void metrics_count_decision(struct metrics *m, enum decision_outcome o,
                             enum decision_reason r, const char *rule, const char *channel)
 {
     rule = rule ? rule : "";
     channel = channel ? channel : "";
-    m->decisions[o][r]++;
+    COUNTER_INC(m->decisions[o][r]);
     /* A handful of label sets in practice (outcomes x reasons x rules x
      * channels that actually occur): a linear scan beats a hash table. */
-    for (size_t k = 0; k < m->n_labels; k++) {
-        struct decision_count *c = &m->by_label[k];
-        if (c->outcome == o && c->reason == r && strcmp(c->rule, rule) == 0 &&
-            strcmp(c->channel, channel) == 0) {
-            c->n++;
-            return;
-        }
+    struct decision_count *c = find(m->by_label, m->n_labels, o, r, rule, channel);
+    if (!c && m->n_labels == METRICS_LABELS_MAX) {
+        rule = "(other)";
+        c = find(m->by_label, m->n_labels, o, r, rule, channel);
+        if (!c)
+            return;   /* the plain counter above still counted it */
     }
-    if (m->n_labels == m->cap_labels) {
-        size_t cap = m->cap_labels ? m->cap_labels * 2 : 16;
-        struct decision_count *p = realloc(m->by_label, cap * sizeof *p);
-        if (!p)
-            return;    /* the plain counter above still counted it */
-        m->by_label = p;
-        m->cap_labels = cap;
+    if (c) {
+        COUNTER_INC(c->n);
+        return;
     }
-    struct decision_count *c = &m->by_label[m->n_labels++];
+    /* Fill the entry first, then publish it: readers on other threads see
+     * either the old count of label sets or a complete new one. */
+    c = &m->by_label[m->n_labels];
     c->outcome = o;
     c->reason = r;
     snprintf(c->rule, sizeof c->rule, "%s", rule);
     snprintf(c->channel, sizeof c->channel, "%s", channel);
-    c->n = 1;
+    COUNTER_SET(c->n, 1);
+    __atomic_store_n(&m->n_labels, m->n_labels + 1, __ATOMIC_RELEASE);
 }
 
-void metrics_free(struct metrics *m)
+void metrics_accumulate(struct metrics *out, const struct metrics *m)
 {
-    free(m->by_label);
-    m->by_label = NULL;
-    m->n_labels = m->cap_labels = 0;
+    for (int o = 0; o < OUTCOME__COUNT; o++)
+        for (int r = 0; r < REASON__COUNT; r++)
+            out->decisions[o][r] += COUNTER_GET(m->decisions[o][r]);
+    size_t n = __atomic_load_n(&m->n_labels, __ATOMIC_ACQUIRE);
+    for (size_t k = 0; k < n; k++) {
+        const struct decision_count *c = &m->by_label[k];
+        struct decision_count *d = find(out->by_label, out->n_labels, c->outcome, c->reason,
+                                        c->rule, c->channel);
+        if (!d && out->n_labels < METRICS_LABELS_MAX) {
+            d = &out->by_label[out->n_labels++];
+            *d = *c;
+            d->n = 0;
+        }
+        if (d)
+            d->n += COUNTER_GET(c->n);
+    }
+    out->dry_runs += COUNTER_GET(m->dry_runs);
+    out->replays += COUNTER_GET(m->replays);
+    out->releases += COUNTER_GET(m->releases);
+    out->consents += COUNTER_GET(m->consents);
+    out->http_requests += COUNTER_GET(m->http_requests);
+    for (int k = 0; k < 600; k++)
+        out->http_status[k] += COUNTER_GET(m->http_status[k]);
+    for (int k = 0; k < API_ERROR__COUNT; k++)
+        out->errors[k] += COUNTER_GET(m->errors[k]);
+    struct histogram h;
+    histogram_read(&m->http_latency, &h);
+    histogram_add(&out->http_latency, &h);
 }

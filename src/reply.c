@@ -37,8 +37,8 @@ unsigned api_error_status(enum api_error e) { return errors[e].status; }
 static void account(struct worker *w, struct http_request *req, unsigned status)
 {
     double seconds = (double)(http_now_us() - http_started_us(req)) / 1e6;
-    w->metrics.http_requests++;
-    w->metrics.http_status[status < 600 ? status : 599]++;
+    COUNTER_INC(w->metrics.http_requests);
+    COUNTER_INC(w->metrics.http_status[status < 600 ? status : 599]);
     histogram_observe(&w->metrics.http_latency, seconds);
     if (w->cfg->access_log) {
         char addr[64];
@@ -92,7 +92,7 @@ void reply_json(struct worker *w, struct http_request *req, unsigned status, jso
 static void send_error(struct worker *w, struct http_request *req, enum api_error e,
                        const char *field, const char *message, const char *const *headers)
 {
-    w->metrics.errors[e]++;
+    COUNTER_INC(w->metrics.errors[e]);
     if (errors[e].status >= 500)
         log_warn("request failed", "path=%s code=%s", http_path(req), errors[e].code);
     json_t *err = json_pack("{s:s, s:s}", "code", errors[e].code, "message", message);

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "capgate/counter.h"
 #include "capgate/log.h"
 
 #define BACKOFF_MIN_MS 100
@@ -112,9 +113,9 @@ static void call_answer(struct store_call *call, const struct store_reply *reply
         event_del(call->timer);
     switch (reply->status) {
     case STORE_OK: break;
-    case STORE_ERROR: st->stats.errors++; break;
-    case STORE_UNAVAILABLE: st->stats.unavailable++; break;
-    case STORE_TIMEOUT: st->stats.timeouts++; break;
+    case STORE_ERROR: COUNTER_INC(st->stats.errors); break;
+    case STORE_UNAVAILABLE: COUNTER_INC(st->stats.unavailable); break;
+    case STORE_TIMEOUT: COUNTER_INC(st->stats.timeouts); break;
     }
     call->cb(call->arg, reply);
 }
@@ -193,7 +194,7 @@ static int send_call(struct store *st, struct store_call *call)
     if (redisAsyncCommandArgv(st->ac, on_reply, call, call->argc, call->argv,
                               call->argvlen) != REDIS_OK)
         return -1;
-    st->outstanding++;
+    COUNTER_INC(st->outstanding);
     st->last_send_us = now_us();
     return 0;
 }
@@ -204,7 +205,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     struct store *st = call->st;
     const redisReply *r = reply;
 
-    st->outstanding--;
+    COUNTER_ADD(st->outstanding, (unsigned)-1);
     if (r)
         st->last_reply_us = now_us();
     if (call->answered) {               /* timed out earlier: drop the late reply */
@@ -218,7 +219,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     uint64_t rtt_us = now_us() - call->sent_us;
-    st->stats.last_rtt_ms = (double)rtt_us / 1000.0;
+    counter_set_double(&st->stats.last_rtt_ms, (double)rtt_us / 1000.0);
     histogram_observe(&st->stats.rtt, (double)rtt_us / 1e6);
     if (r->type == REDIS_REPLY_ERROR && !call->retried_eval && ac == st->ac &&
         strncmp(r->str, "NOSCRIPT", 8) == 0) {
@@ -265,7 +266,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
 
     if (!st->ready || !st->ac || script >= st->n_scripts ||
         st->outstanding >= st->max_pending) {
-        st->stats.unavailable++;
+        COUNTER_INC(st->stats.unavailable);
         return -1;
     }
     int nk = snprintf(nkeys_str, sizeof nkeys_str, "%d", nkeys);
@@ -309,12 +310,12 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
     call->sent_us = now_us();
     if (send_call(st, call) != 0) {
         call_free(call);
-        st->stats.unavailable++;
+        COUNTER_INC(st->stats.unavailable);
         return -1;
     }
     struct timeval tv = { st->cfg.timeout_ms / 1000, (st->cfg.timeout_ms % 1000) * 1000 };
     evtimer_add(call->timer, &tv);
-    st->stats.calls++;
+    COUNTER_INC(st->stats.calls);
     return 0;
 }
 
@@ -333,7 +334,7 @@ static void mark_down(struct store *st, const char *why)
         log_debug("redis connect failed", "redis=%s reason=\"%s\"", st->display, why);
     st->down_logged = true;
     st->ac = NULL;
-    st->ready = false;
+    __atomic_store_n(&st->ready, false, __ATOMIC_RELAXED);
     st->ping_sent_us = 0;
     schedule_reconnect(st);
     if (was_ready && st->state_cb)
@@ -357,7 +358,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
     const redisReply *r = reply;
     intptr_t step = (intptr_t)privdata;   /* script index, or -1 AUTH, -2 SELECT */
 
-    st->outstanding--;
+    COUNTER_ADD(st->outstanding, (unsigned)-1);
     if (!r || ac != st->ac)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
@@ -375,7 +376,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
     memcpy(st->sha[step], r->str, SHA_HEX);
     st->sha[step][SHA_HEX] = '\0';
     if (++st->shas_loaded == st->n_scripts) {
-        st->ready = true;
+        __atomic_store_n(&st->ready, true, __ATOMIC_RELAXED);
         st->down_logged = false;
         st->backoff_ms = BACKOFF_MIN_MS;
         st->last_reply_us = now_us();
@@ -391,7 +392,7 @@ static void send_handshake(struct store *st, intptr_t step, int argc, const char
     for (int k = 0; k < argc; k++)
         lens[k] = strlen(argv[k]);
     if (redisAsyncCommandArgv(st->ac, on_handshake, (void *)step, argc, argv, lens) == REDIS_OK)
-        st->outstanding++;
+        COUNTER_INC(st->outstanding);
 }
 
 static void on_connect(const redisAsyncContext *cac, int status)
@@ -455,7 +456,7 @@ static void connect_now(struct store *st)
     }
     ac->data = st;
     st->ac = ac;
-    st->ready = false;
+    __atomic_store_n(&st->ready, false, __ATOMIC_RELAXED);
     st->deadline_us = now_us() + stall_limit_us(st);
     if (redisLibeventAttach(ac, st->base) != REDIS_OK) {
         st->ac = NULL;
@@ -481,7 +482,7 @@ static void schedule_reconnect(struct store *st)
     if (evtimer_pending(st->reconnect_timer, NULL))
         return;
     evtimer_add(st->reconnect_timer, &tv);
-    st->stats.reconnects++;
+    COUNTER_INC(st->stats.reconnects);
     st->backoff_ms = st->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : st->backoff_ms * 2;
 }
 
@@ -489,7 +490,7 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct store *st = ac->data;
     (void)privdata;
-    st->outstanding--;
+    COUNTER_ADD(st->outstanding, (unsigned)-1);
     if (reply && ac == st->ac) {
         st->last_reply_us = now_us();
         st->ping_sent_us = 0;
@@ -523,7 +524,7 @@ static void on_health_timer(evutil_socket_t fd, short what, void *arg)
     if (!st->ping_sent_us && st->outstanding == 0 &&
         now - st->last_send_us > IDLE_PING_MS * 1000u) {
         if (redisAsyncCommand(st->ac, on_ping, NULL, "PING") == REDIS_OK) {
-            st->outstanding++;
+            COUNTER_INC(st->outstanding);
             st->ping_sent_us = st->last_send_us = now;
         }
     }
@@ -604,7 +605,7 @@ void store_free(struct store *st)
     if (st->ac) {
         redisAsyncContext *ac = st->ac;
         st->ac = NULL;
-        st->ready = false;
+        __atomic_store_n(&st->ready, false, __ATOMIC_RELAXED);
         redisAsyncFree(ac);       /* answers every pending call UNAVAILABLE */
     }
     if (st->reconnect_timer)
@@ -630,12 +631,19 @@ void store_on_state(struct store *st, void (*cb)(void *arg, bool ready), void *a
 
 bool store_ready(const struct store *st)
 {
-    return st->ready;
+    return __atomic_load_n(&st->ready, __ATOMIC_RELAXED);
 }
 
 void store_get_stats(const struct store *st, struct store_stats *out)
 {
-    *out = st->stats;
-    out->connected = st->ready;
-    out->pending = st->outstanding;
+    /* May run on another worker's thread: every field is loaded atomically. */
+    out->connected = __atomic_load_n(&st->ready, __ATOMIC_RELAXED);
+    out->pending = COUNTER_GET(st->outstanding);
+    out->calls = COUNTER_GET(st->stats.calls);
+    out->timeouts = COUNTER_GET(st->stats.timeouts);
+    out->errors = COUNTER_GET(st->stats.errors);
+    out->unavailable = COUNTER_GET(st->stats.unavailable);
+    out->reconnects = COUNTER_GET(st->stats.reconnects);
+    out->last_rtt_ms = counter_get_double(&st->stats.last_rtt_ms);
+    histogram_read(&st->stats.rtt, &out->rtt);
 }

@@ -1,4 +1,4 @@
-/* worker: one loop's servers, config and reloads.  See worker.h. */
+/* worker: one loop, one listener, one Redis connection.  See worker.h. */
 #include "capgate/worker.h"
 
 #include <event2/event.h>
@@ -6,17 +6,47 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capgate/counter.h"
 #include "capgate/decision.h"
+#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/log.h"
-#include "capgate/notify.h"
-#include "capgate/pseudonym.h"
 #include "capgate/router.h"
-#include "capgate/store.h"
 #include "capgate/tz.h"
 
-#define HOUSEKEEPING_MS 200
+#define HOUSEKEEPING_MS 100
+#define FINISH_GRACE_US 500000     /* for the last answers to leave */
 #define RETIRED_STORE_GRACE_S 10   /* then its leftovers are answered UNAVAILABLE */
+
+/* ---- generations ----------------------------------------------------------- */
+
+struct generation *generation_new(struct config *cfg, struct tz_db *tz)
+{
+    struct generation *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    g->refs = 1;
+    g->cfg = cfg;
+    g->tz = tz;
+    return g;
+}
+
+struct generation *generation_retain(struct generation *g)
+{
+    __atomic_add_fetch(&g->refs, 1, __ATOMIC_RELAXED);
+    return g;
+}
+
+void generation_release(struct generation *g)
+{
+    if (!g || __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    config_release(g->cfg);
+    tz_db_free(g->tz);
+    free(g);
+}
+
+/* ---- what changed ------------------------------------------------------------ */
 
 static bool same_str(const char *a, const char *b)
 {
@@ -42,36 +72,25 @@ static bool same_http(const struct config *a, const struct config *b)
            x->connection_memory_bytes == y->connection_memory_bytes;
 }
 
-static void announce(struct worker *w)
-{
-    uint64_t decisions = 0;
-    if (w->stopping || !w->store)
-        return;
-    for (int o = 0; o < OUTCOME__COUNT; o++)
-        for (int r = 0; r < REASON__COUNT; r++)
-            decisions += w->metrics.decisions[o][r];
-    notify_status("listening on %s, redis %s, config generation %llu, %llu decisions",
-                  w->cfg->listen, store_ready(w->store) ? "connected" : "unavailable",
-                  (unsigned long long)w->cfg->generation, (unsigned long long)decisions);
-}
+/* ---- servers and connections --------------------------------------------------- */
 
 static void retire_store(struct worker *w, struct store *st);
 
-/* READY=1 once listening and Redis is reachable (or failing open). */
 static void on_store_state(void *arg, bool ready)
 {
     struct worker *w = arg;
     if (ready && w->next_store && store_ready(w->next_store)) {
+        /* A reload's new connection is ready: it takes over from now on. */
+        pthread_mutex_lock(&w->stats_lock);
         retire_store(w, w->store);
         w->store = w->next_store;
         w->next_store = NULL;
-        log_info("redis switched", "generation=%llu", (unsigned long long)w->cfg->generation);
+        pthread_mutex_unlock(&w->stats_lock);
+        log_info("redis switched", "worker=%u generation=%llu", w->id,
+                 (unsigned long long)w->cfg->generation);
     }
-    if (ready && !w->announced_ready && !w->stopping) {
-        w->announced_ready = true;
-        notify_ready();
-    }
-    announce(w);
+    if (ready)
+        gateway_redis_ready(w->gw);
 }
 
 static struct store *start_store(struct worker *w, const struct config *cfg,
@@ -99,19 +118,37 @@ static struct http_server *start_http(struct worker *w, const struct config *cfg
     return http_server_start(w->base, &opt, router_dispatch, w, err, errlen);
 }
 
-static void retire_http(struct worker *w, struct http_server *srv, struct http_server *next)
+/* Callers hold stats_lock. */
+static void retire_http(struct worker *w, struct http_server *srv)
 {
-    http_server_handoff(srv, next);
     for (int k = 0; k < WORKER_RETIRED_MAX; k++)
         if (!w->old_http[k]) {
             w->old_http[k] = srv;
             return;
         }
-    /* More reloads in flight than slots: keep the oldest waiting. */
-    log_warn("too many retired HTTP servers; keeping one until it drains", NULL);
+    log_warn("too many retired HTTP servers; the oldest stays open until it drains", NULL);
     w->old_http[0] = srv;
 }
 
+static void add_stats(struct store_stats *sum, const struct store_stats *s)
+{
+    sum->calls += s->calls;
+    sum->timeouts += s->timeouts;
+    sum->errors += s->errors;
+    sum->unavailable += s->unavailable;
+    sum->reconnects += s->reconnects;
+    histogram_add(&sum->rtt, &s->rtt);
+}
+
+static void free_store_keeping_counts(struct worker *w, struct store *st)
+{
+    struct store_stats s;
+    store_get_stats(st, &s);
+    add_stats(&w->retired_redis, &s);   /* counters never go backwards */
+    store_free(st);
+}
+
+/* Callers hold stats_lock. */
 static void retire_store(struct worker *w, struct store *st)
 {
     for (int k = 0; k < WORKER_RETIRED_MAX; k++)
@@ -120,16 +157,60 @@ static void retire_store(struct worker *w, struct store *st)
             w->old_store_since[k] = time(NULL);
             return;
         }
-    store_free(st);   /* answers its leftovers UNAVAILABLE */
+    free_store_keeping_counts(w, st);
 }
 
-/* Frees retired servers and connections once they hold no more work. */
+static unsigned active_requests(const struct worker *w)
+{
+    unsigned n = w->http ? http_server_active_requests(w->http) : 0;
+    for (int k = 0; k < WORKER_RETIRED_MAX; k++)
+        if (w->old_http[k])
+            n += http_server_active_requests(w->old_http[k]);
+    return n;
+}
+
+/* Ending a worker takes two steps, both from housekeeping: first the Redis
+ * connections go, which answers whatever still waits on them (UNAVAILABLE);
+ * then, once MHD has sent those answers (or after a short grace), HTTP
+ * closes -- MHD must not be stopped with suspended connections -- and the
+ * loop ends. */
+static void drop_stores(struct worker *w)
+{
+    pthread_mutex_lock(&w->stats_lock);
+    struct store *stores[2 + WORKER_RETIRED_MAX] = { w->store, w->next_store };
+    for (int k = 0; k < WORKER_RETIRED_MAX; k++)
+        stores[2 + k] = w->old_store[k];
+    w->store = w->next_store = NULL;
+    memset(w->old_store, 0, sizeof w->old_store);
+    pthread_mutex_unlock(&w->stats_lock);
+    for (size_t k = 0; k < sizeof stores / sizeof stores[0]; k++)
+        if (stores[k])
+            free_store_keeping_counts(w, stores[k]);
+}
+
+static void close_http(struct worker *w)
+{
+    pthread_mutex_lock(&w->stats_lock);
+    http_server_free(w->http);
+    w->http = NULL;
+    for (int k = 0; k < WORKER_RETIRED_MAX; k++) {
+        http_server_free(w->old_http[k]);
+        w->old_http[k] = NULL;
+    }
+    pthread_mutex_unlock(&w->stats_lock);
+    event_base_loopbreak(w->base);
+}
+
+/* Every HOUSEKEEPING_MS: free what reloads retired once it is idle, publish
+ * figures for other threads, and, when stopping, finish after the drain. */
 static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     time_t now = time(NULL);
     (void)fd; (void)what;
 
+    COUNTER_SET(w->heartbeat_us, http_now_us());
+    pthread_mutex_lock(&w->stats_lock);
     for (int k = 0; k < WORKER_RETIRED_MAX; k++) {
         if (w->old_http[k] && http_server_active_requests(w->old_http[k]) == 0) {
             http_server_free(w->old_http[k]);
@@ -139,138 +220,59 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
             struct store_stats ss;
             store_get_stats(w->old_store[k], &ss);
             if (ss.pending == 0 || now - w->old_store_since[k] > RETIRED_STORE_GRACE_S) {
-                store_free(w->old_store[k]);
+                free_store_keeping_counts(w, w->old_store[k]);
                 w->old_store[k] = NULL;
             }
         }
     }
-    static time_t last_status;
-    if (now != last_status) {
-        last_status = now;
-        announce(w);
+    if (w->http)
+        COUNTER_SET(w->connections, http_server_connections(w->http));
+    pthread_mutex_unlock(&w->stats_lock);
+
+    if (w->stopping && !w->finishing_us) {
+        unsigned active = active_requests(w);
+        if (active == 0 || http_now_us() >= w->shutdown_deadline_us ||
+            __atomic_load_n(&w->stop_now, __ATOMIC_RELAXED)) {
+            if (active)
+                log_warn("shutdown timeout: answering the rest as unavailable",
+                         "worker=%u unfinished=%u", w->id, active);
+            drop_stores(w);
+            w->finishing_us = http_now_us();
+        }
     }
+    if (w->finishing_us &&
+        (active_requests(w) == 0 || http_now_us() - w->finishing_us > FINISH_GRACE_US))
+        close_http(w);
 }
 
-int worker_load_support(const struct config *cfg, struct pseudonym **pseudonym,
-                        struct tz_db **tz, char *err, size_t errlen)
-{
-    *tz = NULL;
-    *pseudonym = NULL;
-    if (decision_check_config(cfg, err, errlen) != 0)
-        return -1;
-    *pseudonym = pseudonym_load(cfg->key_file, err, errlen);
-    if (!*pseudonym)
-        return -1;
-    *tz = tz_db_load(cfg->quiet_hours.zoneinfo_dir, err, errlen);
-    if (*tz && cfg->quiet_hours.enabled && !tz_db_find(*tz, cfg->quiet_hours.default_tz)) {
-        snprintf(err, errlen, "quiet_hours.default_tz: unknown time zone \"%s\"",
-                 cfg->quiet_hours.default_tz);
-        tz_db_free(*tz);
-        *tz = NULL;
-    }
-    if (!*tz) {
-        pseudonym_free(*pseudonym);
-        *pseudonym = NULL;
-        return -1;
-    }
-    return 0;
-}
+/* ---- commands from other threads ---------------------------------------------- */
 
-struct worker *worker_create(struct event_base *base, struct config *cfg,
-                             struct pseudonym *pseudonym, struct tz_db *tz,
-                             char *err, size_t errlen)
+void worker_apply_pending(struct worker *w)
 {
-    struct worker *w = calloc(1, sizeof *w);
-    if (!w) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    w->base = base;
-    w->cfg = cfg;
-    w->pseudonym = pseudonym;
-    w->tz = tz;
-    w->started = time(NULL);
-    w->store = start_store(w, cfg, err, errlen);
-    if (w->store)
-        w->http = start_http(w, cfg, err, errlen);
-    w->housekeeping = event_new(base, -1, EV_PERSIST, on_housekeeping, w);
-    if (!w->store || !w->http || !w->housekeeping) {
-        if (w->housekeeping)
-            event_free(w->housekeeping);
-        http_server_free(w->http);
-        store_free(w->store);
-        free(w);
-        return NULL;
-    }
-    struct timeval tick = { 0, HOUSEKEEPING_MS * 1000 };
-    event_add(w->housekeeping, &tick);
-    if (cfg->redis.fail_open) {
-        /* Failing open, capgate can serve without Redis: ready when listening. */
-        w->announced_ready = true;
-        notify_ready();
-    }
-    return w;
-}
-
-static int refuse(struct worker *w, char *err, size_t errlen, const char *why)
-{
-    if (why != err)
-        snprintf(err, errlen, "%s", why);
-    w->last_reload.at = time(NULL);
-    w->last_reload.ok = false;
-    snprintf(w->last_reload.error, sizeof w->last_reload.error, "%s", err);
-    log_error("reload refused; the old config keeps serving", "error=\"%s\"", err);
-    notify_ready();
-    return -1;
-}
-
-int worker_reload(struct worker *w, char *err, size_t errlen)
-{
-    const struct config *old = w->cfg;
-    struct pseudonym *pseud = NULL;
-    struct tz_db *tz = NULL;
+    struct generation *gen = __atomic_exchange_n(&w->pending, NULL, __ATOMIC_ACQ_REL);
+    char err[CONFIG_ERR_LEN];
+    if (!gen)
+        return;
+    const struct config *old = w->cfg, *cfg = gen->cfg;
     struct http_server *http = NULL;
     struct store *store = NULL;
-    char why[CONFIG_ERR_LEN];
 
-    notify_reloading();
-    log_info("reloading", "path=%s", old->path);
-
-    /* 1. Everything is checked before anything changes. */
-    struct config *cfg = config_load(old->path, err, errlen);
-    if (!cfg)
-        return refuse(w, err, errlen, err);
-    cfg->generation = old->generation + 1;
-    if (worker_load_support(cfg, &pseud, &tz, err, errlen) != 0) {
-        config_release(cfg);
-        return refuse(w, err, errlen, err);
+    if (!same_http(old, cfg) && !w->stopping) {
+        http = start_http(w, cfg, err, sizeof err);
+        if (!http)
+            log_error("reload: new listener failed; keeping the old one", "worker=%u error=\"%s\"",
+                      w->id, err);
     }
-    if (!pseudonym_same_key(pseud, w->pseudonym)) {
-        /* Every person's history is keyed by it: a new key would silently
-         * make everyone a stranger.  Rotating it is a restart, on purpose. */
-        pseudonym_free(pseud);
-        tz_db_free(tz);
-        config_release(cfg);
-        return refuse(w, err, errlen,
-                      "privacy.key_file: holds a different key; restart capgate to change it");
+    if (!same_redis(old, cfg)) {
+        store = start_store(w, cfg, err, sizeof err);
+        if (!store)
+            log_error("reload: new Redis connection failed; keeping the old one",
+                      "worker=%u error=\"%s\"", w->id, err);
     }
-    pseudonym_free(pseud);
-    if (!same_http(old, cfg) && !(http = start_http(w, cfg, why, sizeof why))) {
-        tz_db_free(tz);
-        config_release(cfg);
-        return refuse(w, err, errlen, why);
-    }
-    if (!same_redis(old, cfg) && !(store = start_store(w, cfg, why, sizeof why))) {
-        if (http)
-            http_server_free(http);
-        tz_db_free(tz);
-        config_release(cfg);
-        return refuse(w, err, errlen, why);
-    }
-
-    /* 2. Commit.  Requests in flight hold their own config reference. */
+    pthread_mutex_lock(&w->stats_lock);
     if (http) {
-        retire_http(w, w->http, http);
+        http_server_handoff(w->http, http);
+        retire_http(w, w->http);
         w->http = http;
     }
     if (store) {
@@ -280,60 +282,155 @@ int worker_reload(struct worker *w, char *err, size_t errlen)
             retire_store(w, w->next_store);
         w->next_store = store;
     }
-    tz_db_free(w->tz);
-    w->tz = tz;
-    w->cfg = cfg;
-    log_set_level(cfg->log_level);
-    w->last_reload.at = time(NULL);
-    w->last_reload.ok = true;
-    w->last_reload.error[0] = '\0';
-    log_info("reloaded", "generation=%llu new_listener=%d new_redis=%d",
-             (unsigned long long)cfg->generation, http != NULL, store != NULL);
-    config_release(old);
-    notify_ready();
-    announce(w);
-    return 0;
+    struct generation *prev = w->gen;
+    w->gen = gen;
+    w->cfg = gen->cfg;
+    w->tz = gen->tz;
+    pthread_mutex_unlock(&w->stats_lock);
+    generation_release(prev);   /* requests in flight hold their own config */
+    log_debug("generation applied", "worker=%u generation=%llu new_listener=%d new_redis=%d",
+              w->id, (unsigned long long)cfg->generation, http != NULL, store != NULL);
 }
 
-void worker_quiesce(struct worker *w)
+static void on_command(evutil_socket_t fd, short what, void *arg)
 {
-    w->stopping = true;
-    http_server_quiesce(w->http);
+    struct worker *w = arg;
+    (void)fd; (void)what;
+    worker_apply_pending(w);
+    if (__atomic_load_n(&w->quiesce_requested, __ATOMIC_ACQUIRE) && !w->stopping) {
+        w->stopping = true;
+        pthread_mutex_lock(&w->stats_lock);
+        if (w->http)
+            http_server_quiesce(w->http);
+        pthread_mutex_unlock(&w->stats_lock);
+        on_housekeeping(-1, 0, w);
+    } else if (w->stopping && __atomic_load_n(&w->stop_now, __ATOMIC_RELAXED)) {
+        on_housekeeping(-1, 0, w);
+    }
 }
 
-unsigned worker_active_requests(const struct worker *w)
+void worker_post_generation(struct worker *w, struct generation *gen)
 {
-    unsigned n = http_server_active_requests(w->http);
+    struct generation *prev =
+        __atomic_exchange_n(&w->pending, generation_retain(gen), __ATOMIC_ACQ_REL);
+    generation_release(prev);   /* never applied: superseded */
+    event_active(w->command, EV_READ, 0);
+}
+
+void worker_post_quiesce(struct worker *w, uint64_t deadline_us)
+{
+    w->shutdown_deadline_us = deadline_us;
+    __atomic_store_n(&w->quiesce_requested, 1, __ATOMIC_RELEASE);
+    event_active(w->command, EV_READ, 0);
+}
+
+void worker_post_stop(struct worker *w)
+{
+    __atomic_store_n(&w->stop_now, 1, __ATOMIC_RELEASE);
+    event_active(w->command, EV_READ, 0);
+}
+
+void worker_read_stats(struct worker *w, struct metrics *m, struct store_stats *redis,
+                       unsigned *active, unsigned *connections, bool *redis_ready)
+{
+    struct store_stats s;
+    metrics_accumulate(m, &w->metrics);
+    pthread_mutex_lock(&w->stats_lock);
+    add_stats(redis, &w->retired_redis);
     for (int k = 0; k < WORKER_RETIRED_MAX; k++)
-        if (w->old_http[k])
-            n += http_server_active_requests(w->old_http[k]);
-    return n;
+        if (w->old_store[k]) {
+            store_get_stats(w->old_store[k], &s);
+            add_stats(redis, &s);
+        }
+    if (w->next_store) {
+        store_get_stats(w->next_store, &s);
+        add_stats(redis, &s);
+    }
+    if (w->store) {
+        store_get_stats(w->store, &s);
+        add_stats(redis, &s);
+        redis->pending += s.pending;
+        if (s.last_rtt_ms > 0)
+            redis->last_rtt_ms = s.last_rtt_ms;
+        *redis_ready = *redis_ready && s.connected;
+    } else {
+        *redis_ready = false;
+    }
+    *active += active_requests(w);
+    pthread_mutex_unlock(&w->stats_lock);
+    *connections += COUNTER_GET(w->connections);
+}
+
+/* ---- life ------------------------------------------------------------------------ */
+
+struct worker *worker_create(struct gateway *gw, unsigned id, struct generation *gen,
+                             const struct pseudonym *pseudonym, char *err, size_t errlen)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    w->gw = gw;
+    w->id = id;
+    w->gen = generation_retain(gen);
+    w->cfg = gen->cfg;
+    w->tz = gen->tz;
+    w->pseudonym = pseudonym;
+    pthread_mutex_init(&w->stats_lock, NULL);
+    w->base = event_base_new();
+    if (!w->base) {
+        snprintf(err, errlen, "cannot create an event loop");
+        worker_free(w);
+        return NULL;
+    }
+    w->store = start_store(w, w->cfg, err, errlen);
+    if (w->store)
+        w->http = start_http(w, w->cfg, err, errlen);
+    w->housekeeping = event_new(w->base, -1, EV_PERSIST, on_housekeeping, w);
+    w->command = event_new(w->base, -1, EV_PERSIST, on_command, w);
+    if (!w->store || !w->http || !w->housekeeping || !w->command) {
+        worker_free(w);
+        return NULL;
+    }
+    struct timeval tick = { 0, HOUSEKEEPING_MS * 1000 };
+    event_add(w->housekeeping, &tick);
+    COUNTER_SET(w->heartbeat_us, http_now_us());
+    return w;
+}
+
+static void *run(void *arg)
+{
+    struct worker *w = arg;
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    return pthread_create(&w->thread, NULL, run, w) == 0 ? 0 : -1;
 }
 
 void worker_free(struct worker *w)
 {
     if (!w)
         return;
-    /* Answer whatever still waits on Redis (UNAVAILABLE), let MHD send
-     * those answers, then stop HTTP: MHD must not stop with suspended
-     * connections. */
-    store_free(w->store);
-    w->store = NULL;
-    store_free(w->next_store);
-    w->next_store = NULL;
     for (int k = 0; k < WORKER_RETIRED_MAX; k++) {
-        store_free(w->old_store[k]);
-        w->old_store[k] = NULL;
-    }
-    for (int k = 0; k < 100 && worker_active_requests(w); k++)
-        event_base_loop(w->base, EVLOOP_NONBLOCK);
-    http_server_free(w->http);
-    for (int k = 0; k < WORKER_RETIRED_MAX; k++)
+        if (w->old_store[k])
+            store_free(w->old_store[k]);
         http_server_free(w->old_http[k]);
-    event_free(w->housekeeping);
-    tz_db_free(w->tz);
-    pseudonym_free(w->pseudonym);
-    config_release(w->cfg);
-    metrics_free(&w->metrics);
+    }
+    store_free(w->next_store);
+    store_free(w->store);
+    http_server_free(w->http);
+    if (w->housekeeping)
+        event_free(w->housekeeping);
+    if (w->command)
+        event_free(w->command);
+    if (w->base)
+        event_base_free(w->base);
+    generation_release(__atomic_exchange_n(&w->pending, NULL, __ATOMIC_ACQ_REL));
+    generation_release(w->gen);
+    pthread_mutex_destroy(&w->stats_lock);
     free(w);
 }

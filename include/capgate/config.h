@@ -107,6 +107,7 @@ struct config {
     enum log_level log_level;/* default info */
     bool access_log;         /* one logfmt line per request, default false */
     unsigned shutdown_timeout_s; /* drain time on SIGTERM, default 10 */
+    int workers;             /* event loops (threads); 0 = one per CPU */
 };
 
 /* Parses and validates PATH.  Returns NULL and fills ERR on any error. */

@@ -19,7 +19,12 @@ struct histogram {
     double sum;                           /* seconds */
 };
 
+/* By the owning thread only. */
 void histogram_observe(struct histogram *h, double seconds);
+/* From any thread: an atomic-per-field copy of H. */
+void histogram_read(const struct histogram *h, struct histogram *out);
+/* OUT += H (both plain copies). */
+void histogram_add(struct histogram *out, const struct histogram *h);
 /* Estimate of quantile Q (0..1) in seconds, by linear interpolation inside
  * the bucket; 0 when empty. */
 double histogram_quantile(const struct histogram *h, double q);

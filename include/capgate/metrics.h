@@ -1,6 +1,7 @@
 /*
- * metrics: the counters behind /status and /metrics.  Plain integers owned
- * by one worker's loop, so no locking and no atomics on the hot path.
+ * metrics: the counters behind /status and /metrics.  Each worker owns one
+ * struct metrics and is its only writer (plain adds, see counter.h); a
+ * /status or /metrics request adds up every worker's with metrics_read().
  * Labels never carry a user identifier: only outcome, reason, rule and
  * channel names from the config.
  */
@@ -11,9 +12,14 @@
 #include <stdint.h>
 
 #include "capgate/config.h"
+#include "capgate/counter.h"
 #include "capgate/decision.h"
 #include "capgate/histogram.h"
 #include "capgate/reply.h"
+
+/* Distinct label sets of capgate_decisions_total kept per worker; past it,
+ * decisions are counted under rule "(other)". */
+#define METRICS_LABELS_MAX 256
 
 /* One label set of capgate_decisions_total. */
 struct decision_count {
@@ -26,18 +32,20 @@ struct decision_count {
 
 struct metrics {
     uint64_t decisions[OUTCOME__COUNT][REASON__COUNT];
-    struct decision_count *by_label;
-    size_t n_labels, cap_labels;
+    struct decision_count by_label[METRICS_LABELS_MAX];
+    size_t n_labels;                 /* published with release order */
     uint64_t dry_runs, replays;
     uint64_t releases, consents;
     uint64_t http_requests;
-    uint64_t http_status[600];           /* by exact status code */
+    uint64_t http_status[600];       /* by exact status code */
     uint64_t errors[API_ERROR__COUNT];
-    struct histogram http_latency;       /* request start to response */
+    struct histogram http_latency;   /* request start to response */
 };
 
+/* By the owning worker. */
 void metrics_count_decision(struct metrics *m, enum decision_outcome o,
                             enum decision_reason r, const char *rule, const char *channel);
-void metrics_free(struct metrics *m);
+/* From any thread: OUT += a consistent-enough copy of M (label sets merged). */
+void metrics_accumulate(struct metrics *out, const struct metrics *m);
 
 #endif

@@ -1,79 +1,99 @@
 /*
- * worker: what one event loop owns -- its HTTP server, its Redis connection,
- * the config its requests start with -- and how that changes at a reload.
- *
- * A reload loads and validates the new file completely before anything
- * changes.  Then, only for the parts that changed, a new HTTP server
- * (SO_REUSEPORT, so the port is never closed) and a new Redis connection
- * are started; the old ones stop taking new work, finish what they hold,
- * and are freed.  A request keeps the config it started with (refcount).
+ * worker: one event loop on its own thread, with its own HTTP server (all
+ * workers listen on the same port: SO_REUSEPORT) and its own Redis
+ * connection, on which calls are pipelined.  Endpoint handlers get their
+ * worker; everything in it is touched only by its thread, except where a
+ * comment says otherwise.  The gateway (gateway.h) starts, reloads and
+ * stops the workers.
  */
 #ifndef CAPGATE_WORKER_H
 #define CAPGATE_WORKER_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
 
 #include "capgate/config.h"
 #include "capgate/metrics.h"
+#include "capgate/store.h"
 
 struct event_base;
 struct event;
 struct pseudonym;
 struct tz_db;
-struct store;
 struct http_server;
+struct gateway;
+
+/* An immutable config and what is derived from it, shared by the workers. */
+struct generation {
+    unsigned refs;                   /* atomic */
+    struct config *cfg;              /* holds one config reference */
+    struct tz_db *tz;
+};
+
+struct generation *generation_new(struct config *cfg, struct tz_db *tz);
+struct generation *generation_retain(struct generation *g);
+void generation_release(struct generation *g);
 
 #define WORKER_RETIRED_MAX 8
 
-struct reload_result {
-    time_t at;                       /* 0: no reload yet */
-    bool ok;
-    char error[CONFIG_ERR_LEN];
-};
-
 struct worker {
+    struct gateway *gw;
+    unsigned id;
     struct event_base *base;
-    const struct config *cfg;        /* the current config; one reference held */
-    struct pseudonym *pseudonym;
-    struct tz_db *tz;
+    pthread_t thread;
+
+    struct generation *gen;          /* the config requests start with */
+    const struct config *cfg;        /* gen->cfg */
+    const struct tz_db *tz;          /* gen->tz */
+    const struct pseudonym *pseudonym;   /* shared, never changes */
+
     struct store *store;
     struct store *next_store;        /* after a reload, until it is ready */
     struct http_server *http;
-    struct metrics metrics;
-    time_t started;                  /* wall clock, for uptime */
-    struct reload_result last_reload;
+    struct metrics metrics;          /* written here; read by any (counter.h) */
 
     /* Replaced by a reload, freed once they hold no more work. */
     struct http_server *old_http[WORKER_RETIRED_MAX];
     struct store *old_store[WORKER_RETIRED_MAX];
     time_t old_store_since[WORKER_RETIRED_MAX];
+    struct store_stats retired_redis;    /* counters of freed connections */
+
+    /* Shared with other threads. */
+    pthread_mutex_t stats_lock;      /* guards store/http pointers for readers */
+    struct event *command;           /* event_active()'d by other threads */
+    struct generation *pending;      /* a generation to apply (atomic) */
+    int quiesce_requested;           /* atomic */
+    int stop_now;                    /* atomic */
+    uint64_t shutdown_deadline_us;
+    unsigned connections;            /* published by housekeeping (atomic) */
+    uint64_t heartbeat_us;           /* last housekeeping tick (atomic): watchdog */
+
     struct event *housekeeping;
-    bool announced_ready;
     bool stopping;
+    uint64_t finishing_us;           /* Redis dropped; waiting for HTTP to flush */
 };
 
-/* Takes ownership of CFG (one reference), PSEUDONYM and TZ.  Starts Redis and
- * HTTP.  Returns NULL with ERR filled (and frees nothing it was given). */
-struct worker *worker_create(struct event_base *base, struct config *cfg,
-                             struct pseudonym *pseudonym, struct tz_db *tz,
-                             char *err, size_t errlen);
+/* Creates worker ID (its loop, Redis connection and listener) on the
+ * calling thread; worker_start() then runs it on its own thread. */
+struct worker *worker_create(struct gateway *gw, unsigned id, struct generation *gen,
+                             const struct pseudonym *pseudonym, char *err, size_t errlen);
+int worker_start(struct worker *w);
 
-/* Re-reads the config file.  0 on success; -1 with ERR when the new config
- * was refused (the old one keeps serving).  The result is also kept in
- * w->last_reload, for /status. */
-int worker_reload(struct worker *w, char *err, size_t errlen);
+/* From any thread: ask the worker to take generation GEN (a reference is
+ * taken), to stop accepting and drain until DEADLINE_US, or to stop now. */
+void worker_post_generation(struct worker *w, struct generation *gen);
+void worker_post_quiesce(struct worker *w, uint64_t deadline_us);
+void worker_post_stop(struct worker *w);
+/* On the worker's own thread: apply a posted generation now. */
+void worker_apply_pending(struct worker *w);
 
-/* Stops accepting connections; requests in flight go on. */
-void worker_quiesce(struct worker *w);
-/* Requests begun and not yet answered, over every server. */
-unsigned worker_active_requests(const struct worker *w);
-/* Answers what still waits on Redis, then frees everything. */
+/* From any thread: add this worker's figures into the totals. */
+void worker_read_stats(struct worker *w, struct metrics *m, struct store_stats *redis,
+                       unsigned *active, unsigned *connections, bool *redis_ready);
+
+/* After its thread has ended (pthread_join): frees what is left. */
 void worker_free(struct worker *w);
-
-/* Loads the key file and the zone database of CFG (start-up and reload). */
-int worker_load_support(const struct config *cfg, struct pseudonym **pseudonym,
-                        struct tz_db **tz, char *err, size_t errlen);
 
 #endif

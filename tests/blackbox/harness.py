@@ -895,8 +895,9 @@ class Gateway:
     """A capgate process with its config, key file and captured stderr."""
 
     def __init__(self, config=None, overrides=None, redis=None, key_file=None,
-                 key_data=None, start=True, wait=True, extra=None):
+                 key_data=None, start=True, wait=True, extra=None, env=None):
         check_binary()
+        self.env = env   # extra environment for the daemon (e.g. NOTIFY_SOCKET)
         self.dir = mkdtemp("capgate-gw-")
         self.redis = redis if redis is not None else start_redis()
         self.port = free_port()
@@ -924,6 +925,7 @@ class Gateway:
         try:
             self.proc = _track(subprocess.Popen(
                 WRAP + [os.path.abspath(BINARY), "-c", self.config_path], stdin=subprocess.DEVNULL,
+                env=dict(os.environ, **self.env) if self.env else None,
                 stdout=outf, stderr=errf, cwd=self.dir), term_first=True)
         finally:
             errf.close()

@@ -211,7 +211,8 @@ def test_sd_notify_lifecycle_and_watchdog():
     try:
         g = h.Gateway(env={"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "200000"})
         ns.wait_for("READY=1")
-        ns.wait_for("STATUS=listening on")
+        ns.wait_for("STATUS=")
+        ns.wait_for("redis connected")
         ns.messages.clear()
         time.sleep(0.5)
         pings = sum(m.count("WATCHDOG=1") for m in ns.drain())
