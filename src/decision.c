@@ -118,19 +118,20 @@ static uint32_t fnv1a(const char *s)
     return h;
 }
 
-static unsigned name_id(const char *name)     /* 1..65535; 0 means "any" */
+static unsigned name_id(const char *name)     /* 1..32767; 0 means "any" */
 {
     uint32_t h = fnv1a(name);
-    unsigned id = (h >> 16) ^ (h & 0xffff);
+    unsigned id = ((h >> 16) ^ h) & 0x7fff;   /* the top bit marks exempt sends */
     return id ? id : 1;
 }
 
-/* 24 bits of the (keyed) message pseudonym: enough to tell apart the few
- * messages one person has inside the idempotency window. */
+/* 32 bits of the (keyed) message pseudonym: enough to tell apart the few
+ * messages one person has inside the idempotency window (a false replay
+ * needs two of them to collide: about k / 2^32 per decision). */
 static unsigned message_id(const char *hex)
 {
     unsigned id = 0;
-    for (int k = 0; k < 6; k++)
+    for (int k = 0; k < 8; k++)
         id = (id << 4) | hexval(hex[k]);
     return id;
 }
@@ -190,10 +191,11 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
 {
     const struct cfg_category *cat = in->category;
     bool requires_opt_in = in->channel->requires_opt_in || cat->requires_opt_in;
-    char flags[4];
+    char flags[5];
     size_t nf = 0;
 
     if (in->dry_run) flags[nf++] = 'd';
+    if (cat->exempt_from_caps) flags[nf++] = 'x';
     if (cat->ignores_opt_out) flags[nf++] = 'o';
     if (requires_opt_in) flags[nf++] = 'i';
     flags[nf] = '\0';

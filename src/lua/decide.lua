@@ -7,8 +7,11 @@
 -- field and a value instead of a key, an expiry and their overheads.
 --
 -- KEYS[1]  sends:   hash  person -> packed sends, 16 bytes each, oldest first:
---                   allowed-at ms (6) | message hash (3) | channel (2) |
+--                   allowed-at (5: ms since 2024-01-01 UTC, good until 2058) |
+--                   message hash (4) | channel (2; top bit: exempt from caps) |
 --                   category (2) | campaign hash (3, 0 = none)
+--                   16 bytes keep 4 sends within Redis's default listpack
+--                   value limit (hash-max-listpack-value 64).
 --                   The key's TTL is the retention; expired sends are trimmed
 --                   when their person is written, and a stale person is removed
 --                   by the decisions of others in the bucket (garbage collection).
@@ -19,7 +22,8 @@
 --
 -- ARGV[1] person (8 bytes)  ARGV[2] message hash  ARGV[3] channel hash
 -- ARGV[4] category hash     ARGV[5] campaign hash (0 none)
--- ARGV[6] flags: 'd' dry run, 'o' ignores opt-out, 'i' requires opt-in
+-- ARGV[6] flags: 'd' dry run, 'o' ignores opt-out, 'i' requires opt-in,
+--         'x' exempt from caps (recorded, but never counted by a cap)
 -- ARGV[7] retention ms   ARGV[8] idempotency ms   ARGV[9] max_defer ms
 -- ARGV[10] channel name  ARGV[11] category name   (consent is kept by name)
 -- ARGV[12] quiet intervals, packed: n x (start ms (6) | end ms (6))
@@ -32,6 +36,9 @@
 --   rule    the deciding cap's index + 1, 0 when no cap decided
 
 local REC = 16
+local FMT = '>I5I4I2I2I3'
+local EPOCH = 1704067200000          -- 2024-01-01T00:00:00Z in ms
+local EXEMPT = 32768                 -- channel's top bit
 local MAX_SENDS = 1000   -- per person; the oldest beyond are forgotten
 
 local t = redis.call('TIME')
@@ -47,7 +54,8 @@ local raw = redis.call('HGET', KEYS[1], person)
 if raw then
   local oldest = now - retention
   for off = 1, #raw - REC + 1, REC do
-    local a, m, c, g, k = struct.unpack('>I6I3I2I2I3', raw, off)
+    local a, m, c, g, k = struct.unpack(FMT, raw, off)
+    a = a + EPOCH
     if a > oldest then
       n = n + 1
       ts[n], ms[n], chs[n], cats[n], camps[n] = a, m, c, g, k
@@ -99,8 +107,8 @@ for off = 1, #caps - 14, 15 do
     struct.unpack('>I1I2I2I1I1I2I6', caps, off)
   local since, count, inwin = now - window, 0, {}
   for i = 1, n do
-    if ts[i] > since and (cch == 0 or chs[i] == cch) and (ccat == 0 or cats[i] == ccat)
-       and (percamp == 0 or camps[i] == campaign) then
+    if ts[i] > since and chs[i] < EXEMPT and (cch == 0 or chs[i] == cch)
+       and (ccat == 0 or cats[i] == ccat) and (percamp == 0 or camps[i] == campaign) then
       count = count + 1
       inwin[count] = ts[i]
     end
@@ -128,12 +136,13 @@ if not string.find(flags, 'd', 1, true) then
   if n >= MAX_SENDS then first = n - MAX_SENDS + 2 end
   local parts = {}
   for i = first, n do
-    parts[#parts + 1] = struct.pack('>I6I3I2I2I3', ts[i], ms[i], chs[i], cats[i], camps[i])
+    parts[#parts + 1] = struct.pack(FMT, ts[i] - EPOCH, ms[i], chs[i], cats[i], camps[i])
   end
   -- Keep the order even if Redis's clock stepped back (failover).
   local at = now
   if n > 0 and ts[n] > at then at = ts[n] end
-  parts[#parts + 1] = struct.pack('>I6I3I2I2I3', at, msg, channel, category, campaign)
+  if string.find(flags, 'x', 1, true) then channel = channel + EXEMPT end
+  parts[#parts + 1] = struct.pack(FMT, at - EPOCH, msg, channel, category, campaign)
   redis.call('HSET', KEYS[1], person, table.concat(parts))
 
   -- Garbage collection: look at one other person of the bucket; if none of
@@ -143,7 +152,7 @@ if not string.find(flags, 'd', 1, true) then
   if other and other ~= person then
     local v = redis.call('HGET', KEYS[1], other)
     if v and #v >= REC then
-      local last = struct.unpack('>I6', v, #v - REC + 1)
+      local last = struct.unpack('>I5', v, #v - REC + 1) + EPOCH
       if last <= now - retention then
         redis.call('HDEL', KEYS[1], other)
       end

@@ -9,7 +9,7 @@ if not raw then
 end
 local msg = tonumber(ARGV[2])
 for off = 1, #raw - REC + 1, REC do
-  local _, m = struct.unpack('>I6I3', raw, off)
+  local _, m = struct.unpack('>I5I4', raw, off)
   if m == msg then
     local rest = string.sub(raw, 1, off - 1) .. string.sub(raw, off + REC)
     if #rest == 0 then

@@ -203,6 +203,22 @@ def test_transactional_is_exempt_from_caps():
     h.expect_decision(g.decide(u, "email", category="transactional", campaign="x"), "allow", "ok")
 
 
+def test_exempt_sends_do_not_use_up_caps():
+    # Receipts and password resets must not crowd out the marketing allowance.
+    g = shared()
+    u = h.uid("dec")
+    for _ in range(4):
+        h.expect_decision(g.decide(u, "email", category="transactional"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email"), "defer", "cap", rule="email-daily")
+    # ...and they are still remembered: a retry is a replay
+    m = h.mid()
+    h.expect_decision(g.decide(u, "email", category="transactional", message_id=m), "allow", "ok")
+    h.expect_decision(g.decide(u, "email", category="transactional", message_id=m), "allow", "ok",
+                      replay=True)
+
+
 # ---------------------------------------------------------------- max_defer
 
 def test_max_defer_turns_defer_into_deny():

@@ -88,7 +88,7 @@ TEST(keys_share_one_hash_tag)
     CHECK_EQ_STR(arg(&a, 1), "cg:{012}:c:0123456789abcdef0123456789abcdef");
     CHECK_EQ_INT(a.argvlen[A_PERSON], 8);
     CHECK_EQ_INT(be(a.argv[A_PERSON], 8), 0x0123456789abcdefULL);
-    CHECK_EQ_STR(arg(&a, A_MSG), "16702650");           /* 0xfedcba */
+    CHECK_EQ_STR(arg(&a, A_MSG), "4275878552");         /* 0xfedcba98 */
     CHECK(strcmp(arg(&a, A_CAMP), "0") != 0);
     CHECK_EQ_STR(arg(&a, A_CHNAME), "email");
     c.redis.bucket_bits = 12;
@@ -138,7 +138,7 @@ TEST(exempt_category_sends_no_caps_and_flags)
     struct decide_input in = input(&c, "sms", "transactional", "x");
     in.dry_run = true;
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, A_FLAGS), "doi");  /* dry run, ignores opt-out, sms requires opt-in */
+    CHECK_EQ_STR(arg(&a, A_FLAGS), "dxoi"); /* dry run, exempt, ignores opt-out, opt-in */
     CHECK_EQ_INT(a.argvlen[A_QUIET], 0);    /* exempt from quiet hours */
     CHECK_EQ_INT(a.argvlen[A_CAPS], 0);
     in = input(&c, "email", "health", NULL);
@@ -250,7 +250,7 @@ TEST(release_and_consent_args)
     CHECK_EQ_INT(a.argc, 3);
     CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s3");
     CHECK_EQ_INT(a.argvlen[1], 8);
-    CHECK_EQ_STR(arg(&a, 2), "10");
+    CHECK_EQ_STR(arg(&a, 2), "2712");        /* 0x00000a98 */
     decision_consent_args(user, "*", "marketing", false, "web form", &a);
     CHECK_EQ_INT(a.script, SCRIPT_CONSENT);
     CHECK_EQ_STR(arg(&a, 0), "cg:{012}:c:0123456789abcdef0123456789abcdef");
