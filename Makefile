@@ -44,8 +44,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 # Debian packages needed to build, run and test (installed on demand by `make deps`).
 DEB_PKGS := build-essential pkg-config libevent-dev libmicrohttpd-dev libhiredis-dev \
             libjansson-dev libfyaml-dev libsodium-dev libsystemd-dev redis-server python3 tzdata \
-            wrk curl chromium \
-            valgrind
+            wrk curl chromium valgrind libfyaml-utils man-db groff-base systemd
 
 .PHONY: all deps run test check unit test-valgrind clean install
 all: $(BUILD)/capgate
@@ -104,6 +103,11 @@ VALGRIND := valgrind -q --leak-check=full --errors-for-leak-kinds=definite --sho
 test-valgrind: deps
 	@$(MAKE) --no-print-directory all unit
 	@CAPGATE_WRAP="$(VALGRIND)" PATH="$$PATH:$(CURDIR)/build/tools/usr/bin" sh tests/run.sh $(BUILD)
+
+# PREFIX=/usr DESTDIR=/tmp/pkg make install: binary, example config (never
+# overwritten), systemd unit + sysusers + tmpfiles, man pages.
+install: all
+	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BINARY="$(BUILD)/capgate" sh tools/install.sh
 
 clean:
 	rm -rf build
