@@ -38,7 +38,7 @@
 #define GROUP_NAME_MAX    32          /* channel and category names */
 #define MAX_CONFIG_BYTES  (1 << 20)   /* a config file is small; refuse junk */
 #define KEY_PATH_LEN      256
-#define TABLE_MAX         16          /* most directives in one table */
+#define TABLE_MAX         32          /* most directives in one table */
 #define REDIS_DB_MAX      1000000     /* Redis "databases" can be raised past 16 */
 
 #define MS_PER_S  1000LL
@@ -1179,6 +1179,10 @@ static const struct choice cap_actions[] = {
     { "defer", CAP_DEFER }, { "deny", CAP_DENY }, { NULL, 0 },
 };
 
+static const struct choice cap_modes[] = {
+    { "enforce", CAP_ENFORCE }, { "shadow", CAP_SHADOW }, { NULL, 0 },
+};
+
 /* Windows are bounded so that the TTL of the send records stays sane. */
 static const struct directive cap_table[] = {
     { .name = "name", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_cap, name),
@@ -1195,6 +1199,8 @@ static const struct directive cap_table[] = {
       FIELD(struct cfg_cap, window_ms), .min = MS_PER_S, .max = 366 * MS_PER_D },
     { .name = "on_exceed", .type = DT_ENUM, ENUM_FIELD(struct cfg_cap, on_exceed),
       .choices = cap_actions, .def = "defer" },
+    { .name = "mode", .type = DT_ENUM, ENUM_FIELD(struct cfg_cap, mode),
+      .choices = cap_modes, .def = "enforce" },
     { .name = NULL },
 };
 
@@ -1346,6 +1352,181 @@ static int check_quiet_hours(struct parser *p, void *base, int line)
 }
 
 /* ------------------------------------------------------------------------ */
+/* auth, tls, fatigue, audit                                                */
+/* ------------------------------------------------------------------------ */
+
+/* auth.tokens[].sha256: the hash of the token, never the token itself. */
+static int check_token_sha256(struct parser *p, void *base, int line)
+{
+    struct cfg_token *t = base;
+    if (strlen(t->sha256) != 64 || strspn(t->sha256, "0123456789abcdefABCDEF") != 64)
+        return fail(p, line, "must be 64 hex digits (SHA-256 of the token; "
+                             "`capgate --hash-token` prints it)");
+    for (char *c = t->sha256; *c; c++)
+        *c = (char)(*c >= 'A' && *c <= 'F' ? *c - 'A' + 'a' : *c);
+    return 0;
+}
+
+static int parse_scopes(struct parser *p, void *base, bool present, struct fy_node *v,
+                        int line)
+{
+    struct cfg_token *t = base;
+    struct fy_node *item;
+    void *it = NULL;
+    size_t i = 0;
+
+    if (!present)
+        return fail(p, line, "missing required key");
+    if (check_untagged(p, v, line))
+        return -1;
+    if (is_null(v) || !fy_node_is_sequence(v) || fy_node_sequence_item_count(v) == 0)
+        return fail(p, node_line(v, line), "expected a list of scopes (send, consent, admin)");
+    for (; (item = fy_node_sequence_iterate(v, &it)) != NULL; i++) {
+        size_t saved = push_index(p, i);
+        struct scalar s;
+        struct qbuf qb;
+        if (get_scalar(p, item, line, "a scope", &s))
+            return -1;
+        if (strcmp(s.s, "send") == 0)
+            t->scopes |= SCOPE_SEND;
+        else if (strcmp(s.s, "consent") == 0)
+            t->scopes |= SCOPE_CONSENT;
+        else if (strcmp(s.s, "admin") == 0)
+            t->scopes |= SCOPE_ADMIN;
+        else
+            return fail(p, s.line, "unknown scope %s (send, consent or admin)", quote(&qb, s.s));
+        pop_key(p, saved);
+    }
+    return 0;
+}
+
+static const struct directive token_table[] = {
+    { .name = "name", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_token, name) },
+    { .name = "sha256", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_token, sha256),
+      .check = check_token_sha256 },
+    { .name = "scopes", .type = DT_CUSTOM, .parse = parse_scopes },
+    { .name = NULL },
+};
+
+static int parse_tokens(struct parser *p, void *base, bool present, struct fy_node *v,
+                        int line)
+{
+    struct cfg_auth *a = base;
+    struct fy_node *item;
+    void *it = NULL;
+    size_t n, i = 0;
+
+    if (!present)
+        return fail(p, line, "missing required key");
+    if (check_untagged(p, v, line))
+        return -1;
+    if (is_null(v) || !fy_node_is_sequence(v))
+        return fail(p, node_line(v, line), "expected a list of tokens");
+    n = (size_t)fy_node_sequence_item_count(v);
+    if (n == 0 || n > 256)
+        return fail(p, node_line(v, line), "expected 1 to 256 tokens");
+    if ((a->tokens = calloc(n, sizeof *a->tokens)) == NULL)
+        return fail(p, line, "out of memory");
+    a->n_tokens = n;
+    for (; (item = fy_node_sequence_iterate(v, &it)) != NULL; i++) {
+        int iline = node_line(item, line);
+        size_t saved = push_index(p, i);
+        if (check_untagged(p, item, iline))
+            return -1;
+        if (is_null(item) || !fy_node_is_mapping(item))
+            return fail(p, iline, "expected a mapping, got %s", kind_of(item));
+        if (parse_section(p, token_table, &a->tokens[i], item, iline))
+            return -1;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(a->tokens[j].sha256, a->tokens[i].sha256) == 0)
+                return fail(p, iline, "the same token hash appears twice");
+        pop_key(p, saved);
+    }
+    return 0;
+}
+
+static int check_auth(struct parser *p, void *base, int line)
+{
+    struct cfg_auth *a = base;
+    (void)p; (void)line;
+    a->enabled = true;
+    return 0;
+}
+
+static const struct directive auth_table[] = {
+    { .name = "tokens", .type = DT_CUSTOM, .parse = parse_tokens },
+    { .name = NULL },
+};
+
+static int check_readable(struct parser *p, const char *path, int line)
+{
+    struct qbuf qb;
+    if (access(path, R_OK) != 0)
+        return fail(p, line, "%s: %s", quote(&qb, path), strerror(errno));
+    return 0;
+}
+
+static int check_tls_cert(struct parser *p, void *base, int line)
+{
+    return check_readable(p, ((struct cfg_tls *)base)->cert_file, line);
+}
+
+static int check_tls_key(struct parser *p, void *base, int line)
+{
+    return check_readable(p, ((struct cfg_tls *)base)->key_file, line);
+}
+
+static int check_tls(struct parser *p, void *base, int line)
+{
+    (void)p; (void)line;
+    ((struct cfg_tls *)base)->enabled = true;
+    return 0;
+}
+
+static const struct directive tls_table[] = {
+    { .name = "cert_file", .type = DT_STRING, .flags = D_REQUIRED,
+      FIELD(struct cfg_tls, cert_file), .check = check_tls_cert },
+    { .name = "key_file", .type = DT_STRING, .flags = D_REQUIRED,
+      FIELD(struct cfg_tls, key_file), .check = check_tls_key },
+    { .name = NULL },
+};
+
+static const struct directive fatigue_cap_table[] = {
+    { .name = "limit", .type = DT_INT, .flags = D_REQUIRED, FIELD(struct cfg_fatigue, limit),
+      .min = 1, .max = CAP_LIMIT_MAX },
+    { .name = "window", .type = DT_DURATION, .flags = D_REQUIRED,
+      FIELD(struct cfg_fatigue, window_ms), .min = MS_PER_S, .max = 366 * MS_PER_D },
+    { .name = "on_exceed", .type = DT_ENUM, ENUM_FIELD(struct cfg_fatigue, on_exceed),
+      .choices = cap_actions, .def = "defer" },
+    { .name = NULL },
+};
+
+static int check_fatigue(struct parser *p, void *base, int line)
+{
+    (void)p; (void)line;
+    ((struct cfg_fatigue *)base)->enabled = true;
+    return 0;
+}
+
+static const struct directive fatigue_table[] = {
+    { .name = "unengaged_after", .type = DT_INT, .flags = D_REQUIRED,
+      FIELD(struct cfg_fatigue, unengaged_after), .min = 1, .max = 1000 },
+    { .name = "cap", .type = DT_SECTION, .flags = D_REQUIRED, .off = 0,
+      .sub = fatigue_cap_table },
+    { .name = NULL },
+};
+
+static const struct directive audit_table[] = {
+    { .name = "enabled", .type = DT_BOOL, FIELD(struct cfg_audit, enabled), .def = "true" },
+    { .name = "max_entries", .type = DT_INT, FIELD(struct cfg_audit, max_entries),
+      .min = 1000, .max = 100000000, .def = "1000000" },
+    { .name = "retention", .type = DT_DURATION, FIELD(struct cfg_audit, retention_ms),
+      .min = MS_PER_H, .max = 3650 * MS_PER_D, .def = "30d" },
+    { .name = "file", .type = DT_STRING, FIELD(struct cfg_audit, file) },
+    { .name = NULL },
+};
+
+/* ------------------------------------------------------------------------ */
 /* The tables                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -1374,6 +1555,8 @@ static const struct directive redis_table[] = {
 static const struct directive privacy_table[] = {
     { .name = "key_file", .type = DT_STRING, .flags = D_REQUIRED,
       FIELD(struct config, key_file) },
+    { .name = "retention", .type = DT_DURATION, FIELD(struct config, retention_ms),
+      .min = MS_PER_D, .max = 3650 * MS_PER_D, .def = "400d" },
     { .name = NULL },
 };
 
@@ -1438,6 +1621,14 @@ static const struct directive config_table[] = {
     { .name = "workers", .type = DT_INT, FIELD(struct config, workers),
       .min = 0, .max = 64, .def = "0" },
     { .name = "access_log", .type = DT_BOOL, FIELD(struct config, access_log), .def = "false" },
+    { .name = "auth", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct config, auth), .sub = auth_table, .check = check_auth },
+    { .name = "tls", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct config, tls), .sub = tls_table, .check = check_tls },
+    { .name = "fatigue", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct config, fatigue), .sub = fatigue_table, .check = check_fatigue },
+    { .name = "audit", .type = DT_SECTION, .off = offsetof(struct config, audit),
+      .sub = audit_table },
     { .name = "shutdown_timeout", .type = DT_DURATION, .flags = D_SECONDS,
       FIELD(struct config, shutdown_timeout_s), .min = MS_PER_S, .max = MS_PER_H,
       .def = "10s" },
@@ -1748,6 +1939,14 @@ void config_free(struct config *cfg)
         free(cfg->caps[i].category);
     }
     free(cfg->caps);
+    for (size_t i = 0; i < cfg->auth.n_tokens; i++) {
+        free(cfg->auth.tokens[i].name);
+        free(cfg->auth.tokens[i].sha256);
+    }
+    free(cfg->auth.tokens);
+    free(cfg->tls.cert_file);
+    free(cfg->tls.key_file);
+    free(cfg->audit.file);
 
     for (size_t i = 0; i < cfg->quiet_hours.n_channels; i++)
         free(cfg->quiet_hours.channels[i]);

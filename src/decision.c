@@ -75,24 +75,31 @@ static unsigned hexval(char c)
     return (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
 }
 
-/* cg:{T}:s<B>: the tag is 3 hex digits; the bucket adds bucket_bits - 12
- * bits taken from the following digits. */
+/* The person's hash tag: 2 hex digits, so 256 tags.  Enough to spread over
+ * a cluster's masters, few enough that per-tag streams (the audit trail)
+ * can be read all together. */
+#define TAG_DIGITS 2
+
+/* A bucket key of kind K: cg:{T}:<K><B>, the bucket adding bucket_bits - 8
+ * bits taken from the digits after the tag. */
+static void arg_bucket_key(struct script_args *a, const struct config *cfg, const char *user,
+                           char kind)
+{
+    int extra = cfg->redis.bucket_bits - 4 * TAG_DIGITS;
+    unsigned next = 0;
+    for (int k = TAG_DIGITS; k < TAG_DIGITS + 6; k++)
+        next = (next << 4) | hexval(user[k]);          /* 24 bits */
+    arg_fmt(a, "cg:{%.2s}:%c%x", user, kind, next >> (24 - extra));
+}
+
 static void arg_sends_key(struct script_args *a, const struct config *cfg, const char *user)
 {
-    int extra = cfg->redis.bucket_bits - 12;
-    unsigned next = 0;
-    for (int k = 3; k < 9; k++)
-        next = (next << 4) | hexval(user[k]);          /* 24 bits */
-    if (extra <= 0) {
-        arg_fmt(a, "cg:{%.3s}:s", user);
-        return;
-    }
-    arg_fmt(a, "cg:{%.3s}:s%x", user, next >> (24 - extra));
+    arg_bucket_key(a, cfg, user, 's');
 }
 
 static void arg_consent_key(struct script_args *a, const char *user)
 {
-    arg_fmt(a, "cg:{%.3s}:c:%s", user, user);
+    arg_fmt(a, "cg:{%.2s}:c:%s", user, user);
 }
 
 /* The person's field in the bucket: the pseudonym's last 8 bytes. */

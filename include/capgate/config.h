@@ -34,6 +34,7 @@ struct cfg_category {
 
 enum cap_per { CAP_PER_USER, CAP_PER_CAMPAIGN };
 enum cap_action { CAP_DEFER, CAP_DENY };
+enum cap_mode { CAP_ENFORCE, CAP_SHADOW };
 
 struct cfg_cap {
     char *name;          /* unique, [A-Za-z0-9_.-]{1,64} */
@@ -43,6 +44,46 @@ struct cfg_cap {
     int limit;           /* 1..CAP_LIMIT_MAX */
     int64_t window_ms;   /* > 0 */
     enum cap_action on_exceed; /* default CAP_DEFER */
+    enum cap_mode mode;  /* shadow: evaluated and reported, never blocks */
+};
+
+/* Access control: who may call what.  Scopes are bits. */
+#define SCOPE_SEND    1u   /* decide, send, release, events */
+#define SCOPE_CONSENT 2u   /* consent, users/show, users/erase */
+#define SCOPE_ADMIN   4u   /* status details, metrics, audit, reload */
+
+struct cfg_token {
+    char *name;
+    char *sha256;        /* 64 lowercase hex digits of SHA-256(token) */
+    unsigned scopes;
+};
+
+struct cfg_auth {
+    bool enabled;        /* the section is present */
+    struct cfg_token *tokens;
+    size_t n_tokens;
+};
+
+struct cfg_tls {
+    bool enabled;
+    char *cert_file;     /* PEM */
+    char *key_file;      /* PEM */
+};
+
+/* A tighter cap for people who ignore what they get. */
+struct cfg_fatigue {
+    bool enabled;
+    int unengaged_after; /* this many sends without an open or click... */
+    int limit;           /* ...and this cap applies */
+    int64_t window_ms;
+    enum cap_action on_exceed;
+};
+
+struct cfg_audit {
+    bool enabled;        /* default true */
+    int max_entries;     /* kept in Redis, default 1000000 */
+    int64_t retention_ms;/* default 30d (never beyond privacy.retention) */
+    char *file;          /* optional JSON-lines copy */
 };
 
 struct cfg_quiet_hours {
@@ -94,6 +135,12 @@ struct config {
 
     struct cfg_redis redis;
     char *key_file;          /* privacy.key_file */
+    int64_t retention_ms;    /* privacy.retention, default 400d: bounds every
+                                record that is not an active suppression */
+    struct cfg_auth auth;
+    struct cfg_tls tls;
+    struct cfg_fatigue fatigue;
+    struct cfg_audit audit;
 
     struct cfg_channel *channels;   size_t n_channels;
     struct cfg_category *categories; size_t n_categories;

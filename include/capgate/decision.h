@@ -4,8 +4,8 @@
  * Redis key layout and the scripts; it knows nothing of HTTP.
  *
  * Key layout.  A person's pseudonym P (32 hex digits) gives:
- *   T = P[0..3)   the hash tag: 4096 tags, spread over the cluster's slots
- *   B = the next (bucket_bits - 12) bits: T plus B pick the person's bucket
+ *   T = P[0..2)   the hash tag: 256 tags, spread over the cluster's slots
+ *   B = the next (bucket_bits - 8) bits: T plus B pick the person's bucket
  *   F = P[16..32) as 8 bytes: the person's field inside the bucket
  * and the keys (all with tag {T}, so one decision is one slot):
  *   cg:{T}:s<B>     hash F -> the person's allowed sends, packed  (TTL: retention)

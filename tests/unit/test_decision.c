@@ -84,8 +84,8 @@ TEST(keys_share_one_hash_tag)
     decision_decide_args(&c, &in, 1700000000, &a);
     CHECK_EQ_INT(a.nkeys, 2);
     CHECK_EQ_INT(a.argc, A_COUNT);
-    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s3");          /* 4 more bits: "3" */
-    CHECK_EQ_STR(arg(&a, 1), "cg:{012}:c:0123456789abcdef0123456789abcdef");
+    CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s23");          /* 8 more bits: "23" */
+    CHECK_EQ_STR(arg(&a, 1), "cg:{01}:c:0123456789abcdef0123456789abcdef");
     CHECK_EQ_INT(a.argvlen[A_PERSON], 8);
     CHECK_EQ_INT(be(a.argv[A_PERSON], 8), 0x0123456789abcdefULL);
     CHECK_EQ_STR(arg(&a, A_MSG), "4275878552");         /* 0xfedcba98 */
@@ -93,10 +93,10 @@ TEST(keys_share_one_hash_tag)
     CHECK_EQ_STR(arg(&a, A_CHNAME), "email");
     c.redis.bucket_bits = 12;
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s");
+    CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s2");
     c.redis.bucket_bits = 20;
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s34");     /* 8 more bits */
+    CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s234");
 }
 
 TEST(only_matching_caps_are_sent)
@@ -248,12 +248,12 @@ TEST(release_and_consent_args)
     decision_release_args(&c, user, "00000a9876543210", &a);
     CHECK_EQ_INT(a.script, SCRIPT_RELEASE);
     CHECK_EQ_INT(a.argc, 3);
-    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:s3");
+    CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s23");
     CHECK_EQ_INT(a.argvlen[1], 8);
     CHECK_EQ_STR(arg(&a, 2), "2712");        /* 0x00000a98 */
     decision_consent_args(user, "*", "marketing", false, "web form", &a);
     CHECK_EQ_INT(a.script, SCRIPT_CONSENT);
-    CHECK_EQ_STR(arg(&a, 0), "cg:{012}:c:0123456789abcdef0123456789abcdef");
+    CHECK_EQ_STR(arg(&a, 0), "cg:{01}:c:0123456789abcdef0123456789abcdef");
     CHECK_EQ_STR(arg(&a, 1), "*|marketing");
     CHECK_EQ_STR(arg(&a, 2), "out");
     CHECK_EQ_STR(arg(&a, 3), "web form");
