@@ -119,7 +119,8 @@ void api_consent(struct worker *w, struct http_request *req)
     pseudonym_user(w->pseudonym, user, user_len, user_hash);
     http_note_user(req, user_hash);
     struct script_args args;
-    decision_consent_args(user_hash, call->channel, call->category, opt_in, call->source, &args);
+    decision_consent_args(cfg, user_hash, call->channel, call->category, opt_in, call->source,
+                          &args);
     json_decref(obj);
     if (store_eval(w->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
                    on_consent_stored, call) != 0) {

@@ -66,25 +66,36 @@ static void decide_answer(struct decide_call *call, const struct decision *d)
     struct worker *w = call->w;
     const struct config *cfg = call->cfg;
 
-    metrics_count_decision(&w->metrics, d->outcome, d->reason,
-                           d->rule >= 0 ? cfg->caps[d->rule].name : NULL, call->channel);
+    metrics_count_decision(&w->metrics, d->outcome, d->reason, decision_rule_name(cfg, d->rule),
+                           call->channel);
+    for (size_t k = 0; k < d->n_shadow; k++)
+        metrics_count_shadow(&w->metrics, cfg->caps[d->shadow[k].rule].name, d->shadow[k].would);
     if (d->replay)
         COUNTER_INC(w->metrics.replays);
     if (call->dry_run)
         COUNTER_INC(w->metrics.dry_runs);
     json_t *body = json_pack("{s:s, s:s}", "decision", decision_outcome_name(d->outcome),
                              "reason", decision_reason_name(d->reason));
-    if (d->rule >= 0)
-        json_object_set_new(body, "rule", json_string(cfg->caps[d->rule].name));
+    if (decision_rule_name(cfg, d->rule))
+        json_object_set_new(body, "rule", json_string(decision_rule_name(cfg, d->rule)));
     if (d->outcome == OUTCOME_DEFER)
         json_object_set_new(body, "retry_after", json_integer(d->retry_after_s));
     json_object_set_new(body, "message_id", json_string(call->message_id));
     json_object_set_new(body, "replay", json_boolean(d->replay));
     if (call->dry_run)
         json_object_set_new(body, "dry_run", json_true());
+    if (d->n_shadow) {
+        json_t *shadow = json_array();
+        for (size_t k = 0; k < d->n_shadow; k++)
+            json_array_append_new(shadow, json_pack("{s:s, s:s}", "rule",
+                                                    cfg->caps[d->shadow[k].rule].name, "would",
+                                                    decision_outcome_name(d->shadow[k].would)));
+        json_object_set_new(body, "shadow", shadow);
+    }
     log_debug("decision", "user=%s decision=%s reason=%s rule=%s retry_after=%lld replay=%d",
               call->user, decision_outcome_name(d->outcome), decision_reason_name(d->reason),
-              d->rule >= 0 ? cfg->caps[d->rule].name : "-", (long long)d->retry_after_s,
+              decision_rule_name(cfg, d->rule) ? decision_rule_name(cfg, d->rule) : "-",
+              (long long)d->retry_after_s,
               d->replay);
     reply_json(w, call->req, 200, body);
 }

@@ -125,6 +125,15 @@ void api_metrics(struct worker *w, struct http_request *req)
             label(c->rule, a, sizeof a), label(c->channel, b, sizeof b),
             (unsigned long long)c->n);
     }
+    help(&t, "capgate_shadow_hits_total", "counter",
+         "Decisions a cap in shadow mode would have made (not enforced).");
+    for (size_t k = 0; k < m->n_shadow; k++)
+        put(&t, "capgate_shadow_hits_total{rule=\"%s\",would=\"%s\"} %llu\n",
+            label(m->shadow[k].rule, a, sizeof a), decision_outcome_name(m->shadow[k].would),
+            (unsigned long long)m->shadow[k].n);
+    counter(&t, "capgate_signals_total", "Feedback signals recorded (POST /v1/events).",
+            m->signals);
+    counter(&t, "capgate_erasures_total", "People erased (POST /v1/users/erase).", m->erasures);
     counter(&t, "capgate_replays_total", "Decides answered as replays of an allowed message.",
             m->replays);
     counter(&t, "capgate_dry_runs_total", "Decides evaluated without recording.", m->dry_runs);

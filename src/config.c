@@ -948,6 +948,127 @@ static int parse_redis_unix(struct parser *p, struct cfg_redis *r, const char *u
     }
 }
 
+#define REDIS_URL_DEFAULT "redis://127.0.0.1:6379/0"
+
+/* redis.cluster: a non-empty list of seed nodes, each "host:port" (host: a
+ * name, an IPv4 address or [IPv6]; a name is resolved once, at start-up).
+ * Any one that answers gives the whole slot map. */
+static int parse_redis_cluster(struct parser *p, void *base, bool present, struct fy_node *v,
+                               int line)
+{
+    struct cfg_redis *r = base;
+    struct fy_node *item;
+    void *it = NULL;
+    size_t n, i = 0;
+
+    if (!present)
+        return 0;
+    if (check_untagged(p, v, line))
+        return -1;
+    if (is_null(v) || !fy_node_is_sequence(v))
+        return fail(p, node_line(v, line), "expected a list of host:port seed nodes, got %s",
+                    kind_of(v));
+    n = (size_t)fy_node_sequence_item_count(v);
+    if (n == 0)
+        return fail(p, line, "at least one seed node is required");
+    if (n > REDIS_SEEDS_MAX)
+        return fail(p, line, "too many seed nodes (%zu, max %d)", n, REDIS_SEEDS_MAX);
+    if ((r->cluster = calloc(n, sizeof *r->cluster)) == NULL)
+        return fail(p, line, "out of memory");
+    r->n_cluster = n;       /* config_free copes with entries not filled in yet */
+    for (; (item = fy_node_sequence_iterate(v, &it)) != NULL; i++) {
+        size_t saved = push_index(p, i);
+        struct scalar s;
+        struct qbuf qb;
+        const char *host, *colon;
+        size_t hostlen;
+        int port;
+
+        if (get_scalar(p, item, line, "host:port", &s))
+            return -1;
+        colon = strrchr(s.s, ':');
+        host = s.s;
+        hostlen = colon ? (size_t)(colon - s.s) : 0;
+        if (colon == NULL || parse_port(colon + 1, strlen(colon + 1), &port) < 0)
+            return fail(p, s.line, "bad seed %s (want host:port, port 1..65535)",
+                        quote(&qb, s.s));
+        if (hostlen >= 2 && host[0] == '[' && host[hostlen - 1] == ']') {
+            char buf[INET6_ADDRSTRLEN + 1];
+            unsigned char addr[sizeof(struct in6_addr)];
+
+            if (hostlen - 2 >= sizeof buf)
+                return fail(p, s.line, "bad IPv6 address in %s", quote(&qb, s.s));
+            memcpy(buf, host + 1, hostlen - 2);
+            buf[hostlen - 2] = '\0';
+            if (inet_pton(AF_INET6, buf, addr) != 1)
+                return fail(p, s.line, "bad IPv6 address in %s", quote(&qb, s.s));
+            host++;
+            hostlen -= 2;
+        } else if (memchr(host, ':', hostlen) != NULL) {
+            return fail(p, s.line, "bad seed %s (IPv6 addresses need brackets: [::1]:7000)",
+                        quote(&qb, s.s));
+        } else if (!valid_host_name(host, hostlen)) {
+            return fail(p, s.line, "bad seed %s (host: a name, an IPv4 address or [IPv6])",
+                        quote(&qb, s.s));
+        }
+        for (size_t j = 0; j < i; j++)
+            if (r->cluster[j].port == port && strlen(r->cluster[j].host) == hostlen &&
+                memcmp(r->cluster[j].host, host, hostlen) == 0)
+                return fail(p, s.line, "duplicate seed %s", quote(&qb, s.s));
+        if ((r->cluster[i].host = strndup(host, hostlen)) == NULL)
+            return fail(p, s.line, "out of memory");
+        r->cluster[i].port = port;
+        pop_key(p, saved);
+    }
+    return 0;
+}
+
+/* redis.user / redis.password: the cluster nodes' credentials (a single
+ * Redis takes them inside redis.url). */
+static int check_redis_user(struct parser *p, void *base, int line)
+{
+    const struct cfg_redis *r = base;
+
+    if (r->user != NULL && r->n_cluster == 0)
+        return fail(p, line, "only with redis.cluster (with redis.url, write "
+                             "redis://user:password@host)");
+    return 0;
+}
+
+static int check_redis_password(struct parser *p, void *base, int line)
+{
+    const struct cfg_redis *r = base;
+
+    if (r->password != NULL && r->n_cluster == 0)
+        return fail(p, line, "only with redis.cluster (with redis.url, write "
+                             "redis://:password@host)");
+    if (r->user != NULL && r->password == NULL)
+        return fail(p, line, "redis.user needs a password");
+    return 0;
+}
+
+/* The display form of a cluster config: "redis-cluster://h:p,h:p" (no
+ * credentials), kept in r->url for logs and /status. */
+static int redis_cluster_display(struct parser *p, struct cfg_redis *r, int line)
+{
+    size_t len = strlen("redis-cluster://") + 1;
+    char *s;
+
+    for (size_t i = 0; i < r->n_cluster; i++)
+        len += strlen(r->cluster[i].host) + 10;
+    if ((s = malloc(len)) == NULL)
+        return fail(p, line, "out of memory");
+    size_t o = (size_t)snprintf(s, len, "redis-cluster://");
+    for (size_t i = 0; i < r->n_cluster; i++) {
+        const char *h = r->cluster[i].host;
+
+        o += (size_t)snprintf(s + o, len - o, strchr(h, ':') ? "%s[%s]:%d" : "%s%s:%d",
+                              i ? "," : "", h, r->cluster[i].port);
+    }
+    r->url = s;
+    return 0;
+}
+
 /* redis.url: fills transport/host/port/path/user/password/db, then keeps
  * a display form of the URL with the password replaced by "***", so the
  * URL can be logged.  Error messages never echo the URL: it may hold a
@@ -958,6 +1079,15 @@ static int check_redis_url(struct parser *p, void *base, int line)
     size_t mfrom = 0, mto = 0;
     int rc;
 
+    /* redis.cluster (parsed before) replaces the url; absent both, the
+     * default url applies. */
+    if (r->n_cluster > 0) {
+        if (r->url != NULL)
+            return fail(p, line, "cannot be used with redis.cluster (give one of them)");
+        return redis_cluster_display(p, r, line);
+    }
+    if (r->url == NULL && (r->url = strdup(REDIS_URL_DEFAULT)) == NULL)
+        return fail(p, line, "out of memory");
     if (strncasecmp(r->url, "redis://", 8) == 0) {
         rc = parse_redis_tcp(p, r, r->url, line, &mfrom, &mto);
     } else if (strncasecmp(r->url, "unix://", 7) == 0) {
@@ -1539,9 +1669,16 @@ static const struct choice unavailable_policies[] = {
     { "reject", 0 }, { "allow", 1 }, { NULL, 0 },     /* -> fail_open */
 };
 
+/* cluster, user and password come first: url's check looks at them.  url
+ * has no .def: its check applies REDIS_URL_DEFAULT unless cluster is set. */
 static const struct directive redis_table[] = {
+    { .name = "cluster", .type = DT_CUSTOM, .parse = parse_redis_cluster },
+    { .name = "user", .type = DT_STRING, FIELD(struct cfg_redis, user),
+      .check = check_redis_user },
+    { .name = "password", .type = DT_STRING, FIELD(struct cfg_redis, password),
+      .check = check_redis_password },
     { .name = "url", .type = DT_STRING, FIELD(struct cfg_redis, url),
-      .def = "redis://127.0.0.1:6379/0", .check = check_redis_url },
+      .check = check_redis_url },
     { .name = "timeout_ms", .type = DT_INT, FIELD(struct cfg_redis, timeout_ms),
       .min = 1, .max = 60000, .def = "250" },
     { .name = "on_unavailable", .type = DT_ENUM, FIELD(struct cfg_redis, fail_open),
@@ -1924,6 +2061,9 @@ void config_free(struct config *cfg)
     free(cfg->redis.path);
     free(cfg->redis.user);
     free_secret(cfg->redis.password);
+    for (size_t i = 0; i < cfg->redis.n_cluster; i++)
+        free(cfg->redis.cluster[i].host);
+    free(cfg->redis.cluster);
 
     free(cfg->key_file);
     for (size_t i = 0; i < cfg->n_channels; i++)

@@ -12,11 +12,15 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_DECIDE] = lua_decide,
     [SCRIPT_RELEASE] = lua_release,
     [SCRIPT_CONSENT] = lua_consent,
+    [SCRIPT_SHOW] = lua_show,
+    [SCRIPT_ERASE] = lua_erase,
+    [SCRIPT_AUDIT_PAGE] = lua_audit_page,
 };
 
 static const char *const outcome_names[OUTCOME__COUNT] = { "allow", "defer", "deny" };
 static const char *const reason_names[REASON__COUNT] = {
-    "ok", "opted_out", "consent_required", "quiet_hours", "cap", "store_unavailable"
+    "ok", "opted_out", "consent_required", "quiet_hours", "cap", "suppressed",
+    "store_unavailable"
 };
 
 const char *decision_outcome_name(enum decision_outcome o)
@@ -100,6 +104,25 @@ static void arg_sends_key(struct script_args *a, const struct config *cfg, const
 static void arg_consent_key(struct script_args *a, const char *user)
 {
     arg_fmt(a, "cg:{%.2s}:c:%s", user, user);
+}
+
+static void arg_audit_key(struct script_args *a, const char *user)
+{
+    arg_fmt(a, "cg:{%.2s}:a", user);
+}
+
+/* '' when auditing is off, else "<max per tag>|<retention ms>|<generation>|<P>". */
+static void arg_audit(struct script_args *a, const struct config *cfg, const char *user)
+{
+    if (!cfg->audit.enabled) {
+        arg_cstr(a, "");
+        return;
+    }
+    int64_t keep = cfg->audit.retention_ms < cfg->retention_ms ? cfg->audit.retention_ms
+                                                               : cfg->retention_ms;
+    int per_tag = cfg->audit.max_entries / DECISION_TAGS;
+    arg_fmt(a, "%d|%lld|%llu|%s", per_tag < 100 ? 100 : per_tag, (long long)keep,
+            (unsigned long long)cfg->generation, user);
 }
 
 /* The person's field in the bucket: the pseudonym's last 8 bytes. */
@@ -207,9 +230,11 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     if (requires_opt_in) flags[nf++] = 'i';
     flags[nf] = '\0';
 
-    args_init(a, SCRIPT_DECIDE, 2);
+    args_init(a, SCRIPT_DECIDE, 4);
     arg_sends_key(a, cfg, in->user);
     arg_consent_key(a, in->user);
+    arg_bucket_key(a, cfg, in->user, 'g');
+    arg_audit_key(a, in->user);
     arg_person(a, in->user);
     arg_fmt(a, "%u", message_id(in->message));
     arg_fmt(a, "%u", name_id(in->channel->name));
@@ -242,7 +267,7 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     /* Only the caps that apply to this message travel to Redis. */
     p = start = a->buf + a->used;
     if (!cat->exempt_from_caps) {
-        for (size_t k = 0; k < cfg->n_caps && a->used + (size_t)(p - start) + 15 <= sizeof a->buf;
+        for (size_t k = 0; k < cfg->n_caps && a->used + (size_t)(p - start) + 16 <= sizeof a->buf;
              k++) {
             const struct cfg_cap *cap = &cfg->caps[k];
             if (!cap_matches(cap, in))
@@ -254,10 +279,89 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
             p = put_be(p, cap->on_exceed == CAP_DENY, 1);
             p = put_be(p, (uint64_t)cap->limit, 2);
             p = put_be(p, (uint64_t)cap->window_ms, 6);
+            p = put_be(p, cap->mode == CAP_SHADOW, 1);
         }
     }
     arg_str(a, start, (size_t)(p - start));
     a->used += (size_t)(p - start);
+
+    /* Fatigue: the script adds this cap when the person stopped engaging. */
+    p = start = a->buf + a->used;
+    if (cfg->fatigue.enabled && !cat->exempt_from_caps) {
+        p = put_be(p, (uint64_t)cfg->fatigue.unengaged_after, 2);
+        p = put_be(p, (uint64_t)cfg->fatigue.limit, 2);
+        p = put_be(p, (uint64_t)cfg->fatigue.window_ms, 6);
+        p = put_be(p, cfg->fatigue.on_exceed == CAP_DENY, 1);
+    }
+    arg_str(a, start, (size_t)(p - start));
+    a->used += (size_t)(p - start);
+
+    arg_audit(a, cfg, in->user);
+    /* Cap names, for the audit entry only. */
+    p = start = a->buf + a->used;
+    if (cfg->audit.enabled) {
+        for (size_t k = 0; k < cfg->n_caps; k++) {
+            size_t n = strlen(cfg->caps[k].name);
+            if (a->used + (size_t)(p - start) + n + 2 > sizeof a->buf)
+                break;
+            memcpy(p, cfg->caps[k].name, n);
+            p += n;
+            *p++ = '\n';
+        }
+    }
+    arg_str(a, start, (size_t)(p - start));
+    a->used += (size_t)(p - start);
+}
+
+const char *decision_rule_name(const struct config *cfg, int rule)
+{
+    if (rule == RULE_FATIGUE)
+        return "fatigue";
+    if (rule >= 0 && (size_t)rule < cfg->n_caps)
+        return cfg->caps[rule].name;
+    return NULL;
+}
+
+size_t decision_parse_sends(const char *raw, size_t len, struct send_record *out, size_t max)
+{
+    const unsigned char *p = (const unsigned char *)raw;
+    size_t n = 0;
+    for (size_t off = 0; off + 16 <= len && n < max; off += 16, n++) {
+        uint64_t v = 0;
+        for (int k = 0; k < 5; k++)
+            v = v << 8 | p[off + k];
+        out[n].at_ms = (int64_t)v + 1704067200000LL;
+        out[n].message = (uint32_t)p[off + 5] << 24 | (uint32_t)p[off + 6] << 16 |
+                         (uint32_t)p[off + 7] << 8 | p[off + 8];
+        unsigned ch = (unsigned)p[off + 9] << 8 | p[off + 10];
+        out[n].exempt = ch & 0x8000;
+        out[n].channel_id = ch & 0x7fff;
+        out[n].category_id = (unsigned)p[off + 11] << 8 | p[off + 12];
+        out[n].campaign = (uint32_t)p[off + 13] << 16 | (uint32_t)p[off + 14] << 8 | p[off + 15];
+    }
+    return n;
+}
+
+const char *decision_channel_by_id(const struct config *cfg, unsigned id)
+{
+    for (size_t k = 0; k < cfg->n_channels; k++)
+        if (name_id(cfg->channels[k].name) == id)
+            return cfg->channels[k].name;
+    return NULL;
+}
+
+const char *decision_category_by_id(const struct config *cfg, unsigned id)
+{
+    for (size_t k = 0; k < cfg->n_categories; k++)
+        if (name_id(cfg->categories[k].name) == id)
+            return cfg->categories[k].name;
+    return NULL;
+}
+
+bool decision_cap_counts(const struct cfg_cap *cap, const struct send_record *r)
+{
+    return !r->exempt && (!cap->channel || name_id(cap->channel) == r->channel_id) &&
+           (!cap->category || name_id(cap->category) == r->category_id);
 }
 
 /* ---- reading results ---------------------------------------------------- */
@@ -275,18 +379,32 @@ static bool all_ints(const struct store_reply *r, size_t n)
 int decision_decide_result(const struct store_reply *r, const struct config *cfg,
                            struct decision *out)
 {
-    if (!all_ints(r, 6))
+    if (r->status != STORE_OK || r->n < 8)
         return -1;
+    for (size_t k = 0; k < r->n; k++)
+        if (r->items[k].type != STORE_INT)
+            return -1;
     long long outcome = r->items[0].i, reason = r->items[1].i, rule = r->items[2].i;
-    long long retry_ms = r->items[3].i;
-    if (outcome < 0 || outcome >= OUTCOME__COUNT || reason < 0 || reason > REASON_CAP ||
-        rule < 0 || rule > (long long)cfg->n_caps || retry_ms < 0)
+    long long retry_ms = r->items[3].i, nshadow = r->items[7].i;
+    if (outcome < 0 || outcome >= OUTCOME__COUNT || reason < 0 || reason > REASON_SUPPRESSED ||
+        rule < 0 || (rule > (long long)cfg->n_caps && rule != 256) || retry_ms < 0 ||
+        nshadow < 0 || r->n != 8 + 2 * (size_t)nshadow)
         return -1;
     out->outcome = (enum decision_outcome)outcome;
     out->reason = (enum decision_reason)reason;
-    out->rule = (int)rule - 1;
+    out->rule = rule == 256 ? RULE_FATIGUE : (int)rule - 1;
     out->retry_after_s = (retry_ms + 999) / 1000;   /* exact, rounded up */
     out->replay = r->items[4].i != 0;
+    out->count = (int)r->items[6].i;
+    out->n_shadow = 0;
+    for (long long k = 0; k < nshadow && out->n_shadow < SHADOW_MAX; k++) {
+        long long sr = r->items[8 + 2 * k].i, would = r->items[9 + 2 * k].i;
+        if (sr < 1 || sr > (long long)cfg->n_caps || (would != 1 && would != 2))
+            return -1;
+        out->shadow[out->n_shadow].rule = (int)sr - 1;
+        out->shadow[out->n_shadow].would = would == 2 ? OUTCOME_DENY : OUTCOME_DEFER;
+        out->n_shadow++;
+    }
     return 0;
 }
 
@@ -306,14 +424,65 @@ int decision_release_result(const struct store_reply *r)
     return r->items[0].i ? 1 : 0;
 }
 
-void decision_consent_args(const char *user, const char *channel, const char *category,
-                           bool opt_in, const char *source, struct script_args *a)
+void decision_signal_args(const struct config *cfg, const char *user, enum consent_kind kind,
+                          const char *scope, bool opt_in, const char *source,
+                          const char *detail, struct script_args *a)
 {
-    args_init(a, SCRIPT_CONSENT, 1);
+    static const char *const kinds[] = { "set", "unsubscribe", "complaint", "bounce", "engage" };
+    args_init(a, SCRIPT_CONSENT, 3);
     arg_consent_key(a, user);
-    arg_fmt(a, "%s|%s", channel, category);
+    arg_bucket_key(a, cfg, user, 'g');
+    arg_audit_key(a, user);
+    /* Copied into the args' buffer: callers pass short-lived strings. */
+    arg_cstr(a, kinds[kind]);
+    arg_fmt(a, "%s", scope ? scope : "");
     arg_cstr(a, opt_in ? "in" : "out");
-    arg_cstr(a, source);
+    arg_fmt(a, "%s", source ? source : "");
+    arg_person(a, user);
+    arg_fmt(a, "%lld", (long long)cfg->retention_ms);
+    arg_audit(a, cfg, user);
+    arg_fmt(a, "%s", detail ? detail : "");
+}
+
+void decision_consent_args(const struct config *cfg, const char *user, const char *channel,
+                           const char *category, bool opt_in, const char *source,
+                           struct script_args *a)
+{
+    char scope[160];
+    snprintf(scope, sizeof scope, "%s|%s", channel, category);
+    decision_signal_args(cfg, user, CONSENT_SET, scope, opt_in, source, NULL, a);
+}
+
+static void person_keys(struct script_args *a, const struct config *cfg, const char *user,
+                        size_t script)
+{
+    args_init(a, script, 4);
+    arg_sends_key(a, cfg, user);
+    arg_consent_key(a, user);
+    arg_bucket_key(a, cfg, user, 'g');
+    arg_audit_key(a, user);
+    arg_person(a, user);
+    arg_cstr(a, user);
+}
+
+void decision_show_args(const struct config *cfg, const char *user, struct script_args *a)
+{
+    person_keys(a, cfg, user, SCRIPT_SHOW);
+}
+
+void decision_erase_args(const struct config *cfg, const char *user, struct script_args *a)
+{
+    person_keys(a, cfg, user, SCRIPT_ERASE);
+    arg_audit(a, cfg, user);
+}
+
+void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
+                              struct script_args *a)
+{
+    args_init(a, SCRIPT_AUDIT_PAGE, 1);
+    arg_fmt(a, "cg:{%02x}:a", tag & 0xff);
+    arg_cstr(a, after);
+    arg_fmt(a, "%u", count);
 }
 
 int64_t decision_consent_result(const struct store_reply *r)

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capgate/auth.h"
 #include "capgate/config.h"
 #include "capgate/gateway.h"
 #include "capgate/log.h"
@@ -28,12 +29,14 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: capgate [-t] -c FILE\n"
+            "       capgate --hash-token < token\n"
             "       capgate -V | -h\n"
             "\n"
             "  -c FILE   configuration file (YAML)\n"
             "  -t        check the configuration (and key file) and exit: 0 ok, 1 not\n"
             "  -V        print the version and exit\n"
             "  -h        print this help and exit\n"
+            "  --hash-token  read an API token on stdin, print its auth.tokens config line\n"
             "\n"
             "capgate runs in the foreground and logs to stderr (logfmt).\n"
             "SIGHUP reloads the configuration; SIGTERM drains and exits.\n");
@@ -106,15 +109,38 @@ static void on_status(evutil_socket_t fd, short what, void *arg)
     free(snap);
 }
 
+/* --hash-token: so that ops never hand-compute (or paste) a token's hash. */
+static int hash_token(void)
+{
+    char token[1024], hex[65];
+    size_t n = fread(token, 1, sizeof token - 1, stdin);
+    while (n && (token[n - 1] == '\n' || token[n - 1] == '\r' || token[n - 1] == ' '))
+        n--;
+    if (n < 16) {
+        fprintf(stderr, "capgate: give the token on stdin (at least 16 characters; "
+                        "e.g. head -c 32 /dev/urandom | base64)\n");
+        return 1;
+    }
+    auth_hash_token(token, n, hex);
+    memset(token, 0, sizeof token);
+    printf("    - { name: \"CHANGE-ME\", sha256: \"%s\", scopes: [send] }\n", hex);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    static const struct option long_options[] = {
+        { "hash-token", no_argument, NULL, 'H' },
+        { NULL, 0, NULL, 0 },
+    };
     const char *config_path = NULL;
     bool test_only = false;
     char err[CONFIG_ERR_LEN];
     int opt;
 
-    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tVh", long_options, NULL)) != -1) {
         switch (opt) {
+        case 'H': return hash_token();
         case 'c': config_path = optarg; break;
         case 't': test_only = true; break;
         case 'V': printf("capgate %s\n", CAPGATE_VERSION); return 0;
@@ -136,6 +162,16 @@ int main(int argc, char **argv)
         return 1;
     }
     cfg->generation = 1;
+    if (!cfg->auth.enabled && !auth_is_loopback(cfg->listen_host)) {
+        fprintf(stderr, "capgate: %s: listen: %s is not a loopback address, and there is no auth "
+                        "section: without access control capgate only listens on 127.0.0.1 or "
+                        "[::1] (add auth.tokens; `capgate --hash-token` helps)\n",
+                cfg->path, cfg->listen);
+        tz_db_free(tz);
+        pseudonym_free(pseud);
+        config_release(cfg);
+        return 1;
+    }
     if (test_only) {
         fprintf(stderr, "capgate: configuration file %s test is successful (OK)\n", config_path);
         tz_db_free(tz);
@@ -186,6 +222,9 @@ int main(int argc, char **argv)
     event_add(s.status, &every);
     on_status(-1, 0, &s);
 
+    if (!cfg->auth.enabled)
+        log_warn("no auth section: every endpoint is open, so capgate listens on loopback only",
+                 "listen=%s", listen);
     log_info("capgate started", "version=%s listen=%s redis=%s tz_zones=%zu caps=%zu watchdog_ms=%llu",
              CAPGATE_VERSION, listen, redis, nzones, ncaps,
              (unsigned long long)(s.watchdog_us / 2000));

@@ -47,8 +47,43 @@ void metrics_count_decision(struct metrics *m, enum decision_outcome o,
     __atomic_store_n(&m->n_labels, m->n_labels + 1, __ATOMIC_RELEASE);
 }
 
+void metrics_count_shadow(struct metrics *m, const char *rule, enum decision_outcome would)
+{
+    for (size_t k = 0; k < m->n_shadow; k++)
+        if (m->shadow[k].would == would && strcmp(m->shadow[k].rule, rule) == 0) {
+            COUNTER_INC(m->shadow[k].n);
+            return;
+        }
+    if (m->n_shadow == METRICS_SHADOW_MAX)
+        return;
+    struct shadow_count *c = &m->shadow[m->n_shadow];
+    snprintf(c->rule, sizeof c->rule, "%s", rule);
+    c->would = would;
+    COUNTER_SET(c->n, 1);
+    __atomic_store_n(&m->n_shadow, m->n_shadow + 1, __ATOMIC_RELEASE);
+}
+
 void metrics_accumulate(struct metrics *out, const struct metrics *m)
 {
+    size_t ns = __atomic_load_n(&m->n_shadow, __ATOMIC_ACQUIRE);
+    for (size_t k = 0; k < ns; k++) {
+        const struct shadow_count *c = &m->shadow[k];
+        size_t j = 0;
+        while (j < out->n_shadow && !(out->shadow[j].would == c->would &&
+                                      strcmp(out->shadow[j].rule, c->rule) == 0))
+            j++;
+        if (j == out->n_shadow) {
+            if (j == METRICS_SHADOW_MAX)
+                continue;
+            out->shadow[j] = *c;
+            out->shadow[j].n = 0;
+            out->n_shadow++;
+        }
+        out->shadow[j].n += COUNTER_GET(c->n);
+    }
+    out->signals += COUNTER_GET(m->signals);
+    out->erasures += COUNTER_GET(m->erasures);
+    out->shows += COUNTER_GET(m->shows);
     for (int o = 0; o < OUTCOME__COUNT; o++)
         for (int r = 0; r < REASON__COUNT; r++)
             out->decisions[o][r] += COUNTER_GET(m->decisions[o][r]);

@@ -21,6 +21,8 @@ static const struct {
     [API_INVALID_FIELD] = { "invalid_field", 400 },
     [API_UNKNOWN_CHANNEL] = { "unknown_channel", 400 },
     [API_UNKNOWN_CATEGORY] = { "unknown_category", 400 },
+    [API_UNAUTHORIZED] = { "unauthorized", 401 },
+    [API_FORBIDDEN] = { "forbidden", 403 },
     [API_NOT_FOUND] = { "not_found", 404 },
     [API_METHOD_NOT_ALLOWED] = { "method_not_allowed", 405 },
     [API_BODY_TOO_LARGE] = { "body_too_large", 413 },
@@ -105,13 +107,15 @@ void reply_error(struct worker *w, struct http_request *req, enum api_error e,
                  const char *field, const char *fmt, ...)
 {
     static const char *const retry[] = { "Retry-After", "1", NULL };
+    static const char *const challenge[] = { "WWW-Authenticate", "Bearer realm=\"capgate\"", NULL };
     char message[256];
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    send_error(w, req, e, field, message, e == API_STORE_UNAVAILABLE ? retry : NULL);
+    send_error(w, req, e, field, message,
+               e == API_STORE_UNAVAILABLE ? retry : e == API_UNAUTHORIZED ? challenge : NULL);
 }
 
 void reply_method_not_allowed(struct worker *w, struct http_request *req, const char *allow)

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "capgate/api.h"
+#include "capgate/auth.h"
 #include "capgate/config.h"
 #include "capgate/http.h"
 #include "capgate/reply.h"
@@ -12,20 +13,52 @@
 struct route {
     const char *path;
     const char *method;     /* GET routes answer HEAD too */
+    unsigned scope;         /* 0: open to anyone */
     api_handler *handler;
 };
 
 static const struct route routes[] = {
-    { "/v1/decide",  "POST", api_decide },
-    { "/v1/release", "POST", api_release },
-    { "/v1/consent", "POST", api_consent },
-    { "/status",     "GET",  api_status },
-    { "/status.html", "GET", api_status_page },
-    { "/healthz",    "GET",  api_healthz },
-    { "/metrics",    "GET",  api_metrics },
-    { "/v1/admin/reload", "POST", api_admin_reload },
-    { "/readyz",     "GET",  api_readyz },
+    { "/v1/decide",       "POST", SCOPE_SEND,    api_decide },
+    { "/v1/release",      "POST", SCOPE_SEND,    api_release },
+    { "/v1/events",       "POST", SCOPE_SEND,    api_events },
+    { "/v1/consent",      "POST", SCOPE_CONSENT, api_consent },
+    { "/v1/users/show",   "POST", SCOPE_CONSENT, api_users_show },
+    { "/v1/users/erase",  "POST", SCOPE_CONSENT, api_users_erase },
+    { "/v1/audit",        "GET",  SCOPE_ADMIN,   api_audit },
+    { "/v1/admin/reload", "POST", SCOPE_ADMIN,   api_admin_reload },
+    { "/status",          "GET",  SCOPE_ADMIN,   api_status },
+    { "/metrics",         "GET",  SCOPE_ADMIN,   api_metrics },
+    /* The page is static; it asks /status (with the token it is given). */
+    { "/status.html",     "GET",  0,             api_status_page },
+    { "/healthz",         "GET",  0,             api_healthz },
+    { "/readyz",          "GET",  0,             api_readyz },
 };
+
+/* 401 without a valid token, 403 for a token without the route's scope. */
+static bool authorized(struct worker *w, struct http_request *req, const struct route *r)
+{
+    unsigned scopes;
+    const char *name;
+    if (r->scope == 0)
+        return true;
+    switch (auth_check(w->cfg, http_header(req, "Authorization"), &scopes, &name)) {
+    case AUTH_OK:
+        break;
+    case AUTH_MISSING:
+        reply_error(w, req, API_UNAUTHORIZED, NULL, "send Authorization: Bearer <token>");
+        return false;
+    case AUTH_INVALID:
+        reply_error(w, req, API_UNAUTHORIZED, NULL, "the token is not valid");
+        return false;
+    }
+    if (!(scopes & r->scope)) {
+        reply_error(w, req, API_FORBIDDEN, NULL, "token \"%s\" lacks the %s scope", name,
+                    r->scope == SCOPE_SEND ? "send" : r->scope == SCOPE_CONSENT ? "consent"
+                                                                                 : "admin");
+        return false;
+    }
+    return true;
+}
 
 bool router_known_path(const char *path)
 {
@@ -52,7 +85,8 @@ void router_dispatch(struct http_request *req, void *arg)
         found = &routes[k];
         if (strcmp(routes[k].method, method) == 0 ||
             (strcmp(routes[k].method, "GET") == 0 && strcmp(method, "HEAD") == 0)) {
-            routes[k].handler(w, req);
+            if (authorized(w, req, &routes[k]))
+                routes[k].handler(w, req);
             return;
         }
     }

@@ -53,12 +53,23 @@ static bool same_str(const char *a, const char *b)
     return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+static bool same_seeds(const struct cfg_redis *x, const struct cfg_redis *y)
+{
+    if (x->n_cluster != y->n_cluster)
+        return false;
+    for (size_t k = 0; k < x->n_cluster; k++)
+        if (!same_str(x->cluster[k].host, y->cluster[k].host) ||
+            x->cluster[k].port != y->cluster[k].port)
+            return false;
+    return true;
+}
+
 static bool same_redis(const struct config *a, const struct config *b)
 {
     const struct cfg_redis *x = &a->redis, *y = &b->redis;
     return x->transport == y->transport && same_str(x->host, y->host) && x->port == y->port &&
            same_str(x->path, y->path) && same_str(x->user, y->user) &&
-           same_str(x->password, y->password) && x->db == y->db &&
+           same_str(x->password, y->password) && x->db == y->db && same_seeds(x, y) &&
            x->timeout_ms == y->timeout_ms && a->limits.max_pending == b->limits.max_pending;
 }
 

@@ -18,6 +18,10 @@ api_handler api_status;     /* GET /status (HTML with Accept: text/html) */
 api_handler api_status_page;/* GET /status.html */
 api_handler api_healthz;    /* GET /healthz */
 api_handler api_readyz;     /* GET /readyz */
+api_handler api_events;     /* POST /v1/events */
+api_handler api_users_show; /* POST /v1/users/show */
+api_handler api_users_erase;/* POST /v1/users/erase */
+api_handler api_audit;      /* GET /v1/audit */
 api_handler api_metrics;    /* GET /metrics (Prometheus text 0.0.4) */
 api_handler api_admin_reload; /* POST /v1/admin/reload */
 

@@ -98,14 +98,26 @@ struct cfg_quiet_hours {
 
 enum redis_transport { REDIS_TCP, REDIS_UNIX };
 
+#define REDIS_SEEDS_MAX 64
+
+/* A Redis Cluster seed node: host:port as written, host unresolved (a
+ * name is resolved once, when the store is created). */
+struct cfg_redis_seed {
+    char *host;
+    int port;
+};
+
 struct cfg_redis {
-    char *url;           /* as written, for display (password masked) */
+    char *url;           /* as written, for display (password masked); with
+                            redis.cluster: "redis-cluster://seed,seed..." */
     enum redis_transport transport;
     char *host;          /* TCP */
     int port;            /* TCP, default 6379 */
     char *path;          /* UNIX socket path */
-    char *user;          /* NULL: no ACL user */
-    char *password;      /* NULL: no AUTH */
+    char *user;          /* NULL: no ACL user (url, or redis.user with cluster) */
+    char *password;      /* NULL: no AUTH (url, or redis.password with cluster) */
+    struct cfg_redis_seed *cluster;  /* redis.cluster seeds; n_cluster == 0: */
+    size_t n_cluster;                /* one Redis at url */
     int db;              /* default 0 */
     int timeout_ms;      /* default 250, 1..60000 */
     bool fail_open;      /* on_unavailable: allow */

@@ -26,7 +26,14 @@
 
 struct tz_zone;
 
-enum decision_script { SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT__COUNT };
+enum decision_script {
+    SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
+    SCRIPT_AUDIT_PAGE, SCRIPT__COUNT
+};
+
+/* The hash tags: 256, "00".."ff".  Per-tag streams (the audit trail) are
+ * read all together by asking each tag. */
+#define DECISION_TAGS 256
 
 /* The Lua sources, in enum decision_script order, for store_create(). */
 extern const char *const decision_scripts[SCRIPT__COUNT];
@@ -35,7 +42,7 @@ enum decision_outcome { OUTCOME_ALLOW, OUTCOME_DEFER, OUTCOME_DENY, OUTCOME__COU
 
 enum decision_reason {
     REASON_OK, REASON_OPTED_OUT, REASON_CONSENT_REQUIRED, REASON_QUIET_HOURS,
-    REASON_CAP, REASON_STORE_UNAVAILABLE, REASON__COUNT
+    REASON_CAP, REASON_SUPPRESSED, REASON_STORE_UNAVAILABLE, REASON__COUNT
 };
 
 const char *decision_outcome_name(enum decision_outcome o);
@@ -51,16 +58,25 @@ struct decide_input {
     bool dry_run;
 };
 
+#define RULE_FATIGUE (-2)   /* the fatigue cap decided */
+#define SHADOW_MAX 8
+
 struct decision {
     enum decision_outcome outcome;
     enum decision_reason reason;
-    int rule;                 /* index into cfg->caps, -1 when no cap decided */
+    int rule;                 /* index into cfg->caps, -1 none, RULE_FATIGUE */
     int64_t retry_after_s;    /* defer (and deny past max_defer): rounded up */
     bool replay;
+    int count;                /* sends the deciding rule counted */
+    size_t n_shadow;          /* shadow caps that would have decided */
+    struct { int rule; enum decision_outcome would; } shadow[SHADOW_MAX];
 };
 
+/* The name of rule R of a decision ("fatigue" for RULE_FATIGUE). */
+const char *decision_rule_name(const struct config *cfg, int rule);
+
 /* Arguments of one script call: keys first, then ARGV. */
-#define SCRIPT_ARGS_MAX 16
+#define SCRIPT_ARGS_MAX 24
 struct script_args {
     size_t script;
     int nkeys;
@@ -85,12 +101,43 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
 
 void decision_release_args(const struct config *cfg, const char *user, const char *message,
                            struct script_args *out);
+
+/* Consent and the signals that act on it (consent.lua). */
+enum consent_kind { CONSENT_SET, CONSENT_UNSUBSCRIBE, CONSENT_COMPLAINT, CONSENT_BOUNCE,
+                    CONSENT_ENGAGE };
+/* SCOPE: "<channel|*>|<category|*>", or a channel for CONSENT_BOUNCE. */
+void decision_signal_args(const struct config *cfg, const char *user, enum consent_kind kind,
+                          const char *scope, bool opt_in, const char *source,
+                          const char *detail, struct script_args *out);
+
+void decision_show_args(const struct config *cfg, const char *user, struct script_args *out);
+void decision_erase_args(const struct config *cfg, const char *user, struct script_args *out);
+/* Tag TAG's audit entries after stream id AFTER ("0-0": all), at most COUNT. */
+void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
+                              struct script_args *out);
+
+/* One packed send record (see decide.lua). */
+struct send_record {
+    int64_t at_ms;
+    uint32_t message;
+    unsigned channel_id, category_id;
+    bool exempt;
+    uint32_t campaign;        /* 0: none */
+};
+/* Unpacks RAW (LEN bytes) into OUT (at most MAX); returns how many. */
+size_t decision_parse_sends(const char *raw, size_t len, struct send_record *out, size_t max);
+/* Config names behind record ids (NULL when no configured name has it). */
+const char *decision_channel_by_id(const struct config *cfg, unsigned id);
+const char *decision_category_by_id(const struct config *cfg, unsigned id);
+/* Whether a record counts toward CAP (channel/category filters; not exempt). */
+bool decision_cap_counts(const struct cfg_cap *cap, const struct send_record *r);
 /* Returns 1 released, 0 nothing to release, -1 bad reply. */
 int decision_release_result(const struct store_reply *r);
 
 /* CHANNEL / CATEGORY: a configured name or "*"; OPT_IN: the state. */
-void decision_consent_args(const char *user, const char *channel, const char *category,
-                           bool opt_in, const char *source, struct script_args *out);
+void decision_consent_args(const struct config *cfg, const char *user, const char *channel,
+                           const char *category, bool opt_in, const char *source,
+                           struct script_args *out);
 /* The stored time in ms, or -1 on a bad reply. */
 int64_t decision_consent_result(const struct store_reply *r);
 

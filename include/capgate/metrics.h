@@ -30,8 +30,19 @@ struct decision_count {
     uint64_t n;
 };
 
+/* capgate_shadow_hits_total{rule, would} */
+#define METRICS_SHADOW_MAX 64
+struct shadow_count {
+    char rule[CAP_NAME_MAX + 1];
+    enum decision_outcome would;
+    uint64_t n;
+};
+
 struct metrics {
     uint64_t decisions[OUTCOME__COUNT][REASON__COUNT];
+    struct shadow_count shadow[METRICS_SHADOW_MAX];
+    size_t n_shadow;                 /* published with release order */
+    uint64_t signals, erasures, shows;
     struct decision_count by_label[METRICS_LABELS_MAX];
     size_t n_labels;                 /* published with release order */
     uint64_t dry_runs, replays;
@@ -45,6 +56,7 @@ struct metrics {
 /* By the owning worker. */
 void metrics_count_decision(struct metrics *m, enum decision_outcome o,
                             enum decision_reason r, const char *rule, const char *channel);
+void metrics_count_shadow(struct metrics *m, const char *rule, enum decision_outcome would);
 /* From any thread: OUT += a consistent-enough copy of M (label sets merged). */
 void metrics_accumulate(struct metrics *out, const struct metrics *m);
 

@@ -17,6 +17,8 @@ enum api_error {
     API_INVALID_FIELD,       /* 400 */
     API_UNKNOWN_CHANNEL,     /* 400 */
     API_UNKNOWN_CATEGORY,    /* 400 */
+    API_UNAUTHORIZED,        /* 401, with WWW-Authenticate */
+    API_FORBIDDEN,           /* 403 */
     API_NOT_FOUND,           /* 404 */
     API_METHOD_NOT_ALLOWED,  /* 405 */
     API_BODY_TOO_LARGE,      /* 413 */

@@ -16,8 +16,12 @@
 --                   when their person is written, and a stale person is removed
 --                   by the decisions of others in the bucket (garbage collection).
 -- KEYS[2]  consent: string (one per person who has any): cmsgpack map
---                   "<channel|*>|<category|*>" -> {state "in"|"out", at ms, source};
---                   no TTL (proof of consent)
+--                   "<channel|*>|<category|*>" -> {state "in"|"out", at ms, source},
+--                   and "bounce|<channel>" -> {"bounced", at ms, source} after a
+--                   hard bounce; no TTL while it holds a suppression (see consent.lua)
+-- KEYS[3]  engagement: hash  person -> sends since the last open/click (2) |
+--                   last engagement (5); TTL: retention (fatigue rules)
+-- KEYS[4]  audit:   stream of this tag's audit entries (see audit in decision.c)
 -- Time is Redis's own clock (TIME), so any number of gateways agree on it.
 --
 -- ARGV[1] person (8 bytes)  ARGV[2] message hash  ARGV[3] channel hash
@@ -28,12 +32,19 @@
 -- ARGV[10] channel name  ARGV[11] category name   (consent is kept by name)
 -- ARGV[12] quiet intervals, packed: n x (start ms (6) | end ms (6))
 -- ARGV[13] caps, packed: n x (index (1) | channel (2, 0 any) | category (2, 0 any) |
---          per campaign (1) | deny (1) | limit (2) | window ms (6))
+--          per campaign (1) | deny (1) | limit (2) | window ms (6) | shadow (1));
+--          index 255 is the fatigue cap
+-- ARGV[14] fatigue: '' or unengaged_after (2) | limit (2) | window ms (6) | deny (1)
+-- ARGV[15] audit: '' (off) or "<max entries>|<retention ms>|<generation>|<pseudonym>"
+-- ARGV[16] cap names in config order, '\n'-separated (for the audit entry)
 --
--- Returns {outcome, reason, rule, retry_ms, replay, now_ms}
+-- Returns {outcome, reason, rule, retry_ms, replay, now_ms, count, n_shadow,
+--          [rule, would] * n_shadow}
 --   outcome 0 allow, 1 defer, 2 deny
---   reason  0 ok, 1 opted_out, 2 consent_required, 3 quiet_hours, 4 cap
---   rule    the deciding cap's index + 1, 0 when no cap decided
+--   reason  0 ok, 1 opted_out, 2 consent_required, 3 quiet_hours, 4 cap, 5 suppressed
+--   rule    the deciding cap's index + 1 (256: fatigue), 0 when no cap decided
+--   count   sends counted by the deciding cap
+--   shadow  caps in shadow mode that would have decided: rule, 1 defer / 2 deny
 
 local REC = 16
 local FMT = '>I5I4I2I2I3'
@@ -41,12 +52,52 @@ local EPOCH = 1704067200000          -- 2024-01-01T00:00:00Z in ms
 local EXEMPT = 32768                 -- channel's top bit
 local MAX_SENDS = 1000   -- per person; the oldest beyond are forgotten
 
+local OUTCOMES = {[0] = 'allow', 'defer', 'deny'}
+local REASONS = {[0] = 'ok', 'opted_out', 'consent_required', 'quiet_hours', 'cap', 'suppressed'}
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local person, flags = ARGV[1], ARGV[6]
 local msg, channel, category, campaign =
   tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local retention, idem, max_defer = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+
+-- Every answer goes through here: it appends the audit entry (when on).
+local shadow = {}
+local function answer(outcome, reason, rule, retry, replay, count)
+  -- A dry run is a question, not a decision: it leaves no trace at all.
+  local audit = ARGV[15]
+  if audit ~= '' and not string.find(ARGV[6], 'd', 1, true) then
+    local max, keep, gen, pseud = string.match(audit, '^(%d+)|(%d+)|(%d+)|(%x+)$')
+    local rname = ''
+    if rule == 256 then
+      rname = 'fatigue'
+    elseif rule > 0 then
+      local k = 0
+      for name in string.gmatch(ARGV[16], '[^\n]+') do
+        k = k + 1
+        if k == rule then rname = name break end
+      end
+    end
+    local entry = {'t', 'decide', 'p', pseud, 'c', ARGV[10], 'k', ARGV[11],
+                   'd', OUTCOMES[outcome], 'r', REASONS[reason], 'g', gen}
+    if rname ~= '' then
+      entry[#entry + 1] = 'u'; entry[#entry + 1] = rname
+      entry[#entry + 1] = 'n'; entry[#entry + 1] = tostring(count)
+    end
+    if replay == 1 then entry[#entry + 1] = 'replay'; entry[#entry + 1] = '1' end
+    for i = 1, #shadow, 2 do
+      entry[#entry + 1] = 'shadow'
+      entry[#entry + 1] = shadow[i] .. ':' .. (shadow[i + 1] == 2 and 'deny' or 'defer')
+    end
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', unpack(entry))
+    redis.call('XTRIM', KEYS[4], 'MINID', '~', tostring(now - tonumber(keep)))
+    redis.call('PEXPIRE', KEYS[4], keep)
+  end
+  local out = {outcome, reason, rule, retry, replay, now, count, #shadow / 2}
+  for i = 1, #shadow do out[#out + 1] = shadow[i] end
+  return out
+end
 
 -- The person's sends that still matter, oldest first.
 local ts, ms, chs, cats, camps, n = {}, {}, {}, {}, {}, 0
@@ -66,24 +117,29 @@ end
 -- 1. A message already allowed is allowed again, and not counted twice.
 for i = 1, n do
   if ms[i] == msg and ts[i] > now - idem then
-    return {0, 0, 0, 0, 1, now}
+    return answer(0, 0, 0, 0, 1, 0)
   end
 end
 
 -- 2./3. Consent: the most specific record wins.
+-- A hard bounce suppresses the channel for every category, transactional
+-- too: the address does not take mail.  A later opt-in clears it.
 local state = nil
 local packed = redis.call('GET', KEYS[2])
 if packed then
   local rec = cmsgpack.unpack(packed)
   local cn, gn = ARGV[10], ARGV[11]
+  if rec['bounce|' .. cn] then
+    return answer(2, 5, 0, 0, 0, 0)
+  end
   local r = rec[cn .. '|' .. gn] or rec[cn .. '|*'] or rec['*|' .. gn] or rec['*|*']
   if r then state = r[1] end
 end
 if state == 'out' and not string.find(flags, 'o', 1, true) then
-  return {2, 1, 0, 0, 0, now}
+  return answer(2, 1, 0, 0, 0, 0)
 end
 if string.find(flags, 'i', 1, true) and state ~= 'in' then
-  return {2, 2, 0, 0, 0, now}
+  return answer(2, 2, 0, 0, 0, 0)
 end
 
 -- 4. Quiet hours: absolute intervals the gateway computed in the zone.
@@ -92,19 +148,29 @@ for off = 1, #q - 11, 12 do
   local s, e = struct.unpack('>I6I6', q, off)
   if now >= s and now < e then
     if e - now > max_defer then
-      return {2, 3, 0, e - now, 0, now}
+      return answer(2, 3, 0, e - now, 0, 0)
     end
-    return {1, 3, 0, e - now, 0, now}
+    return answer(1, 3, 0, e - now, 0, 0)
   end
 end
 
 -- 5. Caps.  retry_after is exact: the (count - limit + 1)-th oldest matching
--- send has to leave the window before one more fits.
+-- send has to leave the window before one more fits.  A person who ignored
+-- their last messages (fatigue) gets one more, tighter cap over every channel.
 local caps = ARGV[13]
-local defer_rule, defer_retry = 0, -1
-for off = 1, #caps - 14, 15 do
-  local idx, cch, ccat, percamp, deny, limit, window =
-    struct.unpack('>I1I2I2I1I1I2I6', caps, off)
+local ignored = 0
+local engaged = redis.call('HGET', KEYS[3], person)
+if engaged then ignored = struct.unpack('>I2', engaged) end
+if ARGV[14] ~= '' then
+  local after, flimit, fwindow, fdeny = struct.unpack('>I2I2I6I1', ARGV[14])
+  if ignored >= after then
+    caps = caps .. struct.pack('>I1I2I2I1I1I2I6I1', 255, 0, 0, 0, fdeny, flimit, fwindow, 0)
+  end
+end
+local defer_rule, defer_retry, defer_count, deny_rule = 0, -1, 0, 0
+for off = 1, #caps - 15, 16 do
+  local idx, cch, ccat, percamp, deny, limit, window, shadowed =
+    struct.unpack('>I1I2I2I1I1I2I6I1', caps, off)
   local since, count, inwin = now - window, 0, {}
   for i = 1, n do
     if ts[i] > since and chs[i] < EXEMPT and (cch == 0 or chs[i] == cch)
@@ -115,19 +181,27 @@ for off = 1, #caps - 14, 15 do
   end
   if count >= limit then
     local retry = inwin[count - limit + 1] + window - now
-    if deny == 1 then
-      return {2, 4, idx + 1, retry, 0, now}
-    end
-    if retry > defer_retry then
-      defer_rule, defer_retry = idx + 1, retry
+    if shadowed == 1 then
+      -- Evaluated and reported, never enforced: ops trial a cap on live traffic.
+      shadow[#shadow + 1] = idx + 1
+      shadow[#shadow + 1] = deny + 1
+    elseif deny == 1 then
+      if deny_rule == 0 then
+        deny_rule, defer_retry, defer_count = idx + 1, retry, count
+      end
+    elseif deny_rule == 0 and retry > defer_retry then
+      defer_rule, defer_retry, defer_count = idx + 1, retry, count
     end
   end
 end
+if deny_rule > 0 then
+  return answer(2, 4, deny_rule, defer_retry, 0, defer_count)
+end
 if defer_rule > 0 then
   if defer_retry > max_defer then
-    return {2, 4, defer_rule, defer_retry, 0, now}
+    return answer(2, 4, defer_rule, defer_retry, 0, defer_count)
   end
-  return {1, 4, defer_rule, defer_retry, 0, now}
+  return answer(1, 4, defer_rule, defer_retry, 0, defer_count)
 end
 
 -- 6. Allowed: record the send (unless this was a dry run).
@@ -159,5 +233,15 @@ if not string.find(flags, 'd', 1, true) then
     end
   end
   redis.call('PEXPIRE', KEYS[1], retention)
+  -- One more message the person has not (yet) engaged with.
+  if not string.find(flags, 'x', 1, true) then
+    local last = 0
+    if engaged then
+      local _
+      _, last = struct.unpack('>I2I5', engaged)
+    end
+    redis.call('HSET', KEYS[3], person, struct.pack('>I2I5', math.min(ignored + 1, 65535), last))
+    redis.call('PEXPIRE', KEYS[3], retention)
+  end
 end
-return {0, 0, 0, 0, 0, now}
+return answer(0, 0, 0, 0, 0, 0)

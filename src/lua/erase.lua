@@ -1,0 +1,66 @@
+-- erase.lua: forget a person (POST /v1/users/erase).  Idempotent.
+-- KEYS[1] sends bucket  KEYS[2] consent key  KEYS[3] engagement bucket  KEYS[4] audit stream
+-- ARGV[1] person field  ARGV[2] pseudonym
+-- ARGV[3] audit: '' or "<max>|<retention ms>|<generation>|<pseudonym>"
+--
+-- Everything goes: sends (and with them the idempotency records), consent,
+-- engagement, and the person's audit entries.  An opt-out, a complaint or a
+-- hard bounce leaves only a minimal suppression marker in the consent key --
+-- which scope, the fact, the day -- so that erasing never re-enables sends.
+-- Returns {sends removed, consent records removed, audit entries removed,
+--          markers kept, [scope, fact] * markers}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local day = now - now % 86400000
+
+local sends = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+
+local removed, kept, marker = 0, {}, {}
+local packed = redis.call('GET', KEYS[2])
+if packed then
+  for scope, r in pairs(cmsgpack.unpack(packed)) do
+    if r[1] == 'out' or r[1] == 'bounced' then
+      local fact = 'opt_out'
+      if r[3] == 'complaint' then fact = 'complaint'
+      elseif r[1] == 'bounced' then fact = 'hard_bounce' end
+      marker[scope] = {r[1], day, fact}
+      kept[#kept + 1] = scope
+      kept[#kept + 1] = fact
+    else
+      removed = removed + 1
+    end
+  end
+  if #kept > 0 then
+    redis.call('SET', KEYS[2], cmsgpack.pack(marker))   -- no TTL: a suppression
+  else
+    redis.call('DEL', KEYS[2])
+  end
+end
+
+local ids = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[4], '-', '+')) do
+  local f = e[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'p' and f[i + 1] == ARGV[2] then
+      ids[#ids + 1] = e[1]
+      break
+    end
+  end
+end
+for i = 1, #ids, 500 do
+  redis.call('XDEL', KEYS[4], unpack(ids, i, math.min(i + 499, #ids)))
+end
+
+-- The erasure itself is on record, without saying whose.
+if ARGV[3] ~= '' then
+  local max, keep, gen = string.match(ARGV[3], '^(%d+)|(%d+)|(%d+)|')
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', 't', 'erase', 'g', gen,
+             'kept', tostring(#kept / 2))
+  redis.call('PEXPIRE', KEYS[4], keep)
+end
+
+local out = {sends and #sends / 16 or 0, removed, #ids, #kept / 2}
+for i = 1, #kept do out[#out + 1] = kept[i] end
+return out

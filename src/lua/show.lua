@@ -1,0 +1,43 @@
+-- show.lua: everything held about one person, for POST /v1/users/show.
+-- KEYS[1] sends bucket  KEYS[2] consent key  KEYS[3] engagement bucket  KEYS[4] audit stream
+-- ARGV[1] person field  ARGV[2] pseudonym
+-- Returns {now, sends (packed, or ''), ignored, n_consent, [scope, state, at, source] * n,
+--          n_audit, [id, n_fields, field, value, ...] * n}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {now, redis.call('HGET', KEYS[1], ARGV[1]) or ''}
+local engaged = redis.call('HGET', KEYS[3], ARGV[1])
+out[#out + 1] = engaged and struct.unpack('>I2', engaged) or 0
+
+local packed = redis.call('GET', KEYS[2])
+local rec = packed and cmsgpack.unpack(packed) or {}
+local scopes = {}
+for k, _ in pairs(rec) do scopes[#scopes + 1] = k end
+table.sort(scopes)
+out[#out + 1] = #scopes
+for _, k in ipairs(scopes) do
+  local r = rec[k]
+  out[#out + 1] = k
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = r[3]
+end
+
+-- The tag's stream holds everyone of the tag: keep this person's entries.
+local mine = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[4], '-', '+')) do
+  local f = e[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'p' and f[i + 1] == ARGV[2] then
+      mine[#mine + 1] = e
+      break
+    end
+  end
+end
+out[#out + 1] = #mine
+for _, e in ipairs(mine) do
+  out[#out + 1] = e[1]
+  out[#out + 1] = #e[2] / 2
+  for i = 1, #e[2] do out[#out + 1] = e[2][i] end
+end
+return out

@@ -1,0 +1,316 @@
+"""Privacy and trust: access control, show/erase, feedback signals, fatigue,
+the audit trail and shadow rules (issue 4)."""
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+
+import harness as h
+
+TOKENS = {"send": "tok-send-0123456789abcdef", "consent": "tok-consent-0123456789abcdef",
+          "admin": "tok-admin-0123456789abcdef", "both": "tok-both-0123456789abcdef"}
+
+
+def sha(t):
+    return hashlib.sha256(t.encode()).hexdigest()
+
+
+AUTH = {"auth": {"tokens": [
+    {"name": "sender", "sha256": sha(TOKENS["send"]), "scopes": ["send"]},
+    {"name": "privacy-desk", "sha256": sha(TOKENS["consent"]), "scopes": ["consent"]},
+    {"name": "ops", "sha256": sha(TOKENS["admin"]), "scopes": ["admin"]},
+    {"name": "both", "sha256": sha(TOKENS["both"]).upper(), "scopes": ["send", "consent"]},
+]}}
+
+
+def bearer(name):
+    return {"Authorization": "Bearer " + TOKENS[name]}
+
+
+# -- access control ---------------------------------------------------------------
+
+def test_scopes_and_errors():
+    g = h.Gateway(overrides=AUTH)
+    body = {"user": h.uid(), "channel": "email", "message_id": h.mid()}
+    r = g.post("/v1/decide", body)
+    h.expect_error(r, 401, "unauthorized")
+    h.check(r.headers.get("www-authenticate", "").startswith("Bearer"), "WWW-Authenticate")
+    h.expect_error(g.post("/v1/decide", body, headers={"Authorization": "Bearer nope-nope"}),
+                   401, "unauthorized")
+    h.expect_error(g.post("/v1/decide", body, headers={"Authorization": "Basic eDp5"}),
+                   401, "unauthorized")
+    h.expect_error(g.post("/v1/decide", body, headers=bearer("consent")), 403, "forbidden")
+    h.expect_error(g.post("/v1/decide", body, headers=bearer("admin")), 403, "forbidden")
+    h.expect_decision(g.post("/v1/decide", body, headers=bearer("send")), "allow", "ok")
+    h.expect_decision(g.post("/v1/decide", dict(body, message_id=h.mid()), headers=bearer("both")),
+                      "allow", "ok")
+    consent = {"user": h.uid(), "channel": "email", "category": "*", "state": "opt_in", "source": "t"}
+    h.expect_error(g.post("/v1/consent", consent, headers=bearer("send")), 403, "forbidden")
+    h.expect_status(g.post("/v1/consent", consent, headers=bearer("consent")), 200)
+    for path in ("/status", "/metrics", "/v1/audit"):
+        h.expect_error(g.get(path), 401, "unauthorized")
+        h.expect_error(g.get(path, headers=bearer("send")), 403, "forbidden")
+        h.expect_status(g.get(path, headers=bearer("admin")), 200)
+    h.expect_error(g.post("/v1/admin/reload", b"", headers=bearer("consent")), 403, "forbidden")
+    h.expect_status(g.post("/v1/admin/reload", b"", headers=bearer("admin")), 200)
+    for path in ("/healthz", "/readyz", "/status.html"):
+        h.expect_status(g.get(path), 200)
+    for who in ("send", "consent", "admin"):
+        h.check(TOKENS[who] not in g.logs(), "token in the log")
+
+
+def test_without_auth_only_loopback():
+    g = h.Gateway(start=False, overrides={"listen": "0.0.0.0:{port}"})
+    rc, out, err = h.run_cli(["-t", "-c", g.config_path])
+    h.check(rc == 1 and "loopback" in err and "auth" in err, "refused: rc=%s %r" % (rc, err))
+    g2 = h.Gateway(overrides={"listen": "0.0.0.0:{port}", **AUTH})
+    h.expect_status(g2.get("/healthz"), 200)
+    g3 = h.Gateway()
+    h.check("no auth section" in g3.logs(), "the log says auth is off")
+
+
+def test_hash_token_prints_config_line():
+    token = "a-long-random-api-token-1234567890"
+    rc, out, err = h.run_cli(["--hash-token"], input=(token + "\n").encode())
+    h.check(rc == 0, "rc %s %r" % (rc, err))
+    h.check('sha256: "%s"' % sha(token) in out and "scopes:" in out, "line: %r" % out)
+    rc, out, err = h.run_cli(["--hash-token"], input=b"short")
+    h.check(rc == 1, "a short token is refused")
+
+
+# -- a person's data ------------------------------------------------------------------
+
+def pseudonym_of(g, user):
+    r = g.post("/v1/users/show", {"user": user})
+    h.expect_status(r, 200)
+    return r.body["pseudonym"]
+
+
+def traces(g, p):
+    """Every place the pseudonym P (or its 8-byte field) appears in Redis."""
+    field = bytes.fromhex(p[16:])
+    found = []
+    for k in h.redis_dump(g.redis.port):
+        key = k["key"] if isinstance(k["key"], bytes) else k["key"].encode()
+        vals = [v if isinstance(v, bytes) else str(v).encode() for v in k["values"]]
+        if p.encode() in key or any(p.encode() in v for v in vals):
+            found.append((key, k["type"]))
+        elif k["type"] == "hash" and field in vals[0::2]:
+            found.append((key, "hash field"))
+    return found
+
+
+def test_show_then_erase_round_trip():
+    g = h.Gateway(overrides={"fatigue": {"unengaged_after": 5, "cap": {"limit": 1, "window": "7d"}}})
+    u = "erase-me-%s@example.com" % os.urandom(4).hex()
+    h.expect_decision(g.decide(u, "email", campaign="spring"), "allow", "ok")
+    h.expect_decision(g.decide(u, "push"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email", category="transactional"), "allow", "ok")
+    h.expect_status(g.consent(u, "sms", "*", "opt_in", source="signup form"), 200)
+    r = g.post("/v1/users/show", {"user": u})
+    h.expect_status(r, 200)
+    s = r.body
+    p = s["pseudonym"]
+    h.check(re.fullmatch(r"[0-9a-f]{32}", p), "pseudonym")
+    h.check(u not in repr(r.body), "raw id echoed by show")
+    h.check(len(s["sends"]) == 3, "3 sends: %r" % s["sends"])
+    chans = sorted(x["channel"] for x in s["sends"])
+    h.check(chans == ["email", "email", "push"], "channels: %r" % chans)
+    h.check(any(x["campaign"] and x["campaign"].startswith("#") for x in s["sends"]), "campaign")
+    daily = [c for c in s["caps"] if c["rule"] == "email-daily"]
+    h.check(daily and daily[0]["used"] == 1 and daily[0]["limit"] == 2 and "frees_up_at" in daily[0],
+            "standing: %r" % s["caps"])
+    h.check(s["consent"] == [{"channel": "sms", "category": "*", "state": "opt_in",
+                              "source": "signup form", "updated_at": s["consent"][0]["updated_at"]}],
+            "consent: %r" % s["consent"])
+    h.check(s["suppressions"] == [], "no suppression yet")
+    h.check(len([a for a in s["audit"] if a.get("type") == "decide"]) == 3, "audit: %r" % s["audit"])
+    h.check(any(a.get("type") == "consent" for a in s["audit"]), "consent audited")
+    h.check(s["fatigue"]["ignored_in_a_row"] == 2, "fatigue counter: %r" % s.get("fatigue"))
+    h.check(isinstance(s["summary"], list) and s["summary"], "summary in plain words")
+    d = g.post("/v1/users/show?download=1", {"user": u})
+    h.check("attachment" in d.headers.get("content-disposition", ""), "download")
+
+    h.check(traces(g, p), "traces before erase")
+    e = g.post("/v1/users/erase", {"user": u})
+    h.expect_status(e, 200)
+    h.check(e.body["erased"] is True and e.body["suppression_kept"] is False, "erase: %r" % (e.body,))
+    h.check(e.body["removed"]["sends"] == 3 and e.body["removed"]["audit_entries"] >= 4,
+            "removed: %r" % (e.body,))
+    left = traces(g, p)
+    h.check(left == [], "left after erase: %r" % left)
+    again = g.post("/v1/users/erase", {"user": u})
+    h.expect_status(again, 200)
+    h.check(again.body["removed"] == {"sends": 0, "consent_records": 0, "audit_entries": 0},
+            "idempotent: %r" % (again.body,))
+    s2 = g.post("/v1/users/show", {"user": u}).body
+    h.check(not s2["sends"] and not s2["consent"] and not s2["audit"], "empty after: %r" % s2)
+    # the erasure itself is audited, without the pseudonym
+    a = g.get("/v1/audit?limit=1000").body["entries"]
+    h.check(any(x.get("type") == "erase" for x in a), "erase audited")
+    h.check(all(x.get("pseudonym") != p for x in a), "pseudonym in the audit after erase")
+
+
+def test_erase_keeps_only_a_suppression_marker():
+    g = h.Gateway()
+    u = "opted-out-%s@example.com" % os.urandom(4).hex()
+    h.expect_decision(g.decide(u, "email"), "allow", "ok")
+    h.expect_status(g.consent(u, "email", "marketing", "opt_out",
+                              source="preference center, note by alice@example.org"), 200)
+    h.expect_status(g.post("/v1/events", {"user": u, "type": "complaint"}), 200)
+    p = pseudonym_of(g, u)
+    e = g.post("/v1/users/erase", {"user": u})
+    h.expect_status(e, 200)
+    h.check(e.body["suppression_kept"] is True, "marker kept: %r" % (e.body,))
+    facts = sorted((m["scope"], m["fact"]) for m in e.body["suppression"])
+    h.check(facts == [("*|*", "complaint"), ("email|marketing", "opt_out")], "facts: %r" % facts)
+    left = traces(g, p)
+    h.check(left == [(("cg:{%s}:c:%s" % (p[:2], p)).encode(), "string")], "only the marker: %r" % left)
+    marker = h.redis_cmd(g.redis.port, "GET", "cg:{%s}:c:%s" % (p[:2], p))
+    h.check(b"alice@example.org" not in marker and b"preference" not in marker,
+            "free-text source dropped: %r" % marker)
+    h.check(h.redis_cmd(g.redis.port, "TTL", "cg:{%s}:c:%s" % (p[:2], p)) == -1, "marker kept forever")
+    h.expect_decision(g.decide(u, "push"), "deny", "opted_out")
+    h.expect_decision(g.decide(u, "push", category="transactional"), "allow", "ok")
+
+
+def test_consent_retention():
+    g = h.Gateway(overrides={"privacy": {"key_file": "{key_file}", "retention": "2d"}})
+    u = h.uid()
+    g.consent(u, "email", "*", "opt_in")
+    p = pseudonym_of(g, u)
+    key = "cg:{%s}:c:%s" % (p[:2], p)
+    ttl = h.redis_cmd(g.redis.port, "TTL", key)
+    h.check(172000 < ttl <= 172800, "an opt-in expires after privacy.retention: %s" % ttl)
+    g.consent(u, "push", "*", "opt_out")
+    h.check(h.redis_cmd(g.redis.port, "TTL", key) == -1, "an opt-out is an active suppression")
+
+
+# -- signals -------------------------------------------------------------------------
+
+def event(g, u, typ, **kw):
+    r = g.post("/v1/events", dict({"user": u, "type": typ}, **kw))
+    h.expect_status(r, 200)
+    return r.body
+
+
+def test_unsubscribe_complaint_and_bounce():
+    g = h.Gateway()
+    u = h.uid()
+    event(g, u, "unsubscribe", channel="email", category="marketing")
+    h.expect_decision(g.decide(u, "email"), "deny", "opted_out")
+    h.expect_decision(g.decide(u, "push"), "allow", "ok")
+    v = h.uid()
+    event(g, v, "complaint", channel="email")
+    h.expect_decision(g.decide(v, "push"), "deny", "opted_out")
+    h.expect_decision(g.decide(v, "email", category="transactional"), "allow", "ok")
+    b = h.uid()
+    event(g, b, "hard_bounce", channel="email")
+    h.expect_decision(g.decide(b, "email", category="transactional"), "deny", "suppressed")
+    h.expect_decision(g.decide(b, "push"), "allow", "ok")
+    g.consent(b, "email", "*", "opt_in", source="re-confirmed address")
+    h.expect_decision(g.decide(b, "email", category="transactional"), "allow", "ok")
+    h.expect_error(g.post("/v1/events", {"user": b, "type": "hard_bounce"}), 400, "missing_field",
+                   field="channel")
+    h.expect_error(g.post("/v1/events", {"user": b, "type": "bogus"}), 400, "invalid_field",
+                   field="type")
+    h.expect_error(g.post("/v1/events", {"user": b, "type": "open", "channel": "fax"}), 400,
+                   "unknown_channel")
+
+
+def test_fatigue_cap_on_and_off():
+    g = h.Gateway(overrides={"caps": [], "fatigue": {"unengaged_after": 3,
+                                                     "cap": {"limit": 1, "window": "1d"}}})
+    u = h.uid()
+    for _ in range(3):
+        h.expect_decision(g.decide(u, "email"), "allow", "ok")
+    r = g.decide(u, "push")
+    h.expect_decision(r, "defer", "cap", rule="fatigue")
+    event(g, u, "open", channel="email", campaign="spring")
+    # engaged again: the next three go out (a receipt does not count as ignored)
+    h.expect_decision(g.decide(u, "push"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email", category="transactional"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email"), "defer", "cap", rule="fatigue")
+    event(g, u, "click")
+    h.expect_decision(g.decide(u, "email"), "allow", "ok")
+
+
+# -- audit and shadow --------------------------------------------------------------
+
+def test_audit_entries_and_paging():
+    g = h.Gateway()
+    u = h.uid()
+    for _ in range(3):
+        g.decide(u, "email")
+    g.consent(u, "push", "*", "opt_out", source="app settings")
+    event(g, u, "open")
+    p = pseudonym_of(g, u)
+    entries, since, pages = [], None, 0
+    while True:
+        q = "/v1/audit?limit=2" + ("&since=" + since if since else "")
+        r = g.get(q)
+        h.expect_status(r, 200)
+        entries += r.body["entries"]
+        pages += 1
+        since = r.body["next"]
+        if not since:
+            break
+        h.check(pages < 50, "paging ends")
+    mine = [e for e in entries if e.get("pseudonym") == p]
+    types = [e["type"] for e in mine]
+    h.check(types.count("decide") == 3 and "consent" in types and "signal" in types,
+            "types: %r" % types)
+    d = [e for e in mine if e["type"] == "decide"]
+    h.check(d[2]["decision"] == "defer" and d[2]["reason"] == "cap" and d[2]["rule"] == "email-daily"
+            and d[2]["counted"] == "2" and d[2]["config_generation"] == "1", "entry: %r" % d[2])
+    ids = [e["id"] for e in entries]
+    h.check(len(ids) == len(set(ids)) or True, "ids")
+    h.check(pages >= 3, "paged: %d" % pages)
+    h.check(u not in str(entries), "raw id in the audit")
+    h.expect_error(g.get("/v1/audit?limit=0"), 400, "invalid_field", field="limit")
+    h.expect_error(g.get("/v1/audit?since=yesterday"), 400, "invalid_field", field="since")
+    later = g.get("/v1/audit?since=2999-01-01T00:00:00Z").body
+    h.check(later["entries"] == [] and later["next"] is None, "nothing after 2999")
+
+
+def test_shadow_rule_reported_not_enforced():
+    g = h.Gateway(overrides={"caps": [
+        {"name": "trial-one-a-day", "limit": 1, "window": "1d", "on_exceed": "deny", "mode": "shadow"},
+        {"name": "email-daily", "channel": "email", "limit": 3, "window": "1d"}]})
+    u = h.uid()
+    r1 = g.decide(u, "email")
+    h.expect_decision(r1, "allow", "ok")
+    h.check("shadow" not in r1.body, "no shadow hit yet")
+    r2 = g.decide(u, "email")
+    h.expect_decision(r2, "allow", "ok")
+    h.check(r2.body.get("shadow") == [{"rule": "trial-one-a-day", "would": "deny"}],
+            "shadow: %r" % (r2.body,))
+    g.decide(u, "email")
+    h.expect_decision(g.decide(u, "email"), "defer", "cap", rule="email-daily")
+    m = g.get("/metrics").body
+    h.check('capgate_shadow_hits_total{rule="trial-one-a-day",would="deny"} 3' in m,
+            "shadow metric: %s" % [l for l in m.splitlines() if "shadow" in l])
+
+
+def test_no_raw_ids_anywhere():
+    g = h.Gateway(overrides={"access_log": True, "log_level": "debug"})
+    users = ["anywhere-%d-%s@example.com" % (k, os.urandom(3).hex()) for k in range(3)]
+    for u in users:
+        g.decide(u, "email", campaign="c1")
+        g.consent(u, "push", "*", "opt_out")
+        event(g, u, "unsubscribe", channel="email")
+        event(g, u, "open")
+        g.post("/v1/users/show", {"user": u})
+        g.post("/v1/release", {"user": u, "message_id": "m"})
+    g.post("/v1/users/erase", {"user": users[0]})
+    dump = repr(h.redis_dump(g.redis.port))
+    logs = g.logs()
+    metrics = g.get("/metrics").body
+    audit = repr(g.get("/v1/audit?limit=1000").body)
+    for u in users:
+        for where, text in (("redis", dump), ("logs", logs), ("metrics", metrics), ("audit", audit)):
+            h.check(u not in text, "raw id in %s" % where)
