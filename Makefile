@@ -62,10 +62,10 @@ $(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj build/gen/lua_scripts.h build/gen/asset
 
 # Lua scripts and the status page are embedded as C strings: the source of
 # truth stays in src/lua/*.lua and src/status.html.
-build/gen/lua_scripts.c build/gen/lua_scripts.h: $(LUA) tools/embed.sh | build/gen
+build/gen/lua_scripts.c build/gen/lua_scripts.h &: $(LUA) tools/embed.sh | build/gen
 	$(Q)sh tools/embed.sh build/gen/lua_scripts lua $(LUA)
 
-build/gen/assets.c build/gen/assets.h: $(ASSETS) tools/embed.sh | build/gen
+build/gen/assets.c build/gen/assets.h &: $(ASSETS) tools/embed.sh | build/gen
 	$(Q)sh tools/embed.sh build/gen/assets asset $(ASSETS)
 
 $(BUILD)/obj/lua_scripts.o: build/gen/lua_scripts.c | $(BUILD)/obj
