@@ -12,10 +12,10 @@ static struct cfg_category categories[] = {
     { "health", false, false, false, true },
 };
 static struct cfg_cap caps[] = {
-    { "email-daily", "email", NULL, CAP_PER_USER, 2, 86400000, CAP_DEFER },
-    { "all-weekly", NULL, NULL, CAP_PER_USER, 5, 7 * 86400000LL, CAP_DEFER },
-    { "campaign-once", NULL, NULL, CAP_PER_CAMPAIGN, 1, 30 * 86400000LL, CAP_DENY },
-    { "health-monthly", NULL, "health", CAP_PER_USER, 1, 30 * 86400000LL, CAP_DENY },
+    { "email-daily", "email", NULL, CAP_PER_USER, 2, 86400000, CAP_DEFER, CAP_ENFORCE },
+    { "all-weekly", NULL, NULL, CAP_PER_USER, 5, 7 * 86400000LL, CAP_DEFER, CAP_ENFORCE },
+    { "campaign-once", NULL, NULL, CAP_PER_CAMPAIGN, 1, 30 * 86400000LL, CAP_DENY, CAP_ENFORCE },
+    { "health-monthly", NULL, "health", CAP_PER_USER, 1, 30 * 86400000LL, CAP_DENY, CAP_SHADOW },
 };
 static char *quiet_channels[] = { "push", "sms" };
 
@@ -51,8 +51,8 @@ static const char *arg(const struct script_args *a, int k)
 }
 
 /* ARGV positions (after the 2 keys). */
-enum { A_PERSON = 2, A_MSG, A_CH, A_CAT, A_CAMP, A_FLAGS, A_RET, A_IDEM, A_MAXDEF,
-       A_CHNAME, A_CATNAME, A_QUIET, A_CAPS, A_COUNT };
+enum { A_PERSON = 4, A_MSG, A_CH, A_CAT, A_CAMP, A_FLAGS, A_RET, A_IDEM, A_MAXDEF,
+       A_CHNAME, A_CATNAME, A_QUIET, A_CAPS, A_FATIGUE, A_AUDIT, A_NAMES, A_COUNT };
 
 static uint64_t be(const char *p, int n)
 {
@@ -82,10 +82,13 @@ TEST(keys_share_one_hash_tag)
     struct decide_input in = input(&c, "email", "marketing", "spring");
     struct script_args a;
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_INT(a.nkeys, 2);
+    CHECK_EQ_INT(a.nkeys, 4);
     CHECK_EQ_INT(a.argc, A_COUNT);
     CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s23");          /* 8 more bits: "23" */
     CHECK_EQ_STR(arg(&a, 1), "cg:{01}:c:0123456789abcdef0123456789abcdef");
+    CHECK_EQ_STR(arg(&a, 2), "cg:{01}:g23");
+    CHECK_EQ_STR(arg(&a, 3), "cg:{01}:a");
+    CHECK_EQ_STR(arg(&a, A_AUDIT), "");               /* audit off in this config */
     CHECK_EQ_INT(a.argvlen[A_PERSON], 8);
     CHECK_EQ_INT(be(a.argv[A_PERSON], 8), 0x0123456789abcdefULL);
     CHECK_EQ_STR(arg(&a, A_MSG), "4275878552");         /* 0xfedcba98 */
@@ -106,15 +109,16 @@ TEST(only_matching_caps_are_sent)
     struct script_args a;
     struct decide_input in = input(&c, "email", "marketing", "spring");
     decision_decide_args(&c, &in, 1700000000, &a);
-    /* email-daily, all-weekly, campaign-once: 15 bytes each */
-    CHECK_EQ_INT(a.argvlen[A_CAPS], 3 * 15);
+    /* email-daily, all-weekly, campaign-once: 16 bytes each */
+    CHECK_EQ_INT(a.argvlen[A_CAPS], 3 * 16);
     const char *p = a.argv[A_CAPS];
     CHECK_EQ_INT(be(p, 1), 0);
     CHECK(be(p + 1, 2) != 0);                 /* channel filter: email */
     CHECK_EQ_INT(be(p + 3, 2), 0);            /* any category */
     CHECK_EQ_INT(be(p + 7, 2), 2);            /* limit */
     CHECK_EQ_INT(be(p + 9, 6), 86400000);     /* window */
-    p += 30;
+    CHECK_EQ_INT(be(p + 15, 1), 0);           /* enforced */
+    p += 32;
     CHECK_EQ_INT(be(p, 1), 2);                /* campaign-once's index */
     CHECK_EQ_INT(be(p + 5, 1), 1);            /* per campaign */
     CHECK_EQ_INT(be(p + 6, 1), 1);            /* deny */
@@ -122,12 +126,14 @@ TEST(only_matching_caps_are_sent)
     /* No campaign: the per-campaign cap has nothing to count. */
     in = input(&c, "push", "marketing", NULL);
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_INT(a.argvlen[A_CAPS], 15);
+    CHECK_EQ_INT(a.argvlen[A_CAPS], 16);
     CHECK_EQ_STR(arg(&a, A_CAMP), "0");
 
     in = input(&c, "push", "health", NULL);
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_INT(a.argvlen[A_CAPS], 30);      /* all-weekly, health-monthly */
+    CHECK_EQ_INT(a.argvlen[A_CAPS], 32);      /* all-weekly, health-monthly */
+    CHECK_EQ_INT(be(a.argv[A_CAPS] + 31, 1), 1);   /* health-monthly is a shadow cap */
+    CHECK_EQ_INT(a.argvlen[A_FATIGUE], 0);
 }
 
 TEST(exempt_category_sends_no_caps_and_flags)
@@ -197,42 +203,55 @@ static struct store_reply ints(struct store_item *items, const long long *v, siz
 TEST(results_are_decoded_and_rounded_up)
 {
     struct config c = make_config();
-    struct store_item it[8];
+    struct store_item it[12];
     struct decision d;
-    long long defer[] = { 1, 4, 2, 1001, 0, 1 };
-    struct store_reply r = ints(it, defer, 6);
+    long long defer[] = { 1, 4, 2, 1001, 0, 1, 2, 0 };
+    struct store_reply r = ints(it, defer, 8);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.outcome, OUTCOME_DEFER);
     CHECK_EQ_INT(d.reason, REASON_CAP);
     CHECK_EQ_INT(d.rule, 1);
     CHECK_EQ_INT(d.retry_after_s, 2);
-    long long exact[] = { 1, 3, 0, 5000, 0, 1 };
-    r = ints(it, exact, 6);
+    long long exact[] = { 1, 3, 0, 5000, 0, 1, 0, 0 };
+    r = ints(it, exact, 8);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.retry_after_s, 5);
     CHECK_EQ_INT(d.rule, -1);
-    long long replay[] = { 0, 0, 0, 0, 1, 1 };
-    r = ints(it, replay, 6);
+    long long replay[] = { 0, 0, 0, 0, 1, 1, 0, 0 };
+    r = ints(it, replay, 8);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK(d.replay);
     CHECK_EQ_STR(decision_outcome_name(d.outcome), "allow");
+    long long shadow[] = { 0, 0, 0, 0, 0, 1, 0, 1, 4, 2 };
+    r = ints(it, shadow, 10);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
+    CHECK_EQ_INT(d.n_shadow, 1);
+    CHECK_EQ_INT(d.shadow[0].rule, 3);
+    CHECK_EQ_INT(d.shadow[0].would, OUTCOME_DENY);
+    long long fatigue[] = { 1, 4, 256, 1000, 0, 1, 3, 0 };
+    r = ints(it, fatigue, 8);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
+    CHECK_EQ_STR(decision_rule_name(&c, d.rule), "fatigue");
 }
 
 TEST(bad_results_are_refused)
 {
     struct config c = make_config();
-    struct store_item it[8];
+    struct store_item it[12];
     struct decision d;
-    long long bad_outcome[] = { 3, 0, 0, 0, 0, 1 };
-    struct store_reply r = ints(it, bad_outcome, 6);
+    long long bad_outcome[] = { 3, 0, 0, 0, 0, 1, 0, 0 };
+    struct store_reply r = ints(it, bad_outcome, 8);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
-    long long bad_rule[] = { 1, 4, 9, 0, 0, 1 };
-    r = ints(it, bad_rule, 6);
+    long long bad_rule[] = { 1, 4, 9, 0, 0, 1, 0, 0 };
+    r = ints(it, bad_rule, 8);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     r = ints(it, bad_rule, 5);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
+    long long bad_shadow[] = { 0, 0, 0, 0, 0, 1, 0, 2, 1, 1 };   /* says 2, holds 1 */
+    r = ints(it, bad_shadow, 10);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     it[0] = (struct store_item){ .type = STORE_STR, .s = "x", .len = 1 };
-    r.n = 6;
+    r.n = 8;
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     r.status = STORE_TIMEOUT;
     CHECK_EQ_INT(decision_release_result(&r), -1);
@@ -251,12 +270,16 @@ TEST(release_and_consent_args)
     CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s23");
     CHECK_EQ_INT(a.argvlen[1], 8);
     CHECK_EQ_STR(arg(&a, 2), "2712");        /* 0x00000a98 */
-    decision_consent_args(user, "*", "marketing", false, "web form", &a);
+    decision_consent_args(&c, user, "*", "marketing", false, "web form", &a);
     CHECK_EQ_INT(a.script, SCRIPT_CONSENT);
+    CHECK_EQ_INT(a.nkeys, 3);
     CHECK_EQ_STR(arg(&a, 0), "cg:{01}:c:0123456789abcdef0123456789abcdef");
-    CHECK_EQ_STR(arg(&a, 1), "*|marketing");
-    CHECK_EQ_STR(arg(&a, 2), "out");
-    CHECK_EQ_STR(arg(&a, 3), "web form");
+    CHECK_EQ_STR(arg(&a, 1), "cg:{01}:g23");
+    CHECK_EQ_STR(arg(&a, 2), "cg:{01}:a");
+    CHECK_EQ_STR(arg(&a, 3), "set");
+    CHECK_EQ_STR(arg(&a, 4), "*|marketing");
+    CHECK_EQ_STR(arg(&a, 5), "out");
+    CHECK_EQ_STR(arg(&a, 6), "web form");
 }
 
 int main(void)
