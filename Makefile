@@ -44,7 +44,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 # Debian packages needed to build, run and test (installed on demand by `make deps`).
 DEB_PKGS := build-essential pkg-config libevent-dev libmicrohttpd-dev libhiredis-dev \
             libjansson-dev libfyaml-dev libsodium-dev libsystemd-dev redis-server python3 tzdata \
-            wrk curl chromium valgrind libfyaml-utils man-db groff-base systemd
+            wrk curl chromium valgrind libfyaml-utils man-db groff-base systemd openssl
 
 .PHONY: all deps run test check unit test-valgrind clean install
 all: $(BUILD)/capgate

@@ -11,6 +11,7 @@
 #include "capgate/api.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
+#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/pseudonym.h"
 #include "capgate/reply.h"
@@ -28,6 +29,7 @@ struct consent_call {
     char channel[NAME_MAX_LEN + 1];
     char category[NAME_MAX_LEN + 1];
     char source[SOURCE_MAX + 1];
+    char user[PSEUDONYM_USER_HEX + 1];
 };
 
 static void format_rfc3339(int64_t ms, char out[32])
@@ -50,6 +52,13 @@ static void on_consent_stored(void *arg, const struct store_reply *r)
         char when[32];
         format_rfc3339(at, when);
         COUNTER_INC(call->w->metrics.consents);
+        if (gateway_audit_wanted(call->w->gw))
+            gateway_audit(call->w->gw,
+                          json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "type", "consent",
+                                    "pseudonym", call->user, "channel", call->channel,
+                                    "category", call->category,
+                                    "state", call->opt_in ? "opt_in" : "opt_out",
+                                    "source", call->source));
         reply_json(call->w, call->req, 200,
                    json_pack("{s:s, s:s, s:s, s:s, s:s}", "channel", call->channel,
                              "category", call->category, "state",
@@ -118,6 +127,7 @@ void api_consent(struct worker *w, struct http_request *req)
     char user_hash[PSEUDONYM_USER_HEX + 1];
     pseudonym_user(w->pseudonym, user, user_len, user_hash);
     http_note_user(req, user_hash);
+    memcpy(call->user, user_hash, sizeof call->user);
     struct script_args args;
     decision_consent_args(cfg, user_hash, call->channel, call->category, opt_in, call->source,
                           &args);

@@ -14,6 +14,7 @@
 #include "capgate/api.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
+#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/log.h"
 #include "capgate/pseudonym.h"
@@ -97,6 +98,19 @@ static void decide_answer(struct decide_call *call, const struct decision *d)
               decision_rule_name(cfg, d->rule) ? decision_rule_name(cfg, d->rule) : "-",
               (long long)d->retry_after_s,
               d->replay);
+    if (!call->dry_run && gateway_audit_wanted(w->gw)) {
+        json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:b}", "type", "decide",
+                              "pseudonym", call->user, "channel", call->channel,
+                              "decision", decision_outcome_name(d->outcome),
+                              "reason", decision_reason_name(d->reason),
+                              "config_generation", (json_int_t)cfg->generation,
+                              "replay", d->replay);
+        if (decision_rule_name(cfg, d->rule)) {
+            json_object_set_new(e, "rule", json_string(decision_rule_name(cfg, d->rule)));
+            json_object_set_new(e, "counted", json_integer(d->count));
+        }
+        gateway_audit(w->gw, e);
+    }
     reply_json(w, call->req, 200, body);
 }
 

@@ -13,6 +13,7 @@
 #include "capgate/api.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
+#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/pseudonym.h"
 #include "capgate/reply.h"
@@ -25,6 +26,7 @@ struct event_call {
     struct http_request *req;
     char type[16];
     char effect[200];
+    char user[PSEUDONYM_USER_HEX + 1];
 };
 
 static void on_recorded(void *arg, const struct store_reply *r)
@@ -35,6 +37,10 @@ static void on_recorded(void *arg, const struct store_reply *r)
                     "the store is unavailable; the event was not recorded, retry later");
     } else {
         COUNTER_INC(call->w->metrics.signals);
+        if (gateway_audit_wanted(call->w->gw))
+            gateway_audit(call->w->gw, json_pack("{s:s, s:s, s:s, s:s}", "type", "signal",
+                                                 "pseudonym", call->user, "event", call->type,
+                                                 "effect", call->effect));
         reply_json(call->w, call->req, 200, json_pack("{s:b, s:s, s:s}", "recorded", 1,
                                                       "type", call->type, "effect", call->effect));
     }
@@ -131,6 +137,7 @@ void api_events(struct worker *w, struct http_request *req)
     char user_hash[PSEUDONYM_USER_HEX + 1];
     pseudonym_user(w->pseudonym, user, user_len, user_hash);
     http_note_user(req, user_hash);
+    memcpy(call->user, user_hash, sizeof call->user);
     struct script_args args;
     decision_signal_args(cfg, user_hash, kind, scope, false, NULL, detail, &args);
     json_decref(obj);

@@ -134,6 +134,9 @@ void api_metrics(struct worker *w, struct http_request *req)
     counter(&t, "capgate_signals_total", "Feedback signals recorded (POST /v1/events).",
             m->signals);
     counter(&t, "capgate_erasures_total", "People erased (POST /v1/users/erase).", m->erasures);
+    counter(&t, "capgate_audit_file_dropped_total",
+            "Audit lines not written to audit.file because the disk fell behind.",
+            gateway_audit_dropped(w->gw));
     counter(&t, "capgate_replays_total", "Decides answered as replays of an allowed message.",
             m->replays);
     counter(&t, "capgate_dry_runs_total", "Decides evaluated without recording.", m->dry_runs);

@@ -14,6 +14,7 @@
 #include "capgate/api.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
+#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/pseudonym.h"
 #include "capgate/reply.h"
@@ -261,6 +262,11 @@ static void on_erased(void *arg, const struct store_reply *r)
                                                  "fact", fact->s, fact->len));
     }
     COUNTER_INC(call->w->metrics.erasures);
+    /* The file is append-only: this line tells the log pipeline to delete
+     * every earlier line of this pseudonym. */
+    if (gateway_audit_wanted(call->w->gw))
+        gateway_audit(call->w->gw, json_pack("{s:s, s:s, s:b}", "type", "erase", "pseudonym",
+                                             call->user, "suppression_kept", kept > 0));
     json_t *body = json_pack("{s:b, s:{s:I, s:I, s:I}, s:b, s:o}", "erased", 1, "removed",
                              "sends", (json_int_t)r->items[0].i,
                              "consent_records", (json_int_t)r->items[1].i,

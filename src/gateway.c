@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "capgate/audit_file.h"
 #include "capgate/counter.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
@@ -28,6 +29,9 @@ struct gateway {
     struct reload_result last_reload;
     uint64_t generation;             /* guarded by lock */
     int ready_announced;             /* atomic */
+    struct audit_file *audit;        /* atomic pointer; NULL: no file */
+    struct audit_file *old_audit[16];/* replaced by reloads, closed at exit */
+    size_t n_old_audit;
     time_t started;
 };
 
@@ -73,6 +77,13 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    if (generation_load_tls(gw->gen, err, errlen) != 0) {
+        /* The generation owns CFG and TZ now: the caller must not free them. */
+        generation_release(gw->gen);
+        gw->gen = NULL;
+        free(gw);
+        return NULL;
+    }
     gw->pseudonym = pseudonym;
     gw->started = time(NULL);
     gw->generation = cfg->generation;
@@ -87,6 +98,12 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
             gateway_free(gw);
             return NULL;
         }
+    }
+    if (cfg->audit.enabled && cfg->audit.file &&
+        !(gw->audit = audit_file_open(cfg->audit.file, err, errlen))) {
+        gw->n = 0;
+        gateway_free(gw);
+        return NULL;
     }
     if (cfg->redis.fail_open)
         gateway_redis_ready(gw);   /* failing open, capgate serves without Redis */
@@ -175,6 +192,28 @@ int gateway_reload(struct gateway *gw, struct worker *caller, char *err, size_t 
         rc = refuse(gw, err, errlen, "out of memory");
         goto out;
     }
+    if (generation_load_tls(gen, err, errlen) != 0) {
+        generation_release(gen);
+        rc = refuse(gw, err, errlen, err);
+        goto out;
+    }
+    /* The audit file is reopened at every reload (log rotation works with a
+     * plain mv + reload); the old one stays open until exit, as a worker
+     * may be handing it a line right now. */
+    struct audit_file *af = NULL;
+    if (cfg->audit.enabled && cfg->audit.file &&
+        !(af = audit_file_open(cfg->audit.file, err, errlen))) {
+        generation_release(gen);
+        rc = refuse(gw, err, errlen, err);
+        goto out;
+    }
+    struct audit_file *old_af = __atomic_exchange_n(&gw->audit, af, __ATOMIC_ACQ_REL);
+    if (old_af) {
+        if (gw->n_old_audit < sizeof gw->old_audit / sizeof gw->old_audit[0])
+            gw->old_audit[gw->n_old_audit++] = old_af;
+        else
+            log_warn("too many audit files replaced since start; keeping one open", NULL);
+    }
     for (unsigned k = 0; k < gw->n; k++)
         worker_post_generation(gw->workers[k], gen);
     if (caller)
@@ -229,9 +268,46 @@ void gateway_free(struct gateway *gw)
     free(gw->workers);
     generation_release(gw->gen);
     pseudonym_free(gw->pseudonym);
+    audit_file_close(gw->audit);
+    for (size_t k = 0; k < gw->n_old_audit; k++)
+        audit_file_close(gw->old_audit[k]);
     pthread_mutex_destroy(&gw->reload_lock);
     pthread_mutex_destroy(&gw->lock);
     free(gw);
+}
+
+bool gateway_audit_wanted(struct gateway *gw)
+{
+    return __atomic_load_n(&gw->audit, __ATOMIC_ACQUIRE) != NULL;
+}
+
+void gateway_audit(struct gateway *gw, json_t *entry)
+{
+    struct audit_file *f = __atomic_load_n(&gw->audit, __ATOMIC_ACQUIRE);
+    if (f && entry) {
+        struct timespec ts;
+        struct tm tm;
+        char when[40];
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        size_t n = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(when + n, sizeof when - n, ".%03ldZ", ts.tv_nsec / 1000000);
+        json_object_set_new(entry, "ts", json_string(when));
+        char *line = json_dumps(entry, JSON_COMPACT | JSON_SORT_KEYS);
+        if (line) {
+            audit_file_write(f, line, strlen(line));
+            free(line);
+        }
+    }
+    json_decref(entry);
+}
+
+uint64_t gateway_audit_dropped(struct gateway *gw)
+{
+    uint64_t n = audit_file_dropped(__atomic_load_n(&gw->audit, __ATOMIC_ACQUIRE));
+    for (size_t k = 0; k < gw->n_old_audit; k++)
+        n += audit_file_dropped(gw->old_audit[k]);
+    return n;
 }
 
 bool gateway_alive(struct gateway *gw, uint64_t max_age_us)

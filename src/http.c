@@ -328,6 +328,8 @@ struct http_server *http_server_start(struct event_base *base, const struct http
     srv->handler_arg = arg;
     srv->max_body = opt->max_body_bytes;
 
+    if (opt->tls_cert && opt->tls_key)
+        flags |= MHD_USE_TLS;   /* GnuTLS inside libmicrohttpd */
     srv->mhd = MHD_start_daemon(
         flags, opt->port, NULL, NULL, on_access, srv,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,   /* first: catches errors of the rest */
@@ -342,6 +344,10 @@ struct http_server *http_server_start(struct event_base *base, const struct http
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
         MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        /* Ignored without MHD_USE_TLS; NULL ends nothing here. */
+        (opt->tls_cert && opt->tls_key) ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END,
+        opt->tls_cert,
+        MHD_OPTION_HTTPS_MEM_KEY, opt->tls_key,
         MHD_OPTION_END);
     if (!srv->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%u (address in use, or not allowed)",

@@ -1,6 +1,7 @@
 /* worker: one loop, one listener, one Redis connection.  See worker.h. */
 #include "capgate/worker.h"
 
+#include <errno.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,10 +38,43 @@ struct generation *generation_retain(struct generation *g)
     return g;
 }
 
+static char *read_pem(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        snprintf(err, errlen, "tls: %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(65537);
+    size_t n = buf ? fread(buf, 1, 65536, f) : 0;
+    fclose(f);
+    if (!buf || n == 0 || n == 65536) {
+        free(buf);
+        snprintf(err, errlen, "tls: %s: empty, unreadable or larger than 64 KiB", path);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+int generation_load_tls(struct generation *g, char *err, size_t errlen)
+{
+    if (!g->cfg->tls.enabled)
+        return 0;
+    g->tls_cert = read_pem(g->cfg->tls.cert_file, err, errlen);
+    g->tls_key = g->tls_cert ? read_pem(g->cfg->tls.key_file, err, errlen) : NULL;
+    return g->tls_key ? 0 : -1;
+}
+
 void generation_release(struct generation *g)
 {
     if (!g || __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
+    free(g->tls_cert);
+    if (g->tls_key) {
+        memset(g->tls_key, 0, strlen(g->tls_key));
+        free(g->tls_key);
+    }
     config_release(g->cfg);
     tz_db_free(g->tz);
     free(g);
@@ -73,10 +107,12 @@ static bool same_redis(const struct config *a, const struct config *b)
            x->timeout_ms == y->timeout_ms && a->limits.max_pending == b->limits.max_pending;
 }
 
-static bool same_http(const struct config *a, const struct config *b)
+static bool same_http(const struct generation *ga, const struct generation *gb)
 {
+    const struct config *a = ga->cfg, *b = gb->cfg;
     const struct cfg_limits *x = &a->limits, *y = &b->limits;
-    return same_str(a->listen_host, b->listen_host) && a->listen_port == b->listen_port &&
+    return same_str(ga->tls_cert, gb->tls_cert) && same_str(ga->tls_key, gb->tls_key) &&
+           same_str(a->listen_host, b->listen_host) && a->listen_port == b->listen_port &&
            x->max_body_bytes == y->max_body_bytes && x->max_connections == y->max_connections &&
            x->max_connections_per_ip == y->max_connections_per_ip &&
            x->connection_timeout_s == y->connection_timeout_s &&
@@ -114,10 +150,13 @@ static struct store *start_store(struct worker *w, const struct config *cfg,
     return st;
 }
 
-static struct http_server *start_http(struct worker *w, const struct config *cfg,
+static struct http_server *start_http(struct worker *w, const struct generation *gen,
                                       char *err, size_t errlen)
 {
+    const struct config *cfg = gen->cfg;
     struct http_options opt = {
+        .tls_cert = gen->tls_cert,
+        .tls_key = gen->tls_key,
         .host = cfg->listen_host,
         .port = cfg->listen_port,
         .max_body_bytes = cfg->limits.max_body_bytes,
@@ -268,8 +307,8 @@ void worker_apply_pending(struct worker *w)
     struct http_server *http = NULL;
     struct store *store = NULL;
 
-    if (!same_http(old, cfg) && !w->stopping) {
-        http = start_http(w, cfg, err, sizeof err);
+    if (!same_http(w->gen, gen) && !w->stopping) {
+        http = start_http(w, gen, err, sizeof err);
         if (!http)
             log_error("reload: new listener failed; keeping the old one", "worker=%u error=\"%s\"",
                       w->id, err);
@@ -397,7 +436,7 @@ struct worker *worker_create(struct gateway *gw, unsigned id, struct generation 
     }
     w->store = start_store(w, w->cfg, err, errlen);
     if (w->store)
-        w->http = start_http(w, w->cfg, err, errlen);
+        w->http = start_http(w, gen, err, errlen);
     w->housekeeping = event_new(w->base, -1, EV_PERSIST, on_housekeeping, w);
     w->command = event_new(w->base, -1, EV_PERSIST, on_command, w);
     if (!w->store || !w->http || !w->housekeeping || !w->command) {

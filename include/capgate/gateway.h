@@ -8,6 +8,7 @@
 #ifndef CAPGATE_GATEWAY_H
 #define CAPGATE_GATEWAY_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -50,6 +51,13 @@ void gateway_quiesce(struct gateway *gw);
 void gateway_stop_now(struct gateway *gw);
 void gateway_wait(struct gateway *gw);
 void gateway_free(struct gateway *gw);
+
+/* The audit trail's JSON-lines copy (audit.file), from any worker: true
+ * when one is configured; gateway_audit() then appends ENTRY (stolen) with
+ * a "ts" field added. */
+bool gateway_audit_wanted(struct gateway *gw);
+void gateway_audit(struct gateway *gw, json_t *entry);
+uint64_t gateway_audit_dropped(struct gateway *gw);
 
 /* READY=1 once one worker has Redis (called by workers). */
 void gateway_redis_ready(struct gateway *gw);

@@ -34,6 +34,7 @@ struct http_options {
     unsigned max_connections_per_ip;  /* 0: unlimited */
     unsigned connection_timeout_s;
     size_t connection_memory_bytes;
+    const char *tls_cert, *tls_key;   /* PEM; both NULL: plain HTTP */
 };
 
 typedef void http_handler(struct http_request *req, void *arg);

@@ -30,9 +30,13 @@ struct generation {
     unsigned refs;                   /* atomic */
     struct config *cfg;              /* holds one config reference */
     struct tz_db *tz;
+    char *tls_cert, *tls_key;        /* PEM, when tls is configured */
 };
 
 struct generation *generation_new(struct config *cfg, struct tz_db *tz);
+/* Reads the TLS certificate and key files named by the config (start-up and
+ * reload only).  0, or -1 with ERR. */
+int generation_load_tls(struct generation *g, char *err, size_t errlen);
 struct generation *generation_retain(struct generation *g);
 void generation_release(struct generation *g);
 

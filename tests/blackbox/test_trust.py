@@ -314,3 +314,77 @@ def test_no_raw_ids_anywhere():
     for u in users:
         for where, text in (("redis", dump), ("logs", logs), ("metrics", metrics), ("audit", audit)):
             h.check(u not in text, "raw id in %s" % where)
+
+
+# -- TLS -----------------------------------------------------------------------------
+
+def test_inbound_tls():
+    import http.client
+    import ssl
+    import tempfile
+    d = tempfile.mkdtemp(prefix="capgate-tls-")
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    p = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], capture_output=True, timeout=60)
+    h.check(p.returncode == 0, "openssl: %r" % p.stderr[-300:])
+    g = h.Gateway(overrides={"tls": {"cert_file": cert, "key_file": key}}, wait=False)
+    ctx = ssl.create_default_context(cafile=cert)
+
+    def get(path, body=None):
+        c = http.client.HTTPSConnection("127.0.0.1", g.port, context=ctx, timeout=5)
+        try:
+            if body is None:
+                c.request("GET", path)
+            else:
+                c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    h.wait_until(lambda: get("/healthz")[0] == 200, 5, what="TLS /healthz")
+    st, body = get("/v1/decide", b'{"user":"tls-user","channel":"email","message_id":"m1"}')
+    h.check(st == 200 and b'"allow"' in body, "decide over TLS: %s %r" % (st, body))
+    with socket.create_connection(("127.0.0.1", g.port), timeout=3) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            data = s.recv(100)
+        except OSError:
+            data = b""
+        h.check(not data.startswith(b"HTTP/1.1 200"), "plain HTTP answered on a TLS port")
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_audit_file_copy():
+    import json
+    import tempfile
+    import time
+    d = tempfile.mkdtemp(prefix="capgate-audit-")
+    path = os.path.join(d, "audit.jsonl")
+    g = h.Gateway(overrides={"audit": {"file": path}})
+    u = "file-audit-%s@example.com" % os.urandom(3).hex()
+    g.decide(u, "email")
+    g.decide(u, "email", dry_run=True)
+    g.consent(u, "push", "*", "opt_out", source="app")
+    event(g, u, "open")
+    g.post("/v1/users/erase", {"user": u})
+
+    def lines():
+        with open(path) as f:
+            return [json.loads(l) for l in f if l.strip()]
+    h.wait_until(lambda: len(lines()) >= 4, 5, what="4 audit lines")
+    got = lines()
+    h.check([x["type"] for x in got] == ["decide", "consent", "signal", "erase"],
+            "lines: %r" % got)
+    h.check(all("ts" in x and re.fullmatch(r"[0-9a-f]{32}", x["pseudonym"]) for x in got), "fields")
+    with open(path) as f:
+        h.check(u not in f.read(), "raw id in the audit file")
+    # log rotation: move the file away, reload, a new one is written
+    os.rename(path, path + ".1")
+    h.expect_status(g.post("/v1/admin/reload", b""), 200)
+    g.decide(u, "push")
+    h.wait_until(lambda: os.path.exists(path) and len(lines()) == 1, 5, what="a fresh file")
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
