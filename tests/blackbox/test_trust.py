@@ -388,3 +388,27 @@ def test_audit_file_copy():
     h.wait_until(lambda: os.path.exists(path) and len(lines()) == 1, 5, what="a fresh file")
     import shutil
     shutil.rmtree(d, ignore_errors=True)
+
+
+def test_status_page_with_auth_token_in_fragment():
+    import shutil
+    import tempfile
+    chromium = shutil.which("chromium")
+    h.check(chromium, "chromium is needed (make deps installs it)")
+    g = h.Gateway(overrides=AUTH)
+    g.post("/v1/decide", {"user": h.uid(), "channel": "email", "message_id": "m"},
+           headers=bearer("send"))
+    d = tempfile.mkdtemp(prefix="capgate-chromium-")
+    try:
+        url = "http://127.0.0.1:%d/status.html#token=%s" % (g.port, TOKENS["admin"])
+        p = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                            "--no-first-run", "--disable-background-networking",
+                            "--disable-component-update", "--disable-sync",
+                            "--user-data-dir=" + d, "--virtual-time-budget=5000", "--dump-dom", url],
+                           capture_output=True, timeout=60, start_new_session=True)
+        dom = p.stdout.decode(errors="replace")
+        m = re.search(r'data-updated="(\d+)"', dom)
+        h.check(m and int(m.group(1)) >= 1, "the page polled /status with the token: %r" % dom[:300])
+        h.check(TOKENS["admin"] not in dom, "the token stays out of the page")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
