@@ -1189,9 +1189,106 @@ static int parse_groups(struct parser *p, struct fy_node *v, int line, const cha
     return 0;
 }
 
+/* upstream.headers: a mapping of header names to values; "${VAR}" takes the
+ * value from the environment (secrets stay out of the file). */
+static int parse_upstream_headers(struct parser *p, void *base, bool present, struct fy_node *v,
+                                  int line)
+{
+    struct cfg_upstream *u = base;
+    struct fy_node_pair *pair;
+    void *it = NULL;
+    size_t n;
+
+    if (!present || is_null(v))
+        return 0;
+    if (check_untagged(p, v, line))
+        return -1;
+    if (!fy_node_is_mapping(v))
+        return fail(p, node_line(v, line), "expected a mapping of header names to values");
+    n = (size_t)fy_node_mapping_item_count(v);
+    if (n > 64)
+        return fail(p, line, "too many headers (max 64)");
+    if ((u->headers = calloc(n + 1, sizeof *u->headers)) == NULL)
+        return fail(p, line, "out of memory");
+    while ((pair = fy_node_mapping_iterate(v, &it)) != NULL) {
+        struct fy_node *k = fy_node_pair_key(pair);
+        struct scalar name, value;
+        struct qbuf qb;
+        if (get_scalar(p, k, line, "a header name", &name) ||
+            get_scalar(p, fy_node_pair_value(pair), name.line, "a header value", &value))
+            return -1;
+        if (!*name.s || strcspn(name.s, " :\t\r\n") != strlen(name.s))
+            return fail(p, name.line, "bad header name %s", quote(&qb, name.s));
+        char out[4096];
+        size_t o = 0;
+        for (const char *c = value.s; *c && o < sizeof out - 1;) {
+            if (c[0] == '$' && c[1] == '{') {
+                const char *end = strchr(c, '}');
+                if (!end)
+                    return fail(p, value.line, "unclosed ${ in header %s", quote(&qb, name.s));
+                char var[128];
+                size_t vl = (size_t)(end - c - 2);
+                if (vl == 0 || vl >= sizeof var)
+                    return fail(p, value.line, "bad variable name in header %s", quote(&qb, name.s));
+                memcpy(var, c + 2, vl);
+                var[vl] = '\0';
+                const char *env = getenv(var);
+                if (!env)
+                    return fail(p, value.line, "environment variable %s is not set", var);
+                size_t el = strlen(env);
+                if (o + el >= sizeof out)
+                    return fail(p, value.line, "header value too long");
+                memcpy(out + o, env, el);
+                o += el;
+                c = end + 1;
+            } else {
+                out[o++] = *c++;
+            }
+        }
+        out[o] = '\0';
+        if (strpbrk(out, "\r\n"))
+            return fail(p, value.line, "header %s: value has a line break", quote(&qb, name.s));
+        size_t len = strlen(name.s) + 2 + o + 1;
+        if ((u->headers[u->n_headers] = malloc(len)) == NULL)
+            return fail(p, line, "out of memory");
+        snprintf(u->headers[u->n_headers++], len, "%s: %s", name.s, out);
+    }
+    return 0;
+}
+
+static int check_upstream_url(struct parser *p, void *base, int line)
+{
+    struct cfg_upstream *u = base;
+    struct qbuf qb;
+    if (strncmp(u->url, "http://", 7) != 0 && strncmp(u->url, "https://", 8) != 0)
+        return fail(p, line, "%s: want an http:// or https:// URL", quote(&qb, u->url));
+    return 0;
+}
+
+static int check_upstream(struct parser *p, void *base, int line)
+{
+    (void)p; (void)line;
+    ((struct cfg_upstream *)base)->enabled = true;
+    return 0;
+}
+
+static const struct directive upstream_table[] = {
+    { .name = "url", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_upstream, url),
+      .check = check_upstream_url },
+    { .name = "timeout_ms", .type = DT_INT, FIELD(struct cfg_upstream, timeout_ms),
+      .min = 10, .max = 600000, .def = "5000" },
+    { .name = "max_connections", .type = DT_INT, FIELD(struct cfg_upstream, max_connections),
+      .min = 1, .max = 10000, .def = "64" },
+    { .name = "headers", .type = DT_CUSTOM, .parse = parse_upstream_headers },
+    { .name = NULL },
+};
+
 static const struct directive channel_table[] = {
     { .name = "requires_opt_in", .type = DT_BOOL, FIELD(struct cfg_channel, requires_opt_in),
       .def = "false" },
+    { .name = "upstream", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct cfg_channel, upstream), .sub = upstream_table,
+      .check = check_upstream },
     { .name = NULL },
 };
 
@@ -1646,6 +1743,129 @@ static const struct directive fatigue_table[] = {
     { .name = NULL },
 };
 
+static const struct directive delivery_table[] = {
+    { .name = "max_attempts", .type = DT_INT, FIELD(struct cfg_delivery, max_attempts),
+      .min = 1, .max = 100, .def = "8" },
+    { .name = "backoff", .type = DT_DURATION, FIELD(struct cfg_delivery, backoff_ms),
+      .min = 100, .max = MS_PER_D, .def = "2s" },
+    { .name = "max_backoff", .type = DT_DURATION, FIELD(struct cfg_delivery, max_backoff_ms),
+      .min = 100, .max = 7 * MS_PER_D, .def = "10m" },
+    { .name = "max_deferred", .type = DT_INT, FIELD(struct cfg_delivery, max_deferred),
+      .min = 256, .max = 1000000000, .def = "1000000" },
+    { .name = "lease", .type = DT_DURATION, FIELD(struct cfg_delivery, lease_ms),
+      .min = MS_PER_S, .max = MS_PER_H, .def = "30s" },
+    { .name = NULL },
+};
+
+/* routes[].user etc.: where a value is found in a proxied request. */
+static int check_extract(struct parser *p, const char *spec, int line)
+{
+    struct qbuf qb;
+    if (!spec)
+        return 0;
+    if (strncmp(spec, "json:", 5) == 0 && (spec[5] == '/' || spec[5] == '\0'))
+        return 0;
+    if (strncmp(spec, "header:", 7) == 0 && spec[7] && !strpbrk(spec + 7, " :\t\r\n"))
+        return 0;
+    return fail(p, line, "%s: want \"json:/pointer\" or \"header:Name\"", quote(&qb, spec));
+}
+
+static int check_route_user(struct parser *p, void *base, int line)
+{
+    return check_extract(p, ((struct cfg_route *)base)->user, line);
+}
+static int check_route_campaign(struct parser *p, void *base, int line)
+{
+    return check_extract(p, ((struct cfg_route *)base)->campaign, line);
+}
+static int check_route_message_id(struct parser *p, void *base, int line)
+{
+    return check_extract(p, ((struct cfg_route *)base)->message_id, line);
+}
+static int check_route_category(struct parser *p, void *base, int line)
+{
+    return check_extract(p, ((struct cfg_route *)base)->category, line);
+}
+
+static int check_route_path(struct parser *p, void *base, int line)
+{
+    const struct cfg_route *r = base;
+    struct qbuf qb;
+    if (r->path[0] != '/' || strpbrk(r->path, "?# \t"))
+        return fail(p, line, "%s: want an absolute path without query", quote(&qb, r->path));
+    if (strncmp(r->path, "/v1/", 4) == 0 || strcmp(r->path, "/status") == 0 ||
+        strcmp(r->path, "/status.html") == 0 || strcmp(r->path, "/metrics") == 0 ||
+        strcmp(r->path, "/healthz") == 0 || strcmp(r->path, "/readyz") == 0)
+        return fail(p, line, "%s is capgate's own path", quote(&qb, r->path));
+    return 0;
+}
+
+static int check_route_channel(struct parser *p, void *base, int line)
+{
+    const struct cfg_route *r = base;
+    const struct cfg_channel *ch = config_channel(p->cfg, r->channel);
+    struct qbuf qb;
+    if (!ch)
+        return fail(p, line, "unknown channel %s", quote(&qb, r->channel));
+    if (!ch->upstream.enabled)
+        return fail(p, line, "channel %s has no upstream", quote(&qb, r->channel));
+    return 0;
+}
+
+static const struct directive route_table[] = {
+    { .name = "path", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_route, path),
+      .check = check_route_path },
+    { .name = "channel", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_route, channel),
+      .check = check_route_channel },
+    { .name = "user", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_route, user),
+      .check = check_route_user },
+    { .name = "message_id", .type = DT_STRING, .flags = D_REQUIRED,
+      FIELD(struct cfg_route, message_id), .check = check_route_message_id },
+    { .name = "campaign", .type = DT_STRING, FIELD(struct cfg_route, campaign),
+      .check = check_route_campaign },
+    { .name = "category", .type = DT_STRING, FIELD(struct cfg_route, category),
+      .check = check_route_category },
+    { .name = NULL },
+};
+
+static int parse_routes(struct parser *p, void *base, bool present, struct fy_node *v, int line)
+{
+    struct config *cfg = base;
+    struct fy_node *item;
+    void *it = NULL;
+    size_t n, i = 0;
+
+    if (!present || is_null(v))
+        return 0;
+    if (check_untagged(p, v, line))
+        return -1;
+    if (!fy_node_is_sequence(v))
+        return fail(p, node_line(v, line), "expected a list of routes");
+    n = (size_t)fy_node_sequence_item_count(v);
+    if (n > 64)
+        return fail(p, line, "too many routes (max 64)");
+    if (n == 0)
+        return 0;
+    if ((cfg->routes = calloc(n, sizeof *cfg->routes)) == NULL)
+        return fail(p, line, "out of memory");
+    cfg->n_routes = n;
+    for (; (item = fy_node_sequence_iterate(v, &it)) != NULL; i++) {
+        int iline = node_line(item, line);
+        size_t saved = push_index(p, i);
+        if (check_untagged(p, item, iline))
+            return -1;
+        if (is_null(item) || !fy_node_is_mapping(item))
+            return fail(p, iline, "expected a mapping, got %s", kind_of(item));
+        if (parse_section(p, route_table, &cfg->routes[i], item, iline))
+            return -1;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(cfg->routes[j].path, cfg->routes[i].path) == 0)
+                return fail(p, iline, "path appears twice");
+        pop_key(p, saved);
+    }
+    return 0;
+}
+
 static const struct directive audit_table[] = {
     { .name = "enabled", .type = DT_BOOL, FIELD(struct cfg_audit, enabled), .def = "true" },
     { .name = "max_entries", .type = DT_INT, FIELD(struct cfg_audit, max_entries),
@@ -1766,6 +1986,9 @@ static const struct directive config_table[] = {
       .off = offsetof(struct config, fatigue), .sub = fatigue_table, .check = check_fatigue },
     { .name = "audit", .type = DT_SECTION, .off = offsetof(struct config, audit),
       .sub = audit_table },
+    { .name = "delivery", .type = DT_SECTION, .off = offsetof(struct config, delivery),
+      .sub = delivery_table },
+    { .name = "routes", .type = DT_CUSTOM, .parse = parse_routes },
     { .name = "shutdown_timeout", .type = DT_DURATION, .flags = D_SECONDS,
       FIELD(struct config, shutdown_timeout_s), .min = MS_PER_S, .max = MS_PER_H,
       .def = "10s" },
@@ -2066,8 +2289,14 @@ void config_free(struct config *cfg)
     free(cfg->redis.cluster);
 
     free(cfg->key_file);
-    for (size_t i = 0; i < cfg->n_channels; i++)
+    for (size_t i = 0; i < cfg->n_channels; i++) {
+        struct cfg_upstream *u = &cfg->channels[i].upstream;
         free(cfg->channels[i].name);
+        free(u->url);
+        for (size_t h = 0; h < u->n_headers; h++)
+            free_secret(u->headers[h]);   /* may hold an API token */
+        free(u->headers);
+    }
     free(cfg->channels);
     for (size_t i = 0; i < cfg->n_categories; i++)
         free(cfg->categories[i].name);
@@ -2087,6 +2316,16 @@ void config_free(struct config *cfg)
     free(cfg->tls.cert_file);
     free(cfg->tls.key_file);
     free(cfg->audit.file);
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        struct cfg_route *r = &cfg->routes[i];
+        free(r->path);
+        free(r->channel);
+        free(r->user);
+        free(r->campaign);
+        free(r->message_id);
+        free(r->category);
+    }
+    free(cfg->routes);
 
     for (size_t i = 0; i < cfg->quiet_hours.n_channels; i++)
         free(cfg->quiet_hours.channels[i]);

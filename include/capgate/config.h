@@ -19,9 +19,38 @@
 #define CAP_LIMIT_MAX 1000
 #define CAP_NAME_MAX 64
 
+/* Proxy mode: where a channel's allowed messages are forwarded. */
+struct cfg_upstream {
+    bool enabled;
+    char *url;              /* http:// or https:// */
+    int timeout_ms;         /* default 5000 */
+    unsigned max_connections; /* per gateway, default 64 */
+    char **headers;         /* "Name: value", ${VAR} expanded at load */
+    size_t n_headers;
+};
+
 struct cfg_channel {
     char *name;
     bool requires_opt_in;
+    struct cfg_upstream upstream;
+};
+
+struct cfg_delivery {
+    int max_attempts;       /* default 8 */
+    int64_t backoff_ms;     /* first retry after, default 2s; doubles */
+    int64_t max_backoff_ms; /* default 10m */
+    int max_deferred;       /* messages waiting, default 1000000 */
+    int64_t lease_ms;       /* a claimed message is someone's for this long, default 30s */
+};
+
+/* Transparent mode: a path proxied as-is to a channel's upstream. */
+struct cfg_route {
+    char *path;
+    char *channel;
+    char *user;             /* "json:/pointer" or "header:Name" */
+    char *campaign;         /* optional, same forms */
+    char *message_id;
+    char *category;         /* optional */
 };
 
 struct cfg_category {
@@ -153,6 +182,8 @@ struct config {
     struct cfg_tls tls;
     struct cfg_fatigue fatigue;
     struct cfg_audit audit;
+    struct cfg_delivery delivery;
+    struct cfg_route *routes; size_t n_routes;
 
     struct cfg_channel *channels;   size_t n_channels;
     struct cfg_category *categories; size_t n_categories;
