@@ -15,6 +15,8 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_SHOW] = lua_show,
     [SCRIPT_ERASE] = lua_erase,
     [SCRIPT_AUDIT_PAGE] = lua_audit_page,
+    [SCRIPT_CLAIM] = lua_claim,
+    [SCRIPT_FINISH] = lua_finish,
 };
 
 static const char *const outcome_names[OUTCOME__COUNT] = { "allow", "defer", "deny" };
@@ -230,11 +232,22 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     if (requires_opt_in) flags[nf++] = 'i';
     flags[nf] = '\0';
 
-    args_init(a, SCRIPT_DECIDE, 4);
+    char member[50];
+    decision_member(in->user, in->message, member);
+    args_init(a, SCRIPT_DECIDE, in->enqueue ? 7 : 4);
     arg_sends_key(a, cfg, in->user);
     arg_consent_key(a, in->user);
     arg_bucket_key(a, cfg, in->user, 'g');
     arg_audit_key(a, in->user);
+    if (in->enqueue) {
+        arg_fmt(a, "cg:{%.2s}:q", in->user);
+        arg_fmt(a, "cg:{%.2s}:d:%s", in->user, member);
+        if (in->enqueue->collapse)
+            arg_fmt(a, "cg:{%.2s}:k:%s:%08x", in->user, in->user,
+                    (unsigned)fnv1a(in->enqueue->collapse));
+        else
+            arg_fmt(a, "cg:{%.2s}:k:-", in->user);
+    }
     arg_person(a, in->user);
     arg_fmt(a, "%u", message_id(in->message));
     arg_fmt(a, "%u", name_id(in->channel->name));
@@ -311,6 +324,51 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     }
     arg_str(a, start, (size_t)(p - start));
     a->used += (size_t)(p - start);
+
+    if (in->enqueue) {
+        const struct cfg_delivery *d = &cfg->delivery;
+        int per_tag = d->max_deferred / DECISION_TAGS;
+        /* A queued message lives as long as it may wait, plus its retries. */
+        int64_t ttl = cfg->max_defer_ms + (int64_t)d->max_attempts * d->max_backoff_ms +
+                      86400000LL;
+        arg_fmt(a, "%d|%lld|%d|%d", per_tag < 1 ? 1 : per_tag, (long long)ttl,
+                in->enqueue->priority, in->enqueue->collapse != NULL);
+        arg_str(a, in->enqueue->blob, in->enqueue->blob_len);
+        arg_fmt(a, "%s", member);
+    }
+}
+
+void decision_member(const char *user, const char *message, char out[50])
+{
+    snprintf(out, 50, "%.32s:%.16s", user, message);
+}
+
+void decision_claim_args(const struct config *cfg, unsigned tag, unsigned most,
+                         struct script_args *a)
+{
+    args_init(a, SCRIPT_CLAIM, 2);
+    arg_fmt(a, "cg:{%02x}:q", tag & 0xff);
+    arg_fmt(a, "cg:{%02x}:dead", tag & 0xff);
+    arg_fmt(a, "%lld", (long long)cfg->delivery.lease_ms);
+    arg_fmt(a, "%u", most);
+}
+
+void decision_finish_args(const struct config *cfg, const char *member,
+                          enum finish_action action, int64_t retry_in_ms,
+                          const char *dead_summary, struct script_args *a)
+{
+    static const char *const actions[] = { "ack", "drop", "retry", "dead" };
+    args_init(a, SCRIPT_FINISH, 3);
+    arg_fmt(a, "cg:{%.2s}:q", member);
+    arg_fmt(a, "cg:{%.2s}:d:%s", member, member);
+    arg_fmt(a, "cg:{%.2s}:dead", member);
+    arg_cstr(a, actions[action]);
+    arg_fmt(a, "%s", member);
+    arg_fmt(a, "%lld", (long long)retry_in_ms);
+    arg_fmt(a, "%s", dead_summary ? dead_summary : "");
+    arg_fmt(a, "%d", 10000);
+    arg_fmt(a, "%lld", (long long)cfg->retention_ms < 7 * 86400000LL
+                            ? (long long)cfg->retention_ms : 7 * 86400000LL);
 }
 
 const char *decision_rule_name(const struct config *cfg, int rule)
@@ -385,10 +443,12 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
         if (r->items[k].type != STORE_INT)
             return -1;
     long long outcome = r->items[0].i, reason = r->items[1].i, rule = r->items[2].i;
-    long long retry_ms = r->items[3].i, nshadow = r->items[7].i;
+    if (r->n < 10)
+        return -1;
+    long long retry_ms = r->items[3].i, nshadow = r->items[9].i;
     if (outcome < 0 || outcome >= OUTCOME__COUNT || reason < 0 || reason > REASON_SUPPRESSED ||
         rule < 0 || (rule > (long long)cfg->n_caps && rule != 256) || retry_ms < 0 ||
-        nshadow < 0 || r->n != 8 + 2 * (size_t)nshadow)
+        nshadow < 0 || r->n != 10 + 2 * (size_t)nshadow)
         return -1;
     out->outcome = (enum decision_outcome)outcome;
     out->reason = (enum decision_reason)reason;
@@ -396,9 +456,11 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
     out->retry_after_s = (retry_ms + 999) / 1000;   /* exact, rounded up */
     out->replay = r->items[4].i != 0;
     out->count = (int)r->items[6].i;
+    out->queued = (int)r->items[7].i;
+    out->superseded = r->items[8].i != 0;
     out->n_shadow = 0;
     for (long long k = 0; k < nshadow && out->n_shadow < SHADOW_MAX; k++) {
-        long long sr = r->items[8 + 2 * k].i, would = r->items[9 + 2 * k].i;
+        long long sr = r->items[10 + 2 * k].i, would = r->items[11 + 2 * k].i;
         if (sr < 1 || sr > (long long)cfg->n_caps || (would != 1 && would != 2))
             return -1;
         out->shadow[out->n_shadow].rule = (int)sr - 1;

@@ -28,7 +28,7 @@ struct tz_zone;
 
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
-    SCRIPT_AUDIT_PAGE, SCRIPT__COUNT
+    SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT__COUNT
 };
 
 /* The hash tags: 256, "00".."ff".  Per-tag streams (the audit trail) are
@@ -48,6 +48,14 @@ enum decision_reason {
 const char *decision_outcome_name(enum decision_outcome o);
 const char *decision_reason_name(enum decision_reason r);
 
+/* Proxy mode: what to queue if the decision is a deferral. */
+struct enqueue {
+    const char *blob;                        /* everything needed to deliver it */
+    size_t blob_len;
+    int priority;                            /* 0..9 */
+    const char *collapse;                    /* collapse_key, or NULL */
+};
+
 struct decide_input {
     char user[PSEUDONYM_USER_HEX + 1];       /* pseudonym */
     char message[PSEUDONYM_SHORT_HEX + 1];   /* pseudonym of message_id */
@@ -56,6 +64,7 @@ struct decide_input {
     const char *campaign;                    /* NULL: none */
     const struct tz_zone *zone;              /* quiet hours zone (request tz or default) */
     bool dry_run;
+    const struct enqueue *enqueue;           /* NULL: a plain decide */
 };
 
 #define RULE_FATIGUE (-2)   /* the fatigue cap decided */
@@ -68,6 +77,8 @@ struct decision {
     int64_t retry_after_s;    /* defer (and deny past max_defer): rounded up */
     bool replay;
     int count;                /* sends the deciding rule counted */
+    int queued;               /* proxy mode: 1 queued, 2 refused (queue full) */
+    bool superseded;          /* proxy mode: an older message of its collapse key went */
     size_t n_shadow;          /* shadow caps that would have decided */
     struct { int rule; enum decision_outcome would; } shadow[SHADOW_MAX];
 };
@@ -115,6 +126,16 @@ void decision_erase_args(const struct config *cfg, const char *user, struct scri
 /* Tag TAG's audit entries after stream id AFTER ("0-0": all), at most COUNT. */
 void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
                               struct script_args *out);
+
+/* The dispatcher (claim.lua / finish.lua).  MEMBER: "<P>:<M>". */
+void decision_claim_args(const struct config *cfg, unsigned tag, unsigned most,
+                         struct script_args *out);
+enum finish_action { FINISH_ACK, FINISH_DROP, FINISH_RETRY, FINISH_DEAD };
+void decision_finish_args(const struct config *cfg, const char *member,
+                          enum finish_action action, int64_t retry_in_ms,
+                          const char *dead_summary, struct script_args *out);
+/* The queue member of a person's message: "<P>:<M>" into OUT[50]. */
+void decision_member(const char *user, const char *message, char out[50]);
 
 /* One packed send record (see decide.lua). */
 struct send_record {

@@ -38,7 +38,17 @@
 -- ARGV[15] audit: '' (off) or "<max entries>|<retention ms>|<generation>|<pseudonym>"
 -- ARGV[16] cap names in config order, '\n'-separated (for the audit entry)
 --
--- Returns {outcome, reason, rule, retry_ms, replay, now_ms, count, n_shadow,
+-- Proxy mode (POST /v1/send, routes, the dispatcher) adds: a deferred message
+-- is queued in the same atomic step, so an accepted message is never lost:
+-- KEYS[5] the tag's queue: sorted set, score = deliver-at ms, member = "<P>:<M>"
+-- KEYS[6] the message: hash blob (what to deliver), prio, attempts, collapse
+-- KEYS[7] the collapse index "<P>:<collapse hash>" -> member (or any key of the
+--         tag when there is no collapse_key)
+-- ARGV[17] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>"
+-- ARGV[18] the blob   ARGV[19] the member
+--
+-- Returns {outcome, reason, rule, retry_ms, replay, now_ms, count,
+--          queued (0 no, 1 yes, 2 queue full), superseded (0/1), n_shadow,
 --          [rule, would] * n_shadow}
 --   outcome 0 allow, 1 defer, 2 deny
 --   reason  0 ok, 1 opted_out, 2 consent_required, 3 quiet_hours, 4 cap, 5 suppressed
@@ -94,7 +104,34 @@ local function answer(outcome, reason, rule, retry, replay, count)
     redis.call('XTRIM', KEYS[4], 'MINID', '~', tostring(now - tonumber(keep)))
     redis.call('PEXPIRE', KEYS[4], keep)
   end
-  local out = {outcome, reason, rule, retry, replay, now, count, #shadow / 2}
+  -- A deferral in proxy mode queues the message, or refuses it when full.
+  local queued, superseded = 0, 0
+  if outcome == 1 and #KEYS >= 7 then
+    local max, ttl, prio, collapse = string.match(ARGV[17], '^(%d+)|(%d+)|(%d+)|(%d)$')
+    local member = ARGV[19]
+    if not redis.call('ZSCORE', KEYS[5], member) and
+       redis.call('ZCARD', KEYS[5]) >= tonumber(max) then
+      queued = 2
+    else
+      if collapse == '1' then
+        local old = redis.call('GET', KEYS[7])
+        if old and old ~= member then
+          -- The newer message replaces the older one of the same collapse key.
+          redis.call('ZREM', KEYS[5], old)
+          redis.call('DEL', string.sub(KEYS[6], 1, #KEYS[6] - #member) .. old)
+          superseded = 1
+        end
+        redis.call('SET', KEYS[7], member, 'PX', ttl)
+      end
+      redis.call('HSET', KEYS[6], 'blob', ARGV[18], 'prio', prio,
+                 'collapse', collapse == '1' and KEYS[7] or '')
+      redis.call('HSETNX', KEYS[6], 'attempts', 0)
+      redis.call('PEXPIRE', KEYS[6], ttl)
+      redis.call('ZADD', KEYS[5], now + retry, member)
+      queued = 1
+    end
+  end
+  local out = {outcome, reason, rule, retry, replay, now, count, queued, superseded, #shadow / 2}
   for i = 1, #shadow do out[#out + 1] = shadow[i] end
   return out
 end

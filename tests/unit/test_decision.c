@@ -5,7 +5,8 @@
 #include "capgate/tz.h"
 #include "unit.h"
 
-static struct cfg_channel channels[] = { { "email", false }, { "push", false }, { "sms", true } };
+static struct cfg_channel channels[] = { { .name = "email" }, { .name = "push" },
+                                        { .name = "sms", .requires_opt_in = true } };
 static struct cfg_category categories[] = {
     { "marketing", false, false, false, false },
     { "transactional", true, true, true, false },
@@ -203,33 +204,36 @@ static struct store_reply ints(struct store_item *items, const long long *v, siz
 TEST(results_are_decoded_and_rounded_up)
 {
     struct config c = make_config();
-    struct store_item it[12];
+    struct store_item it[16];
     struct decision d;
-    long long defer[] = { 1, 4, 2, 1001, 0, 1, 2, 0 };
-    struct store_reply r = ints(it, defer, 8);
+    long long defer[] = { 1, 4, 2, 1001, 0, 1, 2, 0, 0, 0 };
+    struct store_reply r = ints(it, defer, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.outcome, OUTCOME_DEFER);
     CHECK_EQ_INT(d.reason, REASON_CAP);
     CHECK_EQ_INT(d.rule, 1);
     CHECK_EQ_INT(d.retry_after_s, 2);
-    long long exact[] = { 1, 3, 0, 5000, 0, 1, 0, 0 };
-    r = ints(it, exact, 8);
+    long long exact[] = { 1, 3, 0, 5000, 0, 1, 0, 0, 0, 0 };
+    r = ints(it, exact, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.retry_after_s, 5);
     CHECK_EQ_INT(d.rule, -1);
-    long long replay[] = { 0, 0, 0, 0, 1, 1, 0, 0 };
-    r = ints(it, replay, 8);
+    long long replay[] = { 0, 0, 0, 0, 1, 1, 0, 0, 0, 0 };
+    r = ints(it, replay, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK(d.replay);
     CHECK_EQ_STR(decision_outcome_name(d.outcome), "allow");
-    long long shadow[] = { 0, 0, 0, 0, 0, 1, 0, 1, 4, 2 };
-    r = ints(it, shadow, 10);
+    long long shadow[] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 4, 2 };
+    r = ints(it, shadow, 12);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.n_shadow, 1);
     CHECK_EQ_INT(d.shadow[0].rule, 3);
     CHECK_EQ_INT(d.shadow[0].would, OUTCOME_DENY);
-    long long fatigue[] = { 1, 4, 256, 1000, 0, 1, 3, 0 };
-    r = ints(it, fatigue, 8);
+    long long fatigue[] = { 1, 4, 256, 1000, 0, 1, 3, 1, 1, 0 };
+    r = ints(it, fatigue, 10);
+    CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
+    CHECK_EQ_INT(d.queued, 1);
+    CHECK(d.superseded);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_STR(decision_rule_name(&c, d.rule), "fatigue");
 }
@@ -237,21 +241,21 @@ TEST(results_are_decoded_and_rounded_up)
 TEST(bad_results_are_refused)
 {
     struct config c = make_config();
-    struct store_item it[12];
+    struct store_item it[16];
     struct decision d;
-    long long bad_outcome[] = { 3, 0, 0, 0, 0, 1, 0, 0 };
-    struct store_reply r = ints(it, bad_outcome, 8);
+    long long bad_outcome[] = { 3, 0, 0, 0, 0, 1, 0, 0, 0, 0 };
+    struct store_reply r = ints(it, bad_outcome, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
-    long long bad_rule[] = { 1, 4, 9, 0, 0, 1, 0, 0 };
-    r = ints(it, bad_rule, 8);
+    long long bad_rule[] = { 1, 4, 9, 0, 0, 1, 0, 0, 0, 0 };
+    r = ints(it, bad_rule, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     r = ints(it, bad_rule, 5);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
-    long long bad_shadow[] = { 0, 0, 0, 0, 0, 1, 0, 2, 1, 1 };   /* says 2, holds 1 */
-    r = ints(it, bad_shadow, 10);
+    long long bad_shadow[] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1 };   /* says 2, holds 1 */
+    r = ints(it, bad_shadow, 12);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     it[0] = (struct store_item){ .type = STORE_STR, .s = "x", .len = 1 };
-    r.n = 8;
+    r.n = 10;
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     r.status = STORE_TIMEOUT;
     CHECK_EQ_INT(decision_release_result(&r), -1);
