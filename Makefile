@@ -12,7 +12,7 @@ PREFIX   ?= /usr/local
 DESTDIR  ?=
 
 CC       ?= cc
-PKGS     := libevent libevent_pthreads libmicrohttpd hiredis jansson libfyaml libsodium libsystemd
+PKGS     := libevent libevent_pthreads libmicrohttpd hiredis jansson libfyaml libsodium libsystemd libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -43,7 +43,8 @@ UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 # Debian packages needed to build, run and test (installed on demand by `make deps`).
 DEB_PKGS := build-essential pkg-config libevent-dev libmicrohttpd-dev libhiredis-dev \
-            libjansson-dev libfyaml-dev libsodium-dev libsystemd-dev redis-server python3 tzdata \
+            libjansson-dev libfyaml-dev libsodium-dev libsystemd-dev libcurl4-openssl-dev \
+            redis-server python3 tzdata \
             wrk curl chromium valgrind libfyaml-utils man-db groff-base systemd openssl
 
 .PHONY: all deps run test check unit test-valgrind clean install

@@ -137,6 +137,21 @@ void api_metrics(struct worker *w, struct http_request *req)
     counter(&t, "capgate_audit_file_dropped_total",
             "Audit lines not written to audit.file because the disk fell behind.",
             gateway_audit_dropped(w->gw));
+    help(&t, "capgate_deliveries_total", "counter",
+         "Proxy mode: messages by upstream (channel) and what became of them.");
+    for (size_t k = 0; k < m->n_delivery; k++)
+        put(&t, "capgate_deliveries_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
+            label(m->delivery[k].channel, a, sizeof a), m->delivery[k].outcome,
+            (unsigned long long)m->delivery[k].n);
+    uint64_t depth = 0, dead = 0;
+    for (int tg = 0; tg < 256; tg++) {
+        depth += m->deferred_depth[tg];
+        dead += m->dead_letters[tg];
+    }
+    gauge(&t, "capgate_deferred_messages", "Proxy mode: messages waiting in the deferred queue.",
+          (double)depth);
+    gauge(&t, "capgate_dead_letters", "Proxy mode: messages given up after max_attempts.",
+          (double)dead);
     counter(&t, "capgate_replays_total", "Decides answered as replays of an allowed message.",
             m->replays);
     counter(&t, "capgate_dry_runs_total", "Decides evaluated without recording.", m->dry_runs);

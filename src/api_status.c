@@ -151,6 +151,36 @@ void api_status(struct worker *w, struct http_request *req)
                              "config", "generation", (json_int_t)cfg->generation,
                              "path", cfg->path, "last_reload", last_reload);
     json_object_set_new(body, "workers", json_integer(snap->workers));
+    /* Proxy mode: the deferred queue and each upstream's deliveries. */
+    bool proxy = false;
+    for (size_t k = 0; k < cfg->n_channels; k++)
+        proxy = proxy || cfg->channels[k].upstream.enabled;
+    if (proxy) {
+        uint64_t depth = 0, dead = 0;
+        for (int t = 0; t < 256; t++) {
+            depth += m->deferred_depth[t];
+            dead += m->dead_letters[t];
+        }
+        json_t *ups = json_array();
+        for (size_t k = 0; k < cfg->n_channels; k++) {
+            const struct cfg_channel *ch = &cfg->channels[k];
+            if (!ch->upstream.enabled)
+                continue;
+            json_t *u = json_pack("{s:s, s:s}", "channel", ch->name, "url", ch->upstream.url);
+            for (size_t j = 0; j < m->n_delivery; j++)
+                if (strcmp(m->delivery[j].channel, ch->name) == 0)
+                    json_object_set_new(u, m->delivery[j].outcome,
+                                        json_integer((json_int_t)m->delivery[j].n));
+            /* The page's health dots read "ok" and "failed". */
+            json_object_set_new(u, "ok", json_integer(json_integer_value(json_object_get(u, "delivered"))));
+            if (!json_object_get(u, "failed"))
+                json_object_set_new(u, "failed", json_integer(0));
+            json_array_append_new(ups, u);
+        }
+        json_object_set_new(body, "proxy", json_pack("{s:I, s:I, s:o}", "deferred_depth",
+                                                     (json_int_t)depth, "dead_letters",
+                                                     (json_int_t)dead, "upstreams", ups));
+    }
     free(snap);
     reply_json(w, req, 200, body);
 }

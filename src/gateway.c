@@ -98,6 +98,7 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
             gateway_free(gw);
             return NULL;
         }
+        gw->workers[k]->n_workers = gw->n;
     }
     if (cfg->audit.enabled && cfg->audit.file &&
         !(gw->audit = audit_file_open(cfg->audit.file, err, errlen))) {

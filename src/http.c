@@ -61,6 +61,8 @@ struct http_request {
     unsigned status;
     struct MHD_Response *response;
     char user[40];            /* pseudonym, for the access log */
+    bool begun;               /* the access handler has seen it */
+    char uri[];               /* as the client sent it, query included */
 };
 
 uint64_t http_now_us(void)
@@ -148,17 +150,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     struct http_request *req = *req_cls;
     (void)version;
 
-    if (!req) {
+    if (!req)
+        return MHD_NO;      /* the URI callback could not allocate it */
+    if (!req->begun) {
         /* Headers are in; the body (if any) follows in later calls. */
-        req = calloc(1, sizeof *req);
-        if (!req)
-            return MHD_NO;
+        req->begun = true;
         req->srv = srv;
         req->conn = conn;
         req->method = method;
         req->path = url;
         req->started_us = http_now_us();
-        *req_cls = req;
         COUNTER_INC(srv->active);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -194,6 +195,21 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
 }
 
+/* MHD's first sight of a request: keep the raw URI (transparent routes
+ * forward the query string as it came).  The pointer returned is the
+ * request's context from then on. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)cls; (void)conn;
+    size_t n = strlen(uri);
+    if (n > 8192)
+        n = 8192;
+    struct http_request *req = calloc(1, sizeof *req + n + 1);
+    if (req)
+        memcpy(req->uri, uri, n);
+    return req;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -205,10 +221,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         return;
     if (req->response)
         MHD_destroy_response(req->response);
+    bool begun = req->begun;
     free(req->body);
     free(req);
     *req_cls = NULL;
-    COUNTER_ADD(srv->active, (unsigned)-1);
+    if (begun)
+        COUNTER_ADD(srv->active, (unsigned)-1);
 }
 
 void http_respond(struct http_request *req, unsigned status, const char *content_type,
@@ -265,6 +283,32 @@ const char *http_client_addr(const struct http_request *req, char *buf, size_t l
     else if (sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, (socklen_t)len);
     return buf;
+}
+
+const char *http_raw_query(const struct http_request *req)
+{
+    const char *q = strchr(req->uri, '?');
+    return q ? q + 1 : "";
+}
+
+struct foreach_ctx {
+    http_header_fn *fn;
+    void *arg;
+};
+
+static enum MHD_Result header_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    struct foreach_ctx *c = cls;
+    (void)kind;
+    c->fn(c->arg, key, value ? value : "");
+    return MHD_YES;
+}
+
+void http_headers_foreach(const struct http_request *req, http_header_fn *fn, void *arg)
+{
+    struct foreach_ctx c = { fn, arg };
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, header_iter, &c);
 }
 
 const char *http_header(const struct http_request *req, const char *name)
@@ -342,6 +386,7 @@ struct http_server *http_server_start(struct event_base *base, const struct http
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opt->connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)opt->connection_memory_bytes,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv,
         MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
         /* Ignored without MHD_USE_TLS; NULL ends nothing here. */

@@ -63,8 +63,46 @@ void metrics_count_shadow(struct metrics *m, const char *rule, enum decision_out
     __atomic_store_n(&m->n_shadow, m->n_shadow + 1, __ATOMIC_RELEASE);
 }
 
+void metrics_count_delivery(struct metrics *m, const char *channel, const char *outcome)
+{
+    for (size_t k = 0; k < m->n_delivery; k++)
+        if (m->delivery[k].outcome == outcome && strcmp(m->delivery[k].channel, channel) == 0) {
+            COUNTER_INC(m->delivery[k].n);
+            return;
+        }
+    if (m->n_delivery == METRICS_DELIVERY_MAX)
+        return;
+    struct delivery_count *c = &m->delivery[m->n_delivery];
+    snprintf(c->channel, sizeof c->channel, "%s", channel);
+    c->outcome = outcome;
+    COUNTER_SET(c->n, 1);
+    __atomic_store_n(&m->n_delivery, m->n_delivery + 1, __ATOMIC_RELEASE);
+}
+
 void metrics_accumulate(struct metrics *out, const struct metrics *m)
 {
+    size_t nd = __atomic_load_n(&m->n_delivery, __ATOMIC_ACQUIRE);
+    for (size_t k = 0; k < nd; k++) {
+        const struct delivery_count *c = &m->delivery[k];
+        size_t j = 0;
+        while (j < out->n_delivery && !(strcmp(out->delivery[j].outcome, c->outcome) == 0 &&
+                                        strcmp(out->delivery[j].channel, c->channel) == 0))
+            j++;
+        if (j == out->n_delivery) {
+            if (j == METRICS_DELIVERY_MAX)
+                continue;
+            out->delivery[j] = *c;
+            out->delivery[j].n = 0;
+            out->n_delivery++;
+        }
+        out->delivery[j].n += COUNTER_GET(c->n);
+    }
+    /* Depths are per tag; each tag is served by one worker, which alone
+     * writes its figure, so adding them up counts every tag once. */
+    for (int t = 0; t < 256; t++) {
+        out->deferred_depth[t] += COUNTER_GET(m->deferred_depth[t]);
+        out->dead_letters[t] += COUNTER_GET(m->dead_letters[t]);
+    }
     size_t ns = __atomic_load_n(&m->n_shadow, __ATOMIC_ACQUIRE);
     for (size_t k = 0; k < ns; k++) {
         const struct shadow_count *c = &m->shadow[k];

@@ -28,6 +28,9 @@ static const struct {
     [API_BODY_TOO_LARGE] = { "body_too_large", 413 },
     [API_STORE_UNAVAILABLE] = { "store_unavailable", 503 },
     [API_INVALID_CONFIG] = { "invalid_config", 400 },
+    [API_UPSTREAM_FAILED] = { "upstream_failed", 502 },
+    [API_QUEUE_FULL] = { "queue_full", 503 },
+    [API_NO_UPSTREAM] = { "no_upstream", 400 },
     [API_INTERNAL] = { "internal", 500 },
 };
 
@@ -115,7 +118,8 @@ void reply_error(struct worker *w, struct http_request *req, enum api_error e,
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
     send_error(w, req, e, field, message,
-               e == API_STORE_UNAVAILABLE ? retry : e == API_UNAUTHORIZED ? challenge : NULL);
+               e == API_STORE_UNAVAILABLE || e == API_QUEUE_FULL ? retry
+               : e == API_UNAUTHORIZED ? challenge : NULL);
 }
 
 void reply_method_not_allowed(struct worker *w, struct http_request *req, const char *allow)

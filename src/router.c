@@ -20,6 +20,7 @@ struct route {
 static const struct route routes[] = {
     { "/v1/decide",       "POST", SCOPE_SEND,    api_decide },
     { "/v1/release",      "POST", SCOPE_SEND,    api_release },
+    { "/v1/send",         "POST", SCOPE_SEND,    api_send },
     { "/v1/events",       "POST", SCOPE_SEND,    api_events },
     { "/v1/consent",      "POST", SCOPE_CONSENT, api_consent },
     { "/v1/users/show",   "POST", SCOPE_CONSENT, api_users_show },
@@ -34,14 +35,17 @@ static const struct route routes[] = {
     { "/readyz",          "GET",  0,             api_readyz },
 };
 
-/* 401 without a valid token, 403 for a token without the route's scope. */
-static bool authorized(struct worker *w, struct http_request *req, const struct route *r)
+/* 401 without a valid token, 403 for a token without the route's scope.
+ * HEADER: where the token is -- a proxied request's Authorization belongs
+ * to the campaign API, so capgate's own token comes as X-Capgate-Token. */
+static bool check_token(struct worker *w, struct http_request *req, const struct route *r,
+                        const char *header)
 {
     unsigned scopes;
     const char *name;
     if (r->scope == 0)
         return true;
-    switch (auth_check(w->cfg, http_header(req, "Authorization"), &scopes, &name)) {
+    switch (auth_check(w->cfg, header, &scopes, &name)) {
     case AUTH_OK:
         break;
     case AUTH_MISSING:
@@ -58,6 +62,20 @@ static bool authorized(struct worker *w, struct http_request *req, const struct 
         return false;
     }
     return true;
+}
+
+static bool authorized(struct worker *w, struct http_request *req, const struct route *r)
+{
+    return check_token(w, req, r, http_header(req, "Authorization"));
+}
+
+static bool route_authorized(struct worker *w, struct http_request *req, const struct route *r)
+{
+    const char *t = http_header(req, "X-Capgate-Token");
+    char header[600];
+    if (t)
+        snprintf(header, sizeof header, "Bearer %s", t);
+    return check_token(w, req, r, t ? header : NULL);
 }
 
 bool router_known_path(const char *path)
@@ -89,6 +107,15 @@ void router_dispatch(struct http_request *req, void *arg)
                 routes[k].handler(w, req);
             return;
         }
+    }
+    /* Transparent routes: the campaign tool's own API paths. */
+    for (size_t k = 0; !found && k < w->cfg->n_routes; k++) {
+        if (strcmp(w->cfg->routes[k].path, path) != 0)
+            continue;
+        static const struct route proxied = { "", "", SCOPE_SEND, NULL };
+        if (route_authorized(w, req, &proxied))
+            api_route(w, req, &w->cfg->routes[k]);
+        return;
     }
     if (found) {
         reply_method_not_allowed(w, req, strcmp(found->method, "GET") == 0 ? "GET, HEAD"

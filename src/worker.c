@@ -9,11 +9,13 @@
 
 #include "capgate/counter.h"
 #include "capgate/decision.h"
+#include "capgate/dispatcher.h"
 #include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/log.h"
 #include "capgate/router.h"
 #include "capgate/tz.h"
+#include "capgate/upstream.h"
 
 #define HOUSEKEEPING_MS 100
 #define FINISH_GRACE_US 500000     /* for the last answers to leave */
@@ -226,6 +228,11 @@ static unsigned active_requests(const struct worker *w)
  * loop ends. */
 static void drop_stores(struct worker *w)
 {
+    /* Outbound deliveries first: their callbacks may still use Redis. */
+    dispatcher_free(w->dispatcher);
+    w->dispatcher = NULL;
+    upstream_pool_free(w->upstream);
+    w->upstream = NULL;
     pthread_mutex_lock(&w->stats_lock);
     struct store *stores[2 + WORKER_RETIRED_MAX] = { w->store, w->next_store };
     for (int k = 0; k < WORKER_RETIRED_MAX; k++)
@@ -280,7 +287,7 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&w->stats_lock);
 
     if (w->stopping && !w->finishing_us) {
-        unsigned active = active_requests(w);
+        unsigned active = active_requests(w) + dispatcher_active(w->dispatcher);
         if (active == 0 || http_now_us() >= w->shutdown_deadline_us ||
             __atomic_load_n(&w->stop_now, __ATOMIC_RELAXED)) {
             if (active)
@@ -349,6 +356,7 @@ static void on_command(evutil_socket_t fd, short what, void *arg)
     worker_apply_pending(w);
     if (__atomic_load_n(&w->quiesce_requested, __ATOMIC_ACQUIRE) && !w->stopping) {
         w->stopping = true;
+        dispatcher_quiesce(w->dispatcher);
         pthread_mutex_lock(&w->stats_lock);
         if (w->http)
             http_server_quiesce(w->http);
@@ -439,7 +447,16 @@ struct worker *worker_create(struct gateway *gw, unsigned id, struct generation 
         w->http = start_http(w, gen, err, errlen);
     w->housekeeping = event_new(w->base, -1, EV_PERSIST, on_housekeeping, w);
     w->command = event_new(w->base, -1, EV_PERSIST, on_command, w);
-    if (!w->store || !w->http || !w->housekeeping || !w->command) {
+    /* Per host and per worker: the configured bound shared among workers. */
+    unsigned conns = 1;
+    for (size_t k = 0; k < w->cfg->n_channels; k++)
+        if (w->cfg->channels[k].upstream.max_connections > conns)
+            conns = w->cfg->channels[k].upstream.max_connections;
+    w->upstream = upstream_pool_new(w->base, conns, 1u << 20);
+    if (w->upstream)
+        w->dispatcher = dispatcher_new(w);
+    if (!w->store || !w->http || !w->housekeeping || !w->command || !w->upstream ||
+        !w->dispatcher) {
         worker_free(w);
         return NULL;
     }
@@ -470,6 +487,8 @@ void worker_free(struct worker *w)
             store_free(w->old_store[k]);
         http_server_free(w->old_http[k]);
     }
+    dispatcher_free(w->dispatcher);
+    upstream_pool_free(w->upstream);
     store_free(w->next_store);
     store_free(w->store);
     http_server_free(w->http);

@@ -22,6 +22,11 @@ api_handler api_events;     /* POST /v1/events */
 api_handler api_users_show; /* POST /v1/users/show */
 api_handler api_users_erase;/* POST /v1/users/erase */
 api_handler api_audit;      /* GET /v1/audit */
+api_handler api_send;       /* POST /v1/send (proxy mode) */
+
+struct cfg_route;
+/* A request to a transparent route (any method). */
+void api_route(struct worker *w, struct http_request *req, const struct cfg_route *route);
 api_handler api_metrics;    /* GET /metrics (Prometheus text 0.0.4) */
 api_handler api_admin_reload; /* POST /v1/admin/reload */
 

@@ -87,7 +87,7 @@ struct decision {
 const char *decision_rule_name(const struct config *cfg, int rule);
 
 /* Arguments of one script call: keys first, then ARGV. */
-#define SCRIPT_ARGS_MAX 24
+#define SCRIPT_ARGS_MAX 32
 struct script_args {
     size_t script;
     int nkeys;

@@ -57,6 +57,10 @@ const char *http_method(const struct http_request *req);
 const char *http_path(const struct http_request *req);
 const char *http_header(const struct http_request *req, const char *name);
 const char *http_query(const struct http_request *req, const char *name);
+/* The query string as sent (without '?'), "" when none. */
+const char *http_raw_query(const struct http_request *req);
+typedef void http_header_fn(void *arg, const char *name, const char *value);
+void http_headers_foreach(const struct http_request *req, http_header_fn *fn, void *arg);
 const char *http_body(const struct http_request *req, size_t *len);
 bool http_body_too_large(const struct http_request *req);
 uint64_t http_started_us(const struct http_request *req);   /* monotonic */

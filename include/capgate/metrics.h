@@ -38,8 +38,20 @@ struct shadow_count {
     uint64_t n;
 };
 
+/* capgate_deliveries_total{upstream, outcome} */
+#define METRICS_DELIVERY_MAX 128
+struct delivery_count {
+    char channel[33];
+    const char *outcome;             /* static string */
+    uint64_t n;
+};
+
 struct metrics {
     uint64_t decisions[OUTCOME__COUNT][REASON__COUNT];
+    struct delivery_count delivery[METRICS_DELIVERY_MAX];
+    size_t n_delivery;               /* published with release order */
+    uint64_t deferred_depth[256];    /* per tag, as the dispatcher last saw it */
+    uint64_t dead_letters[256];      /* ditto */
     struct shadow_count shadow[METRICS_SHADOW_MAX];
     size_t n_shadow;                 /* published with release order */
     uint64_t signals, erasures, shows;
@@ -57,6 +69,9 @@ struct metrics {
 void metrics_count_decision(struct metrics *m, enum decision_outcome o,
                             enum decision_reason r, const char *rule, const char *channel);
 void metrics_count_shadow(struct metrics *m, const char *rule, enum decision_outcome would);
+/* OUTCOME: a static string: delivered, failed, retried, dead, dropped,
+ * deferred, superseded, queue_full. */
+void metrics_count_delivery(struct metrics *m, const char *channel, const char *outcome);
 /* From any thread: OUT += a consistent-enough copy of M (label sets merged). */
 void metrics_accumulate(struct metrics *out, const struct metrics *m);
 

@@ -24,6 +24,9 @@ enum api_error {
     API_BODY_TOO_LARGE,      /* 413 */
     API_STORE_UNAVAILABLE,   /* 503, with Retry-After */
     API_INVALID_CONFIG,      /* 400: a reload was refused */
+    API_UPSTREAM_FAILED,     /* 502: the campaign API failed; the send was released */
+    API_QUEUE_FULL,          /* 503: delivery.max_deferred reached */
+    API_NO_UPSTREAM,         /* 400: the channel has no upstream (proxy mode) */
     API_INTERNAL,            /* 500 */
     API_ERROR__COUNT
 };

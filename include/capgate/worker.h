@@ -24,6 +24,8 @@ struct pseudonym;
 struct tz_db;
 struct http_server;
 struct gateway;
+struct upstream_pool;
+struct dispatcher;
 
 /* An immutable config and what is derived from it, shared by the workers. */
 struct generation {
@@ -45,6 +47,7 @@ void generation_release(struct generation *g);
 struct worker {
     struct gateway *gw;
     unsigned id;
+    unsigned n_workers;
     struct event_base *base;
     pthread_t thread;
 
@@ -56,6 +59,8 @@ struct worker {
     struct store *store;
     struct store *next_store;        /* after a reload, until it is ready */
     struct http_server *http;
+    struct upstream_pool *upstream;  /* proxy mode: outbound HTTP (libcurl multi) */
+    struct dispatcher *dispatcher;   /* proxy mode: the deferred queue's share of this loop */
     struct metrics metrics;          /* written here; read by any (counter.h) */
 
     /* Replaced by a reload, freed once they hold no more work. */

@@ -1,0 +1,246 @@
+"""Proxy mode (issue 3): forward on allow, release on failure, deferred
+delivery with leases, retries and dead letters, routes, collapse and
+priority, several gateways, kill -9."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import harness as h
+from upstream_server import FakeUpstream
+
+
+def proxy_config(up, caps=None, delivery=None, routes=None, **extra):
+    cfg = {
+        "channels": {
+            "email": {"upstream": {"url": up.url + "/send", "timeout_ms": 1000,
+                                   "headers": {"Authorization": "Bearer ${CAPGATE_TEST_MAIL_TOKEN}"}}},
+            "push": {"upstream": {"url": up.url + "/push", "timeout_ms": 1000}},
+            "sms": {"requires_opt_in": True},
+        },
+        "caps": caps if caps is not None else [
+            {"name": "email-3s", "channel": "email", "limit": 1, "window": "3s", "on_exceed": "defer"}],
+        "delivery": delivery or {"max_attempts": 3, "backoff": "200ms", "max_backoff": "1s",
+                                 "lease": "2s"},
+    }
+    if routes:
+        cfg["routes"] = routes
+    cfg.update(extra)
+    return cfg
+
+
+ENV = {"CAPGATE_TEST_MAIL_TOKEN": "mail-secret-123"}
+
+
+def gateway(up, redis=None, **kw):
+    return h.Gateway(overrides=proxy_config(up, **kw), redis=redis, env=ENV)
+
+
+def send(g, user, channel="email", payload=None, **fields):
+    body = {"user": user, "channel": channel, "message_id": fields.pop("message_id", h.mid()),
+            "payload": payload if payload is not None else {"to": user, "subject": "hi"}}
+    body.update(fields)
+    return g.post("/v1/send", body)
+
+
+def test_forward_on_allow():
+    up = FakeUpstream().start()
+    g = gateway(up)
+    u = h.uid()
+    r = send(g, u, payload={"to": u, "subject": "hello", "n": 1}, message_id="msg-fwd-1")
+    h.expect_status(r, 200)
+    h.check(r.body["decision"] == "allow" and r.body["upstream_status"] == 200, "body: %r" % (r.body,))
+    reqs = up.requests
+    h.check(len(reqs) == 1, "one request upstream: %r" % reqs)
+    q = reqs[0]
+    h.check(q.method == "POST" and q.path == "/send", "method/path: %r" % q)
+    h.check(json.loads(q.body) == {"to": u, "subject": "hello", "n": 1}, "payload verbatim: %r" % q.body)
+    h.check(q.header("Idempotency-Key") == "msg-fwd-1", "Idempotency-Key")
+    h.check(q.header("Content-Type") == "application/json", "content type")
+    h.check(q.header("Authorization") == "Bearer mail-secret-123", "${VAR} header")
+    h.check("mail-secret-123" not in g.logs(), "upstream secret in the log")
+
+
+def test_release_on_upstream_failure():
+    up = FakeUpstream(mode="fail").start()
+    g = gateway(up)
+    u = h.uid()
+    r = send(g, u)
+    h.expect_status(r, 502)
+    h.check(r.body["error"]["code"] == "upstream_failed" and r.body["decision"] == "allow",
+            "body: %r" % (r.body,))
+    up.set_mode("stall", seconds=3)
+    t0 = time.monotonic()
+    r = send(g, u)
+    h.expect_status(r, 502)
+    h.check(time.monotonic() - t0 < 1.6, "a stalled upstream fails within timeout_ms")
+    up.set_mode("normal")
+    # The two failures did not use up the 1-per-3s cap.
+    h.expect_status(send(g, u), 200)
+    h.expect_status(send(g, u), 202)
+
+
+def test_defer_then_deliver_when_window_frees():
+    up = FakeUpstream().start()
+    g = gateway(up)
+    u = h.uid()
+    h.expect_status(send(g, u, message_id="first"), 200)
+    r = send(g, u, message_id="second", payload={"n": 2})
+    h.expect_status(r, 202)
+    h.check(r.body["decision"] == "defer" and 1 <= r.body["retry_after"] <= 3 and "deliver_at" in r.body,
+            "deferred: %r" % (r.body,))
+    up.wait_for(2, timeout=8)
+    keys = up.count_by_key()
+    h.check(keys == {"first": 1, "second": 1}, "each once: %r" % keys)
+    # the depth is what the dispatcher saw at its last sweep of the tag
+    h.wait_until(lambda: g.get("/status").body["proxy"]["deferred_depth"] == 0, 5,
+                 what="an empty queue in /status")
+    m = g.get("/metrics").body
+    h.check('capgate_deliveries_total{upstream="email",outcome="delivered"} 2' in m,
+            "delivered: %s" % [l for l in m.splitlines() if "deliveries" in l])
+
+
+def test_redecide_drops_after_opt_out():
+    up = FakeUpstream().start()
+    g = gateway(up)
+    u = h.uid()
+    h.expect_status(send(g, u, message_id="a"), 200)
+    h.expect_status(send(g, u, message_id="b"), 202)
+    h.expect_status(g.consent(u, "email", "*", "opt_out"), 200)
+    time.sleep(5)
+    h.check(up.count_by_key() == {"a": 1}, "b never went: %r" % up.count_by_key())
+    m = g.get("/metrics").body
+    h.check('capgate_deliveries_total{upstream="email",outcome="dropped"} 1' in m, "drop counted")
+    h.wait_until(lambda: g.get("/status").body["proxy"]["deferred_depth"] == 0, 5,
+                 what="an empty queue in /status")
+
+
+def test_deny_answers_429_and_403():
+    up = FakeUpstream().start()
+    g = gateway(up, caps=[{"name": "once", "per": "campaign", "limit": 1, "window": "1d",
+                           "on_exceed": "deny"}])
+    u = h.uid()
+    h.expect_status(send(g, u, campaign="c"), 200)
+    r = send(g, u, campaign="c")
+    h.expect_status(r, 429)
+    h.check(r.body["decision"] == "deny" and r.body["rule"] == "once", "cap deny: %r" % (r.body,))
+    g.consent(u, "push", "*", "opt_out")
+    r = send(g, u, channel="push")
+    h.expect_status(r, 403)
+    h.check(r.body["reason"] == "opted_out", "opt-out: %r" % (r.body,))
+    h.expect_error(send(g, u, channel="sms"), 400, "no_upstream", field="channel")
+    h.expect_error(g.post("/v1/send", {"user": u, "channel": "email", "message_id": "x"}), 400,
+                   "missing_field", field="payload")
+    h.check(len(up.requests) == 1, "nothing else forwarded")
+
+
+def test_retries_then_dead_letter():
+    up = FakeUpstream().start()
+    g = gateway(up)
+    u = h.uid()
+    h.expect_status(send(g, u, message_id="ok"), 200)
+    up.set_mode("fail")
+    h.expect_status(send(g, u, message_id="doomed"), 202)
+    h.wait_until(lambda: g.get("/status").body["proxy"]["dead_letters"] == 1, 15,
+                 what="a dead letter")
+    h.check(up.count_by_key().get("doomed") == 3, "3 attempts, same key: %r" % up.count_by_key())
+    m = g.get("/metrics").body
+    h.check("capgate_dead_letters 1" in m, "dead letter gauge")
+    h.check('outcome="retried"} 2' in m, "two retries: %s" % [l for l in m.splitlines() if "deliver" in l])
+
+
+def test_transparent_route():
+    up = FakeUpstream().start()
+    routes = [{"path": "/mail/v3/send", "channel": "email",
+               "user": "json:/personalizations/0/to/0/email", "campaign": "header:X-Campaign",
+               "message_id": "header:Idempotency-Key"}]
+    g = gateway(up, routes=routes, caps=[])
+    body = {"personalizations": [{"to": [{"email": "route-person@example.com"}]}],
+            "subject": "Hi", "content": [{"type": "text/plain", "value": "x"}]}
+    raw = json.dumps(body).encode()
+    r = g.post("/mail/v3/send?dry=1&x=y", raw, headers={
+        "Content-Type": "application/json", "X-Campaign": "spring", "Idempotency-Key": "r-1",
+        "X-Custom": "kept", "Connection": "keep-alive", "Authorization": "Bearer tool-token"})
+    h.expect_status(r, 200)
+    h.check(r.headers.get("x-upstream") == "yes", "the upstream's headers come back")
+    q = up.requests[-1]
+    h.check(q.body == raw, "body unchanged")
+    h.check(q.query in ("dry=1&x=y", {"dry": ["1"], "x": ["y"]}), "query unchanged: %r" % (q.query,))
+    h.check(q.header("X-Custom") == "kept" and q.header("X-Campaign") == "spring", "headers")
+    h.check(q.header("Authorization") == "Bearer mail-secret-123", "configured header wins")
+    h.check(q.header("Idempotency-Key") == "r-1", "idempotency key")
+    n = len(up.requests)
+    bad = g.post("/mail/v3/send", b'{"personalizations": []}',
+                 headers={"Content-Type": "application/json", "Idempotency-Key": "r-2"})
+    h.expect_error(bad, 400, "missing_field", field="user")
+    h.check(len(up.requests) == n, "nothing forwarded for a bad request")
+    h.check("route-person@example.com" not in repr(h.redis_dump(g.redis.port)), "raw id in Redis keys/values... except payloads")
+
+
+def test_collapse_and_priority():
+    up = FakeUpstream().start()
+    g = gateway(up)
+    u = h.uid()
+    h.expect_status(send(g, u, message_id="now"), 200)
+    h.expect_status(send(g, u, message_id="old", collapse_key="cart"), 202)
+    r = send(g, u, message_id="new", collapse_key="cart")
+    h.expect_status(r, 202)
+    h.check(r.body.get("superseded") is True, "older one superseded: %r" % (r.body,))
+    h.expect_status(send(g, u, message_id="low", priority=1), 202)
+    h.expect_status(send(g, u, message_id="high", priority=9), 202)
+    # one slot per 3 s: "high" goes at the first free slot
+    up.wait_for(2, timeout=8)
+    order = [q.header("Idempotency-Key") for q in up.requests]
+    h.check(order[1] == "high", "highest priority first: %r" % order)
+    h.check("old" not in order, "superseded never sent: %r" % order)
+
+
+def test_queue_full_is_503():
+    up = FakeUpstream().start()
+    g = gateway(up, delivery={"max_deferred": 256})   # one per tag
+    u = h.uid()
+    h.expect_status(send(g, u), 200)
+    h.expect_status(send(g, u), 202)
+    r = send(g, u)
+    h.expect_error(r, 503, "queue_full")
+
+
+def test_two_gateways_share_the_queue():
+    up = FakeUpstream().start()
+    redis = h.start_redis()
+    g1 = gateway(up, redis=redis)
+    g2 = gateway(up, redis=redis)
+    users = [h.uid() for _ in range(30)]
+    for k, u in enumerate(users):
+        g = g1 if k % 2 else g2
+        h.expect_status(send(g, u, message_id="first-%d" % k), 200)
+        h.expect_status(send(g, u, message_id="later-%d" % k), 202)
+    up.wait_for(60, timeout=15)
+    time.sleep(1)
+    keys = up.count_by_key()
+    h.check(len(keys) == 60 and all(v == 1 for v in keys.values()),
+            "each exactly once: %r" % {k: v for k, v in keys.items() if v != 1})
+
+
+def test_kill_9_loses_nothing():
+    up = FakeUpstream().start()
+    redis = h.start_redis()
+    g = gateway(up, redis=redis)
+    users = [h.uid() for _ in range(20)]
+    for k, u in enumerate(users):
+        h.expect_status(send(g, u, message_id="f-%d" % k), 200)
+        h.expect_status(send(g, u, message_id="d-%d" % k), 202)
+    up.set_mode("stall", seconds=1.5)       # some deliveries will be in flight when it dies
+    time.sleep(3.2)
+    g.proc.send_signal(signal.SIGKILL)
+    g.proc.wait(5)
+    up.set_mode("normal")
+    g2 = gateway(up, redis=redis)
+    up.wait_for(40, timeout=20)
+    time.sleep(1)
+    keys = up.count_by_key()
+    deferred = {k: v for k, v in keys.items() if k.startswith("d-")}
+    h.check(len(deferred) == 20, "every accepted message delivered: %d of 20" % len(deferred))
+    h.check(all(v >= 1 for v in keys.values()), "at least once")
