@@ -2375,5 +2375,10 @@ int64_t config_retention_ms(const struct config *cfg)
     for (size_t i = 0; i < cfg->n_caps; i++)
         if (cfg->caps[i].window_ms > ms)
             ms = cfg->caps[i].window_ms;
+    if (cfg->fatigue.enabled && cfg->fatigue.window_ms > ms)
+        ms = cfg->fatigue.window_ms;
+    /* privacy.retention bounds every record that is not a suppression. */
+    if (cfg->retention_ms > 0 && ms > cfg->retention_ms)
+        ms = cfg->retention_ms;
     return ms;
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "capgate/audit_file.h"
+#include "capgate/auth.h"
 #include "capgate/counter.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
@@ -166,6 +167,16 @@ int gateway_reload(struct gateway *gw, struct worker *caller, char *err, size_t 
     cfg->generation = old->generation + 1;
     if (gateway_load_support(cfg, &pseud, &tz, err, errlen) != 0) {
         config_release(cfg);
+        rc = refuse(gw, err, errlen, err);
+        goto out;
+    }
+    if (!cfg->auth.enabled && !auth_is_loopback(cfg->listen_host)) {
+        pseudonym_free(pseud);
+        tz_db_free(tz);
+        config_release(cfg);
+        snprintf(err, errlen, "%s: listen: %s is not a loopback address, and there is no auth "
+                              "section: without access control capgate only listens on loopback",
+                 old->path, old->listen);
         rc = refuse(gw, err, errlen, err);
         goto out;
     }

@@ -215,8 +215,9 @@ const struct cfg_channel *config_channel(const struct config *cfg, const char *n
 const struct cfg_category *config_category(const struct config *cfg, const char *name);
 bool config_quiet_channel(const struct config *cfg, const char *channel);
 
-/* Longest cap window (or idempotency horizon): how long any per-user send
- * record is needed, and so the TTL of those keys. */
+/* Longest cap window (or idempotency horizon), bounded by
+ * privacy.retention: how long any per-user send record is kept, and so the
+ * TTL of those keys. */
 int64_t config_retention_ms(const struct config *cfg);
 
 /* "2s", "90m", "1d", "2w" -> milliseconds.  Units: s m h d w (ms too).

@@ -52,6 +52,15 @@ if kind == 'bounce' then
   rec['bounce|' .. scope] = {'bounced', now, 'hard_bounce'}
   audit({'e', 'hard_bounce', 'c', scope})
 else
+  -- The newest word wins inside its scope: an unsubscribe from email (or a
+  -- complaint, everything) overrides an older opt-in to email marketing.
+  local sc, sg = string.match(scope, '^([^|]*)|(.*)$')
+  for k, _ in pairs(rec) do
+    local kc, kg = string.match(k, '^([^|]*)|(.*)$')
+    if kc ~= 'bounce' and k ~= scope and (sc == '*' or kc == sc) and (sg == '*' or kg == sg) then
+      rec[k] = nil
+    end
+  end
   rec[scope] = {state, now, source}
   if state == 'in' then
     -- A new opt-in lifts a bounce of that channel (or of all, for "*").

@@ -96,9 +96,15 @@ local function answer(outcome, reason, rule, retry, replay, count)
       entry[#entry + 1] = 'n'; entry[#entry + 1] = tostring(count)
     end
     if replay == 1 then entry[#entry + 1] = 'replay'; entry[#entry + 1] = '1' end
-    for i = 1, #shadow, 2 do
+    if #shadow > 0 then
+      local names, hits = {}, {}
+      for name in string.gmatch(ARGV[16], '[^\n]+') do names[#names + 1] = name end
+      for i = 1, #shadow, 2 do
+        hits[#hits + 1] = (names[shadow[i]] or tostring(shadow[i])) .. ':' ..
+                          (shadow[i + 1] == 2 and 'deny' or 'defer')
+      end
       entry[#entry + 1] = 'shadow'
-      entry[#entry + 1] = shadow[i] .. ':' .. (shadow[i + 1] == 2 and 'deny' or 'defer')
+      entry[#entry + 1] = table.concat(hits, ',')
     end
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', unpack(entry))
     redis.call('XTRIM', KEYS[4], 'MINID', '~', tostring(now - tonumber(keep)))

@@ -160,12 +160,14 @@ def test_erase_keeps_only_a_suppression_marker():
     h.expect_status(g.consent(u, "email", "marketing", "opt_out",
                               source="preference center, note by alice@example.org"), 200)
     h.expect_status(g.post("/v1/events", {"user": u, "type": "complaint"}), 200)
+    h.expect_status(g.post("/v1/events", {"user": u, "type": "hard_bounce", "channel": "sms"}), 200)
     p = pseudonym_of(g, u)
     e = g.post("/v1/users/erase", {"user": u})
     h.expect_status(e, 200)
     h.check(e.body["suppression_kept"] is True, "marker kept: %r" % (e.body,))
     facts = sorted((m["scope"], m["fact"]) for m in e.body["suppression"])
-    h.check(facts == [("*|*", "complaint"), ("email|marketing", "opt_out")], "facts: %r" % facts)
+    # the complaint (everything) superseded the narrower opt-out
+    h.check(facts == [("*|*", "complaint"), ("bounce|sms", "hard_bounce")], "facts: %r" % facts)
     left = traces(g, p)
     h.check(left == [(("cg:{%s}:c:%s" % (p[:2], p)).encode(), "string")], "only the marker: %r" % left)
     marker = h.redis_cmd(g.redis.port, "GET", "cg:{%s}:c:%s" % (p[:2], p))
@@ -412,3 +414,53 @@ def test_status_page_with_auth_token_in_fragment():
         h.check(TOKENS["admin"] not in dom, "the token stays out of the page")
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_newest_word_wins_inside_its_scope():
+    g = h.Gateway()
+    u = h.uid()
+    g.consent(u, "email", "marketing", "opt_in")
+    g.consent(u, "sms", "*", "opt_in")
+    event(g, u, "complaint")
+    for ch in ("email", "sms", "push"):
+        h.expect_decision(g.decide(u, ch), "deny", "opted_out")
+    h.expect_decision(g.decide(u, "email", category="transactional"), "allow", "ok")
+    v = h.uid()
+    g.consent(v, "email", "marketing", "opt_in")
+    event(g, v, "unsubscribe", channel="email")
+    h.expect_decision(g.decide(v, "email"), "deny", "opted_out")
+    g.consent(v, "email", "marketing", "opt_in", source="re-subscribed")
+    h.expect_decision(g.decide(v, "email"), "allow", "ok")
+
+
+def test_reload_cannot_drop_auth_on_a_public_address():
+    g = h.Gateway(overrides=dict(AUTH, listen="0.0.0.0:{port}"))
+    cfg = h.render_config(None, {"listen": "0.0.0.0:{port}"})
+    with open(g.config_path, "w") as f:
+        f.write(h.fill(cfg, **g.values))
+    r = g.post("/v1/admin/reload", b"", headers=bearer("admin"))
+    h.expect_error(r, 400, "invalid_config")
+    h.expect_error(g.get("/status"), 401, "unauthorized")
+
+
+def test_privacy_retention_bounds_send_history():
+    g = h.Gateway(overrides={"privacy": {"key_file": "{key_file}", "retention": "2d"},
+                             "fatigue": {"unengaged_after": 5, "cap": {"limit": 1, "window": "7d"}}})
+    g.decide(h.uid(), "email")
+    for k in h.redis_dump(g.redis.port):
+        key = k["key"].decode() if isinstance(k["key"], bytes) else k["key"]
+        if ":s" in key or ":g" in key:
+            h.check(0 < k["ttl"] <= 172800, "%s TTL %s beyond privacy.retention" % (key, k["ttl"]))
+
+
+def test_shadow_hits_named_in_the_audit():
+    g = h.Gateway(overrides={"caps": [
+        {"name": "a-trial", "limit": 1, "window": "1d", "on_exceed": "defer", "mode": "shadow"},
+        {"name": "b-trial", "limit": 1, "window": "1d", "on_exceed": "deny", "mode": "shadow"}]})
+    u = h.uid()
+    g.decide(u, "email")
+    r = g.decide(u, "email")
+    h.check(r.body["shadow"] == [{"rule": "a-trial", "would": "defer"},
+                                 {"rule": "b-trial", "would": "deny"}], "%r" % (r.body,))
+    a = [e for e in g.get("/v1/audit?limit=100").body["entries"] if e.get("shadow")]
+    h.check(a and a[-1]["shadow"] == "a-trial:defer,b-trial:deny", "audit: %r" % a)
