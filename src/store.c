@@ -1,15 +1,34 @@
 /*
- * store: one hiredis async connection on a libevent loop, with the timeouts,
- * reconnects and script handling hiredis 0.14 leaves to us.  See store.h.
+ * store: hiredis async connections on a libevent loop, with the timeouts,
+ * reconnects, script handling and Redis Cluster routing hiredis 0.14 leaves
+ * to us.  See store.h.
  *
- * Life of a connection:
+ * A node is one Redis server and its connection.  With redis.url there is
+ * one node, which owns every call; with redis.cluster there is one node per
+ * master of the slot map (plus, briefly, seeds and redirect targets), and a
+ * call goes to the owner of the slot of its first key (cluster.h).
+ *
+ * Life of a node's connection:
  *   DOWN --reconnect timer--> CONNECTING --connect cb--> HANDSHAKE
  *   (AUTH, SELECT, SCRIPT LOAD each script, pipelined) --last sha--> READY
  * Any failure, a connect/handshake that exceeds its deadline, or a READY
  * connection that stops answering (SIGSTOP, black-holed port) drops it back
  * to DOWN; the next attempt follows after a backoff of 100 ms doubling up to
- * 2 s.  Calls are accepted only when READY: while Redis is away a request
- * fails in microseconds instead of waiting for its timeout.
+ * 2 s, for as long as the node is wanted (the single node always; a cluster
+ * node while it owns slots).  Calls are accepted only when their node is
+ * READY (or, in a cluster, connecting): while Redis is away a request fails
+ * in microseconds instead of waiting for its timeout.
+ *
+ * Cluster.  The slot map comes from CLUSTER SLOTS, asked of any node we can
+ * reach (seeds first), at start, after a MOVED, while a master is down or
+ * the map is incomplete, and after a CLUSTERDOWN -- at most every
+ * REFRESH_MIN_MS.  Redirects: MOVED updates the slot's owner at once and
+ * resends there; ASK sends ASKING + the call to the target without touching
+ * the map; TRYAGAIN / CLUSTERDOWN / LOADING retry after RETRY_DELAY_MS, or
+ * answer UNAVAILABLE when the deadline is too close.  A call redirected to a
+ * node that is still connecting waits on that node (parked) until it is
+ * ready, within its own deadline.  At most MAX_REDIRECTS redirects per call.
+ * The store is ready when every slot has an owner and every owner is ready.
  */
 #include "capgate/store.h"
 
@@ -25,6 +44,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "capgate/cluster.h"
 #include "capgate/counter.h"
 #include "capgate/log.h"
 
@@ -33,54 +53,110 @@
 #define HEALTH_TICK_MS 200
 #define IDLE_PING_MS   1000
 #define SHA_HEX        40
+#define MAX_NODES      128      /* addresses a cluster store keeps track of */
+#define MAX_REDIRECTS  5        /* MOVED + ASK per call */
+#define RETRY_DELAY_MS 20       /* after TRYAGAIN, CLUSTERDOWN, LOADING */
+#define REFRESH_MIN_MS 100      /* between two CLUSTER SLOTS */
+
+struct store_call;
+
+struct node {
+    struct store *st;
+    char *host;                    /* numeric address (TCP) */
+    int port;
+    char name[CLUSTER_HOST_MAX + 8];   /* host:port, for logs */
+    redisAsyncContext *ac;         /* NULL when DOWN */
+    bool connected;                /* the connect callback succeeded */
+    bool ready;                    /* ... and every script is loaded */
+    bool wanted;                   /* reconnect when down */
+    bool retiring;                 /* being disconnected: no longer a master */
+    bool down_logged;              /* said once that it is away */
+    bool slots_on_connect;         /* ask CLUSTER SLOTS once connected */
+    bool handshake_failed;         /* this connection is being dropped */
+    size_t shas_loaded;
+    unsigned n_slots;              /* slots it owns in the map */
+    uint64_t deadline_us;          /* connect + handshake must finish by then */
+    unsigned backoff_ms;
+    struct event *reconnect_timer;
+    unsigned outstanding;          /* hiredis callbacks still owed on this node */
+    unsigned abandoned;            /* ... of which the caller already got TIMEOUT */
+    uint64_t last_reply_us, last_send_us, ping_sent_us;
+    struct store_call *parked;     /* calls waiting for it to be ready (FIFO) */
+    struct store_call *parked_tail;
+};
 
 struct store {
     struct event_base *base;
     struct cfg_redis cfg;          /* host/path/user/password point into strings below */
-    char *host, *path, *user, *password;
+    char *path, *user, *password;
     char display[256];             /* url for logs, password masked */
     unsigned max_pending;
+    bool closing;                  /* store_free is running */
 
     const char *const *scripts;
     size_t n_scripts;
     char (*sha)[SHA_HEX + 1];      /* per script, filled by SCRIPT LOAD */
-    size_t shas_loaded;
 
-    redisAsyncContext *ac;         /* NULL when DOWN */
+    struct node **nodes;           /* [0] is the single node, or the first seed */
+    size_t n_nodes;
+    bool cluster;
+    uint8_t *owner;                /* cluster: per slot, node index + 1 (0: none) */
+    unsigned slots_owned;
+    bool map_logged_incomplete;
+    bool map_warned;               /* said once that no node answered */
+    bool warned_name;              /* said once that a node has no numeric address */
+
+    /* CLUSTER SLOTS: one in flight at most, on refresh_node. */
+    struct node *refresh_node;
+    uintptr_t refresh_seq;         /* replies with an older seq are stale */
+    uint64_t refresh_sent_us, last_refresh_us;
+    bool refresh_wanted;
+    unsigned refresh_gap_ms;       /* REFRESH_MIN_MS, doubled while no map comes */
+    size_t refresh_rr;             /* where the next probe starts */
+    struct event *refresh_timer;
+
     bool ready;
-    bool down_logged;              /* said once that Redis is away */
-    uint64_t deadline_us;          /* connect + handshake must finish by then */
-    unsigned backoff_ms;
-    struct event *reconnect_timer;
     struct event *health_timer;
+    struct store_call *delayed;    /* calls waiting out a TRYAGAIN (list) */
 
-    unsigned outstanding;          /* hiredis callbacks still owed to us */
-    unsigned abandoned;            /* ... of which the caller already got TIMEOUT */
-    uint64_t last_reply_us, last_send_us, ping_sent_us;
-
+    unsigned outstanding;          /* hiredis callbacks owed, all nodes */
+    unsigned waiting;              /* accepted calls parked or delayed */
     struct store_stats stats;
     void (*state_cb)(void *arg, bool ready);
     void *state_arg;
 };
 
-/* One script call.  Lives until hiredis has called back (always exactly
- * once), even when the caller was answered earlier by the timeout. */
+enum call_where { CALL_NOWHERE, CALL_SENT, CALL_PARKED, CALL_DELAYED };
+
+/* One script call.  While SENT it lives until hiredis has called back
+ * (always exactly once), even when the caller was answered earlier by the
+ * timeout; PARKED or DELAYED it is ours alone. */
 struct store_call {
     struct store *st;
+    struct node *node;              /* SENT to / PARKED on */
     store_cb *cb;
     void *arg;
-    struct event *timer;
+    struct event *timer;            /* the caller's deadline */
+    struct event *retry;            /* DELAYED: made on first use */
+    struct store_call *prev, *next; /* node->parked or st->delayed */
+    enum call_where where;
     bool answered;
     bool retried_eval;
+    bool asking;                    /* send ASKING first (an ASK redirect) */
+    unsigned redirects;
+    int slot;                       /* -1: no key */
     size_t script;
-    uint64_t sent_us;
+    uint64_t sent_us, deadline_us;
     int argc;                       /* EVALSHA sha nkeys args... */
     const char **argv;
     size_t *argvlen;
 };
 
-static void connect_now(struct store *st);
-static void schedule_reconnect(struct store *st);
+static void connect_now(struct node *n);
+static void schedule_reconnect(struct node *n);
+static void request_refresh(struct store *st);
+static void update_ready(struct store *st);
+static void send_to(struct store_call *call, struct node *n);
 
 static uint64_t now_us(void)
 {
@@ -95,12 +171,69 @@ static uint64_t stall_limit_us(const struct store *st)
     return (ms < 1000 ? 1000 : ms) * 1000;
 }
 
+static void owe(struct node *n, int delta)
+{
+    n->outstanding += (unsigned)delta;
+    COUNTER_ADD(n->st->outstanding, (unsigned)delta);
+}
+
+static struct node *owner_of(const struct store *st, int slot)
+{
+    if (!st->cluster)
+        return st->nodes[0];
+    if (slot < 0) {                 /* no key: any ready master */
+        for (size_t k = 0; k < st->n_nodes; k++)
+            if (st->nodes[k]->n_slots && st->nodes[k]->ready)
+                return st->nodes[k];
+        return NULL;
+    }
+    return st->owner[slot] ? st->nodes[st->owner[slot] - 1] : NULL;
+}
+
+/* ---- call lists ---------------------------------------------------------- */
+
+static void list_push(struct store_call **head, struct store_call **tail, struct store_call *c)
+{
+    c->next = NULL;
+    c->prev = *tail;
+    if (*tail)
+        (*tail)->next = c;
+    else
+        *head = c;
+    *tail = c;
+}
+
+static void list_remove(struct store_call **head, struct store_call **tail, struct store_call *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        *head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else if (tail)
+        *tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* The delayed list has no tail: calls are pushed at its head. */
+static void delayed_push(struct store *st, struct store_call *c)
+{
+    c->prev = NULL;
+    c->next = st->delayed;
+    if (c->next)
+        c->next->prev = c;
+    st->delayed = c;
+}
+
 /* ---- answering calls ---------------------------------------------------- */
 
 static void call_free(struct store_call *call)
 {
     if (call->timer)
         event_free(call->timer);
+    if (call->retry)
+        event_free(call->retry);
     free(call);
 }
 
@@ -125,6 +258,29 @@ static void call_answer_status(struct store_call *call, enum store_status status
 {
     struct store_reply r = { .status = status, .error = error, .n = 0, .items = NULL };
     call_answer(call, &r);
+}
+
+/* Answers a call that hiredis does not hold, and frees it. */
+static void call_fail(struct store_call *call, enum store_status status, const char *error)
+{
+    call->where = CALL_NOWHERE;
+    call_answer_status(call, status, error);
+    call_free(call);
+}
+
+/* Takes a PARKED or DELAYED call out of its list. */
+static void call_unlink(struct store_call *call)
+{
+    struct store *st = call->st;
+    if (call->where == CALL_PARKED) {
+        list_remove(&call->node->parked, &call->node->parked_tail, call);
+        COUNTER_ADD(st->waiting, (unsigned)-1);
+    } else if (call->where == CALL_DELAYED) {
+        list_remove(&st->delayed, NULL, call);
+        event_del(call->retry);
+        COUNTER_ADD(st->waiting, (unsigned)-1);
+    }
+    call->where = CALL_NOWHERE;
 }
 
 /* Flattens a reply depth-first into ITEMS; returns the count needed. */
@@ -189,27 +345,183 @@ static void answer_with_reply(struct store_call *call, const redisReply *r)
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
-static int send_call(struct store *st, struct store_call *call)
+static void on_aux_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    if (redisAsyncCommandArgv(st->ac, on_reply, call, call->argc, call->argv,
+    (void)reply; (void)privdata;
+    owe(ac->data, -1);      /* ASKING: a refusal shows in the call's own reply */
+}
+
+static int send_call(struct node *n, struct store_call *call)
+{
+    if (call->asking) {
+        if (redisAsyncCommand(n->ac, on_aux_reply, NULL, "ASKING") != REDIS_OK)
+            return -1;
+        owe(n, 1);
+    }
+    if (redisAsyncCommandArgv(n->ac, on_reply, call, call->argc, call->argv,
                               call->argvlen) != REDIS_OK)
         return -1;
-    COUNTER_INC(st->outstanding);
-    st->last_send_us = now_us();
+    owe(n, 1);
+    call->node = n;
+    call->where = CALL_SENT;
+    call->sent_us = n->last_send_us = now_us();
     return 0;
+}
+
+static void park(struct node *n, struct store_call *call)
+{
+    call->node = n;
+    call->where = CALL_PARKED;
+    list_push(&n->parked, &n->parked_tail, call);
+    COUNTER_INC(n->st->waiting);
+}
+
+static bool node_usable(const struct node *n)
+{
+    return n && !n->retiring;
+}
+
+/* (Re)sends CALL to N: at once when N is ready, else parked until it is
+ * (connecting it if needed); answered UNAVAILABLE when that cannot be. */
+static void send_to(struct store_call *call, struct node *n)
+{
+    if (!node_usable(n)) {
+        call_fail(call, STORE_UNAVAILABLE, n ? "node retiring" : "no node for slot");
+        return;
+    }
+    if (n->ready) {
+        if (send_call(n, call) != 0)
+            call_fail(call, STORE_UNAVAILABLE, "send failed");
+        return;
+    }
+    if (!n->ac) {
+        n->wanted = true;
+        connect_now(n);
+    }
+    if (!n->ac) {
+        call_fail(call, STORE_UNAVAILABLE, "node unavailable");
+        return;
+    }
+    park(n, call);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct store_call *call = arg;
+    (void)fd; (void)what;
+    call_unlink(call);
+    call->asking = false;           /* start again from the map; the deadline */
+    call->redirects = 0;            /* bounds the retries */
+    send_to(call, owner_of(call->st, call->slot));
+}
+
+/* TRYAGAIN and friends: again after a short delay if the deadline allows. */
+static void retry_later(struct store_call *call, const char *why)
+{
+    struct store *st = call->st;
+    if (now_us() + RETRY_DELAY_MS * 1000u + 1000u >= call->deadline_us) {
+        call_fail(call, STORE_UNAVAILABLE, why);
+        return;
+    }
+    if (!call->retry && !(call->retry = evtimer_new(st->base, on_retry, call))) {
+        call_fail(call, STORE_UNAVAILABLE, "out of memory");
+        return;
+    }
+    struct timeval tv = { 0, RETRY_DELAY_MS * 1000 };
+    call->where = CALL_DELAYED;
+    delayed_push(st, call);
+    COUNTER_INC(st->waiting);
+    evtimer_add(call->retry, &tv);
+}
+
+static bool is_error(const redisReply *r, const char *prefix)
+{
+    size_t len = strlen(prefix);
+    return r->len >= len && memcmp(r->str, prefix, len) == 0 &&
+           (r->len == len || r->str[len] == ' ');
+}
+
+static struct node *node_get(struct store *st, const char *host, int port);
+
+static uint8_t node_index(const struct store *st, const struct node *n)
+{
+    size_t idx = 0;
+    while (st->nodes[idx] != n)
+        idx++;
+    return (uint8_t)(idx + 1);      /* MAX_NODES <= 255 */
+}
+
+/* A MOVED: SLOT belongs to TO from now on (until the next map says more). */
+static void set_owner(struct store *st, unsigned slot, struct node *to)
+{
+    if (st->owner[slot] == node_index(st, to))
+        return;
+    if (st->owner[slot])
+        st->nodes[st->owner[slot] - 1]->n_slots--;
+    else
+        st->slots_owned++;
+    st->owner[slot] = node_index(st, to);
+    to->n_slots++;
+    to->wanted = true;
+}
+
+/* A cluster's answer to a call sent to N: handles redirects and transient
+ * refusals.  Returns true when the call was taken care of. */
+static bool cluster_error(struct store_call *call, struct node *n, const redisReply *r)
+{
+    struct store *st = call->st;
+    char host[CLUSTER_HOST_MAX];
+    unsigned slot;
+    bool ask;
+    int port;
+
+    if (cluster_parse_redirect(r->str, r->len, &ask, &slot, host, &port) == 0) {
+        if (++call->redirects > MAX_REDIRECTS) {
+            log_warn("redis cluster: too many redirects", "redis=%s error=\"%.100s\"",
+                     n->name, r->str);
+            call_fail(call, STORE_UNAVAILABLE, "too many redirects");
+            return true;
+        }
+        struct node *to = node_get(st, host[0] ? host : n->host, port);
+        if (!to) {
+            call_fail(call, STORE_UNAVAILABLE, "redirect to an unusable address");
+            return true;
+        }
+        if (ask) {
+            log_debug("redis cluster: ask", "slot=%u from=%s to=%s", slot, n->name, to->name);
+            call->asking = true;
+        } else {
+            log_debug("redis cluster: moved", "slot=%u from=%s to=%s", slot, n->name, to->name);
+            call->asking = false;
+            set_owner(st, slot, to);
+            request_refresh(st);
+        }
+        send_to(call, to);
+        update_ready(st);
+        return true;
+    }
+    if (is_error(r, "TRYAGAIN") || is_error(r, "CLUSTERDOWN") || is_error(r, "LOADING")) {
+        if (is_error(r, "CLUSTERDOWN"))
+            request_refresh(st);
+        retry_later(call, r->str);
+        return true;
+    }
+    return false;
 }
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct store_call *call = privdata;
+    struct node *n = ac->data;
     struct store *st = call->st;
     const redisReply *r = reply;
 
-    COUNTER_ADD(st->outstanding, (unsigned)-1);
+    owe(n, -1);
     if (r)
-        st->last_reply_us = now_us();
+        n->last_reply_us = now_us();
+    call->where = CALL_NOWHERE;
     if (call->answered) {               /* timed out earlier: drop the late reply */
-        st->abandoned--;
+        n->abandoned--;
         call_free(call);
         return;
     }
@@ -221,7 +533,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     uint64_t rtt_us = now_us() - call->sent_us;
     counter_set_double(&st->stats.last_rtt_ms, (double)rtt_us / 1000.0);
     histogram_observe(&st->stats.rtt, (double)rtt_us / 1e6);
-    if (r->type == REDIS_REPLY_ERROR && !call->retried_eval && ac == st->ac &&
+    if (r->type == REDIS_REPLY_ERROR && st->cluster && !st->closing &&
+        cluster_error(call, n, r))
+        return;
+    if (r->type == REDIS_REPLY_ERROR && !call->retried_eval && ac == n->ac &&
         strncmp(r->str, "NOSCRIPT", 8) == 0) {
         /* Redis lost its script cache (restart, failover, SCRIPT FLUSH):
          * send the same call once more with the source, which reloads it. */
@@ -230,7 +545,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         call->argvlen[0] = 4;
         call->argv[1] = st->scripts[call->script];
         call->argvlen[1] = strlen(st->scripts[call->script]);
-        if (send_call(st, call) == 0)
+        if (send_call(n, call) == 0)
             return;
         call_answer_status(call, STORE_UNAVAILABLE, "resend failed");
         call_free(call);
@@ -252,9 +567,14 @@ static void on_call_timeout(evutil_socket_t fd, short what, void *arg)
     (void)fd; (void)what;
     if (call->answered)
         return;
-    /* hiredis still owes its callback: the call stays alive until then. */
-    call->st->abandoned++;
-    call_answer_status(call, STORE_TIMEOUT, "timeout");
+    if (call->where == CALL_SENT) {
+        /* hiredis still owes its callback: the call stays alive until then. */
+        call->node->abandoned++;
+        call_answer_status(call, STORE_TIMEOUT, "timeout");
+        return;
+    }
+    call_unlink(call);
+    call_fail(call, STORE_TIMEOUT, "timeout");
 }
 
 int store_eval(struct store *st, size_t script, int nkeys, int argc,
@@ -263,9 +583,12 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
 {
     char nkeys_str[16];
     size_t bytes = 0, total_argc = (size_t)argc + 3;
+    int slot = nkeys > 0 && argc > 0 ? (int)cluster_key_slot(argv[0], argvlen[0]) : -1;
+    struct node *n = owner_of(st, slot);
 
-    if (!st->ready || !st->ac || script >= st->n_scripts ||
-        st->outstanding >= st->max_pending) {
+    /* A cluster node that is connecting takes calls (they wait for it). */
+    if (!n || !(n->ready || (st->cluster && n->ac && !n->retiring)) || script >= st->n_scripts ||
+        st->outstanding + st->waiting >= st->max_pending) {
         COUNTER_INC(st->stats.unavailable);
         return -1;
     }
@@ -282,6 +605,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
     call->cb = cb;
     call->arg = arg;
     call->script = script;
+    call->slot = slot;
     call->argc = (int)total_argc;
     call->argv = (const char **)(call + 1);
     call->argvlen = (size_t *)(call->argv + total_argc);
@@ -307,11 +631,15 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
         free(call);
         return -1;
     }
-    call->sent_us = now_us();
-    if (send_call(st, call) != 0) {
-        call_free(call);
-        COUNTER_INC(st->stats.unavailable);
-        return -1;
+    call->deadline_us = now_us() + (uint64_t)st->cfg.timeout_ms * 1000u;
+    if (n->ready) {
+        if (send_call(n, call) != 0) {
+            call_free(call);
+            COUNTER_INC(st->stats.unavailable);
+            return -1;
+        }
+    } else {
+        park(n, call);
     }
     struct timeval tv = { st->cfg.timeout_ms / 1000, (st->cfg.timeout_ms % 1000) * 1000 };
     evtimer_add(call->timer, &tv);
@@ -319,51 +647,141 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
     return 0;
 }
 
-/* ---- connection life ---------------------------------------------------- */
+/* ---- readiness ----------------------------------------------------------- */
 
-static void mark_down(struct store *st, const char *why)
+static bool compute_ready(const struct store *st)
 {
-    bool was_ready = st->ready;
-    /* Warn when a working connection breaks; while Redis stays away, each
-     * failed attempt is only worth a debug line. */
-    if (st->ready)
-        log_warn("redis connection lost", "redis=%s reason=\"%s\"", st->display, why);
-    else if (!st->down_logged)
-        log_warn("redis unavailable", "redis=%s reason=\"%s\" retrying=1", st->display, why);
-    else
-        log_debug("redis connect failed", "redis=%s reason=\"%s\"", st->display, why);
-    st->down_logged = true;
-    st->ac = NULL;
-    __atomic_store_n(&st->ready, false, __ATOMIC_RELAXED);
-    st->ping_sent_us = 0;
-    schedule_reconnect(st);
-    if (was_ready && st->state_cb)
-        st->state_cb(st->state_arg, false);
+    if (!st->cluster)
+        return st->nodes[0]->ready;
+    if (st->slots_owned < CLUSTER_SLOTS)
+        return false;
+    for (size_t k = 0; k < st->n_nodes; k++)
+        if (st->nodes[k]->n_slots && !st->nodes[k]->ready)
+            return false;
+    return true;
 }
 
-/* Drops the current connection from outside hiredis's callbacks (timers):
- * hiredis answers every pending call with NULL, which fails it over. */
-static void drop_connection(struct store *st, const char *why)
+static void update_ready(struct store *st)
 {
-    redisAsyncContext *ac = st->ac;
+    bool ready = compute_ready(st);
+    if (st->closing || ready == st->ready)
+        return;
+    __atomic_store_n(&st->ready, ready, __ATOMIC_RELAXED);
+    if (st->cluster)
+        log_info(ready ? "redis cluster ready" : "redis cluster degraded", "redis=%s",
+                 st->display);
+    if (st->state_cb)
+        st->state_cb(st->state_arg, ready);
+}
+
+/* ---- connection life ---------------------------------------------------- */
+
+/* Answers every call parked on N (it went down before they could go). */
+static void fail_parked(struct node *n, const char *why)
+{
+    while (n->parked) {
+        struct store_call *call = n->parked;
+        call_unlink(call);
+        call_fail(call, STORE_UNAVAILABLE, why);
+    }
+}
+
+/* Says once (at warn) that the map could not be had, until one comes. */
+static void map_failed(struct store *st, const struct node *n, const char *why)
+{
+    if (!st->map_warned && st->slots_owned == 0)
+        log_warn("redis cluster: no slot map yet", "redis=%s reason=\"%.100s\" retrying=1",
+                 n->name, why);
+    else
+        log_debug("redis cluster: no slot map", "redis=%s reason=\"%.100s\"", n->name, why);
+    st->map_warned = true;
+    st->refresh_gap_ms = st->refresh_gap_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
+                                                                 : st->refresh_gap_ms * 2;
+}
+
+static void mark_down(struct node *n, const char *why)
+{
+    struct store *st = n->st;
+    /* Warn when a working connection breaks; while Redis stays away, each
+     * failed attempt is only worth a debug line. */
+    if (n->retiring)
+        log_debug("redis node retired", "redis=%s", n->name);
+    else if (n->ready)
+        log_warn("redis connection lost", "redis=%s reason=\"%s\"", n->name, why);
+    else if (!n->down_logged && n->wanted)
+        log_warn("redis unavailable", "redis=%s reason=\"%s\" retrying=1", n->name, why);
+    else
+        log_debug("redis connect failed", "redis=%s reason=\"%s\"", n->name, why);
+    if (!n->retiring)
+        n->down_logged = true;
+    n->ac = NULL;
+    n->connected = false;
+    n->ready = false;
+    n->retiring = false;
+    n->slots_on_connect = false;
+    n->ping_sent_us = 0;
+    if (st->closing)
+        return;
+    if (st->refresh_node == n) {        /* the map question went with it */
+        map_failed(st, n, why);
+        st->refresh_node = NULL;
+        st->refresh_sent_us = 0;
+        st->refresh_seq++;
+        st->refresh_rr = node_index(st, n);   /* next time, the one after */
+        st->refresh_wanted = true;
+    }
+    fail_parked(n, "connection failed");
+    if (n->wanted)
+        schedule_reconnect(n);
+    if (st->cluster && (n->n_slots || st->refresh_wanted))
+        request_refresh(st);
+    update_ready(st);
+}
+
+/* Drops N's connection from outside hiredis's callbacks (timers): hiredis
+ * answers every pending call with NULL, which fails it over. */
+static void drop_connection(struct node *n, const char *why)
+{
+    redisAsyncContext *ac = n->ac;
     if (!ac)
         return;
-    mark_down(st, why);
+    mark_down(n, why);
     redisAsyncFree(ac);
+}
+
+static void node_ready(struct node *n)
+{
+    struct store *st = n->st;
+    n->ready = true;
+    n->down_logged = false;
+    n->backoff_ms = BACKOFF_MIN_MS;
+    n->last_reply_us = now_us();
+    log_info("redis ready", "redis=%s", n->name);
+    /* Calls redirected here while it was connecting go now, in order. */
+    while (n->parked && n->ready) {
+        struct store_call *call = n->parked;
+        call_unlink(call);
+        if (send_call(n, call) != 0)
+            call_fail(call, STORE_UNAVAILABLE, "send failed");
+    }
+    update_ready(st);
 }
 
 static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct store *st = ac->data;
+    struct node *n = ac->data;
+    struct store *st = n->st;
     const redisReply *r = reply;
     intptr_t step = (intptr_t)privdata;   /* script index, or -1 AUTH, -2 SELECT */
 
-    COUNTER_ADD(st->outstanding, (unsigned)-1);
-    if (!r || ac != st->ac)
+    owe(n, -1);
+    if (!r || ac != n->ac || st->closing)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
-        log_error("redis handshake failed", "redis=%s step=%s error=\"%.200s\"", st->display,
-                  step == -1 ? "auth" : step == -2 ? "select" : "script_load", r->str);
+        if (!n->handshake_failed)       /* the first error says it; the rest follow */
+            log_error("redis handshake failed", "redis=%s step=%s error=\"%.200s\"", n->name,
+                      step == -1 ? "auth" : step == -2 ? "select" : "script_load", r->str);
+        n->handshake_failed = true;
         redisAsyncDisconnect(ac);
         return;
     }
@@ -375,93 +793,97 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
     }
     memcpy(st->sha[step], r->str, SHA_HEX);
     st->sha[step][SHA_HEX] = '\0';
-    if (++st->shas_loaded == st->n_scripts) {
-        __atomic_store_n(&st->ready, true, __ATOMIC_RELAXED);
-        st->down_logged = false;
-        st->backoff_ms = BACKOFF_MIN_MS;
-        st->last_reply_us = now_us();
-        log_info("redis ready", "redis=%s", st->display);
-        if (st->state_cb)
-            st->state_cb(st->state_arg, true);
-    }
+    if (++n->shas_loaded == st->n_scripts)
+        node_ready(n);
 }
 
-static void send_handshake(struct store *st, intptr_t step, int argc, const char **argv)
+static void send_handshake(struct node *n, intptr_t step, int argc, const char **argv)
 {
     size_t lens[4];
     for (int k = 0; k < argc; k++)
         lens[k] = strlen(argv[k]);
-    if (redisAsyncCommandArgv(st->ac, on_handshake, (void *)step, argc, argv, lens) == REDIS_OK)
-        COUNTER_INC(st->outstanding);
+    if (redisAsyncCommandArgv(n->ac, on_handshake, (void *)step, argc, argv, lens) == REDIS_OK)
+        owe(n, 1);
 }
+
+static void send_cluster_slots(struct node *n);
 
 static void on_connect(const redisAsyncContext *cac, int status)
 {
     redisAsyncContext *ac = (redisAsyncContext *)cac;
-    struct store *st = ac->data;
+    struct node *n = ac->data;
+    struct store *st = n->st;
 
-    if (ac != st->ac)
+    if (ac != n->ac)
         return;
     if (status != REDIS_OK) {
         /* hiredis frees the context after this callback. */
-        mark_down(st, ac->errstr[0] ? ac->errstr : "connect failed");
+        mark_down(n, ac->errstr[0] ? ac->errstr : "connect failed");
         return;
     }
-    log_debug("redis connected", "redis=%s", st->display);
+    log_debug("redis connected", "redis=%s", n->name);
+    n->connected = true;
+    n->handshake_failed = false;
     char dbs[16];
     if (st->password) {
         const char *argv[] = { "AUTH", st->user ? st->user : st->password, st->password };
-        send_handshake(st, -1, st->user ? 3 : 2, argv);
+        send_handshake(n, -1, st->user ? 3 : 2, argv);
     }
     if (st->cfg.db != 0) {
         snprintf(dbs, sizeof dbs, "%d", st->cfg.db);
         const char *argv[] = { "SELECT", dbs };
-        send_handshake(st, -2, 2, argv);
+        send_handshake(n, -2, 2, argv);
     }
-    st->shas_loaded = 0;
+    n->shas_loaded = 0;
     for (size_t k = 0; k < st->n_scripts; k++) {
         const char *argv[] = { "SCRIPT", "LOAD", st->scripts[k] };
-        send_handshake(st, (intptr_t)k, 3, argv);
+        send_handshake(n, (intptr_t)k, 3, argv);
+    }
+    if (n->slots_on_connect) {
+        n->slots_on_connect = false;
+        send_cluster_slots(n);
     }
 }
 
 static void on_disconnect(const redisAsyncContext *cac, int status)
 {
     redisAsyncContext *ac = (redisAsyncContext *)cac;
-    struct store *st = ac->data;
+    struct node *n = ac->data;
 
-    if (ac != st->ac)       /* one we dropped ourselves */
+    if (ac != n->ac)        /* one we dropped ourselves */
         return;
-    mark_down(st, status == REDIS_OK ? "closed" : (ac->errstr[0] ? ac->errstr : "error"));
+    mark_down(n, status == REDIS_OK ? "closed" : (ac->errstr[0] ? ac->errstr : "error"));
 }
 
-static void connect_now(struct store *st)
+static void connect_now(struct node *n)
 {
+    struct store *st = n->st;
     redisAsyncContext *ac;
 
-    if (st->cfg.transport == REDIS_UNIX)
+    if (!st->cluster && st->cfg.transport == REDIS_UNIX)
         ac = redisAsyncConnectUnix(st->path);
     else
-        ac = redisAsyncConnect(st->host, st->cfg.port);
+        ac = redisAsyncConnect(n->host, n->port);
     if (!ac) {
-        mark_down(st, "out of memory");
+        mark_down(n, "out of memory");
         return;
     }
     if (ac->err) {
         char why[128];
         snprintf(why, sizeof why, "%s", ac->errstr);
         redisAsyncFree(ac);
-        mark_down(st, why);
+        mark_down(n, why);
         return;
     }
-    ac->data = st;
-    st->ac = ac;
-    __atomic_store_n(&st->ready, false, __ATOMIC_RELAXED);
-    st->deadline_us = now_us() + stall_limit_us(st);
+    ac->data = n;
+    n->ac = ac;
+    n->ready = false;
+    n->connected = false;
+    n->deadline_us = now_us() + stall_limit_us(st);
     if (redisLibeventAttach(ac, st->base) != REDIS_OK) {
-        st->ac = NULL;
+        n->ac = NULL;
         redisAsyncFree(ac);
-        mark_down(st, "cannot attach to event loop");
+        mark_down(n, "cannot attach to event loop");
         return;
     }
     redisAsyncSetConnectCallback(ac, on_connect);
@@ -470,64 +892,314 @@ static void connect_now(struct store *st)
 
 static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg)
 {
-    struct store *st = arg;
+    struct node *n = arg;
     (void)fd; (void)what;
-    if (!st->ac)
-        connect_now(st);
+    if (!n->ac && n->wanted)
+        connect_now(n);
 }
 
-static void schedule_reconnect(struct store *st)
+static void schedule_reconnect(struct node *n)
 {
-    struct timeval tv = { st->backoff_ms / 1000, (st->backoff_ms % 1000) * 1000 };
-    if (evtimer_pending(st->reconnect_timer, NULL))
+    struct timeval tv = { n->backoff_ms / 1000, (n->backoff_ms % 1000) * 1000 };
+    if (evtimer_pending(n->reconnect_timer, NULL))
         return;
-    evtimer_add(st->reconnect_timer, &tv);
-    COUNTER_INC(st->stats.reconnects);
-    st->backoff_ms = st->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : st->backoff_ms * 2;
+    evtimer_add(n->reconnect_timer, &tv);
+    COUNTER_INC(n->st->stats.reconnects);
+    n->backoff_ms = n->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : n->backoff_ms * 2;
 }
 
 static void on_ping(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct store *st = ac->data;
+    struct node *n = ac->data;
     (void)privdata;
-    COUNTER_ADD(st->outstanding, (unsigned)-1);
-    if (reply && ac == st->ac) {
-        st->last_reply_us = now_us();
-        st->ping_sent_us = 0;
+    owe(n, -1);
+    if (reply && ac == n->ac) {
+        n->last_reply_us = now_us();
+        n->ping_sent_us = 0;
     }
 }
 
-/* Every HEALTH_TICK_MS: enforce the connect deadline, notice a connection
- * that stopped answering, and ping an idle one so a dead peer is found
- * before a request needs it. */
+/* Enforces the connect deadline, notices a connection that stopped
+ * answering, and pings an idle one so a dead peer is found before a
+ * request needs it. */
+static void check_node(struct node *n, uint64_t now)
+{
+    struct store *st = n->st;
+
+    if (!n->ac)
+        return;
+    if (n->retiring) {              /* its last answers are overdue: stop waiting */
+        if (now - n->last_reply_us > stall_limit_us(st))
+            drop_connection(n, "retired node not answering");
+        return;
+    }
+    if (!n->ready) {
+        if (now > n->deadline_us)
+            drop_connection(n, "connect timeout");
+        return;
+    }
+    if (n->abandoned > 0 && now - n->last_reply_us > stall_limit_us(st)) {
+        drop_connection(n, "not answering");
+        return;
+    }
+    if (n->ping_sent_us && now - n->ping_sent_us > stall_limit_us(st)) {
+        drop_connection(n, "ping timeout");
+        return;
+    }
+    if (!n->ping_sent_us && n->outstanding == 0 &&
+        now - n->last_send_us > IDLE_PING_MS * 1000u) {
+        if (redisAsyncCommand(n->ac, on_ping, NULL, "PING") == REDIS_OK) {
+            owe(n, 1);
+            n->ping_sent_us = n->last_send_us = now;
+        }
+    }
+}
+
+/* ---- the cluster's slot map ----------------------------------------------- */
+
+static bool numeric_host(const char *host)
+{
+    struct in6_addr a6;
+    struct in_addr a4;
+    return inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1;
+}
+
+static struct node *node_new(struct store *st, const char *host, int port)
+{
+    if (st->n_nodes >= MAX_NODES)
+        return NULL;
+    struct node *n = calloc(1, sizeof *n);
+    if (!n)
+        return NULL;
+    n->st = st;
+    n->port = port;
+    n->backoff_ms = BACKOFF_MIN_MS;
+    n->host = host ? strdup(host) : NULL;
+    n->reconnect_timer = evtimer_new(st->base, on_reconnect_timer, n);
+    if ((host && !n->host) || !n->reconnect_timer) {
+        if (n->reconnect_timer)
+            event_free(n->reconnect_timer);
+        free(n->host);
+        free(n);
+        return NULL;
+    }
+    if (st->cluster)
+        snprintf(n->name, sizeof n->name, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    else
+        snprintf(n->name, sizeof n->name, "%.*s", (int)sizeof n->name - 1, st->display);
+    st->nodes[st->n_nodes++] = n;
+    return n;
+}
+
+/* The node at HOST:PORT, made when new.  NULL for a host name (resolving
+ * it would block the loop) or past MAX_NODES. */
+static struct node *node_get(struct store *st, const char *host, int port)
+{
+    for (size_t k = 0; k < st->n_nodes; k++)
+        if (st->nodes[k]->port == port && strcmp(st->nodes[k]->host, host) == 0)
+            return st->nodes[k];
+    if (!numeric_host(host)) {
+        if (!st->warned_name)
+            log_warn("redis cluster: not a numeric address; set cluster-preferred-endpoint-type ip",
+                     "host=%.64s port=%d", host, port);
+        st->warned_name = true;
+        return NULL;
+    }
+    struct node *n = node_new(st, host, port);
+    if (!n)
+        log_warn("redis cluster: too many nodes", "max=%d", MAX_NODES);
+    return n;
+}
+
+/* Installs the map of RANGES (from a reply of node FROM). */
+static void apply_map(struct store *st, const struct cluster_range *ranges, size_t nr,
+                      const struct node *from)
+{
+    uint8_t *owner = calloc(CLUSTER_SLOTS, 1);
+    unsigned owned = 0;
+    if (!owner)
+        return;
+    for (size_t k = 0; k < nr; k++) {
+        struct node *n = node_get(st, ranges[k].host[0] ? ranges[k].host : from->host,
+                                  ranges[k].port);
+        if (!n)
+            continue;
+        uint8_t idx = node_index(st, n);
+        for (unsigned s = ranges[k].start; s <= ranges[k].end; s++) {
+            if (!owner[s])
+                owned++;
+            owner[s] = idx;
+        }
+    }
+    bool changed = memcmp(owner, st->owner, CLUSTER_SLOTS) != 0;
+    memcpy(st->owner, owner, CLUSTER_SLOTS);
+    free(owner);
+    st->slots_owned = owned;
+    for (size_t k = 0; k < st->n_nodes; k++)
+        st->nodes[k]->n_slots = 0;
+    for (unsigned s = 0; s < CLUSTER_SLOTS; s++)
+        if (st->owner[s])
+            st->nodes[st->owner[s] - 1]->n_slots++;
+
+    unsigned masters = 0;
+    for (size_t k = 0; k < st->n_nodes; k++) {
+        struct node *n = st->nodes[k];
+        masters += n->n_slots > 0;
+        n->wanted = n->n_slots > 0 || n->parked != NULL;
+        if (n->wanted && !n->ac && !n->retiring && !evtimer_pending(n->reconnect_timer, NULL))
+            connect_now(n);
+    }
+    if (changed || (owned < CLUSTER_SLOTS && !st->map_logged_incomplete))
+        log_info("redis cluster map", "masters=%u slots=%u from=%s", masters, owned, from->name);
+    st->map_logged_incomplete = owned < CLUSTER_SLOTS;
+    st->map_warned = false;
+    st->refresh_gap_ms = REFRESH_MIN_MS;
+    /* Connections to nodes that are no longer masters close once their
+     * answers are in (their calls get MOVED and go elsewhere). */
+    for (size_t k = 0; k < st->n_nodes; k++) {
+        struct node *n = st->nodes[k];
+        if (!n->wanted && n->ac && !n->retiring && n != st->refresh_node) {
+            if (n->connected) {
+                n->retiring = true;
+                n->last_reply_us = now_us();    /* from now, a full stall limit */
+                redisAsyncDisconnect(n->ac);
+            } else {                        /* still connecting: no answers to wait for */
+                redisAsyncContext *ac = n->ac;
+                mark_down(n, "not a master");
+                redisAsyncFree(ac);
+            }
+        } else if (!n->wanted && !n->ac) {
+            event_del(n->reconnect_timer);
+        }
+    }
+    update_ready(st);
+}
+
+static void on_slots(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct node *n = ac->data;
+    struct store *st = n->st;
+    const redisReply *r = reply;
+
+    owe(n, -1);
+    if (st->closing || (uintptr_t)privdata != st->refresh_seq || st->refresh_node != n)
+        return;                 /* stale: given up on earlier */
+    st->refresh_node = NULL;
+    st->refresh_sent_us = 0;
+    if (r)
+        n->last_reply_us = now_us();
+    int nr = r ? cluster_parse_slots(r, NULL, 0) : -1;
+    struct cluster_range *ranges = nr > 0 ? calloc((size_t)nr, sizeof *ranges) : NULL;
+    if (nr <= 0 || !ranges) {
+        map_failed(st, n, !r ? "connection lost" : r->type == REDIS_REPLY_ERROR ? r->str :
+                          nr == 0 ? "no slots assigned" : "not a CLUSTER SLOTS reply");
+        free(ranges);
+        st->refresh_rr = node_index(st, n);   /* ask the next one next time */
+        st->refresh_wanted = true;
+        request_refresh(st);
+        return;
+    }
+    cluster_parse_slots(r, ranges, (size_t)nr);
+    apply_map(st, ranges, (size_t)nr, n);
+    free(ranges);
+    if (st->refresh_wanted)
+        request_refresh(st);
+}
+
+static void send_cluster_slots(struct node *n)
+{
+    struct store *st = n->st;
+    if (redisAsyncCommand(n->ac, on_slots, (void *)st->refresh_seq, "CLUSTER SLOTS") == REDIS_OK) {
+        owe(n, 1);
+        n->last_send_us = now_us();
+    } else {
+        st->refresh_node = NULL;
+        st->refresh_sent_us = 0;
+        st->refresh_wanted = true;
+    }
+}
+
+/* Asks one node for the map: a ready one if any, else one whose connection
+ * is up, else the next known address in turn (seeds included). */
+static void start_refresh(struct store *st)
+{
+    struct node *pick = NULL;
+    size_t n = st->n_nodes;
+
+    st->refresh_wanted = false;
+    st->last_refresh_us = now_us();
+    st->refresh_seq++;
+    /* Pass 0: a ready node; 1: a connected one; 2: one connecting; 3: an
+     * address without a connection (a probe). */
+    for (int pass = 0; pass < 4 && !pick; pass++)
+        for (size_t i = 0; i < n && !pick; i++) {
+            struct node *c = st->nodes[(st->refresh_rr + i) % n];
+            if (c->retiring)
+                continue;
+            if ((pass == 0 && c->ready) || (pass == 1 && c->connected) ||
+                (pass == 2 && c->ac) || (pass == 3 && !c->ac))
+                pick = c;
+        }
+    if (!pick) {
+        st->refresh_wanted = true;
+        return;
+    }
+    st->refresh_node = pick;
+    st->refresh_sent_us = now_us();
+    if (pick->connected) {
+        send_cluster_slots(pick);
+        return;
+    }
+    pick->slots_on_connect = true;
+    if (pick->ac)
+        return;
+    /* A probe: connected for the question (and kept if it is a master). */
+    connect_now(pick);
+}
+
+static void on_refresh_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct store *st = arg;
+    (void)fd; (void)what;
+    if (st->refresh_wanted && !st->refresh_node)
+        start_refresh(st);
+}
+
+/* At most one CLUSTER SLOTS every REFRESH_MIN_MS (more while none
+ * answers), one at a time. */
+static void request_refresh(struct store *st)
+{
+    if (!st->cluster || st->closing)
+        return;
+    st->refresh_wanted = true;
+    if (st->refresh_node || evtimer_pending(st->refresh_timer, NULL))
+        return;
+    uint64_t now = now_us(), due = st->last_refresh_us + st->refresh_gap_ms * 1000u;
+    uint64_t wait = due > now ? due - now : 0;
+    struct timeval tv = { (time_t)(wait / 1000000u), (suseconds_t)(wait % 1000000u) };
+    evtimer_add(st->refresh_timer, &tv);
+}
+
 static void on_health_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct store *st = arg;
     uint64_t now = now_us();
     (void)fd; (void)what;
 
-    if (!st->ac)
+    for (size_t k = 0; k < st->n_nodes; k++)
+        check_node(st->nodes[k], now);
+    if (!st->cluster)
         return;
-    if (!st->ready) {
-        if (now > st->deadline_us)
-            drop_connection(st, "connect timeout");
-        return;
+    if (st->refresh_node && now - st->refresh_sent_us > stall_limit_us(st)) {
+        st->refresh_node->slots_on_connect = false;
+        st->refresh_rr = node_index(st, st->refresh_node);
+        st->refresh_node = NULL;            /* its answer, if any, is stale now */
+        st->refresh_sent_us = 0;
     }
-    if (st->abandoned > 0 && now - st->last_reply_us > stall_limit_us(st)) {
-        drop_connection(st, "not answering");
-        return;
-    }
-    if (st->ping_sent_us && now - st->ping_sent_us > stall_limit_us(st)) {
-        drop_connection(st, "ping timeout");
-        return;
-    }
-    if (!st->ping_sent_us && st->outstanding == 0 &&
-        now - st->last_send_us > IDLE_PING_MS * 1000u) {
-        if (redisAsyncCommand(st->ac, on_ping, NULL, "PING") == REDIS_OK) {
-            COUNTER_INC(st->outstanding);
-            st->ping_sent_us = st->last_send_us = now;
-        }
-    }
+    /* A degraded map (a master down, slots without owner) is asked for
+     * again every tick until it heals: that is how a failover is seen. */
+    if (!st->ready || st->refresh_wanted)
+        request_refresh(st);
 }
 
 /* ---- creation ----------------------------------------------------------- */
@@ -539,18 +1211,16 @@ static char *dup_or_null(const char *s)
 
 /* Host names are resolved once, here, before the loop runs: hiredis would
  * call getaddrinfo() on every reconnect, blocking the loop. */
-static char *resolve_host(const char *host, char *err, size_t errlen)
+static char *resolve_host(const char *key, const char *host, char *err, size_t errlen)
 {
-    struct in6_addr a6;
-    struct in_addr a4;
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res;
     char buf[INET6_ADDRSTRLEN];
 
-    if (inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1)
+    if (numeric_host(host))
         return strdup(host);
     int rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "redis.url: cannot resolve %s: %s", host, gai_strerror(rc));
+        snprintf(err, errlen, "%s: cannot resolve %s: %s", key, host, gai_strerror(rc));
         return NULL;
     }
     if (res->ai_family == AF_INET)
@@ -559,6 +1229,26 @@ static char *resolve_host(const char *host, char *err, size_t errlen)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, buf, sizeof buf);
     freeaddrinfo(res);
     return strdup(buf);
+}
+
+static int add_seed(struct store *st, const char *key, const char *host, int port,
+                    char *err, size_t errlen)
+{
+    char *addr = NULL;
+    if (host && !(addr = resolve_host(key, host, err, errlen)))
+        return -1;
+    for (size_t k = 0; addr && k < st->n_nodes; k++)
+        if (st->nodes[k]->port == port && strcmp(st->nodes[k]->host, addr) == 0) {
+            free(addr);                 /* two names for one address */
+            return 0;
+        }
+    struct node *n = node_new(st, addr, port);
+    free(addr);
+    if (!n) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
 }
 
 struct store *store_create(struct event_base *base, const struct cfg_redis *cfg,
@@ -572,29 +1262,48 @@ struct store *store_create(struct event_base *base, const struct cfg_redis *cfg,
     }
     st->base = base;
     st->cfg = *cfg;
+    st->cluster = cfg->n_cluster > 0;
     st->max_pending = max_pending ? max_pending : 1;
+    st->refresh_gap_ms = REFRESH_MIN_MS;
     st->scripts = scripts;
     st->n_scripts = n_scripts;
-    st->backoff_ms = BACKOFF_MIN_MS;
     snprintf(st->display, sizeof st->display, "%s", cfg->url ? cfg->url : "?");
     st->sha = calloc(n_scripts ? n_scripts : 1, sizeof *st->sha);
+    st->nodes = calloc(st->cluster ? MAX_NODES : 1, sizeof *st->nodes);
+    st->owner = st->cluster ? calloc(CLUSTER_SLOTS, 1) : NULL;
     st->path = dup_or_null(cfg->path);
     st->user = dup_or_null(cfg->user);
     st->password = dup_or_null(cfg->password);
-    if (cfg->transport == REDIS_TCP && !(st->host = resolve_host(cfg->host, err, errlen))) {
+    st->health_timer = event_new(base, -1, EV_PERSIST, on_health_timer, st);
+    st->refresh_timer = evtimer_new(base, on_refresh_timer, st);
+    if (!st->sha || !st->nodes || (st->cluster && !st->owner) || !st->health_timer ||
+        !st->refresh_timer) {
+        snprintf(err, errlen, "out of memory");
         store_free(st);
         return NULL;
     }
-    st->reconnect_timer = evtimer_new(base, on_reconnect_timer, st);
-    st->health_timer = event_new(base, -1, EV_PERSIST, on_health_timer, st);
-    if (!st->sha || !st->reconnect_timer || !st->health_timer) {
-        snprintf(err, errlen, "out of memory");
+    int rc = 0;
+    if (st->cluster) {
+        for (size_t k = 0; rc == 0 && k < cfg->n_cluster; k++)
+            rc = add_seed(st, "redis.cluster", cfg->cluster[k].host, cfg->cluster[k].port,
+                          err, errlen);
+    } else {
+        rc = add_seed(st, "redis.url", cfg->transport == REDIS_TCP ? cfg->host : NULL,
+                      cfg->port, err, errlen);
+    }
+    if (rc != 0) {
         store_free(st);
         return NULL;
     }
     struct timeval tick = { 0, HEALTH_TICK_MS * 1000 };
     evtimer_add(st->health_timer, &tick);
-    connect_now(st);
+    if (st->cluster) {
+        st->refresh_wanted = true;
+        start_refresh(st);              /* connects the first seed */
+    } else {
+        st->nodes[0]->wanted = true;
+        connect_now(st->nodes[0]);
+    }
     return st;
 }
 
@@ -602,18 +1311,35 @@ void store_free(struct store *st)
 {
     if (!st)
         return;
-    if (st->ac) {
-        redisAsyncContext *ac = st->ac;
-        st->ac = NULL;
-        __atomic_store_n(&st->ready, false, __ATOMIC_RELAXED);
-        redisAsyncFree(ac);       /* answers every pending call UNAVAILABLE */
+    st->closing = true;
+    __atomic_store_n(&st->ready, false, __ATOMIC_RELAXED);
+    for (size_t k = 0; k < st->n_nodes; k++) {
+        struct node *n = st->nodes[k];
+        if (n->ac) {
+            redisAsyncContext *ac = n->ac;
+            n->ac = NULL;
+            n->ready = false;
+            redisAsyncFree(ac);       /* answers every pending call UNAVAILABLE */
+        }
+        fail_parked(n, "closing");
     }
-    if (st->reconnect_timer)
-        event_free(st->reconnect_timer);
+    while (st->delayed) {
+        struct store_call *call = st->delayed;
+        call_unlink(call);
+        call_fail(call, STORE_UNAVAILABLE, "closing");
+    }
+    for (size_t k = 0; k < st->n_nodes; k++) {
+        event_free(st->nodes[k]->reconnect_timer);
+        free(st->nodes[k]->host);
+        free(st->nodes[k]);
+    }
+    free(st->nodes);
+    free(st->owner);
     if (st->health_timer)
         event_free(st->health_timer);
+    if (st->refresh_timer)
+        event_free(st->refresh_timer);
     free(st->sha);
-    free(st->host);
     free(st->path);
     free(st->user);
     if (st->password) {
@@ -638,7 +1364,7 @@ void store_get_stats(const struct store *st, struct store_stats *out)
 {
     /* May run on another worker's thread: every field is loaded atomically. */
     out->connected = __atomic_load_n(&st->ready, __ATOMIC_RELAXED);
-    out->pending = COUNTER_GET(st->outstanding);
+    out->pending = COUNTER_GET(st->outstanding) + COUNTER_GET(st->waiting);
     out->calls = COUNTER_GET(st->stats.calls);
     out->timeouts = COUNTER_GET(st->stats.timeouts);
     out->errors = COUNTER_GET(st->stats.errors);
