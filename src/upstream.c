@@ -100,7 +100,6 @@ struct xfer {
 
 static const char *const no_headers[1] = { NULL };
 
-static void check_done(struct upstream_pool *p);
 static void pool_destroy(struct upstream_pool *p);
 
 /* ---- process-wide set-up --------------------------------------------------- */
