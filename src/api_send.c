@@ -20,6 +20,7 @@
 #include "capgate/decision.h"
 #include "capgate/delivery.h"
 #include "capgate/http.h"
+#include "capgate/jsonptr.h"
 #include "capgate/log.h"
 #include "capgate/pseudonym.h"
 #include "capgate/reply.h"
@@ -361,38 +362,6 @@ invalid:
 }
 
 /* ---- transparent routes ------------------------------------------------------ */
-
-/* RFC 6901: "/personalizations/0/to/0/email", with ~1 for '/' and ~0 for '~'. */
-static json_t *json_pointer(json_t *root, const char *ptr)
-{
-    json_t *cur = root;
-    if (*ptr == '\0')
-        return root;
-    while (cur && *ptr == '/') {
-        char tok[256];
-        size_t n = 0;
-        ptr++;
-        while (*ptr && *ptr != '/' && n < sizeof tok - 1) {
-            if (ptr[0] == '~' && (ptr[1] == '0' || ptr[1] == '1')) {
-                tok[n++] = ptr[1] == '0' ? '~' : '/';
-                ptr += 2;
-            } else {
-                tok[n++] = *ptr++;
-            }
-        }
-        tok[n] = '\0';
-        if (json_is_object(cur)) {
-            cur = json_object_get(cur, tok);
-        } else if (json_is_array(cur)) {
-            char *end;
-            unsigned long idx = strtoul(tok, &end, 10);
-            cur = (*tok && *end == '\0') ? json_array_get(cur, idx) : NULL;
-        } else {
-            cur = NULL;
-        }
-    }
-    return *ptr ? NULL : cur;
-}
 
 /* A value named by SPEC ("json:/..." or "header:Name"), copied into OUT. */
 static bool extract(struct http_request *req, json_t *body, const char *spec, char *out,
