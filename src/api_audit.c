@@ -205,3 +205,96 @@ void api_audit(struct worker *w, struct http_request *req)
     if (--call->pending == 0)
         finish(call);
 }
+
+/* ---- GET /v1/admin/dead-letters?limit=N ------------------------------------ */
+
+struct dead_call {
+    struct worker *w;
+    struct http_request *req;
+    unsigned pending, limit;
+    bool failed;
+    json_t *all;
+};
+
+static int by_at_desc(const void *a, const void *b)
+{
+    json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "at"));
+    json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "at"));
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static void dead_finish(struct dead_call *c)
+{
+    if (c->failed) {
+        reply_error(c->w, c->req, API_STORE_UNAVAILABLE, NULL, "the store is unavailable; retry later");
+    } else {
+        size_t n = json_array_size(c->all);
+        json_t **items = calloc(n ? n : 1, sizeof *items);
+        for (size_t k = 0; items && k < n; k++)
+            items[k] = json_array_get(c->all, k);
+        if (items)
+            qsort(items, n, sizeof *items, by_at_desc);
+        json_t *list = json_array();
+        for (size_t k = 0; items && k < n && k < c->limit; k++)
+            json_array_append(list, items[k]);
+        free(items);
+        reply_json(c->w, c->req, 200, json_pack("{s:o, s:I}", "dead_letters", list,
+                                                "total_seen", (json_int_t)n));
+    }
+    json_decref(c->all);
+    free(c);
+}
+
+static void on_dead(void *arg, const struct store_reply *r)
+{
+    struct dead_call *c = arg;
+    if (r->status != STORE_OK) {
+        c->failed = true;
+    } else {
+        for (size_t k = 0; k < r->n; k++) {
+            if (r->items[k].type != STORE_STR)
+                continue;
+            json_t *o = json_loadb(r->items[k].s, r->items[k].len, 0, NULL);
+            if (o)
+                json_array_append_new(c->all, o);
+        }
+    }
+    if (--c->pending == 0)
+        dead_finish(c);
+}
+
+void api_dead_letters(struct worker *w, struct http_request *req)
+{
+    const char *limit_s = http_query(req, "limit");
+    long limit = LIMIT_DEFAULT;
+    char *end;
+    if (limit_s) {
+        limit = strtol(limit_s, &end, 10);
+        if (*end || limit < 1 || limit > LIMIT_MAX) {
+            reply_error(w, req, API_INVALID_FIELD, "limit", "limit must be 1 to %d", LIMIT_MAX);
+            return;
+        }
+    }
+    struct dead_call *c = calloc(1, sizeof *c);
+    if (!c || !(c->all = json_array())) {
+        free(c);
+        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        return;
+    }
+    c->w = w;
+    c->req = req;
+    c->limit = (unsigned)limit;
+    c->pending = 1;
+    for (unsigned tag = 0; tag < DECISION_TAGS; tag++) {
+        struct script_args a;
+        decision_dead_list_args(tag, c->limit, &a);
+        c->pending++;
+        if (store_eval(w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_dead, c) != 0) {
+            c->pending--;
+            c->failed = true;
+            break;
+        }
+    }
+    if (--c->pending == 0)
+        dead_finish(c);
+}

@@ -17,6 +17,7 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_AUDIT_PAGE] = lua_audit_page,
     [SCRIPT_CLAIM] = lua_claim,
     [SCRIPT_FINISH] = lua_finish,
+    [SCRIPT_DEAD_LIST] = lua_dead_list,
 };
 
 static const char *const outcome_names[OUTCOME__COUNT] = { "allow", "defer", "deny" };
@@ -336,6 +337,13 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
         arg_str(a, in->enqueue->blob, in->enqueue->blob_len);
         arg_fmt(a, "%s", member);
     }
+}
+
+void decision_dead_list_args(unsigned tag, unsigned most, struct script_args *a)
+{
+    args_init(a, SCRIPT_DEAD_LIST, 1);
+    arg_fmt(a, "cg:{%02x}:dead", tag & 0xff);
+    arg_fmt(a, "%u", most);
 }
 
 void decision_member(const char *user, const char *message, char out[50])

@@ -27,6 +27,7 @@ static const struct route routes[] = {
     { "/v1/users/erase",  "POST", SCOPE_CONSENT, api_users_erase },
     { "/v1/audit",        "GET",  SCOPE_ADMIN,   api_audit },
     { "/v1/admin/reload", "POST", SCOPE_ADMIN,   api_admin_reload },
+    { "/v1/admin/dead-letters", "GET", SCOPE_ADMIN, api_dead_letters },
     { "/status",          "GET",  SCOPE_ADMIN,   api_status },
     { "/metrics",         "GET",  SCOPE_ADMIN,   api_metrics },
     /* The page is static; it asks /status (with the token it is given). */

@@ -28,7 +28,7 @@ struct tz_zone;
 
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
-    SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT__COUNT
+    SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT__COUNT
 };
 
 /* The hash tags: 256, "00".."ff".  Per-tag streams (the audit trail) are
@@ -134,6 +134,7 @@ enum finish_action { FINISH_ACK, FINISH_DROP, FINISH_RETRY, FINISH_DEAD };
 void decision_finish_args(const struct config *cfg, const char *member,
                           enum finish_action action, int64_t retry_in_ms,
                           const char *dead_summary, struct script_args *out);
+void decision_dead_list_args(unsigned tag, unsigned most, struct script_args *out);
 /* The queue member of a person's message: "<P>:<M>" into OUT[50]. */
 void decision_member(const char *user, const char *message, char out[50]);
 

@@ -149,6 +149,9 @@ def test_retries_then_dead_letter():
     m = g.get("/metrics").body
     h.check("capgate_dead_letters 1" in m, "dead letter gauge")
     h.check('outcome="retried"} 2' in m, "two retries: %s" % [l for l in m.splitlines() if "deliver" in l])
+    dl = g.get("/v1/admin/dead-letters").body["dead_letters"]
+    h.check(len(dl) == 1 and dl[0]["channel"] == "email" and dl[0]["attempts"] == 3 and
+            dl[0]["upstream_status"] == 500, "dead letters: %r" % dl)
 
 
 def test_transparent_route():
