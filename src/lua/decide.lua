@@ -107,7 +107,11 @@ local function answer(outcome, reason, rule, retry, replay, count)
       entry[#entry + 1] = table.concat(hits, ',')
     end
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', unpack(entry))
-    redis.call('XTRIM', KEYS[4], 'MINID', '~', tostring(now - tonumber(keep)))
+    -- Age-trimming once in a while is enough: MAXLEN bounds the size on every
+    -- call, and an idle stream expires as a whole.
+    if now % 16 == 0 then
+      redis.call('XTRIM', KEYS[4], 'MINID', '~', tostring(now - tonumber(keep)))
+    end
     redis.call('PEXPIRE', KEYS[4], keep)
   end
   -- A deferral in proxy mode queues the message, or refuses it when full.
@@ -201,10 +205,14 @@ end
 -- send has to leave the window before one more fits.  A person who ignored
 -- their last messages (fatigue) gets one more, tighter cap over every channel.
 local caps = ARGV[13]
-local ignored = 0
-local engaged = redis.call('HGET', KEYS[3], person)
-if engaged then ignored = struct.unpack('>I2', engaged) end
-if ARGV[14] ~= '' then
+local ignored, engaged = 0, nil
+local fatigue = ARGV[14] ~= ''
+if fatigue then
+  -- Only with fatigue rules is engagement worth a lookup (and a record).
+  engaged = redis.call('HGET', KEYS[3], person)
+  if engaged then ignored = struct.unpack('>I2', engaged) end
+end
+if fatigue then
   local after, flimit, fwindow, fdeny = struct.unpack('>I2I2I6I1', ARGV[14])
   if ignored >= after then
     caps = caps .. struct.pack('>I1I2I2I1I1I2I6I1', 255, 0, 0, 0, fdeny, flimit, fwindow, 0)
@@ -277,7 +285,7 @@ if not string.find(flags, 'd', 1, true) then
   end
   redis.call('PEXPIRE', KEYS[1], retention)
   -- One more message the person has not (yet) engaged with.
-  if not string.find(flags, 'x', 1, true) then
+  if fatigue and not string.find(flags, 'x', 1, true) then
     local last = 0
     if engaged then
       local _
