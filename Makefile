@@ -47,7 +47,7 @@ DEB_PKGS := build-essential pkg-config libevent-dev libmicrohttpd-dev libhiredis
             redis-server python3 tzdata \
             wrk curl chromium valgrind libfyaml-utils man-db groff-base systemd openssl
 
-.PHONY: all deps run test check unit test-valgrind clean install
+.PHONY: all deps run test check unit test-valgrind clean install bench
 all: $(BUILD)/capgate
 
 # V=1 shows the full commands.
@@ -104,6 +104,14 @@ VALGRIND := valgrind -q --leak-check=full --errors-for-leak-kinds=definite --sho
 test-valgrind: deps
 	@$(MAKE) --no-print-directory all unit
 	@CAPGATE_WRAP="$(VALGRIND)" PATH="$$PATH:$(CURDIR)/build/tools/usr/bin" sh tests/run.sh $(BUILD)
+
+# make bench: throughput, latency, Redis CPU and memory per person, RSS,
+# against the floor of our stack and a redis-benchmark-like ceiling; prints
+# figures and the targets met.  A benchmark reports; it does not fail.
+include tests/bench/Makefile.inc
+bench: deps
+	@$(MAKE) --no-print-directory all bench-bins
+	@sh tests/bench/run.sh $(BUILD)
 
 # PREFIX=/usr DESTDIR=/tmp/pkg make install: binary, example config (never
 # overwritten), systemd unit + sysusers + tmpfiles, man pages.

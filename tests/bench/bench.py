@@ -1,0 +1,1244 @@
+#!/usr/bin/env python3
+"""capgate's benchmark (`make bench`): capgate next to the floor of its stack.
+
+    python3 tests/bench/bench.py BUILD_DIR              everything (run.sh)
+    python3 tests/bench/bench.py --callgrind BUILD_DIR  only the callgrind part
+
+BUILD_DIR holds capgate and bench/floor, bench/genload (tests/bench/Makefile.inc).
+Environment: BENCH_SECONDS (wrk duration per run, default 8), BENCH_PEOPLE
+(people loaded for the memory figure, default 1000000), BENCH_DECIDES
+(callgrind workload, default 5000).
+
+One run starts its own redis-servers (loopback, free ports, no persistence),
+capgate with a realistic config (3 caps, consent in use, quiet hours for sms)
+and the floor program, and prints one figure a line, then
+"bench: N of M targets met".  Every timed figure is the median of 3 runs with
+the same load: wrk -t1 -c64 -d<T>s --latency, tests/bench/post.lua (random
+users out of 1,000,000, random campaigns), after a 2 s warm-up.  Capgate and
+floor runs alternate so that both see the same machine.
+
+Exit 0 when everything ran (targets missed or not: a benchmark reports), 1
+when something could not run, 130 on Ctrl-C.  Every process it starts is
+stopped by PID on the way out, also on errors and Ctrl-C.
+"""
+
+import csv
+import http.client
+import io
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+POST_LUA = os.path.join(HERE, "post.lua")
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+PEOPLE = int(os.environ.get("BENCH_PEOPLE", "1000000"))
+DECIDES = int(os.environ.get("BENCH_DECIDES", "5000"))
+WARMUP = 2
+RUNS = 3
+CONNS = 64
+IDLE_CONNS = 10000
+FULL_WINDOW_PEOPLE = 20000
+SCRIPT_BENCH_CALLS = 100000
+
+T0 = time.monotonic()
+
+
+class BenchError(Exception):
+    """Something the benchmark needs could not run."""
+
+
+def note(msg):
+    sys.stderr.write("# [%5.1fs] %s\n" % (time.monotonic() - T0, msg))
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------
+# processes: every one is stopped by PID on the way out
+# --------------------------------------------------------------------------
+
+PROCS = []
+TMP = None
+
+
+def spawn(argv, log=None, preexec_fn=None, **kw):
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                         start_new_session=True, preexec_fn=preexec_fn, **kw)
+    if log:
+        out.close()
+    PROCS.append(p)
+    return p
+
+
+def stop(p, timeout=15.0):
+    if p.poll() is None:
+        try:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        except ProcessLookupError:
+            pass
+    if p in PROCS:
+        PROCS.remove(p)
+
+
+def stop_all():
+    for p in list(reversed(PROCS)):
+        try:
+            stop(p, 5.0)
+        except Exception:             # keep going: stop the others
+            try:
+                p.kill()
+            except Exception:
+                pass
+
+
+def on_signal(signum, frame):
+    raise KeyboardInterrupt
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    want = min(want, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def vmrss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError("no VmRSS for pid %d" % pid)
+
+
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])     # utime + stime
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------
+# a small RESP client
+# --------------------------------------------------------------------------
+
+class RedisError(Exception):
+    pass
+
+
+def resp_encode(args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        elif isinstance(a, int):
+            a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Redis:
+    def __init__(self, port, timeout=120.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.f = self.sock.makefile("rb")
+
+    def close(self):
+        try:
+            self.f.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+    def read(self):
+        line = self.f.readline()
+        if not line:
+            raise BenchError("Redis closed the connection")
+        t, rest = line[:1], line[1:-2]
+        if t == b"+":
+            return rest.decode("latin-1")
+        if t == b"-":
+            return RedisError(rest.decode("latin-1"))
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            return None if n < 0 else self.f.read(n + 2)[:-2]
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise BenchError("bad RESP line %r" % line[:80])
+
+    def cmd(self, *args):
+        self.sock.sendall(resp_encode(args))
+        r = self.read()
+        if isinstance(r, RedisError):
+            raise r
+        return r
+
+    def info(self, section):
+        text = self.cmd("INFO", section).decode("latin-1")
+        d = {}
+        for line in text.splitlines():
+            if ":" in line and not line.startswith("#"):
+                k, v = line.split(":", 1)
+                d[k] = v
+        return d
+
+
+def start_redis(tmp, name):
+    port = free_port()
+    d = os.path.join(tmp, name)
+    os.makedirs(d, exist_ok=True)
+    p = spawn([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", d, "--daemonize", "no",
+               "--maxclients", "10000"],
+              log=os.path.join(tmp, name + ".log"))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            r = Redis(port)
+            if r.cmd("PING") == "PONG":
+                return p, port, r
+        except (OSError, BenchError):
+            pass
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise BenchError("redis-server did not start (see %s.log)" % name)
+        time.sleep(0.05)
+
+
+def evalsha_stats(r):
+    s = r.info("commandstats").get("cmdstat_evalsha", "")
+    d = dict(kv.split("=", 1) for kv in s.split(",") if "=" in kv)
+    return int(d.get("calls", 0)), int(d.get("usec", 0))
+
+
+def redis_cpu_s(r):
+    i = r.info("cpu")
+    return float(i["used_cpu_sys"]) + float(i["used_cpu_user"])
+
+
+# --------------------------------------------------------------------------
+# capgate and the floor
+# --------------------------------------------------------------------------
+
+CONFIG = """\
+# written by tests/bench/bench.py
+listen: "127.0.0.1:{port}"
+log_level: warn
+redis:
+  url: "redis://127.0.0.1:{redis_port}/0"
+  timeout_ms: {timeout_ms}
+  on_unavailable: reject
+privacy:
+  key_file: "{key_file}"
+channels:
+  email: {{}}
+  push: {{}}
+  sms: {{ requires_opt_in: true }}
+categories:
+  marketing: {{}}
+  transactional: {{ exempt_from_caps: true, exempt_from_quiet_hours: true, ignores_opt_out: true }}
+default_category: marketing
+caps:
+  - {{ name: email-daily,   channel: email, limit: 2, window: 1d,  on_exceed: defer }}
+  - {{ name: all-weekly,                    limit: 5, window: 7d,  on_exceed: defer }}
+  - {{ name: campaign-once, per: campaign,  limit: 1, window: 30d, on_exceed: deny }}
+quiet_hours:
+  start: "21:00"
+  end: "08:00"
+  default_tz: "UTC"
+  channels: [sms]
+max_defer: 7d
+idempotency_window: 1d
+limits:
+  max_connections: 20000
+  connection_timeout: 60s
+  max_pending: 10000
+{extra}"""
+
+
+def write_config(tmp, name, port, redis_port, timeout_ms=250, extra=""):
+    key = os.path.join(tmp, "user.key")
+    if not os.path.exists(key):
+        with open(key, "wb") as f:
+            f.write(os.urandom(32))
+        os.chmod(key, 0o600)
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        f.write(CONFIG.format(port=port, redis_port=redis_port, key_file=key,
+                              timeout_ms=timeout_ms, extra=extra))
+    return path
+
+
+def check_config(capgate, path):
+    r = subprocess.run([capgate, "-t", "-c", path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    return r.returncode, r.stdout.decode("utf-8", "replace").strip()
+
+
+def child_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard if hard != resource.RLIM_INFINITY else 65536, 65536)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def http_call(port, method, path, body=None, timeout=10.0):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        c.request(method, path, body=json.dumps(body) if body is not None else None,
+                  headers=headers)
+        resp = c.getresponse()
+        data = resp.read()
+        return resp.status, data
+    finally:
+        c.close()
+
+
+def wait_ready(port, proc, what, timeout=20.0, path="/readyz"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError("%s exited with %s at start-up" % (what, proc.returncode))
+        try:
+            status, _ = http_call(port, "GET", path, timeout=2.0)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise BenchError("%s not ready after %.0f s" % (what, timeout))
+
+
+class Capgate:
+    def __init__(self, binary, tmp, redis_port, name="capgate", extra="", wrap=(),
+                 timeout_ms=250):
+        self.port = free_port()
+        self.cfg = write_config(tmp, name + ".yaml", self.port, redis_port,
+                                timeout_ms=timeout_ms, extra=extra)
+        rc, out = check_config(binary, self.cfg)
+        if rc != 0:
+            raise BenchError("capgate -t refused the bench config: %s" % out)
+        self.log = os.path.join(tmp, name + ".log")
+        self.proc = spawn(list(wrap) + [binary, "-c", self.cfg], log=self.log,
+                          preexec_fn=child_nofile)
+        wait_ready(self.port, self.proc, "capgate (log: %s)" % self.log,
+                   timeout=60.0 if wrap else 20.0)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        stop(self.proc, 30.0)
+
+
+class Floor:
+    def __init__(self, binary, tmp, redis_port, wrap=()):
+        self.port = free_port()
+        self.log = os.path.join(tmp, "floor.log")
+        self.proc = spawn(list(wrap) + [binary, str(self.port), str(redis_port)], log=self.log,
+                          preexec_fn=child_nofile)
+        deadline = time.monotonic() + (60 if wrap else 10)
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError("floor exited with %s (log: %s)" % (self.proc.returncode,
+                                                                      self.log))
+            try:
+                status, _ = http_call(self.port, "POST", "/", {"user": "x", "message_id": "y"})
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError("floor not answering (log: %s)" % self.log)
+            time.sleep(0.05)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+# --------------------------------------------------------------------------
+# wrk
+# --------------------------------------------------------------------------
+
+def parse_duration_ms(s):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", s)
+    if not m:
+        raise BenchError("cannot read wrk latency %r" % s)
+    v = float(m.group(1))
+    return v * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
+
+
+def run_wrk(port, path, seconds, latency=True):
+    url = "http://127.0.0.1:%d%s" % (port, path)
+    argv = ["wrk", "-t1", "-c%d" % CONNS, "-d%ds" % seconds, "--timeout", "5s",
+            "-s", POST_LUA]
+    if latency:
+        argv.append("--latency")
+    argv.append(url)
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError("wrk did not finish")
+    out = r.stdout.decode("utf-8", "replace")
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if r.returncode != 0 or not m:
+        raise BenchError("wrk failed (exit %d): %s" % (r.returncode, out[-500:]))
+    res = {"rps": float(m.group(1)), "out": out}
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    non2xx = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    sock = sum(int(x) for x in m.groups()) if m else 0
+    res["errors"] = non2xx + sock
+    res["non2xx"], res["socket_errors"] = non2xx, sock
+    if latency:
+        for pct in ("50", "99"):
+            m = re.search(r"^\s+%s(?:\.000)?%%\s+(\S+)" % pct, out, re.M)
+            if not m:
+                raise BenchError("no %s%% latency in wrk output" % pct)
+            res["p" + pct] = parse_duration_ms(m.group(1))
+    return res
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+# --------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------
+
+class Report:
+    def __init__(self):
+        self.lines = []
+        self.targets = []        # (name, met)
+        self.failures = []       # parts that could not run
+
+    def fig(self, name, value, comment="", fmt="{:.1f}"):
+        if value is None:
+            text = "n/a"
+        elif isinstance(value, str):
+            text = value
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = fmt.format(value)
+        line = "%-32s %-10s %s" % (name, text, comment)
+        self.lines.append(line.rstrip())
+        print(line.rstrip(), flush=True)
+
+    def target(self, name, value, op, limit, fmt="{:.2f}", comment=""):
+        if value is None:
+            met = False
+        else:
+            met = value >= limit if op == ">=" else value <= limit if op == "<=" else \
+                value == limit
+        self.targets.append((name, met))
+        tgt = "(target %s %s)" % (op, limit if not isinstance(limit, float) else
+                                   ("%g" % limit))
+        c = (comment + "  " if comment else "") + tgt + ("" if met else "  MISSED")
+        self.fig(name, value, c, fmt)
+
+    def fail(self, part, err):
+        self.failures.append((part, str(err)))
+        self.fig(part, "n/a", "(could not run: %s)" % err)
+
+
+# --------------------------------------------------------------------------
+# capturing capgate's script call as Redis sees it
+# --------------------------------------------------------------------------
+
+REPR_ESC = {"\\": b"\\", '"': b'"', "n": b"\n", "r": b"\r", "t": b"\t", "a": b"\a",
+            "b": b"\b"}
+
+
+def parse_monitor_args(s):
+    """The quoted, sdscatrepr-escaped arguments of one MONITOR line."""
+    args, i, n = [], 0, len(s)
+    while i < n:
+        if s[i] == " ":
+            i += 1
+            continue
+        if s[i] != '"':
+            raise ValueError("unquoted argument at %d" % i)
+        i += 1
+        buf = bytearray()
+        while True:
+            if i >= n:
+                raise ValueError("unterminated argument")
+            c = s[i]
+            if c == '"':
+                i += 1
+                break
+            if c == "\\":
+                e = s[i + 1]
+                if e == "x":
+                    buf.append(int(s[i + 2:i + 4], 16))
+                    i += 4
+                    continue
+                if e in REPR_ESC:
+                    buf += REPR_ESC[e]
+                    i += 2
+                    continue
+                buf += e.encode("latin-1")
+                i += 2
+                continue
+            buf += c.encode("latin-1")
+            i += 1
+        args.append(bytes(buf))
+    return args
+
+
+def capture_decides(redis_port, gw_port, bodies):
+    """Posts BODIES to capgate one by one while MONITOR watches Redis; returns
+    [(http_status, answer, [EVALSHA args as bytes])]."""
+    mon = Redis(redis_port, timeout=10.0)
+    try:
+        if mon.cmd("MONITOR") != "OK":
+            raise BenchError("MONITOR refused")
+        answers = []
+        for b in bodies:
+            status, data = http_call(gw_port, "POST", "/v1/decide", b)
+            try:
+                answers.append((status, json.loads(data)))
+            except ValueError:
+                answers.append((status, {"raw": data[:200]}))
+        marker = "bench-capture-%d" % os.getpid()
+        r = Redis(redis_port)
+        r.cmd("ECHO", marker)
+        r.close()
+        calls = []
+        while True:
+            line = mon.f.readline()
+            if not line:
+                raise BenchError("MONITOR connection closed")
+            text = line.decode("latin-1").rstrip("\r\n")
+            if marker in text:
+                break
+            m = re.match(r'^\+?[\d.]+ \[\d+ ([^\]]+)\] (.*)$', text)
+            if not m or m.group(1) == "lua":
+                continue
+            args = parse_monitor_args(m.group(2))
+            if args and args[0].upper() in (b"EVALSHA", b"EVAL"):
+                calls.append(args)
+    finally:
+        mon.close()
+    if len(calls) != len(bodies):
+        raise BenchError("saw %d script calls for %d decides" % (len(calls), len(bodies)))
+    return [(s, a, c) for (s, a), c in zip(answers, calls)]
+
+
+RAND = b"__rand_int__"
+
+
+def redis_bench_template(a1, a2, b):
+    """The EVALSHA of person A (A1; A2 is the same request again) with every
+    part that differs for person B replaced by __rand_int__.  Returns
+    (args, substitutions) or raises ValueError with the reason."""
+    if not (len(a1) == len(a2) == len(b)):
+        raise ValueError("the calls of two people have different argument counts")
+    out, subs = [], 0
+    for k, (x, x2, y) in enumerate(zip(a1, a2, b)):
+        if x == y or x != x2:       # the same for everyone, or changes by itself (time)
+            out.append(x)
+            continue
+        printable = all(32 <= c < 127 for c in x + y)
+        px, py = re.split(rb"([A-Za-z0-9]+)", x), re.split(rb"([A-Za-z0-9]+)", y)
+        if printable and len(px) == len(py) and px[0::2] == py[0::2]:
+            parts = []
+            for i, (tx, ty) in enumerate(zip(px, py)):
+                if i % 2 == 1 and tx != ty:
+                    pad = len(tx) - len(RAND)
+                    parts.append((b"0" * pad if pad > 0 else b"") + RAND)
+                    subs += 1
+                else:
+                    parts.append(tx)
+            out.append(b"".join(parts))
+            continue
+        # Binary (a packed id): replace the part between the common prefix and suffix.
+        p = 0
+        while p < min(len(x), len(y)) and x[p] == y[p]:
+            p += 1
+        s = 0
+        while s < min(len(x), len(y)) - p and x[len(x) - 1 - s] == y[len(y) - 1 - s]:
+            s += 1
+        mid = len(x) - p - s
+        pad = mid - len(RAND)
+        out.append(x[:p] + (b"0" * pad if pad > 0 else b"") + RAND + x[len(x) - s:])
+        subs += 1
+    if subs == 0:
+        raise ValueError("no user-derived argument found")
+    return out, subs
+
+
+def run_redis_benchmark(redis_port, args, pipeline, requests=200000, clients=50):
+    stdin_arg = None
+    argv = list(args)
+    if b"\x00" in argv[-1]:
+        stdin_arg = argv.pop()
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(redis_port), "-c", str(clients),
+           "-n", str(requests), "-r", "1000000", "-P", str(pipeline), "--csv"]
+    if stdin_arg is not None:
+        cmd.append("-x")
+    r = subprocess.run([c.encode() for c in cmd] + argv,
+                       input=stdin_arg if stdin_arg is not None else b"",
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    out = r.stdout.decode("latin-1")
+    err = r.stderr.decode("latin-1")
+    if r.returncode != 0 or "Error" in err:
+        raise BenchError("redis-benchmark: exit %d %s" % (r.returncode, err.strip()[:200]))
+    rows = list(csv.reader(io.StringIO(out)))
+    if len(rows) < 2 or len(rows[-1]) < 2:
+        raise BenchError("redis-benchmark printed no figures")
+    return float(rows[-1][1])
+
+
+# --------------------------------------------------------------------------
+# genload: people into Redis through capgate's own decision code
+# --------------------------------------------------------------------------
+
+def genload(binary, cfg, redis_port, people, first, tag, specs, bench=None):
+    argv = [binary]
+    if bench:
+        argv += ["--bench", "%d,%d,%d" % bench]
+    argv += [cfg, str(redis_port), str(people), str(first), tag] + list(specs)
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=600)
+    out = r.stdout.decode("utf-8", "replace")
+    m = re.search(r"^genload (.*)$", out, re.M)
+    if r.returncode != 0 or not m:
+        raise BenchError("genload failed: %s" % r.stderr.decode("utf-8", "replace").strip()[:300])
+    d = {}
+    for kv in m.group(1).split():
+        k, v = kv.split("=")
+        d[k] = float(v) if "." in v else int(v)
+    return d
+
+
+# --------------------------------------------------------------------------
+# callgrind
+# --------------------------------------------------------------------------
+
+def callgrind_workload(port, n):
+    """N decides, one keep-alive connection, one at a time: deterministic."""
+    rnd = random.Random(20240601)
+    zones = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC"]
+    channels = ["email"] * 5 + ["push"] * 4 + ["sms"]
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    ok = 0
+    try:
+        for i in range(n):
+            body = json.dumps({"user": "user-%d@example.com" % rnd.randint(1, 1000000),
+                               "channel": rnd.choice(channels), "category": "marketing",
+                               "message_id": "cg-%08d-%012d" % (i, rnd.randint(0, 10**12)),
+                               "campaign": "camp-%d" % rnd.randint(1, 50),
+                               "tz": rnd.choice(zones)})
+            c.request("POST", "/v1/decide", body=body,
+                      headers={"Content-Type": "application/json"})
+            resp = c.getresponse()
+            resp.read()
+            if resp.status == 200:
+                ok += 1
+    finally:
+        c.close()
+    return ok
+
+
+def annotate_top(outfile, n=5):
+    r = subprocess.run(["callgrind_annotate", "--threshold=100", "--auto=no", outfile],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    text = r.stdout.decode("utf-8", "replace")
+    total = None
+    rows = []
+    section = None           # None, "totals", "functions"
+    for line in text.splitlines():
+        if re.match(r"^Ir\s+file:function", line):
+            section = "functions"
+            continue
+        if line.startswith("PROGRAM TOTALS") or "PROGRAM TOTALS" in line:
+            section = "totals"
+        m = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$", line)
+        if not m or section is None:
+            continue
+        ir = int(m.group(1).replace(",", ""))
+        what = m.group(2)
+        if what.startswith("PROGRAM TOTALS"):
+            total = ir
+            continue
+        rows.append((ir, what))
+    if not total:
+        raise BenchError("callgrind_annotate gave no totals")
+    # Functions still on the stack when the counters were zeroed (main, the
+    # loop) show their inclusive cost as self cost: drop those artefacts.
+    rows = [(ir, w) for ir, w in rows if ir < 0.9 * total]
+    by_obj = {}
+    top = []
+    for ir, what in rows:
+        m = re.match(r"^(.*?)(?: \[(.*)\])?$", what)
+        fn, obj = m.group(1), m.group(2) or "?"
+        fn = fn.split(":", 1)[1] if ":" in fn else fn
+        obj = os.path.basename(obj)
+        obj = re.sub(r"\.so[.\d]*$", "", obj)
+        by_obj[obj] = by_obj.get(obj, 0) + ir
+        top.append((ir, fn, obj))
+    top.sort(reverse=True)
+    memset = sum(ir for ir, fn, _ in top if "memset" in fn)
+    return total, top[:n], sorted(by_obj.items(), key=lambda kv: -kv[1]), memset
+
+
+def callgrind_profile(build, tmp, what):
+    """Runs capgate (WHAT = "capgate") or the floor under callgrind with a
+    private Redis; counts only the workload.  Returns (dump, ok, seconds)."""
+    rproc, rport, rconn = start_redis(tmp, "redis-callgrind-" + what)
+    out = os.path.join(tmp, "callgrind-%s.out" % what)
+    wrap = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out + ".%p"]
+    if what == "capgate":
+        proc = Capgate(os.path.join(build, "capgate"), tmp, rport, name="capgate-callgrind",
+                       wrap=wrap, timeout_ms=10000)
+    else:
+        proc = Floor(os.path.join(build, "bench", "floor"), tmp, rport, wrap=wrap)
+    try:
+        def ctl(op):
+            return subprocess.run(["callgrind_control", op, str(proc.pid)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=60)
+        # One request first so that every lazy set-up is out of the figure.
+        callgrind_workload(proc.port, 1)
+        z = ctl("-z")
+        if z.returncode != 0:
+            raise BenchError("callgrind_control -z: %s" % z.stdout.decode()[-200:])
+        t = time.monotonic()
+        ok = callgrind_workload(proc.port, DECIDES)
+        secs = time.monotonic() - t
+        d = ctl("-d")
+        if d.returncode != 0:
+            raise BenchError("callgrind_control -d: %s" % d.stdout.decode()[-200:])
+        dump = None
+        prefix = os.path.basename(out) + ".%d." % proc.pid
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            parts = [f for f in os.listdir(tmp) if f.startswith(prefix)]
+            if parts and os.path.getsize(os.path.join(tmp, sorted(parts)[-1])) > 0:
+                dump = os.path.join(tmp, sorted(parts)[-1])
+                break
+            time.sleep(0.2)
+        if not dump:
+            raise BenchError("no callgrind dump appeared")
+        time.sleep(0.5)
+    finally:
+        stop(proc.proc, 30.0)
+        rconn.close()
+        stop(rproc)
+    if ok != DECIDES:
+        raise BenchError("%s: %d of %d requests failed under callgrind" %
+                         (what, DECIDES - ok, DECIDES))
+    return dump, secs
+
+
+def callgrind_part(rep, build, tmp):
+    if not shutil.which("valgrind") or not shutil.which("callgrind_annotate"):
+        raise BenchError("valgrind is not installed (apt-get install valgrind)")
+    note("callgrind: capgate and the floor under valgrind, %d requests each" % DECIDES)
+    dump, secs = callgrind_profile(build, tmp, "capgate")
+    total, top, by_obj, memset = annotate_top(dump)
+    fdump, _ = callgrind_profile(build, tmp, "floor")
+    ftotal, _, _, fmemset = annotate_top(fdump)
+    rep.fig("callgrind_decides", DECIDES,
+            "(1 keep-alive connection, sequential, deterministic bodies; %.1f s)" % secs)
+    rep.fig("callgrind_ir_per_decision", int(round(total / DECIDES)),
+            "(instructions in capgate incl. its libraries; start-up excluded)")
+    rep.fig("callgrind_floor_ir_per_request", int(round(ftotal / DECIDES)),
+            "(the floor program, same requests)")
+    rep.fig("callgrind_ir_ratio_to_floor", total / ftotal, fmt="{:.2f}")
+    # valgrind counts every iteration of `rep stosb` as an instruction, so the
+    # memset of MHD's connection pool (both programs) weighs far more in Ir
+    # than in time: the same figures without it.
+    rep.fig("callgrind_ir_ex_memset", int(round((total - memset) / DECIDES)),
+            "(capgate, Ir/decision without libc memset)")
+    rep.fig("callgrind_floor_ir_ex_memset", int(round((ftotal - fmemset) / DECIDES)),
+            "(floor, Ir/request without libc memset)")
+    rep.fig("callgrind_ir_ex_memset_ratio", (total - memset) / (ftotal - fmemset) if
+            ftotal > fmemset else None, fmt="{:.2f}")
+    for i, (ir, fn, obj) in enumerate(top, 1):
+        rep.fig("callgrind_top%d_self" % i, "%.1f%%" % (100.0 * ir / total),
+                "%s (%s) %d Ir/decision" % (fn, obj, ir // DECIDES))
+    rep.fig("callgrind_by_object", "",
+            "  ".join("%s %.0f%%" % (o, 100.0 * ir / total) for o, ir in by_obj[:7]))
+    os.makedirs(os.path.join(build, "bench"), exist_ok=True)
+    keep = os.path.join(build, "bench", "callgrind.out")
+    shutil.copyfile(dump, keep)
+    shutil.copyfile(fdump, keep + ".floor")
+    rep.fig("callgrind_profile", keep, "(callgrind_annotate %s; floor: %s.floor)" % (keep, keep),
+            fmt="{}")
+
+
+# --------------------------------------------------------------------------
+# the whole benchmark
+# --------------------------------------------------------------------------
+
+def consent_setup(port):
+    """Some people opt in to sms (which requires it), some opt out of e-mail
+    marketing or of everything: consent lookups find real records."""
+    rnd = random.Random(7)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    n = 0
+    try:
+        plan = ([("sms", "*", "opt_in")] * 2000 + [("email", "marketing", "opt_out")] * 1000 +
+                [("*", "*", "opt_out")] * 500)
+        for ch, cat, state in plan:
+            body = json.dumps({"user": "user-%d@example.com" % rnd.randint(1, 1000000),
+                               "channel": ch, "category": cat, "state": state,
+                               "source": "bench"})
+            c.request("POST", "/v1/consent", body=body,
+                      headers={"Content-Type": "application/json"})
+            resp = c.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise BenchError("consent answered %d" % resp.status)
+            n += 1
+    finally:
+        c.close()
+    return n
+
+
+def consent_people(port, n, threads=4):
+    """Opts load-0 .. load-(N-1) in to marketing on every channel, through
+    /v1/consent (4 keep-alive connections)."""
+    done, errors = [], []
+
+    def work(lo, hi):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        ok = 0
+        try:
+            for i in range(lo, hi):
+                body = json.dumps({"user": "load-%d@example.com" % i, "channel": "*",
+                                   "category": "marketing", "state": "opt_in",
+                                   "source": "bench"})
+                c.request("POST", "/v1/consent", body=body,
+                          headers={"Content-Type": "application/json"})
+                resp = c.getresponse()
+                resp.read()
+                ok += resp.status == 200
+        except (OSError, http.client.HTTPException) as e:
+            errors.append(e)
+        finally:
+            c.close()
+        done.append(ok)
+
+    ths = [threading.Thread(target=work, args=(k * n // threads, (k + 1) * n // threads))
+           for k in range(threads)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    if errors or sum(done) != n:
+        raise BenchError("consent: %d of %d answered 200 %s" % (sum(done), n, errors[:1]))
+
+
+def measure_capgate_run(gw, redis):
+    redis.cmd("CONFIG", "RESETSTAT")
+    cpu0, rcpu0 = cpu_ticks(gw.pid), redis_cpu_s(redis)
+    res = run_wrk(gw.port, "/v1/decide", SECONDS)
+    cpu1, rcpu1 = cpu_ticks(gw.pid), redis_cpu_s(redis)
+    calls, usec = evalsha_stats(redis)
+    res["usec_per_call"] = usec / calls if calls else None
+    res["redis_total_us"] = (rcpu1 - rcpu0) * 1e6 / calls if calls else None
+    res["cpu_us"] = (cpu1 - cpu0) * 1e6 / TICK / res["requests"] if res["requests"] else None
+    return res
+
+
+def measure_floor_run(fl):
+    cpu0 = cpu_ticks(fl.pid)
+    res = run_wrk(fl.port, "/v1/decide", SECONDS)
+    cpu1 = cpu_ticks(fl.pid)
+    res["cpu_us"] = (cpu1 - cpu0) * 1e6 / TICK / res["requests"] if res["requests"] else None
+    return res
+
+
+def idle_connections(gw, n):
+    limit = raise_nofile()
+    if limit < n + 100:
+        raise BenchError("RLIMIT_NOFILE is %d, %d idle connections need more" % (limit, n))
+    base_fds = len(os.listdir("/proc/%d/fd" % gw.pid))
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", gw.port))
+            socks.append(s)
+        deadline = time.monotonic() + 20
+        while len(os.listdir("/proc/%d/fd" % gw.pid)) < base_fds + n:
+            if time.monotonic() > deadline:
+                raise BenchError("capgate holds %d of %d idle connections" %
+                                 (len(os.listdir("/proc/%d/fd" % gw.pid)) - base_fds, n))
+            time.sleep(0.1)
+        time.sleep(0.5)
+        rss = vmrss_kib(gw.pid)
+        # Still answering with all of them open?
+        status, _ = http_call(gw.port, "POST", "/v1/decide",
+                              {"user": "idle-check@example.com", "channel": "push",
+                               "message_id": "idle-check-%d" % os.getpid()})
+        return rss, status
+    finally:
+        for s in socks:
+            s.close()
+
+
+def workers_support(capgate, tmp, redis_port):
+    cfg = write_config(tmp, "capgate-workers-check.yaml", free_port(), redis_port,
+                       extra="workers: 1\n")
+    rc, out = check_config(capgate, cfg)
+    if rc == 0:
+        return True, ""
+    if "workers" in out:
+        return False, out.splitlines()[-1] if out else ""
+    raise BenchError("capgate -t with workers: %s" % out)
+
+
+def main_bench(build):
+    rep = Report()
+    capgate = os.path.join(build, "capgate")
+    floor_bin = os.path.join(build, "bench", "floor")
+    genload_bin = os.path.join(build, "bench", "genload")
+    for path in (capgate, floor_bin, genload_bin):
+        if not os.access(path, os.X_OK):
+            raise BenchError("%s is missing (make all bench-bins)" % path)
+    for tool in ("wrk", "redis-server", "redis-benchmark"):
+        if not shutil.which(tool):
+            raise BenchError("%s is not installed" % tool)
+    raise_nofile()
+    tmp = TMP
+    print("bench: wrk -t1 -c%d -d%ds --latency (tests/bench/post.lua), %d runs each, "
+          "median; %d-core machine, load average %s at the start" %
+          (CONNS, SECONDS, RUNS, os.cpu_count() or 0, loadavg()), flush=True)
+
+    rproc, rport, redis = start_redis(tmp, "redis-capgate")
+    fproc, fport, fredis = start_redis(tmp, "redis-floor")
+    workers_ok, workers_msg = workers_support(capgate, tmp, rport)
+    gw = Capgate(capgate, tmp, rport)
+    fl = Floor(floor_bin, tmp, fport)
+    note("capgate pid %d on :%d, floor pid %d on :%d, Redis :%d and :%d" %
+         (gw.pid, gw.port, fl.pid, fl.port, rport, fport))
+
+    n = consent_setup(gw.port)
+    note("%d consent records written" % n)
+
+    # The script call of one decide, as Redis sees it.
+    template_err, template = None, None
+    try:
+        body = {"channel": "email", "category": "marketing", "campaign": "camp-capture",
+                "message_id": "m-capture-1"}
+        caps = capture_decides(rport, gw.port,
+                               [dict(body, user="capture-a@example.com"),
+                                dict(body, user="capture-a@example.com"),
+                                dict(body, user="capture-b@example.com")])
+        for status, answer, _ in caps:
+            if status != 200 or answer.get("decision") != "allow":
+                raise BenchError("capture decide answered %d %s" % (status, answer))
+        template = redis_bench_template(caps[0][2], caps[1][2], caps[2][2])
+    except (ValueError, BenchError) as e:
+        template_err = str(e)
+
+    # (a) + (b) + (d): alternate capgate and floor runs.
+    note("warm-up")
+    run_wrk(gw.port, "/v1/decide", WARMUP, latency=False)
+    run_wrk(fl.port, "/v1/decide", WARMUP, latency=False)
+    dec, flo = [], []
+    for i in range(RUNS):
+        note("run %d/%d: capgate" % (i + 1, RUNS))
+        dec.append(measure_capgate_run(gw, redis))
+        note("run %d/%d: floor" % (i + 1, RUNS))
+        flo.append(measure_floor_run(fl))
+    rss_after = vmrss_kib(gw.pid)
+
+    if workers_ok:
+        rep.fig("decide_workers", "default", "(no workers key: one event loop per core; "
+                "workers 1 and 2 below)")
+    d_rps = median([r["rps"] for r in dec])
+    f_rps = median([r["rps"] for r in flo])
+    d_p99 = median([r["p99"] for r in dec])
+    f_p99 = median([r["p99"] for r in flo])
+    errors = sum(r["errors"] for r in dec)
+    rep.fig("decide_rps", d_rps, "(median of %d: %s)" %
+            (RUNS, " ".join("%.0f" % r["rps"] for r in dec)), fmt="{:.0f}")
+    rep.fig("decide_p50_ms", median([r["p50"] for r in dec]), fmt="{:.2f}")
+    rep.fig("decide_p99_ms", d_p99, fmt="{:.2f}")
+    rep.target("decide_errors", errors, "==", 0, fmt="{}",
+               comment="(non-2xx + socket errors, all %d runs)" % RUNS)
+    rep.fig("floor_rps", f_rps, "(median of %d: %s)" %
+            (RUNS, " ".join("%.0f" % r["rps"] for r in flo)), fmt="{:.0f}")
+    rep.fig("floor_p50_ms", median([r["p50"] for r in flo]), fmt="{:.2f}")
+    rep.fig("floor_p99_ms", f_p99, fmt="{:.2f}")
+    rep.fig("floor_errors", sum(r["errors"] for r in flo))
+    rep.target("ratio_to_floor", d_rps / f_rps, ">=", 0.90)
+    rep.target("p99_ratio_to_floor", d_p99 / f_p99, "<=", 1.5)
+    rep.fig("capgate_cpu_us_per_decision", median([r["cpu_us"] for r in dec]),
+            "(capgate process, user+sys)")
+    rep.fig("floor_cpu_us_per_request", median([r["cpu_us"] for r in flo]),
+            "(floor process, user+sys)")
+
+    try:
+        status, data = http_call(gw.port, "GET", "/status")
+        dd = json.loads(data)["decisions"]
+        tot = dd["allow"] + dd["defer"] + dd["deny"]
+        rep.fig("decide_mix", "", "allow %.0f%%  defer %.0f%%  deny %.0f%%  (%d decisions)" %
+                (100.0 * dd["allow"] / tot, 100.0 * dd["defer"] / tot,
+                 100.0 * dd["deny"] / tot, tot))
+    except Exception as e:         # informative only
+        rep.fig("decide_mix", "n/a", "(%s)" % e)
+
+    # (c) redis-benchmark of capgate's own decision script.
+    rb = rb16 = None
+    if template is None:
+        rep.fig("redis_bench_rps", "n/a", "(cannot replay the captured call: %s)" % template_err)
+        rep.fig("redis_bench_rps_p16", "n/a")
+    else:
+        args, subs = template
+        try:
+            probe = [a.replace(RAND, b"000000424242") for a in args]
+            try:
+                redis.cmd(*probe)
+            except RedisError as e:
+                raise BenchError("the replayed call fails: %s" % e)
+            if any(b"\x00" in a for a in args[:-1]):
+                raise BenchError("binary arguments other than the last one")
+            note("redis-benchmark, %d runs unpipelined and %d with -P 16" % (RUNS, RUNS))
+            rb = median([run_redis_benchmark(rport, args, 1) for _ in range(RUNS)])
+            rb16 = median([run_redis_benchmark(rport, args, 16) for _ in range(RUNS)])
+            rep.fig("redis_bench_rps", rb, "(unpipelined, -c 50 -n 200000 -r 1000000; "
+                    "%d user-derived parts -> __rand_int__, each drawn on its own)" % subs,
+                    fmt="{:.0f}")
+            rep.fig("redis_bench_rps_p16", rb16, "(-P 16)", fmt="{:.0f}")
+        except (BenchError, subprocess.SubprocessError, OSError) as e:
+            rep.fig("redis_bench_rps", "n/a", "(cannot replay the captured call: %s)" % e)
+            rep.fig("redis_bench_rps_p16", "n/a")
+    rep.fig("ratio_to_redis_bench", d_rps / rb if rb else None, fmt="{:.2f}")
+
+    # The same ceiling measured with capgate's own calls (genload --bench):
+    # real people (keyed pseudonyms, real buckets), any argument bytes.
+    note("script benchmark (genload --bench), %d runs unpipelined and %d with 16 in flight" %
+         (RUNS, RUNS))
+    specs = ["email/marketing/camp-%d" % k for k in range(1, 6)] + \
+            ["push/marketing/camp-%d" % k for k in range(6, 10)] + ["sms/marketing/camp-10"]
+    sb, sb16 = [], []
+    cfg_b = write_config(tmp, "genload-bench.yaml", free_port(), rport)
+    for i in range(RUNS):
+        sb.append(genload(genload_bin, cfg_b, rport, 1000000, 0, "b%d" % i, specs,
+                          bench=(50, 1, SCRIPT_BENCH_CALLS))["rps"])
+    for i in range(RUNS):
+        sb16.append(genload(genload_bin, cfg_b, rport, 1000000, 0, "p%d" % i, specs,
+                            bench=(50, 16, SCRIPT_BENCH_CALLS))["rps"])
+    sb_rps = median(sb)
+    rep.fig("script_bench_rps", sb_rps, "(capgate's calls, 50 connections, 1 in flight each, "
+            "%d calls, random people of 1,000,000)" % SCRIPT_BENCH_CALLS, fmt="{:.0f}")
+    rep.fig("script_bench_rps_p16", median(sb16), "(16 in flight each)", fmt="{:.0f}")
+    rep.fig("ratio_to_script_bench", d_rps / sb_rps if sb_rps else None, fmt="{:.2f}")
+
+    rep.target("redis_cpu_us_per_decision", median([r["usec_per_call"] for r in dec]), "<=",
+               20.0, fmt="{:.1f}", comment="(cmdstat_evalsha usec_per_call, capgate runs)")
+    rep.fig("redis_cpu_total_us_per_decision", median([r["redis_total_us"] for r in dec]),
+            "(Redis used_cpu_user+sys / decisions: with its network I/O)")
+
+    # (e) memory of the gateway.
+    rep.fig("capgate_rss_mib", rss_after / 1024.0, "(VmRSS after the load)")
+    try:
+        note("%d idle connections" % IDLE_CONNS)
+        rss10k, status = idle_connections(gw, IDLE_CONNS)
+        rep.target("capgate_rss_10k_conn_mib", rss10k / 1024.0, "<=", 64.0, fmt="{:.1f}",
+                   comment="(decide with them open: %d)" % status)
+    except (BenchError, OSError) as e:
+        rep.targets.append(("capgate_rss_10k_conn_mib", False))
+        rep.fail("capgate_rss_10k_conn_mib", e)
+    gw.stop()
+    stop(fl.proc)
+    fredis.close()
+    stop(fproc)
+
+    # (g) workers.
+    if not workers_ok:
+        rep.fig("workers", "not supported yet", "(%s)" % workers_msg)
+    else:
+        per = {}
+        for nw in (1, 2):
+            note("workers: %d" % nw)
+            g = Capgate(capgate, tmp, rport, name="capgate-w%d" % nw,
+                        extra="workers: %d\n" % nw)
+            try:
+                run_wrk(g.port, "/v1/decide", WARMUP, latency=False)
+                runs = [run_wrk(g.port, "/v1/decide", SECONDS) for _ in range(RUNS)]
+            finally:
+                g.stop()
+            per[nw] = median([r["rps"] for r in runs])
+            rep.fig("workers_%d_rps" % nw, per[nw], "(p99 %.2f ms, errors %d)" %
+                    (median([r["p99"] for r in runs]), sum(r["errors"] for r in runs)),
+                    fmt="{:.0f}")
+        rep.fig("workers_scaling", per[2] / per[1], "(workers 2 / workers 1)", fmt="{:.2f}")
+
+    # (f) Redis bytes per person, through capgate's own decision code.  The
+    # person's state (sends, buckets) is measured with the audit trail off:
+    # the trail is a log, one entry per decision for audit.retention, and is
+    # reported on its own below (audit_bytes_per_decision).
+    cfg = write_config(tmp, "genload.yaml", free_port(), rport,
+                       extra="audit: { enabled: false }\n")
+    note("loading %d people x 3 sends" % PEOPLE)
+    redis.cmd("FLUSHALL")
+    redis.cmd("CONFIG", "RESETSTAT")
+    before = int(redis.info("memory")["used_memory"])
+    g = genload(genload_bin, cfg, rport, PEOPLE, 0, "p",
+                ["email/marketing/camp-a", "push/marketing/camp-b", "email/marketing/camp-c"])
+    calls, usec = evalsha_stats(redis)
+    after = int(redis.info("memory")["used_memory"])
+    keys = int(redis.cmd("DBSIZE"))
+    ks = redis.info("keyspace").get("db0", "")
+    expires = int(re.search(r"expires=(\d+)", ks).group(1)) if "expires=" in ks else 0
+    if g["allow"] != 3 * PEOPLE:
+        rep.fig("redis_load_replies", "%d of %d" % (g["allow"], 3 * PEOPLE),
+                "allowed  (defer %d deny %d bad %d)  MEMORY FIGURE NOT VALID" %
+                (g["defer"], g["deny"], g["bad"]))
+    per_person = (after - before) / PEOPLE
+    rep.target("redis_bytes_per_person", per_person, "<=", 128.0, fmt="{:.1f}",
+               comment="(%d people x 3 sends, all allowed: %s)" %
+               (PEOPLE, "yes" if g["allow"] == 3 * PEOPLE else "NO"))
+    rep.fig("redis_keys", keys, "(%d with a TTL; %.1f B per key)" %
+            (expires, (after - before) / keys if keys else 0))
+    # The audit trail's own cost, on a smaller load.
+    audit_people = max(1000, PEOPLE // 20)
+    cfg_a = write_config(tmp, "genload-audit.yaml", free_port(), rport)
+    redis.cmd("FLUSHALL")
+    before_a = int(redis.info("memory")["used_memory"])
+    ga = genload(genload_bin, cfg_a, rport, audit_people, 0, "a",
+                 ["email/marketing/camp-a", "push/marketing/camp-b", "email/marketing/camp-c"])
+    after_a = int(redis.info("memory")["used_memory"])
+    rep.fig("redis_bytes_per_person_with_audit", (after_a - before_a) / audit_people,
+            "(%d people x 3 sends, audit trail on: sends + 3 audit entries)" % audit_people,
+            fmt="{:.1f}")
+    rep.fig("audit_bytes_per_decision",
+            ((after_a - before_a) / audit_people - per_person) / 3 if ga["calls"] else None,
+            "(what one audit entry costs until audit.retention)", fmt="{:.1f}")
+    redis.cmd("FLUSHALL")
+    rep.fig("redis_load_us_per_decision", usec / calls if calls else None,
+            "(usec_per_call while loading: sends 1..3, %.0f decisions/s pipelined)" %
+            (g["calls"] / g["seconds"] if g["seconds"] else 0))
+
+    # Redis CPU with 3 caps, consent and 5 sends in the window: the first
+    # people of the load get a consent record (through capgate's API) and a
+    # 4th and 5th send; then a 6th message is deferred by all-weekly, 3 times.
+    fw = min(FULL_WINDOW_PEOPLE, PEOPLE)
+    note("%d people: consent, sends 4 and 5, then 3 x a 6th message" % fw)
+    g = Capgate(capgate, tmp, rport, name="capgate-consent")
+    try:
+        consent_people(g.port, fw)
+    finally:
+        g.stop()
+    genload(genload_bin, cfg, rport, fw, 0, "q", ["push/marketing/camp-d"])
+    redis.cmd("CONFIG", "RESETSTAT")
+    g5 = genload(genload_bin, cfg, rport, fw, 0, "r", ["push/marketing/camp-e"])
+    c5, u5 = evalsha_stats(redis)
+    redis.cmd("CONFIG", "RESETSTAT")
+    g6 = genload(genload_bin, cfg, rport, fw, 0, "s", ["push/marketing/camp-f"] * 3)
+    c6, u6 = evalsha_stats(redis)
+    rep.target("redis_cpu_us_5th_send", u5 / c5 if c5 else None, "<=", 20.0, fmt="{:.1f}",
+               comment="(3 caps, consent, an allow that makes 5 sends in the window; "
+               "%d of %d allowed)" % (g5["allow"], fw))
+    rep.target("redis_cpu_us_full_window", u6 / c6 if c6 else None, "<=", 20.0, fmt="{:.1f}",
+               comment="(3 caps, consent, 5 sends in the window; %d of %d deferred)" %
+               (g6["defer"], 3 * fw))
+    redis.close()
+    stop(rproc)
+
+    # Callgrind: the stable figure.
+    try:
+        callgrind_part(rep, build, tmp)
+    except BenchError as e:
+        rep.fail("callgrind", e)
+
+    rep.fig("load_average_at_end", loadavg(), "(other work on the machine skews the timings;"
+            " callgrind figures are immune)", fmt="{}")
+    met = sum(1 for _, m in rep.targets if m)
+    print("bench: %d of %d targets met  (%.0f s)" % (met, len(rep.targets),
+                                                   time.monotonic() - T0), flush=True)
+    return 1 if rep.failures else 0
+
+
+def main():
+    global TMP
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    args = sys.argv[1:]
+    only_callgrind = False
+    if args and args[0] == "--callgrind":
+        only_callgrind = True
+        args = args[1:]
+    if len(args) != 1:
+        sys.stderr.write(__doc__)
+        return 2
+    build = args[0]
+    TMP = tempfile.mkdtemp(prefix="capgate-bench-")
+    try:
+        if only_callgrind:
+            for path in (os.path.join(build, "capgate"), os.path.join(build, "bench", "floor")):
+                if not os.access(path, os.X_OK):
+                    raise BenchError("%s is missing (make all bench-bins)" % path)
+            rep = Report()
+            callgrind_part(rep, build, TMP)
+            return 1 if rep.failures else 0
+        return main_bench(build)
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
+        print("bench: could not run: %s" % e, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", flush=True)
+        return 130
+    finally:
+        stop_all()
+        if os.environ.get("BENCH_KEEP_TMP"):
+            sys.stderr.write("# logs kept in %s\n" % TMP)
+        else:
+            shutil.rmtree(TMP, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
