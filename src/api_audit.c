@@ -63,7 +63,8 @@ static void finish(struct page_call *call)
         reply_error(call->w, call->req, API_STORE_UNAVAILABLE, NULL,
                     "the store is unavailable; retry later");
     } else {
-        qsort(call->entries, call->n, sizeof *call->entries, by_id);
+        if (call->n)
+            qsort(call->entries, call->n, sizeof *call->entries, by_id);
         /* Take LIMIT, plus any entry sharing the last id (another tag's
          * stream may hold the same id: the next page starts after it). */
         size_t take = call->n < call->limit ? call->n : call->limit;
@@ -232,7 +233,7 @@ static void dead_finish(struct dead_call *c)
         json_t **items = calloc(n ? n : 1, sizeof *items);
         for (size_t k = 0; items && k < n; k++)
             items[k] = json_array_get(c->all, k);
-        if (items)
+        if (items && n)
             qsort(items, n, sizeof *items, by_at_desc);
         json_t *list = json_array();
         for (size_t k = 0; items && k < n && k < c->limit; k++)

@@ -93,13 +93,12 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
     gw->n = worker_count(cfg);
     gw->workers = calloc(gw->n, sizeof *gw->workers);
     for (unsigned k = 0; gw->workers && k < gw->n; k++) {
-        gw->workers[k] = worker_create(gw, k, gw->gen, pseudonym, err, errlen);
+        gw->workers[k] = worker_create(gw, k, gw->n, gw->gen, pseudonym, err, errlen);
         if (!gw->workers[k]) {
             gw->n = k;
             gateway_free(gw);
             return NULL;
         }
-        gw->workers[k]->n_workers = gw->n;
     }
     if (cfg->audit.enabled && cfg->audit.file &&
         !(gw->audit = audit_file_open(cfg->audit.file, err, errlen))) {

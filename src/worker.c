@@ -152,6 +152,11 @@ static struct store *start_store(struct worker *w, const struct config *cfg,
     return st;
 }
 
+static unsigned share(unsigned total, unsigned workers)
+{
+    return total == 0 ? 0 : (total + workers - 1) / workers;
+}
+
 static struct http_server *start_http(struct worker *w, const struct generation *gen,
                                       char *err, size_t errlen)
 {
@@ -162,8 +167,10 @@ static struct http_server *start_http(struct worker *w, const struct generation 
         .host = cfg->listen_host,
         .port = cfg->listen_port,
         .max_body_bytes = cfg->limits.max_body_bytes,
-        .max_connections = cfg->limits.max_connections,
-        .max_connections_per_ip = cfg->limits.max_connections_per_ip,
+        /* The limits are for the whole process: each worker's listener gets
+         * its share (the kernel spreads connections over the listeners). */
+        .max_connections = share(cfg->limits.max_connections, w->n_workers),
+        .max_connections_per_ip = share(cfg->limits.max_connections_per_ip, w->n_workers),
         .connection_timeout_s = cfg->limits.connection_timeout_s,
         .connection_memory_bytes = cfg->limits.connection_memory_bytes,
     };
@@ -421,8 +428,9 @@ void worker_read_stats(struct worker *w, struct metrics *m, struct store_stats *
 
 /* ---- life ------------------------------------------------------------------------ */
 
-struct worker *worker_create(struct gateway *gw, unsigned id, struct generation *gen,
-                             const struct pseudonym *pseudonym, char *err, size_t errlen)
+struct worker *worker_create(struct gateway *gw, unsigned id, unsigned n_workers,
+                             struct generation *gen, const struct pseudonym *pseudonym,
+                             char *err, size_t errlen)
 {
     struct worker *w = calloc(1, sizeof *w);
     if (!w) {
@@ -431,6 +439,7 @@ struct worker *worker_create(struct gateway *gw, unsigned id, struct generation 
     }
     w->gw = gw;
     w->id = id;
+    w->n_workers = n_workers ? n_workers : 1;
     w->gen = generation_retain(gen);
     w->cfg = gen->cfg;
     w->tz = gen->tz;

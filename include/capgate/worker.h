@@ -86,8 +86,9 @@ struct worker {
 
 /* Creates worker ID (its loop, Redis connection and listener) on the
  * calling thread; worker_start() then runs it on its own thread. */
-struct worker *worker_create(struct gateway *gw, unsigned id, struct generation *gen,
-                             const struct pseudonym *pseudonym, char *err, size_t errlen);
+struct worker *worker_create(struct gateway *gw, unsigned id, unsigned n_workers,
+                             struct generation *gen, const struct pseudonym *pseudonym,
+                             char *err, size_t errlen);
 int worker_start(struct worker *w);
 
 /* From any thread: ask the worker to take generation GEN (a reference is
