@@ -5,22 +5,37 @@
   * Every route of src/router.c and every error code of src/reply.c (with
     its status) is in the spec; whatever the spec has beyond them is on the
     PENDING lists (endpoints being added).
+  * Access control: each operation's `x-scope` and `security` are the
+    scope column of src/router.c's route table (open routes: `security:
+    []`), and every scoped operation documents 401 and 403.
   * Live: a request for every documented response of every endpoint; the
     status, Content-Type, documented headers and body must match the spec.
     Request bodies that succeed must be valid by the spec's request schema,
-    and the ones refused for their shape must be invalid by it.  The last
-    test checks that every documented (path, method, status) was seen.
+    and the ones refused for their shape must be invalid by it.  The shared
+    gateway has an `auth` section: its requests carry a token with every
+    scope, and test_auth_responses tries every scoped operation without a
+    token, with a bad one and with each single-scope token.  The last test
+    checks that every documented (path, method, status) was seen.
+  * Proxy mode: the shared gateway's email and push channels have an
+    upstream (a FakeUpstream, upstream_server.py) and it has a transparent
+    route; /v1/send's answers, and the route's own answers but its
+    pass-through 2xx, must match POST /v1/send in the spec.  /v1/send's 403
+    is either `forbidden` or a deny decision: its response is a oneOf that
+    includes Error403, not components/responses/Forbidden itself.
 
 Endpoints the spec describes ahead of the daemon (PENDING_PATHS) are only
 checked live when the gateway does not answer 404 for them.
 """
 
 import datetime
+import hashlib
+import json
 import os
 import re
 
 import harness as h
 import openapi_check as oc
+from upstream_server import FakeUpstream
 
 SPEC_PATH = os.path.join(h.REPO, "docs", "openapi.yaml")
 ROUTER_C = os.path.join(h.REPO, "src", "router.c")
@@ -36,6 +51,18 @@ PENDING_CODES = set()     # e.g. {"invalid_config"}
 UNREACHABLE = {"500"}     # internal: out of memory
 
 MAX_BODY = 4096
+
+# The shared gateway's tokens (their SHA-256 go in its auth section).
+TOKENS = {
+    "send": "oa-send-4b7e1f0c9a2d5e8b",
+    "consent": "oa-consent-93d0c6a1f7e2b548",
+    "admin": "oa-admin-1c5f8e2a7d0b3964",
+    "all": "oa-all-scopes-6e9a2c4f1b8d7053",
+}
+SCOPES = {"send": ["send"], "consent": ["consent"], "admin": ["admin"],
+          "all": ["send", "consent", "admin"]}
+ROUTER_SCOPES = {"0": None, "SCOPE_SEND": "send", "SCOPE_CONSENT": "consent",
+                 "SCOPE_ADMIN": "admin"}
 
 _spec = None
 COVERED = set()           # (path, method, status) seen live
@@ -53,19 +80,84 @@ def _hhmm(dt):
     return "%02d:%02d" % (dt.hour, dt.minute)
 
 
+def _sha256(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+AUTH = {"tokens": [{"name": "oa-" + who, "sha256": _sha256(tok), "scopes": SCOPES[who]}
+                   for who, tok in TOKENS.items()]}
+
+# The shared gateway's transparent route (proxy mode).
+ROUTE = {"path": "/oa/mail/v3/send", "channel": "email", "user": "json:/personalizations/0/to/0/email",
+         "campaign": "header:X-Campaign", "message_id": "header:Idempotency-Key"}
+
+# A cap in shadow mode (never enforced, reported in `shadow`): one message
+# a day over every channel, so a person's second decision reports it.
+SHADOW_CAP = {"name": "trial-daily", "limit": 1, "window": "1d", "on_exceed": "deny",
+              "mode": "shadow"}
+
+
+class Client:
+    """A gateway seen through one token (None: no Authorization header).
+    Headers given to a request win over the token's."""
+
+    def __init__(self, gateway, who="all"):
+        self.gateway = gateway
+        self.who = who
+
+    def __getattr__(self, name):        # redis, logs(), config_path...
+        return getattr(self.gateway, name)
+
+    def as_(self, who):
+        return Client(self.gateway, who)
+
+    def request(self, method, path, body=None, headers=None, timeout=h.HTTP_TIMEOUT):
+        hd = {"Authorization": "Bearer " + TOKENS[self.who]} if self.who else {}
+        hd.update(headers or {})
+        return self.gateway.request(method, path, body, hd, timeout)
+
+    def get(self, path, headers=None, timeout=h.HTTP_TIMEOUT):
+        return self.request("GET", path, None, headers, timeout)
+
+    def post(self, path, obj_or_bytes, headers=None, timeout=h.HTTP_TIMEOUT):
+        return self.request("POST", path, obj_or_bytes, headers, timeout)
+
+    def decide(self, user, channel="email", message_id=None, **fields):
+        body = {"user": user, "channel": channel,
+                "message_id": message_id if message_id is not None else h.mid()}
+        body.update(fields)
+        return self.post("/v1/decide", body)
+
+    def consent(self, user, channel, category, state, source="test"):
+        return self.post("/v1/consent", {"user": user, "channel": channel, "category": category,
+                                         "state": state, "source": source})
+
+
 def gw():
-    """The shared gateway: the default test config, a small body limit, and
-    quiet hours on push that hold now (UTC) for the next two hours."""
+    """The shared gateway: the default test config with an auth section, a
+    small body limit, quiet hours on push that hold now (UTC) for the next
+    two hours, a shadow cap, fatigue (3 ignored messages), and proxy mode:
+    email and push forward to a FakeUpstream (.upstream; sms has none),
+    and ROUTE.  Returned as a Client holding the token with every scope."""
     def make():
         now = datetime.datetime.now(datetime.timezone.utc)
+        up = FakeUpstream().start()
         cfg = h.merge(h.DEFAULT_CONFIG, {
+            "channels": {"email": {"upstream": {"url": up.url + "/send", "timeout_ms": 2000}},
+                         "push": {"upstream": {"url": up.url + "/push", "timeout_ms": 2000}}},
+            "routes": [ROUTE],
             "limits": {"max_body_bytes": MAX_BODY},
             "quiet_hours": {"start": _hhmm(now - datetime.timedelta(hours=1)),
                             "end": _hhmm(now + datetime.timedelta(hours=2)),
                             "default_tz": "UTC", "channels": ["push"]},
+            "caps": h.DEFAULT_CONFIG["caps"] + [SHADOW_CAP],
+            "fatigue": {"unengaged_after": 3, "cap": {"limit": 1, "window": "1d"}},
+            "auth": AUTH,
         })
-        return h.Gateway(config=cfg)
-    return h.shared("openapi", make)
+        g = ready(h.Gateway(config=cfg))
+        g.upstream = up
+        return g
+    return Client(h.shared("openapi", make))
 
 
 # --------------------------------------------------------------------------
@@ -105,9 +197,10 @@ def refused_by_spec(path, body):
             % (body, path))
 
 
-def ok_post(g, path, body, status=200):
+def ok_post(g, path, body, status=200, query=""):
+    """QUERY ("?download=1") is sent, but is not part of the spec's path."""
     accepted_by_spec(path, body)
-    return conform(g.post(path, body), path, "post", status)
+    return conform(g.post(path + query, body), path, "post", status)
 
 
 def bad_post(g, path, body, code, field=None, shape=True):
@@ -139,9 +232,9 @@ def too_large(g, path):
     return error(g.post(path, body), path, "post", 413, "body_too_large")
 
 
-def head_like_get(g, path, headers=None):
-    rg = g.get(path, headers)
-    rh = g.request("HEAD", path, None, headers)
+def head_like_get(g, path, headers=None, query=""):
+    rg = g.get(path + query, headers)
+    rh = g.request("HEAD", path + query, None, headers)
     h.check(rh.status == rg.status, "HEAD %s: %s, GET: %s" % (path, rh.status, rg.status), rh)
     conform(rh, path, "head")
     return rh
@@ -167,18 +260,46 @@ def pending_missing(g, path, method):
     return True
 
 
+def ready(g):
+    """G once Redis answers (/healthz answers before that)."""
+    h.wait_until(lambda: g.get("/readyz").status == 200, 5, what="/readyz to answer 200")
+    return g
+
+
 def _read(path):
     with open(path) as f:
         return f.read()
 
 
-def router_routes():
+def router_table():
+    """[(path, method, scope)] of src/router.c's route table, whose rows read
+    { "/v1/decide", "POST", SCOPE_SEND, api_decide }; scope is "send",
+    "consent", "admin" or None (0: open to anyone)."""
     text = _read(ROUTER_C)
     table = text[text.index("routes[]"):]
     table = table[:table.index("};")]
-    routes = re.findall(r'\{\s*"(/[^"]*)"\s*,\s*"([A-Z]+)"\s*,\s*\w+\s*\}', table)
-    h.check(routes, "no routes found in src/router.c (table format changed?)")
-    return [(p, m.lower()) for p, m in routes]
+    rows = re.findall(r'\{\s*"(/[^"]*)"\s*,\s*"([A-Z]+)"\s*,\s*(\w+)\s*,\s*\w+\s*\}', table)
+    h.check(rows, "no routes found in src/router.c (table format changed?)")
+    out = []
+    for p, m, scope in rows:
+        h.check(scope in ROUTER_SCOPES, "src/router.c: route %s %s has scope %r; known: %s"
+                % (m, p, scope, ", ".join(sorted(ROUTER_SCOPES))))
+        out.append((p, m.lower(), ROUTER_SCOPES[scope]))
+    return out
+
+
+def router_routes():
+    return [(p, m) for p, m, _scope in router_table()]
+
+
+def op_security(op):
+    """An operation's security requirements (its own, else the spec's)."""
+    return op["security"] if "security" in op else spec().get("security", [])
+
+
+def scoped_operations():
+    """[(path, method, scope)] of the operations that need a token."""
+    return [(p, m, op["x-scope"]) for p, m, op in oc.operations(spec()) if op.get("x-scope")]
 
 
 def reply_codes():
@@ -188,8 +309,12 @@ def reply_codes():
 
 
 def _error_codes_of(schema):
-    """The error.code enum of an error body schema, or None."""
+    """The error.code enum of an error body schema (of each alternative of a
+    oneOf), or None."""
     s = oc.deref(spec(), schema)
+    if "oneOf" in s:
+        codes = [c for alt in s["oneOf"] for c in (_error_codes_of(alt) or [])]
+        return codes or None
     err = oc.deref(spec(), (s.get("properties") or {}).get("error") or {})
     code = oc.deref(spec(), (err.get("properties") or {}).get("code") or {})
     return code.get("enum")
@@ -302,8 +427,8 @@ def test_spec_is_openapi_303_in_the_subset():
         else:
             h.check("405" in op["responses"], "%s %s must document 405" % (m.upper(), path))
     h.check(len(op_ids) == len(set(op_ids)), "duplicate operationId")
-    for code in ("BadRequest", "NotFound", "MethodNotAllowed", "BodyTooLarge", "Internal",
-                 "StoreUnavailable", "InvalidConfig"):
+    for code in ("BadRequest", "Unauthorized", "Forbidden", "NotFound", "MethodNotAllowed",
+                 "BodyTooLarge", "Internal", "StoreUnavailable", "InvalidConfig"):
         h.check(code in s["components"]["responses"], "components.responses.%s missing" % code)
     h.check("Error" in s["components"]["schemas"], "components.schemas.Error missing")
 
@@ -348,6 +473,49 @@ def test_every_spec_path_is_routed_or_pending():
         h.check((path, m) in routed or (path, m) in PENDING_PATHS,
                 "docs/openapi.yaml describes %s %s, which src/router.c does not route "
                 "(and it is not on PENDING_PATHS)" % (m.upper(), path))
+
+
+def test_security_matches_the_router():
+    s = spec()
+    scheme = (s.get("components", {}).get("securitySchemes") or {}).get("bearerAuth")
+    h.check(scheme and scheme.get("type") == "http" and scheme.get("scheme") == "bearer",
+            "components.securitySchemes.bearerAuth must be {type: http, scheme: bearer}: %r" % scheme)
+    h.check(s.get("security") == [{"bearerAuth": []}],
+            "the spec's top-level security must be [{bearerAuth: []}]: %r" % s.get("security"))
+    for path, method, scope in router_table():
+        op = s["paths"].get(path, {}).get(method)
+        if op is None:
+            continue    # test_every_route_is_in_the_spec says so
+        where = "%s %s" % (method.upper(), path)
+        sec = op_security(op)
+        statuses = set(op.get("responses", {}))
+        if scope is None:
+            h.check(sec == [], "%s is open in src/router.c; the spec must say security: []"
+                    " (it says %r)" % (where, sec))
+            h.check("x-scope" not in op, "%s is open, the spec gives it x-scope %r"
+                    % (where, op.get("x-scope")))
+            h.check(not statuses & {"401", "403"}, "%s is open, the spec documents 401/403" % where)
+        else:
+            h.check(op.get("x-scope") == scope, "%s needs the %s scope in src/router.c; the spec "
+                    "says x-scope %r" % (where, scope, op.get("x-scope")))
+            h.check(sec == [{"bearerAuth": []}], "%s needs a token: security must be "
+                    "[{bearerAuth: []}], not %r" % (where, sec))
+            h.check({"401", "403"} <= statuses, "%s needs a token: document 401 and 403" % where)
+            for st, ref in (("401", "Unauthorized"), ("403", "Forbidden")):
+                got = op["responses"].get(st)
+                h.check(got == {"$ref": "#/components/responses/" + ref}
+                        or (st == "403" and _forbidden_among_others(got)),
+                        "%s %s: use components/responses/%s (or, for a 403 that may also be "
+                        "something else, a oneOf that includes Error403)" % (where, st, ref))
+
+
+def _forbidden_among_others(resp):
+    """A 403 response that is `forbidden` or something else (/v1/send: a deny
+    decision): its JSON schema is a oneOf that includes Error403."""
+    resp = oc.deref(spec(), resp or {})
+    media = (resp.get("content") or {}).get("application/json") or {}
+    alts = oc.deref(spec(), media.get("schema") or {}).get("oneOf") or []
+    return {"$ref": "#/components/schemas/Error403"} in alts
 
 
 def test_every_error_code_is_in_the_spec():
@@ -453,6 +621,180 @@ def test_release_responses():
     too_large(g, P)
 
 
+def _send_body(user, channel="email", **fields):
+    body = {"user": user, "channel": channel, "message_id": fields.pop("message_id", h.mid()),
+            "payload": fields.pop("payload", {"to": user, "subject": "hello"})}
+    body.update(fields)
+    return body
+
+
+def send_decision(r, decision, reason, rule=None):
+    """Checks a /v1/send decision body (any status).  rule=None: not
+    checked; rule=False: must be absent."""
+    b = r.body
+    h.check(isinstance(b, dict) and b.get("decision") == decision and b.get("reason") == reason,
+            "expected %s/%s" % (decision, reason), r)
+    if rule is False:
+        h.check("rule" not in b, "expected no rule", r)
+    elif rule is not None:
+        h.check(b.get("rule") == rule, "expected rule %r" % rule, r)
+    return b
+
+
+def test_send_responses():
+    g = gw()
+    up = g.upstream
+    P = "/v1/send"
+    u = h.uid("oa")
+    # 200: forwarded at once, the payload verbatim with the message id as key.
+    b = _send_body(u, message_id="s-1", campaign="summer", payload={"to": u, "n": [1, 2.5, None]})
+    r = ok_post(g, P, b)
+    send_decision(r, "allow", "ok")
+    h.check(r.body["upstream_status"] == 200 and "replay" not in r.body, "forwarded: %r" % (r.body,), r)
+    q = up.requests[-1]
+    h.check(q.method == "POST" and q.path == "/send" and q.json() == b["payload"]
+            and q.header("Idempotency-Key") == "s-1"
+            and q.header("Content-Type") == "application/json", "upstream got %r" % (q,))
+    # A replay is forwarded again (same key) and counted once.
+    r = ok_post(g, P, b)
+    h.check(r.body.get("replay") is True and r.body["upstream_status"] == 200, "replay", r)
+    h.check(up.count_by_key().get("s-1") == 2, "the replay was not forwarded again")
+    # payload: any JSON value, forwarded compact.
+    for payload in ("text", 7, [1, "a"], None, True, {}):
+        ok_post(g, P, _send_body(h.uid("oa"), payload=payload))
+        h.check(up.requests[-1].body == json.dumps(payload, separators=(",", ":")).encode(),
+                "payload %r forwarded as %r" % (payload, up.requests[-1].body))
+    ok_post(g, P, _send_body(h.uid("oa"), category=None, campaign=None, tz=None, collapse_key=None))
+    ok_post(g, P, _send_body(h.uid("oa"), category="transactional", tz="Europe/Paris",
+                             collapse_key="k", priority=0))
+    n = len(up.requests)
+    # 429: a deny cap (campaign-once).
+    r = ok_post(g, P, _send_body(u, campaign="summer"), status=429)
+    send_decision(r, "deny", "cap", rule="campaign-once")
+    # 202: the third email of the day (email-daily: 2, defer), then a newer
+    # one with the same collapse_key supersedes it.
+    ok_post(g, P, _send_body(u))
+    n += 1
+    r = ok_post(g, P, _send_body(u, collapse_key="digest", priority=3), status=202)
+    send_decision(r, "defer", "cap", rule="email-daily")
+    h.check(r.body["retry_after"] >= 1 and "superseded" not in r.body, "deferred: %r" % (r.body,), r)
+    r = ok_post(g, P, _send_body(u, collapse_key="digest", priority=9), status=202)
+    h.check(r.body.get("superseded") is True, "not superseded: %r" % (r.body,), r)
+    # 202: quiet hours (push).
+    r = ok_post(g, P, _send_body(h.uid("oa"), "push", tz="UTC"), status=202)
+    send_decision(r, "defer", "quiet_hours")
+    # 403: opted out, consent required (health), suppressed (hard bounce).
+    v = h.uid("oa")
+    h.expect_status(g.consent(v, "email", "marketing", "opt_out"), 200)
+    send_decision(ok_post(g, P, _send_body(v), status=403), "deny", "opted_out")
+    send_decision(ok_post(g, P, _send_body(v, category="health"), status=403), "deny",
+                      "consent_required")
+    w = h.uid("oa")
+    h.expect_status(g.post("/v1/events", {"user": w, "type": "hard_bounce", "channel": "email"}), 200)
+    send_decision(ok_post(g, P, _send_body(w, category="transactional"), status=403), "deny",
+                      "suppressed", rule=False)
+    h.check(len(up.requests) == n, "a deferred or denied message was forwarded: %r"
+            % up.requests[n:])
+    # 502: the upstream fails (a status, then no answer); the send is released.
+    x = h.uid("oa")
+    try:
+        up.set_mode("fail")
+        r = ok_post(g, P, _send_body(x, message_id="f-1"), status=502)
+        h.check(r.body["decision"] == "allow" and r.body["error"]["code"] == "upstream_failed"
+                and r.body["upstream_status"] == 500, "502 after a 500: %r" % (r.body,), r)
+        up.set_mode("close")
+        r = ok_post(g, P, _send_body(x, message_id="f-2"), status=502)
+        h.check(r.body["error"]["code"] == "upstream_failed" and "upstream_status" not in r.body,
+                "502 without an answer: %r" % (r.body,), r)
+    finally:
+        up.set_mode("normal")
+    # The failures did not count against email-daily (2 a day).  (They did
+    # count as ignored messages: a click keeps the fatigue cap out of it.)
+    h.expect_status(g.post("/v1/events", {"user": x, "type": "click"}), 200)
+    ok_post(g, P, _send_body(x, message_id="f-1"))
+    ok_post(g, P, _send_body(x, message_id="f-2"))
+    # 400s
+    ok = _send_body(h.uid("oa"))
+    for raw in (b"nope", b"[]", b"", b'{"user": "a", "user": "b", "channel": "email", '
+                                     b'"message_id": "m", "payload": 1}'):
+        bad_post(g, P, raw, "invalid_json")
+    bad_post(g, P, {k: v for k, v in ok.items() if k != "payload"}, "missing_field", "payload")
+    bad_post(g, P, {k: v for k, v in ok.items() if k != "user"}, "missing_field", "user")
+    bad_post(g, P, {k: v for k, v in ok.items() if k != "message_id"}, "missing_field", "message_id")
+    bad_post(g, P, dict(ok, user=""), "invalid_field", "user")
+    bad_post(g, P, dict(ok, message_id="m" * 129), "invalid_field", "message_id")
+    for prio in (10, -1, "1", 1.5, None, True):
+        bad_post(g, P, dict(ok, priority=prio), "invalid_field", "priority")
+    bad_post(g, P, dict(ok, collapse_key=""), "invalid_field", "collapse_key")
+    bad_post(g, P, dict(ok, collapse_key="k" * 129), "invalid_field", "collapse_key")
+    bad_post(g, P, dict(ok, dry_run=True), "invalid_field", "dry_run")
+    bad_post(g, P, dict(ok, channel="sms"), "no_upstream", "channel", shape=False)
+    bad_post(g, P, dict(ok, channel="fax"), "unknown_channel", "channel", shape=False)
+    bad_post(g, P, dict(ok, category="gossip"), "unknown_category", "category", shape=False)
+    bad_post(g, P, dict(ok, tz="Mars/Olympus_Mons"), "invalid_field", "tz", shape=False)
+    # 405, 413
+    method_not_allowed(g, P, "GET", ["POST"])
+    method_not_allowed(g, P, "PUT", ["POST"])
+    too_large(g, P)
+
+
+def test_send_route_responses():
+    """A transparent route: an upstream 2xx comes back as it came; every
+    other answer is one of POST /v1/send's."""
+    g = gw()
+    up = g.upstream
+    P = "/v1/send"
+    R = ROUTE["path"]
+    u = h.uid("oa")
+
+    def route(key=None, to=u, token=TOKENS["send"], campaign=None, method="POST", extra=None):
+        body = json.dumps({"personalizations": [{"to": [{"email": to}]}], "subject": "Hi"}).encode()
+        hd = {"Content-Type": "application/json"}
+        if token:
+            hd["X-Capgate-Token"] = token
+        if key:
+            hd["Idempotency-Key"] = key
+        if campaign:
+            hd["X-Campaign"] = campaign
+        hd.update(extra or {})
+        return body, g.as_(None).request(method, R + "?page=1", body, hd)
+
+    body, r = route("rt-1", campaign="autumn", extra={"X-Custom": "kept"})
+    h.expect_status(r, 200)
+    h.check(r.header("X-Upstream") == "yes" and r.body.get("ok") is True,
+            "the upstream's answer does not come back as it came", r)
+    q = up.requests[-1]
+    h.check(q.body == body and q.query == {"page": ["1"]} and q.header("X-Custom") == "kept"
+            and q.header("Idempotency-Key") == "rt-1" and q.header("X-Capgate-Token") is None,
+            "forwarded as %r (headers %r)" % (q, q.headers))
+    n = len(up.requests)
+    # Refusals are capgate's own, as documented for POST /v1/send.
+    _b, r = route("rt-2", token=None)
+    error(r, P, "post", 401, "unauthorized")
+    _b, r = route("rt-2", token=None, extra={"Authorization": "Bearer " + TOKENS["send"]})
+    error(r, P, "post", 401, "unauthorized")
+    _b, r = route("rt-2", token=TOKENS["consent"])
+    error(r, P, "post", 403, "forbidden")
+    _b, r = route("rt-2", campaign="autumn")
+    send_decision(conform(r, P, "post", 429), "deny", "cap", rule="campaign-once")
+    _b, r = route(None)
+    error(r, P, "post", 400, "missing_field", "message_id")
+    _b, r = route("rt-3", to=None)
+    error(r, P, "post", 400, "missing_field", "user")
+    h.check(len(up.requests) == n, "a refused request was forwarded: %r" % up.requests[n:])
+    _b, r = route("rt-4", method="PUT")
+    h.expect_status(r, 200)
+    h.check(up.requests[-1].method == "PUT", "the method was not kept: %r" % up.requests[-1])
+    _b, r = route("rt-5")
+    send_decision(conform(r, P, "post", 202), "defer", "cap", rule="email-daily")
+    try:
+        up.set_mode("fail")
+        _b, r = route("rt-6", to=h.uid("oa"))
+        error(r, P, "post", 502, "upstream_failed")
+    finally:
+        up.set_mode("normal")
+
+
 def test_consent_responses():
     g = gw()
     P = "/v1/consent"
@@ -478,6 +820,153 @@ def test_consent_responses():
     too_large(g, P)
 
 
+def test_events_responses():
+    g = gw()
+    P = "/v1/events"
+    u = h.uid("oa")
+    r = ok_post(g, P, {"user": u, "type": "unsubscribe", "channel": "email", "category": "marketing",
+                       "campaign": "spring", "message_id": "ev-1"})
+    h.check(r.body["recorded"] is True and r.body["type"] == "unsubscribe", "unsubscribe", r)
+    h.check(u not in r.raw.decode(errors="replace"), "the answer holds the user id", r)
+    ok_post(g, P, {"user": u, "type": "unsubscribe"})
+    ok_post(g, P, {"user": u, "type": "complaint", "channel": None, "campaign": None,
+                   "message_id": None, "category": None})
+    ok_post(g, P, {"user": u, "type": "hard_bounce", "channel": "sms"})
+    ok_post(g, P, {"user": u, "type": "open", "channel": "email", "campaign": "spring"})
+    ok_post(g, P, {"user": u, "type": "click"})
+    ok = {"user": u, "type": "open"}
+    for raw in (b"nope", b"[]", b"", b'{"user": "a", "user": "b", "type": "open"}'):
+        bad_post(g, P, raw, "invalid_json")
+    bad_post(g, P, {"type": "open"}, "missing_field", "user")
+    bad_post(g, P, {"user": u}, "missing_field", "type")
+    bad_post(g, P, dict(ok, type=None), "missing_field", "type")
+    bad_post(g, P, dict(ok, type="bogus"), "invalid_field", "type")
+    bad_post(g, P, dict(ok, type=""), "invalid_field", "type")
+    bad_post(g, P, dict(ok, type=3), "invalid_field", "type")
+    bad_post(g, P, dict(ok, user=""), "invalid_field", "user")
+    bad_post(g, P, dict(ok, user="u" * 257), "invalid_field", "user")
+    bad_post(g, P, dict(ok, channel=""), "invalid_field", "channel")
+    bad_post(g, P, dict(ok, campaign="c" * 257), "invalid_field", "campaign")
+    bad_post(g, P, dict(ok, message_id="m" * 129), "invalid_field", "message_id")
+    bad_post(g, P, dict(ok, extra=1), "invalid_field", "extra")
+    # A hard bounce needs a channel: valid by shape, refused by rule.
+    bad_post(g, P, {"user": u, "type": "hard_bounce"}, "missing_field", "channel", shape=False)
+    bad_post(g, P, dict(ok, channel="fax"), "unknown_channel", "channel", shape=False)
+    bad_post(g, P, dict(ok, channel="*"), "unknown_channel", "channel", shape=False)
+    bad_post(g, P, dict(ok, category="gossip"), "unknown_category", "category", shape=False)
+    method_not_allowed(g, P, "GET", ["POST"])
+    method_not_allowed(g, P, "PUT", ["POST"])
+    too_large(g, P)
+
+
+def test_decide_signals_fatigue_and_shadow():
+    g = gw()
+    P = "/v1/decide"
+    # A hard bounce: deny suppressed, whatever the category.
+    b = h.uid("oa")
+    ok_post(g, "/v1/events", {"user": b, "type": "hard_bounce", "channel": "email"})
+    h.expect_decision(ok_post(g, P, {"user": b, "channel": "email", "message_id": "b-1",
+                                     "category": "transactional"}), "deny", "suppressed", rule=False)
+    # A complaint: opted out, but transactional messages still go.
+    c = h.uid("oa")
+    ok_post(g, "/v1/events", {"user": c, "type": "complaint"})
+    h.expect_decision(ok_post(g, P, {"user": c, "channel": "email", "message_id": "c-1"}),
+                      "deny", "opted_out")
+    h.expect_decision(ok_post(g, P, {"user": c, "channel": "email", "message_id": "c-2",
+                                     "category": "transactional"}), "allow", "ok")
+    # Shadow: the second message of the day hits trial-daily, not enforced.
+    f = h.uid("oa")
+    h.expect_status(g.consent(f, "sms", "*", "opt_in"), 200)
+    r = ok_post(g, P, {"user": f, "channel": "email", "message_id": "f-1"})
+    h.expect_decision(r, "allow", "ok")
+    h.check("shadow" not in r.body, "shadow hit on the first message", r)
+    r = ok_post(g, P, {"user": f, "channel": "email", "message_id": "f-2"})
+    h.expect_decision(r, "allow", "ok")
+    h.check(r.body.get("shadow") == [{"rule": SHADOW_CAP["name"], "would": "deny"}],
+            "the shadow cap is not reported", r)
+    # Fatigue: three messages ignored, the fourth gets the tighter cap.
+    h.expect_decision(ok_post(g, P, {"user": f, "channel": "sms", "message_id": "f-3"}), "allow", "ok")
+    r = ok_post(g, P, {"user": f, "channel": "sms", "message_id": "f-4"})
+    h.expect_decision(r, "defer", "cap", rule="fatigue")
+    ok_post(g, "/v1/events", {"user": f, "type": "click", "channel": "sms"})
+    h.expect_decision(ok_post(g, P, {"user": f, "channel": "sms", "message_id": "f-5"}), "allow", "ok")
+
+
+def _rich_person(g):
+    """A person with sends (one with a campaign), consent, an unsubscribe,
+    a hard bounce and fatigue; returns the raw id."""
+    u = "oa-show-%s@example.com" % os.urandom(4).hex()
+    h.expect_decision(g.decide(u, "email", campaign="spring"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email", category="transactional"), "allow", "ok")
+    h.expect_status(g.consent(u, "sms", "*", "opt_in", source="signup form"), 200)
+    h.expect_decision(g.decide(u, "sms"), "allow", "ok")
+    h.expect_status(g.post("/v1/events", {"user": u, "type": "unsubscribe", "channel": "push"}), 200)
+    h.expect_status(g.post("/v1/events", {"user": u, "type": "hard_bounce", "channel": "sms"}), 200)
+    return u
+
+
+def test_users_show_responses():
+    g = gw()
+    P = "/v1/users/show"
+    u = _rich_person(g)
+    r = ok_post(g, P, {"user": u})
+    b = r.body
+    h.check(u not in r.raw.decode(errors="replace"), "show echoes the raw id", r)
+    h.check(len(b["sends"]) == 3 and b["consent"] and b["suppressions"] and b["audit"]
+            and b["summary"] and "fatigue" in b, "show misses what is held", r)
+    h.check(any(c.get("campaign") for c in b["caps"]), "no per-campaign standing", r)
+    h.check(any(c["mode"] == "shadow" for c in b["caps"]), "the shadow cap has no standing", r)
+    h.check(any("shadow" in e for e in b["audit"]), "no audit entry with a shadow hit", r)
+    r = ok_post(g, P, {"user": u}, query="?download=1")
+    h.check("attachment" in (r.header("Content-Disposition") or ""), "download without "
+            "Content-Disposition: attachment", r)
+    r = ok_post(g, P, {"user": u}, query="?download=0")
+    h.check(r.header("Content-Disposition") is None, "download=0 sent Content-Disposition", r)
+    r = ok_post(g, P, {"user": h.uid("oa-nobody")})
+    h.check(not r.body["sends"] and not r.body["consent"] and not r.body["audit"],
+            "a stranger has data", r)
+    bad_post(g, P, b"nope", "invalid_json")
+    bad_post(g, P, b"[]", "invalid_json")
+    bad_post(g, P, {}, "missing_field", "user")
+    bad_post(g, P, {"user": None}, "missing_field", "user")
+    bad_post(g, P, {"user": ""}, "invalid_field", "user")
+    bad_post(g, P, {"user": 5}, "invalid_field", "user")
+    bad_post(g, P, {"user": "u" * 257}, "invalid_field", "user")
+    bad_post(g, P, {"user": u, "channel": "email"}, "invalid_field", "channel")
+    method_not_allowed(g, P, "GET", ["POST"])
+    method_not_allowed(g, P, "DELETE", ["POST"])
+    too_large(g, P)
+
+
+def test_users_erase_responses():
+    g = gw()
+    P = "/v1/users/erase"
+    u = _rich_person(g)
+    r = ok_post(g, P, {"user": u})
+    b = r.body
+    h.check(b["suppression_kept"] is True and b["removed"]["sends"] == 3,
+            "erase of a person with an opt-out and a bounce", r)
+    h.check(sorted(m["fact"] for m in b["suppression"]) == ["hard_bounce", "opt_out"],
+            "markers: %r" % b["suppression"], r)
+    r = ok_post(g, P, {"user": u})
+    h.check(r.body["removed"] == {"sends": 0, "consent_records": 0, "audit_entries": 0},
+            "erasing again removed something", r)
+    v = h.uid("oa")
+    h.expect_decision(g.decide(v, "email"), "allow", "ok")
+    h.expect_status(g.consent(v, "email", "*", "opt_in"), 200)
+    r = ok_post(g, P, {"user": v})
+    h.check(r.body["suppression_kept"] is False and r.body["suppression"] == []
+            and r.body["removed"]["consent_records"] == 1, "erase without a suppression", r)
+    bad_post(g, P, b"{", "invalid_json")
+    bad_post(g, P, {}, "missing_field", "user")
+    bad_post(g, P, {"user": ""}, "invalid_field", "user")
+    bad_post(g, P, {"user": ["a"]}, "invalid_field", "user")
+    bad_post(g, P, {"user": v, "everything": True}, "invalid_field", "everything")
+    method_not_allowed(g, P, "GET", ["POST"])
+    method_not_allowed(g, P, "PUT", ["POST"])
+    too_large(g, P)
+
+
 # --------------------------------------------------------------------------
 # Live: operations endpoints
 # --------------------------------------------------------------------------
@@ -489,6 +978,8 @@ def test_status_responses():
     h.expect_json_content_type(r)
     h.check(r.body["http"]["errors"].get("invalid_json", 0) >= 1,
             "http.errors.invalid_json not counted", r)
+    h.check("proxy" in r.body and sorted(x["channel"] for x in r.body["proxy"]["upstreams"])
+            == ["email", "push"], "no proxy object for the upstreams of email and push", r)
     r = conform(g.get("/status", {"Accept": "text/html"}), "/status", "get", 200)
     h.check((r.header("Content-Type") or "").startswith("text/html"),
             "Accept: text/html did not get the page", r)
@@ -530,11 +1021,87 @@ def test_metrics_responses():
     method_not_allowed(g, "/metrics", "POST", ["GET", "HEAD"])
 
 
+def test_audit_responses():
+    g = gw()
+    P = "/v1/audit"
+    # One entry of each type.
+    u = h.uid("oa")
+    h.expect_decision(g.decide(u, "email"), "allow", "ok")
+    h.expect_decision(g.decide(u, "email", campaign="summer"), "allow", "ok")
+    h.expect_status(g.consent(u, "push", "*", "opt_out"), 200)
+    h.expect_status(g.post("/v1/events", {"user": u, "type": "open", "campaign": "summer"}), 200)
+    h.expect_status(g.post("/v1/users/erase", {"user": h.uid("oa")}), 200)
+    r = conform(g.get(P + "?limit=1000"), P, "get", 200)
+    types = {e["type"] for e in r.body["entries"]}
+    h.check({"decide", "consent", "signal", "erase"} <= types, "entry types seen: %s" % types, r)
+    h.check(u not in r.raw.decode(errors="replace"), "the audit trail holds a raw id", r)
+    # Paging: next is the since of the following page.
+    first = conform(g.get(P + "?limit=2"), P, "get", 200).body
+    h.check(len(first["entries"]) == 2 and first["next"], "a page of 2 with a next", first)
+    second = conform(g.get(P + "?limit=2&since=" + first["next"]), P, "get", 200).body
+    h.check(second["entries"] and second["entries"][0]["id"] != first["entries"][-1]["id"],
+            "the next page repeats the last entry", second)
+    ms = first["entries"][0]["id"].split("-")[0]
+    conform(g.get(P + "?since=" + ms), P, "get", 200)
+    conform(g.get(P + "?since=2000-01-01T00:00:00Z&limit=1"), P, "get", 200)
+    later = conform(g.get(P + "?since=2999-01-01T00:00:00Z"), P, "get", 200).body
+    h.check(later == {"entries": [], "next": None}, "entries after 2999", later)
+    for q, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("limit=ten", "limit"),
+                     ("since=yesterday", "since"), ("since=2026-01-01T00:00:00%2B01:00", "since")):
+        error(g.get(P + "?" + q), P, "get", 400, "invalid_field", field)
+    head_like_get(g, P, query="?limit=1")
+    method_not_allowed(g, P, "POST", ["GET", "HEAD"])
+    method_not_allowed(g, P, "DELETE", ["GET", "HEAD"])
+
+
+def _probe_body(method):
+    """A request that passes the token check and then fails cheaply."""
+    return b"nope" if method == "post" else None
+
+
+def test_auth_responses():
+    g = gw()
+    for path, m, scope in scoped_operations():
+        method = m.upper()
+        body = _probe_body(m)
+        for headers in ({}, {"Authorization": "Bearer not-a-known-token-at-all"},
+                        {"Authorization": "Basic b2E6b2E="}, {"Authorization": "Bearer "},
+                        {"Authorization": TOKENS[scope]}):
+            r = g.as_(None).request(method, path, body, headers)
+            error(r, path, m, 401, "unauthorized")
+        if m == "get":
+            r = g.as_(None).request("HEAD", path)
+            h.expect_status(r, 401)
+            conform(r, path, "head")
+        for who in ("send", "consent", "admin", "all"):
+            if path == "/v1/admin/reload" and scope in SCOPES[who]:
+                continue    # it would reload the shared gateway: test_reload_responses
+            r = g.as_(who).request(method, path, body)
+            if scope in SCOPES[who]:
+                h.check(r.status not in (401, 403), "%s %s: the %s token has the %s scope, "
+                        "answer %s" % (method, path, who, scope, r.status), r)
+            else:
+                e = error(r, path, m, 403, "forbidden").body["error"]
+                h.check(scope in e["message"] and "oa-" + who in e["message"],
+                        "403 does not name the token and the missing scope", r)
+        # The method is checked before the token: 405 for anyone.
+        method_not_allowed(g.as_(None), path, "DELETE", ["GET", "HEAD"] if m == "get" else [method])
+    # Open endpoints need no token, and ignore a bad one.
+    for path in ("/healthz", "/readyz", "/status.html"):
+        for headers in ({}, {"Authorization": "Bearer not-a-known-token-at-all"}):
+            conform(g.as_(None).get(path, headers), path, "get", 200)
+    # The tokens never reach the log.
+    logs = g.logs()
+    for tok in TOKENS.values():
+        h.check(tok not in logs, "a token is in the log")
+
+
 def test_unknown_paths_not_found():
     g = gw()
     nf = oc.deref(spec(), {"$ref": "#/components/responses/NotFound"})
-    for m, p in (("GET", "/"), ("POST", "/v1/decide/"), ("GET", "/v2/status"), ("DELETE", "/x")):
-        r = g.request(m, p, b"{}" if m == "POST" else None)
+    for who, m, p in ((None, "GET", "/"), ("all", "POST", "/v1/decide/"), (None, "GET", "/v2/status"),
+                      ("send", "DELETE", "/x"), (None, "GET", "/v1/users")):
+        r = g.as_(who).request(m, p, b"{}" if m == "POST" else None)
         h.expect_error(r, 404, "not_found")
         errs = oc.check_against(spec(), nf, 404, r.header("Content-Type"), r.body, r.headers,
                                 "%s %s" % (m, p))
@@ -542,17 +1109,23 @@ def test_unknown_paths_not_found():
 
 
 def test_store_unavailable_responses():
-    g = h.Gateway(overrides={"limits": {"max_body_bytes": MAX_BODY}})
+    g = ready(h.Gateway(overrides={"limits": {"max_body_bytes": MAX_BODY}}))
     u = h.uid("oa")
     h.expect_decision(g.decide(u, "email"), "allow", "ok")
     g.redis.kill()
     for path, body in (("/v1/decide", {"user": u, "channel": "email", "message_id": "z"}),
                        ("/v1/release", {"user": u, "message_id": "z"}),
                        ("/v1/consent", {"user": u, "channel": "*", "category": "*",
-                                        "state": "opt_out", "source": "t"})):
+                                        "state": "opt_out", "source": "t"}),
+                       ("/v1/events", {"user": u, "type": "complaint"}),
+                       ("/v1/users/show", {"user": u}),
+                       ("/v1/users/erase", {"user": u})):
         accepted_by_spec(path, body)
         r = error(g.post(path, body), path, "post", 503, "store_unavailable")
         h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)
+    r = error(g.get("/v1/audit"), "/v1/audit", "get", 503, "store_unavailable")
+    h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)
+    head_like_get(g, "/v1/audit")
     r = h.wait_until(lambda: (lambda x: x if x.status == 503 else None)(g.get("/readyz")), 5,
                      what="/readyz to answer 503")
     conform(r, "/readyz", "get", 503)
@@ -567,6 +1140,59 @@ def test_store_unavailable_fail_open():
     g.redis.kill()
     body = {"user": h.uid("oa"), "channel": "email", "message_id": "fo"}
     h.expect_decision(ok_post(g, "/v1/decide", body), "allow", "store_unavailable")
+
+
+def test_send_unavailable_responses():
+    up = FakeUpstream().start()
+    g = ready(h.Gateway(overrides={
+        "limits": {"max_body_bytes": MAX_BODY},
+        "channels": {"email": {"upstream": {"url": up.url + "/send", "timeout_ms": 2000}}},
+        "delivery": {"max_deferred": 256},            # one per hash tag
+    }))
+    P = "/v1/send"
+    u = h.uid("oa")
+    for status in (200, 200, 202):                   # email-daily: 2 a day, then defer
+        ok_post(g, P, _send_body(u), status=status)
+    r = error(g.post(P, _send_body(u)), P, "post", 503, "queue_full")
+    h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)
+    st = conform(g.get("/status"), "/status", "get", 200).body
+    h.check(st["proxy"]["upstreams"][0].get("queue_full") == 1, "queue_full not counted", st)
+    g.redis.kill()
+    body = _send_body(h.uid("oa"))
+    accepted_by_spec(P, body)
+    r = error(g.post(P, body), P, "post", 503, "store_unavailable")
+    h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)
+    h.check(len(up.requests) == 2, "forwarded while Redis was down: %r" % up.requests)
+
+
+def test_dead_letters_responses():
+    up = FakeUpstream().start()
+    g = ready(h.Gateway(overrides={
+        "channels": {"email": {"upstream": {"url": up.url + "/send", "timeout_ms": 1000}}},
+        "caps": [{"name": "email-2s", "channel": "email", "limit": 1, "window": "2s"}],
+        "delivery": {"max_attempts": 1, "backoff": "100ms", "lease": "2s"},
+    }))
+    P = "/v1/admin/dead-letters"
+    r = conform(g.get(P), P, "get", 200)
+    h.check(r.body == {"dead_letters": [], "total_seen": 0}, "dead letters before any", r)
+    u = h.uid("oa")
+    ok_post(g, "/v1/send", _send_body(u, message_id="dl-1"))
+    up.set_mode("fail")
+    ok_post(g, "/v1/send", _send_body(u, message_id="dl-2"), status=202)
+    h.wait_until(lambda: g.get(P).body["dead_letters"], 10, what="a dead letter")
+    r = conform(g.get(P), P, "get", 200)
+    d = r.body["dead_letters"]
+    h.check(len(d) == 1 and d[0]["attempts"] == 1 and d[0]["upstream_status"] == 500
+            and d[0]["channel"] == "email", "dead letters: %r" % d, r)
+    h.check(up.count_by_key().get("dl-2") == 1, "attempts: %r" % up.count_by_key())
+    conform(g.get(P + "?limit=1"), P, "get", 200)
+    for q in ("limit=0", "limit=1001", "limit=ten"):
+        error(g.get(P + "?" + q), P, "get", 400, "invalid_field", "limit")
+    head_like_get(g, P)
+    method_not_allowed(g, P, "POST", ["GET", "HEAD"])
+    g.redis.kill()
+    r = error(g.get(P), P, "get", 503, "store_unavailable")
+    h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)
 
 
 def test_reload_responses():

@@ -270,7 +270,10 @@ TABLE_PREFIX = {
     "config_table": "", "redis_table": "redis.", "privacy_table": "privacy.",
     "quiet_table": "quiet_hours.", "limits_table": "limits.",
     "channel_table": "channels.name.", "category_table": "categories.name.",
-    "cap_table": "caps[i].",
+    "cap_table": "caps[i].", "auth_table": "auth.", "token_table": "auth.tokens[i].",
+    "tls_table": "tls.", "fatigue_table": "fatigue.", "fatigue_cap_table": "fatigue.cap.",
+    "audit_table": "audit.", "upstream_table": "channels.name.upstream.",
+    "delivery_table": "delivery.", "route_table": "routes[i].",
 }
 
 
@@ -281,7 +284,7 @@ def test_capgate_yaml_5_documents_every_key():
     cur = None
     for ln in out.splitlines():
         m = re.match(r"^ {7}(\S+)(\s.*)?$", ln)
-        if m and re.fullmatch(r"[a-z_\[\].]+", m.group(1)):
+        if m and re.fullmatch(r"[a-z0-9_\[\].]+", m.group(1)):
             cur = m.group(1)
             entries[cur] = (m.group(2) or "") + "\n"
         elif cur is not None and (ln.startswith("        ") or not ln.strip()):
@@ -348,6 +351,63 @@ def test_example_config_passes_check():
     rc, out, err = h.run_cli(["-t", "-c", cfg])
     h.check(rc == 0 and "successful" in err, "capgate -t -c conf/capgate.yaml (key %s): rc=%s %s%s"
             % (key, rc, out, err))
+
+
+def _uncomment_proxy_examples(text):
+    """conf/capgate.yaml with its commented-out proxy mode examples (blocks
+    that open with "# upstream:", "# delivery:" or "# routes:") uncommented;
+    also returns how many blocks were found."""
+    lines = text.split("\n")
+    blocks = 0
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^(\s*)# ((?:upstream|delivery|routes):.*)$", lines[i])
+        if not m:
+            i += 1
+            continue
+        blocks += 1
+        indent = m.group(1)
+        lines[i] = indent + m.group(2)
+        i += 1
+        while i < len(lines) and lines[i].startswith(indent + "#  "):
+            lines[i] = indent + lines[i][len(indent) + 2:]
+            i += 1
+    return "\n".join(lines), blocks
+
+
+def test_example_config_proxy_examples_pass_check():
+    h.check_binary()
+    d = h.mkdtemp("capgate-conf-")
+    key = h.write_key_file(d)
+    text, n = re.subn(r'^(\s*key_file:\s*).*$', r'\1"%s"' % key, _read(CONF), flags=re.M)
+    h.check(n == 1, "conf/capgate.yaml: expected one key_file line, found %d" % n)
+    text, blocks = _uncomment_proxy_examples(text)
+    h.check(blocks >= 4, "conf/capgate.yaml: expected commented-out upstream (2), delivery and "
+            "routes examples, found %d blocks" % blocks)
+    cfg = os.path.join(d, "capgate.yaml")
+    with open(cfg, "w") as f:
+        f.write(text)
+    names = sorted(set(re.findall(r"\$\{(\w+)\}", text)))
+    h.check(names, "the upstream example takes no secret from the environment")
+    saved = {v: os.environ.get(v) for v in names}
+    try:
+        for v in names:
+            os.environ.pop(v, None)
+        rc, out, err = h.run_cli(["-t", "-c", cfg])
+        h.check(rc == 1 and names[0] in err, "an unset %s must fail the check: rc=%s %s"
+                % (names[0], rc, err))
+        for v in names:
+            os.environ[v] = "example-secret"
+        rc, out, err = h.run_cli(["-t", "-c", cfg])
+        h.check(rc == 0 and "successful" in err, "capgate -t with the proxy examples uncommented "
+                "(%s set): rc=%s %s%s" % (", ".join(names), rc, out, err))
+        h.check("example-secret" not in out + err, "the secret is printed")
+    finally:
+        for v, val in saved.items():
+            if val is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = val
 
 
 # --------------------------------------------------------------------------
