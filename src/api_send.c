@@ -65,8 +65,7 @@ static json_t *decision_body(const struct send_call *c)
     const char *rule = decision_rule_name(c->cfg, d->rule);
     if (rule)
         json_object_set_new(o, "rule", json_string(rule));
-    if (d->replay)
-        json_object_set_new(o, "replay", json_true());
+    json_object_set_new(o, "replay", json_boolean(d->replay));
     return o;
 }
 
@@ -151,7 +150,8 @@ static void on_forwarded(void *arg, const struct upstream_response *r)
 
 static void forward_now(struct send_call *c)
 {
-    if (delivery_forward(c->w->upstream, c->cfg, &c->m, on_forwarded, c) != 0) {
+    struct upstream_pool *pool = worker_upstream(c->w, config_channel(c->cfg, c->channel));
+    if (!pool || delivery_forward(pool, c->cfg, &c->m, on_forwarded, c) != 0) {
         struct upstream_response r = { .status = UPSTREAM_FAILED, .error = "cannot start" };
         on_forwarded(c, &r);
     }
@@ -181,6 +181,14 @@ static void on_decided(void *arg, const struct store_reply *r)
                            c->channel);
     for (size_t k = 0; k < d->n_shadow; k++)
         metrics_count_shadow(&w->metrics, c->cfg->caps[d->shadow[k].rule].name, d->shadow[k].would);
+    if (d->outcome == OUTCOME_ALLOW && d->replay) {
+        /* This message_id was allowed (and so forwarded) already: a client
+         * retry must not send it twice. */
+        metrics_count_delivery(&w->metrics, c->channel, "replayed");
+        reply_json(w, c->req, 200, decision_body(c));
+        call_free(c);
+        return;
+    }
     if (d->outcome == OUTCOME_ALLOW) {
         forward_now(c);
         return;
@@ -234,7 +242,7 @@ static void decide_and_send(struct worker *w, struct send_call *c, int priority,
     c->m.tz = c->tz;
     c->m.method = c->method ? c->method : "POST";
     c->m.query = c->query;
-    c->blob = delivery_blob(&c->m);
+    c->blob = delivery_blob(&c->m, w->pseudonym);
     if (!c->blob) {
         reply_error(w, c->req, API_INTERNAL, NULL, "out of memory");
         call_free(c);
@@ -292,6 +300,8 @@ void api_send(struct worker *w, struct http_request *req)
         goto invalid;
     }
     json_t *prio = json_object_get(obj, "priority");
+    if (json_is_null(prio))
+        prio = NULL;
     if (prio && (!json_is_integer(prio) || json_integer_value(prio) < 0 ||
                  json_integer_value(prio) > 9)) {
         e = (struct field_error){ .code = API_INVALID_FIELD, .field = "priority" };
@@ -392,7 +402,9 @@ struct header_list {
 static void keep_header(void *arg, const char *name, const char *value)
 {
     struct header_list *h = arg;
-    if (!delivery_hop_by_hop(name) && strcasecmp(name, "Authorization") != 0)
+    /* Authorization belongs to the campaign API (capgate's own token comes
+     * as X-Capgate-Token, which is hop-by-hop here). */
+    if (!delivery_hop_by_hop(name))
         json_array_append_new(h->arr, json_pack("[s, s]", name, value));
 }
 

@@ -166,7 +166,16 @@ void api_status(struct worker *w, struct http_request *req)
             const struct cfg_channel *ch = &cfg->channels[k];
             if (!ch->upstream.enabled)
                 continue;
-            json_t *u = json_pack("{s:s, s:s}", "channel", ch->name, "url", ch->upstream.url);
+            /* Credentials written into the URL are not for the status page. */
+            char url[512];
+            const char *at = strchr(ch->upstream.url, '@'), *scheme = strstr(ch->upstream.url, "://");
+            const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
+            if (scheme && at && (!slash || at < slash))
+                snprintf(url, sizeof url, "%.*s***%s", (int)(scheme + 3 - ch->upstream.url),
+                         ch->upstream.url, at);
+            else
+                snprintf(url, sizeof url, "%s", ch->upstream.url);
+            json_t *u = json_pack("{s:s, s:s}", "channel", ch->name, "url", url);
             for (size_t j = 0; j < m->n_delivery; j++)
                 if (strcmp(m->delivery[j].channel, ch->name) == 0)
                     json_object_set_new(u, m->delivery[j].outcome,

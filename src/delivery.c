@@ -1,6 +1,8 @@
 /* delivery: message blobs and forwarding.  See delivery.h. */
 #include "capgate/delivery.h"
 
+#include "capgate/pseudonym.h"
+
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +22,7 @@ bool delivery_hop_by_hop(const char *name)
     return false;
 }
 
-char *delivery_blob(const struct message *m)
+char *delivery_blob(const struct message *m, const struct pseudonym *seal)
 {
     /* Bodies are bytes: base64 keeps the blob valid UTF-8 JSON. */
     size_t b64len = sodium_base64_encoded_len(m->body_len, sodium_base64_VARIANT_ORIGINAL);
@@ -42,31 +44,48 @@ char *delivery_blob(const struct message *m)
     if (m->route) {
         json_object_set_new(o, "method", json_string(m->method));
         json_object_set_new(o, "query", json_string(m->query ? m->query : ""));
-        json_object_set(o, "headers", m->headers ? m->headers : json_array());
-        if (!m->headers)
-            json_decref(json_object_get(o, "headers"));
+        char *h = m->headers ? json_dumps(m->headers, JSON_COMPACT) : strdup("[]");
+        char *sealed = h ? pseudonym_seal(seal, h, strlen(h)) : NULL;
+        free(h);
+        if (!sealed) {
+            json_decref(o);
+            return NULL;
+        }
+        json_object_set_new(o, "hx", json_string(sealed));
+        free(sealed);
     }
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return s;
 }
 
-int delivery_parse(const char *blob, size_t len, struct message *m)
+int delivery_parse(const char *blob, size_t len, struct message *m,
+                   const struct pseudonym *seal)
 {
-    const char *b64 = NULL;
+    const char *b64 = NULL, *hx = NULL;
     int route = 0;
     memset(m, 0, sizeof *m);
     m->root = json_loadb(blob, len, 0, NULL);
     if (!m->root ||
-        json_unpack(m->root, "{s:b, s:s, s:s, s:s, s:s, s:s, s:s, s?s, s?s, s?s, s?s, s?o}",
+        json_unpack(m->root, "{s:b, s:s, s:s, s:s, s:s, s:s, s:s, s?s, s?s, s?s, s?s, s?s}",
                     "route", &route, "u", &m->user, "m", &m->message, "mid", &m->message_id,
                     "ch", &m->channel, "cat", &m->category, "body", &b64, "camp", &m->campaign,
                     "tz", &m->tz, "method", &m->method, "query", &m->query,
-                    "headers", &m->headers) != 0) {
+                    "hx", &hx) != 0) {
         delivery_clear(m);
         return -1;
     }
     m->route = route;
+    if (hx) {
+        size_t hl;
+        char *h = pseudonym_open(seal, hx, &hl);
+        m->headers = h ? json_loadb(h, hl, 0, NULL) : NULL;
+        free(h);
+        if (!m->headers) {
+            delivery_clear(m);
+            return -1;
+        }
+    }
     size_t cap = strlen(b64);
     m->body = malloc(cap + 1);
     if (!m->body || sodium_base642bin((unsigned char *)m->body, cap, b64, cap, NULL,
@@ -83,6 +102,7 @@ int delivery_parse(const char *blob, size_t len, struct message *m)
 void delivery_clear(struct message *m)
 {
     free(m->body);
+    json_decref(m->headers);
     json_decref(m->root);
     memset(m, 0, sizeof *m);
 }

@@ -147,7 +147,8 @@ static void on_redecided(void *arg, const struct store_reply *r)
                            decision_rule_name(j->cfg, dec->rule), j->m.channel);
     switch (dec->outcome) {
     case OUTCOME_ALLOW:
-        if (delivery_forward(w->upstream, j->cfg, &j->m, on_forwarded, j) != 0) {
+        struct upstream_pool *pool = worker_upstream(w, config_channel(j->cfg, j->m.channel));
+        if (!pool || delivery_forward(pool, j->cfg, &j->m, on_forwarded, j) != 0) {
             struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "cannot start" };
             on_forwarded(j, &fail);
         }
@@ -181,7 +182,7 @@ static void start_job(struct dispatcher *d, unsigned tag, const char *member, si
     j->blob = strndup(blob, blen);
     d->active++;
     d->pending[tag]++;
-    if (!j->blob || delivery_parse(blob, blen, &j->m) != 0 ||
+    if (!j->blob || delivery_parse(blob, blen, &j->m, w->pseudonym) != 0 ||
         !config_channel(j->cfg, j->m.channel) || !config_category(j->cfg, j->m.category)) {
         /* Unreadable, or its channel is gone from the config: dead-letter it. */
         log_warn("undeliverable deferred message", "id=%s", j->member);

@@ -12,6 +12,7 @@
 
 struct pseudonym {
     unsigned char key[crypto_generichash_KEYBYTES];  /* 32 bytes */
+    unsigned char seal_key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
 };
 
 /* Largest key file we read: a secret, not a document. */
@@ -61,6 +62,9 @@ struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen)
     }
     /* Whatever the file's length, derive a fixed 32-byte key from all of it. */
     crypto_generichash(p->key, sizeof p->key, buf, len, NULL, 0);
+    /* A separate key for sealing, so the hash key never encrypts anything. */
+    crypto_generichash(p->seal_key, sizeof p->seal_key, (const unsigned char *)"capgate seal", 12,
+                       p->key, sizeof p->key);
     sodium_memzero(buf, sizeof buf);
     return p;
 }
@@ -71,6 +75,53 @@ void pseudonym_free(struct pseudonym *p)
         return;
     sodium_memzero(p, sizeof *p);
     free(p);
+}
+
+char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len)
+{
+    size_t n = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + len +
+               crypto_aead_xchacha20poly1305_ietf_ABYTES;
+    unsigned char *box = malloc(n);
+    if (!box)
+        return NULL;
+    randombytes_buf(box, crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
+    unsigned long long clen;
+    crypto_aead_xchacha20poly1305_ietf_encrypt(box + crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
+                                               &clen, (const unsigned char *)plain, len, NULL, 0,
+                                               NULL, box, p->seal_key);
+    size_t b64 = sodium_base64_encoded_len(n, sodium_base64_VARIANT_ORIGINAL);
+    char *out = malloc(b64);
+    if (out)
+        sodium_bin2base64(out, b64, box, n, sodium_base64_VARIANT_ORIGINAL);
+    free(box);
+    return out;
+}
+
+char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t *len)
+{
+    size_t slen = strlen(sealed), n;
+    unsigned char *box = malloc(slen + 1);
+    if (!box || sodium_base642bin(box, slen, sealed, slen, NULL, &n, NULL,
+                                  sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        n < crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + crypto_aead_xchacha20poly1305_ietf_ABYTES) {
+        free(box);
+        return NULL;
+    }
+    char *out = malloc(n + 1);
+    unsigned long long plen;
+    if (!out || crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    (unsigned char *)out, &plen, NULL,
+                    box + crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
+                    n - crypto_aead_xchacha20poly1305_ietf_NPUBBYTES, NULL, 0, box,
+                    p->seal_key) != 0) {
+        free(box);
+        free(out);
+        return NULL;
+    }
+    free(box);
+    out[plen] = '\0';
+    *len = (size_t)plen;
+    return out;
 }
 
 bool pseudonym_same_key(const struct pseudonym *a, const struct pseudonym *b)

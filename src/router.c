@@ -50,7 +50,10 @@ static bool check_token(struct worker *w, struct http_request *req, const struct
     case AUTH_OK:
         break;
     case AUTH_MISSING:
-        reply_error(w, req, API_UNAUTHORIZED, NULL, "send Authorization: Bearer <token>");
+        reply_error(w, req, API_UNAUTHORIZED, NULL, "%s",
+                    r->path[0] ? "send Authorization: Bearer <token>"
+                               : "send capgate's token as X-Capgate-Token: <token> (Authorization "
+                                 "goes to the campaign API)");
         return false;
     case AUTH_INVALID:
         reply_error(w, req, API_UNAUTHORIZED, NULL, "the token is not valid");

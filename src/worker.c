@@ -228,6 +228,45 @@ static unsigned active_requests(const struct worker *w)
     return n;
 }
 
+static void free_pools(struct worker *w)
+{
+    for (size_t k = 0; k < w->n_pools; k++)
+        upstream_pool_free(w->pools[k].pool);
+    for (size_t k = 0; k < w->n_retired_pools; k++)
+        upstream_pool_free(w->retired_pools[k].pool);
+    w->n_pools = w->n_retired_pools = 0;
+}
+
+struct upstream_pool *worker_upstream(struct worker *w, const struct cfg_channel *ch)
+{
+    unsigned limit = share(ch->upstream.max_connections, w->n_workers);
+    size_t k;
+    for (k = 0; k < w->n_pools; k++)
+        if (strcmp(w->pools[k].channel, ch->name) == 0)
+            break;
+    if (k < w->n_pools && w->pools[k].limit == limit)
+        return w->pools[k].pool;
+    if (k < w->n_pools) {
+        /* A reload changed the bound: new exchanges use a new pool, the old
+         * one finishes what it carries. */
+        if (w->n_retired_pools < sizeof w->retired_pools / sizeof w->retired_pools[0])
+            w->retired_pools[w->n_retired_pools++] = w->pools[k];
+        else
+            upstream_pool_free(w->pools[k].pool);
+        w->pools[k] = w->pools[--w->n_pools];
+    }
+    if (w->n_pools == sizeof w->pools / sizeof w->pools[0])
+        return NULL;
+    struct upstream_pool *p = upstream_pool_new(w->base, limit, 1u << 20);
+    if (!p)
+        return NULL;
+    struct channel_pool *cp = &w->pools[w->n_pools++];
+    snprintf(cp->channel, sizeof cp->channel, "%s", ch->name);
+    cp->limit = limit;
+    cp->pool = p;
+    return p;
+}
+
 /* Ending a worker takes two steps, both from housekeeping: first the Redis
  * connections go, which answers whatever still waits on them (UNAVAILABLE);
  * then, once MHD has sent those answers (or after a short grace), HTTP
@@ -238,8 +277,7 @@ static void drop_stores(struct worker *w)
     /* Outbound deliveries first: their callbacks may still use Redis. */
     dispatcher_free(w->dispatcher);
     w->dispatcher = NULL;
-    upstream_pool_free(w->upstream);
-    w->upstream = NULL;
+    free_pools(w);
     pthread_mutex_lock(&w->stats_lock);
     struct store *stores[2 + WORKER_RETIRED_MAX] = { w->store, w->next_store };
     for (int k = 0; k < WORKER_RETIRED_MAX; k++)
@@ -292,6 +330,14 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
     if (w->http)
         COUNTER_SET(w->connections, http_server_connections(w->http));
     pthread_mutex_unlock(&w->stats_lock);
+    for (size_t k = 0; k < w->n_retired_pools;) {
+        if (upstream_pool_active(w->retired_pools[k].pool) == 0) {
+            upstream_pool_free(w->retired_pools[k].pool);
+            w->retired_pools[k] = w->retired_pools[--w->n_retired_pools];
+        } else {
+            k++;
+        }
+    }
 
     if (w->stopping && !w->finishing_us) {
         unsigned active = active_requests(w) + dispatcher_active(w->dispatcher);
@@ -456,16 +502,8 @@ struct worker *worker_create(struct gateway *gw, unsigned id, unsigned n_workers
         w->http = start_http(w, gen, err, errlen);
     w->housekeeping = event_new(w->base, -1, EV_PERSIST, on_housekeeping, w);
     w->command = event_new(w->base, -1, EV_PERSIST, on_command, w);
-    /* Per host and per worker: the configured bound shared among workers. */
-    unsigned conns = 1;
-    for (size_t k = 0; k < w->cfg->n_channels; k++)
-        if (w->cfg->channels[k].upstream.max_connections > conns)
-            conns = w->cfg->channels[k].upstream.max_connections;
-    w->upstream = upstream_pool_new(w->base, conns, 1u << 20);
-    if (w->upstream)
-        w->dispatcher = dispatcher_new(w);
-    if (!w->store || !w->http || !w->housekeeping || !w->command || !w->upstream ||
-        !w->dispatcher) {
+    w->dispatcher = dispatcher_new(w);
+    if (!w->store || !w->http || !w->housekeeping || !w->command || !w->dispatcher) {
         worker_free(w);
         return NULL;
     }
@@ -497,7 +535,7 @@ void worker_free(struct worker *w)
         http_server_free(w->old_http[k]);
     }
     dispatcher_free(w->dispatcher);
-    upstream_pool_free(w->upstream);
+    free_pools(w);
     store_free(w->next_store);
     store_free(w->store);
     http_server_free(w->http);

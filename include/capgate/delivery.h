@@ -31,8 +31,12 @@ struct message {
 
 /* Builds the blob of a /v1/send message (PAYLOAD: the JSON text to post) or
  * of a routed request.  Returns a malloc'ed string, NULL on error. */
-char *delivery_blob(const struct message *m);
-int delivery_parse(const char *blob, size_t len, struct message *out);
+/* SEAL: the routed request's headers (which may carry the raw recipient)
+ * are stored sealed with it (see pseudonym_seal). */
+struct pseudonym;
+char *delivery_blob(const struct message *m, const struct pseudonym *seal);
+int delivery_parse(const char *blob, size_t len, struct message *out,
+                   const struct pseudonym *seal);
 void delivery_clear(struct message *m);
 
 /* Sends M to its channel's upstream.  Returns what upstream_send returns. */

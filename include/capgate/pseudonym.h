@@ -25,6 +25,13 @@ struct pseudonym;
 struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen);
 void pseudonym_free(struct pseudonym *p);
 
+/* Small secrets kept in Redis for a while (a routed request's headers may
+ * hold the raw recipient): XChaCha20-Poly1305 with a key derived from the
+ * key file.  seal returns malloc'ed base64; open returns malloc'ed bytes
+ * (NUL-terminated, *LEN set) or NULL when tampered with or not ours. */
+char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len);
+char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t *len);
+
 /* True when A and B were loaded from the same secret. */
 bool pseudonym_same_key(const struct pseudonym *a, const struct pseudonym *b);
 

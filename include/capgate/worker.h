@@ -59,7 +59,15 @@ struct worker {
     struct store *store;
     struct store *next_store;        /* after a reload, until it is ready */
     struct http_server *http;
-    struct upstream_pool *upstream;  /* proxy mode: outbound HTTP (libcurl multi) */
+    /* Proxy mode: outbound HTTP (libcurl multi), one pool per channel so
+     * each upstream gets its own max_connections; a pool whose limit a
+     * reload changed is retired and freed once idle. */
+    struct channel_pool {
+        char channel[33];
+        unsigned limit;
+        struct upstream_pool *pool;
+    } pools[32], retired_pools[32];
+    size_t n_pools, n_retired_pools;
     struct dispatcher *dispatcher;   /* proxy mode: the deferred queue's share of this loop */
     struct metrics metrics;          /* written here; read by any (counter.h) */
 
@@ -98,6 +106,10 @@ void worker_post_quiesce(struct worker *w, uint64_t deadline_us);
 void worker_post_stop(struct worker *w);
 /* On the worker's own thread: apply a posted generation now. */
 void worker_apply_pending(struct worker *w);
+
+/* The pool for CH's upstream (created on first use, sized by its
+ * max_connections shared among the workers).  NULL when it cannot be made. */
+struct upstream_pool *worker_upstream(struct worker *w, const struct cfg_channel *ch);
 
 /* From any thread: add this worker's figures into the totals. */
 void worker_read_stats(struct worker *w, struct metrics *m, struct store_stats *redis,

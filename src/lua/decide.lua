@@ -119,7 +119,8 @@ local function answer(outcome, reason, rule, retry, replay, count)
   if outcome == 1 and #KEYS >= 7 then
     local max, ttl, prio, collapse = string.match(ARGV[17], '^(%d+)|(%d+)|(%d+)|(%d)$')
     local member = ARGV[19]
-    if not redis.call('ZSCORE', KEYS[5], member) and
+    local replacing = collapse == '1' and redis.call('EXISTS', KEYS[7]) == 1
+    if not replacing and not redis.call('ZSCORE', KEYS[5], member) and
        redis.call('ZCARD', KEYS[5]) >= tonumber(max) then
       queued = 2
     else

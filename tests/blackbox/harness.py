@@ -946,6 +946,14 @@ class Gateway:
             try:
                 r = http_request(self.port, "GET", "/healthz", timeout=1)
                 if r.status == 200:
+                    # With its Redis up, wait until the gateway has it too, so
+                    # a test's first request is not refused with 503.
+                    if getattr(self.redis, "alive", lambda: False)():
+                        rr = http_request(self.port, "GET", "/readyz", timeout=1)
+                        if rr.status != 200:
+                            last = rr
+                            time.sleep(0.02)
+                            continue
                     return r
                 last = r
             except OSError as e:

@@ -247,3 +247,24 @@ def test_kill_9_loses_nothing():
     deferred = {k: v for k, v in keys.items() if k.startswith("d-")}
     h.check(len(deferred) == 20, "every accepted message delivered: %d of 20" % len(deferred))
     h.check(all(v >= 1 for v in keys.values()), "at least once")
+
+
+def test_deferred_route_keeps_no_raw_recipient_in_redis():
+    up = FakeUpstream().start()
+    routes = [{"path": "/push/v1/notify", "channel": "push", "user": "header:X-Recipient",
+               "message_id": "header:Idempotency-Key"}]
+    g = gateway(up, routes=routes, caps=[{"name": "push-3s", "channel": "push", "limit": 1,
+                                          "window": "3s", "on_exceed": "defer"}])
+    who = "device-owner-%s@example.com" % os.urandom(3).hex()
+    hdrs = {"Content-Type": "application/json", "X-Recipient": who, "Authorization": "Bearer tool-key"}
+    h.expect_status(g.post("/push/v1/notify", b'{"title":"a"}', headers=dict(hdrs, **{"Idempotency-Key": "p1"})), 200)
+    r = g.post("/push/v1/notify", b'{"title":"b"}', headers=dict(hdrs, **{"Idempotency-Key": "p2"}))
+    h.expect_status(r, 202)
+    h.check(who.encode() not in repr(h.redis_dump(g.redis.port)).encode(), "raw recipient stored in Redis")
+    up.wait_for(2, timeout=8)
+    q = [x for x in up.requests if x.header("Idempotency-Key") == "p2"][0]
+    h.check(q.header("X-Recipient") == who and q.header("Authorization") == "Bearer tool-key",
+            "headers delivered as they came: %r" % q)
+    # a retry of a sent message is not sent again
+    h.expect_status(g.post("/push/v1/notify", b'{"title":"a"}', headers=dict(hdrs, **{"Idempotency-Key": "p1"})), 200)
+    h.check(up.count_by_key()["p1"] == 1, "p1 once: %r" % up.count_by_key())
