@@ -30,6 +30,26 @@
 #define TZ_NAME_MAX 64
 
 /* A decide waiting for Redis.  Freed in its store callback. */
+/* S as the inside of a JSON string (quotes, backslashes and control
+ * characters escaped; UTF-8 passes through, jansson already checked it). */
+static const char *json_escape(char *out, size_t size, const char *s)
+{
+    size_t o = 0;
+    for (; *s && o + 7 < size; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, size - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
 struct decide_call {
     struct worker *w;
     struct http_request *req;
@@ -75,24 +95,26 @@ static void decide_answer(struct decide_call *call, const struct decision *d)
         COUNTER_INC(w->metrics.replays);
     if (call->dry_run)
         COUNTER_INC(w->metrics.dry_runs);
-    json_t *body = json_pack("{s:s, s:s}", "decision", decision_outcome_name(d->outcome),
-                             "reason", decision_reason_name(d->reason));
-    if (decision_rule_name(cfg, d->rule))
-        json_object_set_new(body, "rule", json_string(decision_rule_name(cfg, d->rule)));
+    /* The hot path's answer is written directly: the names come from the
+     * config ([A-Za-z0-9_.-]) and fixed tables, only message_id needs
+     * escaping -- a JSON library here cost a fifth of a decision's CPU. */
+    char body[1024 + 8 * (CAP_NAME_MAX + 40)], id[6 * 128 + 1];
+    size_t n = (size_t)snprintf(body, sizeof body, "{\"decision\":\"%s\",\"reason\":\"%s\"",
+                                decision_outcome_name(d->outcome), decision_reason_name(d->reason));
+    const char *rule = decision_rule_name(cfg, d->rule);
+    if (rule)
+        n += (size_t)snprintf(body + n, sizeof body - n, ",\"rule\":\"%s\"", rule);
     if (d->outcome == OUTCOME_DEFER)
-        json_object_set_new(body, "retry_after", json_integer(d->retry_after_s));
-    json_object_set_new(body, "message_id", json_string(call->message_id));
-    json_object_set_new(body, "replay", json_boolean(d->replay));
-    if (call->dry_run)
-        json_object_set_new(body, "dry_run", json_true());
-    if (d->n_shadow) {
-        json_t *shadow = json_array();
-        for (size_t k = 0; k < d->n_shadow; k++)
-            json_array_append_new(shadow, json_pack("{s:s, s:s}", "rule",
-                                                    cfg->caps[d->shadow[k].rule].name, "would",
-                                                    decision_outcome_name(d->shadow[k].would)));
-        json_object_set_new(body, "shadow", shadow);
-    }
+        n += (size_t)snprintf(body + n, sizeof body - n, ",\"retry_after\":%lld",
+                              (long long)d->retry_after_s);
+    n += (size_t)snprintf(body + n, sizeof body - n, ",\"message_id\":\"%s\",\"replay\":%s%s",
+                          json_escape(id, sizeof id, call->message_id),
+                          d->replay ? "true" : "false", call->dry_run ? ",\"dry_run\":true" : "");
+    for (size_t k = 0; k < d->n_shadow; k++)
+        n += (size_t)snprintf(body + n, sizeof body - n, "%s{\"rule\":\"%s\",\"would\":\"%s\"}",
+                              k ? "," : ",\"shadow\":[", cfg->caps[d->shadow[k].rule].name,
+                              decision_outcome_name(d->shadow[k].would));
+    n += (size_t)snprintf(body + n, sizeof body - n, "%s}\n", d->n_shadow ? "]" : "");
     log_debug("decision", "user=%s decision=%s reason=%s rule=%s retry_after=%lld replay=%d",
               call->user, decision_outcome_name(d->outcome), decision_reason_name(d->reason),
               decision_rule_name(cfg, d->rule) ? decision_rule_name(cfg, d->rule) : "-",
@@ -111,7 +133,7 @@ static void decide_answer(struct decide_call *call, const struct decision *d)
         }
         gateway_audit(w->gw, e);
     }
-    reply_json(w, call->req, 200, body);
+    reply_text(w, call->req, 200, "application/json", body, n, NULL);
 }
 
 static void on_decided(void *arg, const struct store_reply *r)

@@ -1943,7 +1943,7 @@ static const struct directive limits_table[] = {
       .def = "30s" },
     { .name = "connection_memory_bytes", .type = DT_INT,
       FIELD(struct cfg_limits, connection_memory_bytes), .min = 8192, .max = 16777216,
-      .def = "32768" },
+      .def = "16384" },
     { .name = "max_pending", .type = DT_INT, FIELD(struct cfg_limits, max_pending),
       .min = 1, .max = 1000000, .def = "10000" },
     { .name = NULL },

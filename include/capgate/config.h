@@ -159,7 +159,7 @@ struct cfg_limits {
     unsigned max_connections;       /* default 4096 */
     unsigned max_connections_per_ip;/* default 0 = unlimited */
     unsigned connection_timeout_s;  /* idle timeout, default 30 */
-    size_t connection_memory_bytes; /* per connection, default 32768 */
+    size_t connection_memory_bytes; /* per connection, default 16384 */
     unsigned max_pending;           /* requests waiting on Redis, default 10000 */
 };
 

@@ -338,7 +338,7 @@ TEST(example_config)
     CHECK_EQ_INT(cfg->limits.max_connections, 4096);
     CHECK_EQ_INT(cfg->limits.max_connections_per_ip, 0);
     CHECK_EQ_INT(cfg->limits.connection_timeout_s, 30);
-    CHECK_EQ_INT(cfg->limits.connection_memory_bytes, 32768);
+    CHECK_EQ_INT(cfg->limits.connection_memory_bytes, 16384);
     CHECK_EQ_INT(cfg->limits.max_pending, 10000);
     config_free(cfg);
 }
@@ -381,7 +381,7 @@ TEST(minimal_defaults)
     CHECK_EQ_INT(cfg->limits.max_connections, 4096);
     CHECK_EQ_INT(cfg->limits.max_connections_per_ip, 0);
     CHECK_EQ_INT(cfg->limits.connection_timeout_s, 30);
-    CHECK_EQ_INT(cfg->limits.connection_memory_bytes, 32768);
+    CHECK_EQ_INT(cfg->limits.connection_memory_bytes, 16384);
     CHECK_EQ_INT(cfg->limits.max_pending, 10000);
     config_free(cfg);
 }
