@@ -268,3 +268,50 @@ def test_deferred_route_keeps_no_raw_recipient_in_redis():
     # a retry of a sent message is not sent again
     h.expect_status(g.post("/push/v1/notify", b'{"title":"a"}', headers=dict(hdrs, **{"Idempotency-Key": "p1"})), 200)
     h.check(up.count_by_key()["p1"] == 1, "p1 once: %r" % up.count_by_key())
+
+
+def test_https_upstream_certificate_is_verified():
+    """An upstream whose certificate nobody vouches for gets nothing: the
+    send is released and answered 502, never sent in clear or unverified."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import tempfile
+    d = tempfile.mkdtemp(prefix="capgate-https-")
+    cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    p = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], capture_output=True, timeout=60)
+    h.check(p.returncode == 0, "openssl failed")
+    hits = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        up = FakeUpstream().start()
+        cfg = proxy_config(up)
+        cfg["channels"]["email"]["upstream"]["url"] = "https://127.0.0.1:%d/send" % srv.server_port
+        g = h.Gateway(overrides=cfg, env=ENV)
+        r = send(g, h.uid())
+        h.expect_status(r, 502)
+        h.check("certificate" in r.body["error"]["message"] or "tls" in r.body["error"]["message"],
+                "a TLS verification failure: %r" % (r.body,))
+        h.check(hits == [], "nothing reached the unverified server")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        shutil.rmtree(d, ignore_errors=True)
