@@ -628,17 +628,28 @@ def _send_body(user, channel="email", **fields):
     return body
 
 
-def send_decision(r, decision, reason, rule=None):
+def send_decision(r, decision, reason, rule=None, replay=False):
     """Checks a /v1/send decision body (any status).  rule=None: not
-    checked; rule=False: must be absent."""
+    checked; rule=False: must be absent.  Every decision body has
+    `replay` (false but on a replay)."""
     b = r.body
     h.check(isinstance(b, dict) and b.get("decision") == decision and b.get("reason") == reason,
             "expected %s/%s" % (decision, reason), r)
+    h.check(b.get("replay") is replay, "expected replay: %r" % replay, r)
     if rule is False:
         h.check("rule" not in b, "expected no rule", r)
     elif rule is not None:
         h.check(b.get("rule") == rule, "expected rule %r" % rule, r)
     return b
+
+
+def _upstream_outcome(g, channel, outcome):
+    """How many OUTCOMEs /status counts for CHANNEL's upstream (0: absent)."""
+    st = conform(g.get("/status"), "/status", "get", 200).body
+    for u in st["proxy"]["upstreams"]:
+        if u["channel"] == channel:
+            return u.get(outcome, 0)
+    h.fail("no upstream %r in /status: %r" % (channel, st["proxy"]))
 
 
 def test_send_responses():
@@ -650,15 +661,21 @@ def test_send_responses():
     b = _send_body(u, message_id="s-1", campaign="summer", payload={"to": u, "n": [1, 2.5, None]})
     r = ok_post(g, P, b)
     send_decision(r, "allow", "ok")
-    h.check(r.body["upstream_status"] == 200 and "replay" not in r.body, "forwarded: %r" % (r.body,), r)
+    h.check(r.body["upstream_status"] == 200, "forwarded: %r" % (r.body,), r)
     q = up.requests[-1]
     h.check(q.method == "POST" and q.path == "/send" and q.json() == b["payload"]
             and q.header("Idempotency-Key") == "s-1"
             and q.header("Content-Type") == "application/json", "upstream got %r" % (q,))
-    # A replay is forwarded again (same key) and counted once.
+    # A replay is answered 200 replay: true, without upstream_status, and is
+    # not forwarded again (nor counted again).
+    replayed = _upstream_outcome(g, "email", "replayed")
     r = ok_post(g, P, b)
-    h.check(r.body.get("replay") is True and r.body["upstream_status"] == 200, "replay", r)
-    h.check(up.count_by_key().get("s-1") == 2, "the replay was not forwarded again")
+    send_decision(r, "allow", "ok", rule=False, replay=True)
+    h.check("upstream_status" not in r.body, "a replay has no upstream_status: %r" % (r.body,), r)
+    h.check(up.count_by_key().get("s-1") == 1, "the replay was forwarded again: %r"
+            % up.count_by_key())
+    h.check(_upstream_outcome(g, "email", "replayed") == replayed + 1,
+            "the replay was not counted as `replayed` in /status")
     # payload: any JSON value, forwarded compact.
     for payload in ("text", 7, [1, "a"], None, True, {}):
         ok_post(g, P, _send_body(h.uid("oa"), payload=payload))
@@ -667,6 +684,7 @@ def test_send_responses():
     ok_post(g, P, _send_body(h.uid("oa"), category=None, campaign=None, tz=None, collapse_key=None))
     ok_post(g, P, _send_body(h.uid("oa"), category="transactional", tz="Europe/Paris",
                              collapse_key="k", priority=0))
+    ok_post(g, P, _send_body(h.uid("oa"), priority=None))     # null: the same as absent
     n = len(up.requests)
     # 429: a deny cap (campaign-once).
     r = ok_post(g, P, _send_body(u, campaign="summer"), status=429)
@@ -711,8 +729,10 @@ def test_send_responses():
     # The failures did not count against email-daily (2 a day).  (They did
     # count as ignored messages: a click keeps the fatigue cap out of it.)
     h.expect_status(g.post("/v1/events", {"user": x, "type": "click"}), 200)
-    ok_post(g, P, _send_body(x, message_id="f-1"))
-    ok_post(g, P, _send_body(x, message_id="f-2"))
+    # A 502 released the send: the retry is decided afresh, not a replay.
+    send_decision(ok_post(g, P, _send_body(x, message_id="f-1")), "allow", "ok")
+    send_decision(ok_post(g, P, _send_body(x, message_id="f-2")), "allow", "ok")
+    h.check(up.requests[-1].header("Idempotency-Key") == "f-2", "the retry was not forwarded")
     # 400s
     ok = _send_body(h.uid("oa"))
     for raw in (b"nope", b"[]", b"", b'{"user": "a", "user": "b", "channel": "email", '
@@ -723,7 +743,7 @@ def test_send_responses():
     bad_post(g, P, {k: v for k, v in ok.items() if k != "message_id"}, "missing_field", "message_id")
     bad_post(g, P, dict(ok, user=""), "invalid_field", "user")
     bad_post(g, P, dict(ok, message_id="m" * 129), "invalid_field", "message_id")
-    for prio in (10, -1, "1", 1.5, None, True):
+    for prio in (10, -1, "1", 1.5, True):
         bad_post(g, P, dict(ok, priority=prio), "invalid_field", "priority")
     bad_post(g, P, dict(ok, collapse_key=""), "invalid_field", "collapse_key")
     bad_post(g, P, dict(ok, collapse_key="k" * 129), "invalid_field", "collapse_key")
@@ -759,18 +779,27 @@ def test_send_route_responses():
         hd.update(extra or {})
         return body, g.as_(None).request(method, R + "?page=1", body, hd)
 
-    body, r = route("rt-1", campaign="autumn", extra={"X-Custom": "kept"})
+    campaign_key = {"X-Custom": "kept", "Authorization": "Bearer campaign-api-key"}
+    body, r = route("rt-1", campaign="autumn", extra=campaign_key)
     h.expect_status(r, 200)
     h.check(r.header("X-Upstream") == "yes" and r.body.get("ok") is True,
             "the upstream's answer does not come back as it came", r)
     q = up.requests[-1]
     h.check(q.body == body and q.query == {"page": ["1"]} and q.header("X-Custom") == "kept"
-            and q.header("Idempotency-Key") == "rt-1" and q.header("X-Capgate-Token") is None,
+            and q.header("Idempotency-Key") == "rt-1" and q.header("X-Capgate-Token") is None
+            and q.header("Authorization") == "Bearer campaign-api-key",
             "forwarded as %r (headers %r)" % (q, q.headers))
     n = len(up.requests)
+    # A replay is capgate's own 200 (not the upstream's answer): not forwarded.
+    _b, r = route("rt-1", campaign="autumn", extra=campaign_key)
+    send_decision(conform(r, P, "post", 200), "allow", "ok", rule=False, replay=True)
+    h.check(r.header("X-Upstream") is None and "upstream_status" not in r.body,
+            "a replay looks forwarded", r)
     # Refusals are capgate's own, as documented for POST /v1/send.
     _b, r = route("rt-2", token=None)
-    error(r, P, "post", 401, "unauthorized")
+    e = error(r, P, "post", 401, "unauthorized").body["error"]
+    h.check("X-Capgate-Token" in e["message"], "the 401 of a route does not say to send "
+            "X-Capgate-Token", r)
     _b, r = route("rt-2", token=None, extra={"Authorization": "Bearer " + TOKENS["send"]})
     error(r, P, "post", 401, "unauthorized")
     _b, r = route("rt-2", token=TOKENS["consent"])
@@ -1151,12 +1180,19 @@ def test_send_unavailable_responses():
     }))
     P = "/v1/send"
     u = h.uid("oa")
-    for status in (200, 200, 202):                   # email-daily: 2 a day, then defer
+    for status in (200, 200):                        # email-daily: 2 a day, then defer
         ok_post(g, P, _send_body(u), status=status)
+    waiting = _send_body(u, collapse_key="digest")
+    ok_post(g, P, waiting, status=202)               # the tag's queue is now full
     r = error(g.post(P, _send_body(u)), P, "post", 503, "queue_full")
     h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)
+    # What replaces a waiting message does not add to the queue: not refused.
+    send_decision(ok_post(g, P, waiting, status=202), "defer", "cap")
+    r = ok_post(g, P, _send_body(u, collapse_key="digest"), status=202)
+    h.check(r.body.get("superseded") is True, "a collapse_key replacement: %r" % (r.body,), r)
+    error(g.post(P, _send_body(u, collapse_key="other")), P, "post", 503, "queue_full")
     st = conform(g.get("/status"), "/status", "get", 200).body
-    h.check(st["proxy"]["upstreams"][0].get("queue_full") == 1, "queue_full not counted", st)
+    h.check(st["proxy"]["upstreams"][0].get("queue_full") == 2, "queue_full not counted", st)
     g.redis.kill()
     body = _send_body(h.uid("oa"))
     accepted_by_spec(P, body)
