@@ -185,6 +185,7 @@ static void on_decided(void *arg, const struct store_reply *r)
         /* This message_id was allowed (and so forwarded) already: a client
          * retry must not send it twice. */
         metrics_count_delivery(&w->metrics, c->channel, "replayed");
+        COUNTER_INC(w->metrics.replays);
         reply_json(w, c->req, 200, decision_body(c));
         call_free(c);
         return;

@@ -168,9 +168,14 @@ void api_status(struct worker *w, struct http_request *req)
                 continue;
             /* Credentials written into the URL are not for the status page. */
             char url[512];
-            const char *at = strchr(ch->upstream.url, '@'), *scheme = strstr(ch->upstream.url, "://");
-            const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
-            if (scheme && at && (!slash || at < slash))
+            const char *scheme = strstr(ch->upstream.url, "://");
+            const char *host = scheme ? scheme + 3 : NULL;
+            size_t auth_len = host ? strcspn(host, "/?#") : 0;
+            const char *at = NULL;
+            for (size_t i = 0; host && i < auth_len; i++)
+                if (host[i] == '@')
+                    at = host + i;      /* the last '@' of the authority */
+            if (at)
                 snprintf(url, sizeof url, "%.*s***%s", (int)(scheme + 3 - ch->upstream.url),
                          ch->upstream.url, at);
             else

@@ -146,13 +146,16 @@ static void on_redecided(void *arg, const struct store_reply *r)
     metrics_count_decision(&w->metrics, dec->outcome, dec->reason,
                            decision_rule_name(j->cfg, dec->rule), j->m.channel);
     switch (dec->outcome) {
-    case OUTCOME_ALLOW:
+    case OUTCOME_ALLOW: {
+        /* Also on a replay: then this gateway (or one that died) allowed it
+         * before without the ack -- it may not have gone out: at least once. */
         struct upstream_pool *pool = worker_upstream(w, config_channel(j->cfg, j->m.channel));
         if (!pool || delivery_forward(pool, j->cfg, &j->m, on_forwarded, j) != 0) {
             struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "cannot start" };
             on_forwarded(j, &fail);
         }
         return;
+    }
     case OUTCOME_DEFER:
         /* Re-queued by the decision itself, at its new time. */
         metrics_count_delivery(&w->metrics, j->m.channel, "deferred");

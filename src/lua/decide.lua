@@ -258,6 +258,11 @@ end
 
 -- 6. Allowed: record the send (unless this was a dry run).
 if not string.find(flags, 'd', 1, true) then
+  -- Proxy mode: sent now, so a copy waiting in the queue (a client retry of
+  -- a deferred message) must not go out a second time.
+  if #KEYS >= 7 and redis.call('ZREM', KEYS[5], ARGV[19]) == 1 then
+    redis.call('DEL', KEYS[6])
+  end
   local first = 1
   if n >= MAX_SENDS then first = n - MAX_SENDS + 2 end
   local parts = {}

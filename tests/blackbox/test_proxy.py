@@ -315,3 +315,19 @@ def test_https_upstream_certificate_is_verified():
         srv.shutdown()
         srv.server_close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_client_retry_of_a_deferred_message_is_sent_once():
+    up = FakeUpstream().start()
+    g = gateway(up, caps=[{"name": "email-2s", "channel": "email", "limit": 1, "window": "2s",
+                           "on_exceed": "defer"}], delivery={"max_attempts": 3, "backoff": "200ms",
+                                                            "lease": "2s"})
+    u = h.uid()
+    h.expect_status(send(g, u, message_id="a1"), 200)
+    h.expect_status(send(g, u, message_id="a2"), 202)
+    time.sleep(2.05)
+    # the client retries before the dispatcher gets to it
+    r = send(g, u, message_id="a2")
+    h.check(r.status in (200, 202), "retry answered: %r" % (r,))
+    time.sleep(3)
+    h.check(up.count_by_key().get("a2") == 1, "a2 exactly once: %r" % up.count_by_key())
