@@ -224,10 +224,11 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
 {
     const struct cfg_category *cat = in->category;
     bool requires_opt_in = in->channel->requires_opt_in || cat->requires_opt_in;
-    char flags[5];
+    char flags[6];
     size_t nf = 0;
 
     if (in->dry_run) flags[nf++] = 'd';
+    if (in->enqueue && in->enqueue->from_queue) flags[nf++] = 'q';
     if (cat->exempt_from_caps) flags[nf++] = 'x';
     if (cat->ignores_opt_out) flags[nf++] = 'o';
     if (requires_opt_in) flags[nf++] = 'i';

@@ -193,7 +193,8 @@ static void start_job(struct dispatcher *d, unsigned tag, const char *member, si
         job_free(j);
         return;
     }
-    struct enqueue q = { .blob = j->blob, .blob_len = blen, .priority = priority };
+    struct enqueue q = { .blob = j->blob, .blob_len = blen, .priority = priority,
+                         .from_queue = true };
     struct decide_input in;
     memset(&in, 0, sizeof in);
     snprintf(in.user, sizeof in.user, "%s", j->m.user);

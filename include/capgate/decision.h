@@ -54,6 +54,7 @@ struct enqueue {
     size_t blob_len;
     int priority;                            /* 0..9 */
     const char *collapse;                    /* collapse_key, or NULL */
+    bool from_queue;                         /* the dispatcher deciding the queued copy */
 };
 
 struct decide_input {

@@ -27,7 +27,8 @@
 -- ARGV[1] person (8 bytes)  ARGV[2] message hash  ARGV[3] channel hash
 -- ARGV[4] category hash     ARGV[5] campaign hash (0 none)
 -- ARGV[6] flags: 'd' dry run, 'o' ignores opt-out, 'i' requires opt-in,
---         'x' exempt from caps (recorded, but never counted by a cap)
+--         'x' exempt from caps (recorded, but never counted by a cap),
+--         'q' the dispatcher deciding a queued message (proxy mode)
 -- ARGV[7] retention ms   ARGV[8] idempotency ms   ARGV[9] max_defer ms
 -- ARGV[10] channel name  ARGV[11] category name   (consent is kept by name)
 -- ARGV[12] quiet intervals, packed: n x (start ms (6) | end ms (6))
@@ -260,7 +261,9 @@ end
 if not string.find(flags, 'd', 1, true) then
   -- Proxy mode: sent now, so a copy waiting in the queue (a client retry of
   -- a deferred message) must not go out a second time.
-  if #KEYS >= 7 and redis.call('ZREM', KEYS[5], ARGV[19]) == 1 then
+  -- (Not when this is the dispatcher deciding the queued copy itself: 'q'.)
+  if #KEYS >= 7 and not string.find(flags, 'q', 1, true) and
+     redis.call('ZREM', KEYS[5], ARGV[19]) == 1 then
     redis.call('DEL', KEYS[6])
   end
   local first = 1
