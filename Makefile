@@ -105,6 +105,9 @@ test-valgrind: deps
 	@$(MAKE) --no-print-directory all unit
 	@CAPGATE_WRAP="$(VALGRIND)" PATH="$$PATH:$(CURDIR)/build/tools/usr/bin" sh tests/run.sh $(BUILD)
 
+# make fuzz [FUZZ_SECONDS=60]: the libFuzzer harnesses of tests/fuzz/.
+include tests/fuzz/Makefile.inc
+
 # make bench: throughput, latency, Redis CPU and memory per person, RSS,
 # against the floor of our stack and a redis-benchmark-like ceiling; prints
 # figures and the targets met.  A benchmark reports; it does not fail.

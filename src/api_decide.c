@@ -115,6 +115,10 @@ static void decide_answer(struct decide_call *call, const struct decision *d)
                               k ? "," : ",\"shadow\":[", cfg->caps[d->shadow[k].rule].name,
                               decision_outcome_name(d->shadow[k].would));
     n += (size_t)snprintf(body + n, sizeof body - n, "%s}\n", d->n_shadow ? "]" : "");
+    /* Sized for the worst case (SHADOW_MAX names of CAP_NAME_MAX); if that
+     * ever changes, truncate rather than write past the buffer. */
+    _Static_assert(sizeof body > 200 + SHADOW_MAX * (CAP_NAME_MAX + 40) + 6 * 128,
+                   "decide answer buffer too small");
     log_debug("decision", "user=%s decision=%s reason=%s rule=%s retry_after=%lld replay=%d",
               call->user, decision_outcome_name(d->outcome), decision_reason_name(d->reason),
               decision_rule_name(cfg, d->rule) ? decision_rule_name(cfg, d->rule) : "-",

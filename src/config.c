@@ -2129,6 +2129,45 @@ static int yaml_error(struct parser *p, struct fy_diag *diag)
     return -1;
 }
 
+/* Aliases are expanded by copying: a few hundred bytes of nested aliases
+ * ("billion laughs") would become gigabytes.  The expanded size is counted
+ * first, without copying, and a config that would exceed this is refused. */
+#define MAX_EXPANDED_NODES 100000
+#define ALIAS_DEPTH_MAX 64
+
+static bool yaml_too_big(struct fy_node *n, size_t *count, struct fy_node **open_aliases,
+                         int depth)
+{
+    void *it = NULL;
+    if (n == NULL)
+        return false;
+    if (++*count > MAX_EXPANDED_NODES)
+        return true;
+    if (fy_node_is_alias(n)) {
+        struct fy_node *t = fy_node_resolve_alias(n);
+        for (int k = 0; k < depth; k++)
+            if (open_aliases[k] == t)
+                return false;                   /* a cycle: fy_document_resolve reports it */
+        if (depth == ALIAS_DEPTH_MAX)
+            return true;
+        open_aliases[depth] = t;
+        return yaml_too_big(t, count, open_aliases, depth + 1);
+    }
+    if (fy_node_is_mapping(n)) {
+        struct fy_node_pair *pair;
+        while ((pair = fy_node_mapping_iterate(n, &it)) != NULL)
+            if (yaml_too_big(fy_node_pair_key(pair), count, open_aliases, depth) ||
+                yaml_too_big(fy_node_pair_value(pair), count, open_aliases, depth))
+                return true;
+    } else if (fy_node_is_sequence(n)) {
+        struct fy_node *item;
+        while ((item = fy_node_sequence_iterate(n, &it)) != NULL)
+            if (yaml_too_big(item, count, open_aliases, depth))
+                return true;
+    }
+    return false;
+}
+
 static int yaml_parse(struct parser *p, const char *text, size_t len, struct yaml *y)
 {
     struct fy_diag_cfg dcfg;
@@ -2146,9 +2185,10 @@ static int yaml_parse(struct parser *p, const char *text, size_t len, struct yam
     fy_diag_set_collect_errors(y->diag, true);
 
     memset(&pcfg, 0, sizeof pcfg);
-    /* Anchors, aliases and merge keys are resolved, so the walker only
-     * ever sees plain mappings, sequences and scalars. */
-    pcfg.flags = FYPCF_QUIET | FYPCF_RESOLVE_DOCUMENT | FYPCF_JSON_NONE;
+    /* Anchors, aliases and merge keys are resolved (below, once the size
+     * they expand to is known), so the walker only ever sees plain
+     * mappings, sequences and scalars. */
+    pcfg.flags = FYPCF_QUIET | FYPCF_JSON_NONE;
     pcfg.diag = y->diag;
     if ((y->fyp = fy_parser_create(&pcfg)) == NULL ||
         fy_parser_set_string(y->fyp, text, len) < 0)
@@ -2168,6 +2208,12 @@ static int yaml_parse(struct parser *p, const char *text, size_t len, struct yam
         return fail(p, line, "only one YAML document is allowed");
     }
     if (fy_diag_errors_iterate(y->diag, &it) || fy_diag_got_error(y->diag))
+        return yaml_error(p, y->diag);
+    size_t count = 0;
+    struct fy_node *open_aliases[ALIAS_DEPTH_MAX];
+    if (yaml_too_big(fy_document_root(y->doc), &count, open_aliases, 0))
+        return fail(p, 1, "aliases expand to more than %d YAML nodes", MAX_EXPANDED_NODES);
+    if (fy_document_resolve(y->doc) != 0)
         return yaml_error(p, y->diag);
     return 0;
 }

@@ -462,7 +462,7 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
     out->outcome = (enum decision_outcome)outcome;
     out->reason = (enum decision_reason)reason;
     out->rule = rule == 256 ? RULE_FATIGUE : (int)rule - 1;
-    out->retry_after_s = (retry_ms + 999) / 1000;   /* exact, rounded up */
+    out->retry_after_s = retry_ms / 1000 + (retry_ms % 1000 != 0);   /* exact, rounded up */
     out->replay = r->items[4].i != 0;
     out->count = (int)r->items[6].i;
     out->queued = (int)r->items[7].i;

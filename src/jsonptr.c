@@ -1,7 +1,9 @@
 /* jsonptr: RFC 6901 JSON pointers over jansson values.  See jsonptr.h. */
 #include "capgate/jsonptr.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* RFC 6901: "/personalizations/0/to/0/email", with ~1 for '/' and ~0 for '~'. */
 json_t *json_pointer(json_t *root, const char *ptr)
@@ -25,9 +27,10 @@ json_t *json_pointer(json_t *root, const char *ptr)
         if (json_is_object(cur)) {
             cur = json_object_get(cur, tok);
         } else if (json_is_array(cur)) {
-            char *end;
-            unsigned long idx = strtoul(tok, &end, 10);
-            cur = (*tok && *end == '\0') ? json_array_get(cur, idx) : NULL;
+            /* RFC 6901: digits only, no sign, no leading zero (but "0"). */
+            bool digits = *tok && strspn(tok, "0123456789") == strlen(tok) &&
+                          (tok[0] != '0' || tok[1] == '\0') && strlen(tok) < 10;
+            cur = digits ? json_array_get(cur, strtoul(tok, NULL, 10)) : NULL;
         } else {
             cur = NULL;
         }
