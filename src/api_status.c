@@ -21,7 +21,7 @@ void api_healthz(struct worker *w, struct http_request *req)
 
 void api_readyz(struct worker *w, struct http_request *req)
 {
-    bool ready = store_ready(w->store);
+    bool ready = gateway_ready(w->gw);   /* every worker's, not just this one's */
     reply_json(w, req, ready ? 200 : 503, json_pack("{s:b}", "ready", ready));
 }
 

@@ -9,6 +9,7 @@
 
 #include "capgate/audit_file.h"
 #include "capgate/auth.h"
+#include "capgate/connlimit.h"
 #include "capgate/counter.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
@@ -30,6 +31,7 @@ struct gateway {
     struct reload_result last_reload;
     uint64_t generation;             /* guarded by lock */
     int ready_announced;             /* atomic */
+    struct connlimit *limits;
     struct audit_file *audit;        /* atomic pointer; NULL: no file */
     struct audit_file *old_audit[16];/* replaced by reloads, closed at exit */
     size_t n_old_audit;
@@ -91,6 +93,7 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
     pthread_mutex_init(&gw->reload_lock, NULL);
     pthread_mutex_init(&gw->lock, NULL);
     gw->n = worker_count(cfg);
+    gw->limits = connlimit_new(cfg->limits.max_connections, cfg->limits.max_connections_per_ip);
     gw->workers = calloc(gw->n, sizeof *gw->workers);
     for (unsigned k = 0; gw->workers && k < gw->n; k++) {
         gw->workers[k] = worker_create(gw, k, gw->n, gw->gen, pseudonym, err, errlen);
@@ -237,6 +240,7 @@ int gateway_reload(struct gateway *gw, struct worker *caller, char *err, size_t 
     generation_release(gw->gen);
     gw->gen = gen;
     log_set_level(cfg->log_level);
+    connlimit_set(gw->limits, cfg->limits.max_connections, cfg->limits.max_connections_per_ip);
     pthread_mutex_lock(&gw->lock);
     gw->last_reload.at = time(NULL);
     gw->last_reload.ok = true;
@@ -280,11 +284,29 @@ void gateway_free(struct gateway *gw)
     generation_release(gw->gen);
     pseudonym_free(gw->pseudonym);
     audit_file_close(gw->audit);
+    connlimit_free(gw->limits);
     for (size_t k = 0; k < gw->n_old_audit; k++)
         audit_file_close(gw->old_audit[k]);
     pthread_mutex_destroy(&gw->reload_lock);
     pthread_mutex_destroy(&gw->lock);
     free(gw);
+}
+
+struct connlimit *gateway_connlimit(struct gateway *gw)
+{
+    return gw->limits;
+}
+
+bool gateway_ready(struct gateway *gw)
+{
+    bool ready = true;
+    for (unsigned k = 0; k < gw->n && ready; k++) {
+        struct worker *w = gw->workers[k];
+        pthread_mutex_lock(&w->stats_lock);
+        ready = w->store && store_ready(w->store);
+        pthread_mutex_unlock(&w->stats_lock);
+    }
+    return ready;
 }
 
 bool gateway_audit_wanted(struct gateway *gw)

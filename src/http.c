@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "capgate/connlimit.h"
 #include "capgate/counter.h"
 #include "capgate/log.h"
 
@@ -37,6 +38,7 @@ enum request_state {
 
 struct http_server {
     struct event_base *base;
+    struct connlimit *limits;
     struct MHD_Daemon *mhd;
     struct event *io;         /* MHD's epoll fd readable */
     struct event *timer;      /* MHD's next timeout */
@@ -329,6 +331,32 @@ const char *http_body(const struct http_request *req, size_t *len)
 
 /* ---- the server --------------------------------------------------------- */
 
+/* Every worker's listener asks the same process-wide table. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    struct http_server *srv = cls;
+    (void)len;
+    return !srv->limits || connlimit_take(srv->limits, addr) ? MHD_YES : MHD_NO;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_server *srv = cls;
+    if (toe != MHD_CONNECTION_NOTIFY_CLOSED)
+        return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (srv->limits && ci && ci->client_addr)
+        connlimit_release(srv->limits, ci->client_addr);
+    (void)socket_ctx;
+    /* At MHD's own connection limit it stops watching the listening socket
+     * and looks again only at its next run: make sure there is one (not
+     * while the server is being freed: then io is gone). */
+    if (srv->io)
+        event_active(srv->io, EV_READ, 0);
+}
+
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
     char msg[512], q[600];
@@ -374,8 +402,10 @@ struct http_server *http_server_start(struct event_base *base, const struct http
 
     if (opt->tls_cert && opt->tls_key)
         flags |= MHD_USE_TLS;   /* GnuTLS inside libmicrohttpd */
+    srv->limits = opt->limits;
     srv->mhd = MHD_start_daemon(
-        flags, opt->port, NULL, NULL, on_access, srv,
+        flags, opt->port, on_accept, srv, on_access, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,   /* first: catches errors of the rest */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         /* SO_REUSEPORT: a reload opens the new listener before closing the
@@ -466,8 +496,10 @@ void http_server_free(struct http_server *srv)
         return;
     if (srv->io)
         event_free(srv->io);
+    srv->io = NULL;
     if (srv->timer)
         event_free(srv->timer);
+    srv->timer = NULL;
     if (srv->mhd)
         MHD_stop_daemon(srv->mhd);
     free(srv);

@@ -167,10 +167,11 @@ static struct http_server *start_http(struct worker *w, const struct generation 
         .host = cfg->listen_host,
         .port = cfg->listen_port,
         .max_body_bytes = cfg->limits.max_body_bytes,
-        /* The limits are for the whole process: each worker's listener gets
-         * its share (the kernel spreads connections over the listeners). */
-        .max_connections = share(cfg->limits.max_connections, w->n_workers),
-        .max_connections_per_ip = share(cfg->limits.max_connections_per_ip, w->n_workers),
+        /* The limits are the process's (connlimit, shared by every worker);
+         * MHD's own are a backstop at the same figures. */
+        .max_connections = cfg->limits.max_connections,
+        .max_connections_per_ip = 0,
+        .limits = gateway_connlimit(w->gw),
         .connection_timeout_s = cfg->limits.connection_timeout_s,
         .connection_memory_bytes = cfg->limits.connection_memory_bytes,
     };

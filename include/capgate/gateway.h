@@ -59,6 +59,11 @@ bool gateway_audit_wanted(struct gateway *gw);
 void gateway_audit(struct gateway *gw, json_t *entry);
 uint64_t gateway_audit_dropped(struct gateway *gw);
 
+/* The process-wide connection limits every listener shares. */
+struct connlimit *gateway_connlimit(struct gateway *gw);
+/* True when every worker's Redis connection is ready (/readyz). */
+bool gateway_ready(struct gateway *gw);
+
 /* READY=1 once one worker has Redis (called by workers). */
 void gateway_redis_ready(struct gateway *gw);
 /* True when every worker's loop ticked recently (watchdog). */

@@ -35,6 +35,7 @@ struct http_options {
     unsigned connection_timeout_s;
     size_t connection_memory_bytes;
     const char *tls_cert, *tls_key;   /* PEM; both NULL: plain HTTP */
+    struct connlimit *limits;         /* process-wide limits, shared by workers */
 };
 
 typedef void http_handler(struct http_request *req, void *arg);
