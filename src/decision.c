@@ -239,8 +239,17 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     args_init(a, SCRIPT_DECIDE, in->enqueue ? 7 : 4);
     arg_sends_key(a, cfg, in->user);
     arg_consent_key(a, in->user);
-    arg_bucket_key(a, cfg, in->user, 'g');
-    arg_audit_key(a, in->user);
+    /* Keys a config does not use are named as the sends key again: during a
+     * cluster slot migration Redis answers TRYAGAIN to a script naming a
+     * key that exists nowhere, and an unused key never will. */
+    if (cfg->fatigue.enabled)
+        arg_bucket_key(a, cfg, in->user, 'g');
+    else
+        arg_sends_key(a, cfg, in->user);
+    if (cfg->audit.enabled)
+        arg_audit_key(a, in->user);
+    else
+        arg_sends_key(a, cfg, in->user);
     if (in->enqueue) {
         arg_fmt(a, "cg:{%.2s}:q", in->user);
         arg_fmt(a, "cg:{%.2s}:d:%s", in->user, member);

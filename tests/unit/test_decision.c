@@ -87,9 +87,23 @@ TEST(keys_share_one_hash_tag)
     CHECK_EQ_INT(a.argc, A_COUNT);
     CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s23");          /* 8 more bits: "23" */
     CHECK_EQ_STR(arg(&a, 1), "cg:{01}:c:0123456789abcdef0123456789abcdef");
+    /* fatigue and audit are off here: their keys repeat the sends key */
+    CHECK_EQ_STR(arg(&a, 2), "cg:{01}:s23");
+    CHECK_EQ_STR(arg(&a, 3), "cg:{01}:s23");
+    CHECK_EQ_STR(arg(&a, A_AUDIT), "");
+    c.fatigue.enabled = true;
+    c.fatigue.limit = 1;
+    c.fatigue.window_ms = 1000;
+    c.audit.enabled = true;
+    c.audit.max_entries = 1000000;
+    c.audit.retention_ms = 1000;
+    c.retention_ms = 86400000;
+    decision_decide_args(&c, &in, 1700000000, &a);
     CHECK_EQ_STR(arg(&a, 2), "cg:{01}:g23");
     CHECK_EQ_STR(arg(&a, 3), "cg:{01}:a");
-    CHECK_EQ_STR(arg(&a, A_AUDIT), "");               /* audit off in this config */
+    CHECK(strncmp(arg(&a, A_AUDIT), "3906|1000|0|0123456789abcdef0123456789abcdef", 44) == 0);
+    c.fatigue.enabled = false;
+    c.audit.enabled = false;
     CHECK_EQ_INT(a.argvlen[A_PERSON], 8);
     CHECK_EQ_INT(be(a.argv[A_PERSON], 8), 0x0123456789abcdefULL);
     CHECK_EQ_STR(arg(&a, A_MSG), "4275878552");         /* 0xfedcba98 */
