@@ -152,6 +152,20 @@ static void on_shown(void *arg, const struct store_reply *r)
     }
     long long naudit = pos < r->n ? r->items[pos++].i : 0;
     json_t *audit = audit_entries(r, &pos, naudit);
+    json_t *deferred = json_array();
+    long long ndeferred = pos < r->n ? r->items[pos++].i : 0;
+    for (long long k = 0; k < ndeferred && pos + 4 <= r->n; k++, pos += 4) {
+        json_array_append_new(deferred, json_pack("{s:s%, s:o, s:I, s:I}",
+                              "message", r->items[pos].s, r->items[pos].len,
+                              "deliver_at", time_json(r->items[pos + 1].i),
+                              "attempts", (json_int_t)r->items[pos + 2].i,
+                              "priority", (json_int_t)r->items[pos + 3].i));
+    }
+    if (ndeferred) {
+        snprintf(line, sizeof line, "%lld message%s waiting to be delivered later.", ndeferred,
+                 ndeferred == 1 ? " is" : "s are");
+        json_array_append_new(summary, json_string(line));
+    }
 
     /* Sends that still count, and the standing against each cap. */
     static struct send_record recs[SENDS_MAX];   /* one loop thread uses it at a time */
@@ -222,11 +236,11 @@ static void on_shown(void *arg, const struct store_reply *r)
              counting, counting == 1 ? "" : "s", (long long)(longest / 86400000));
     json_array_insert_new(summary, 0, json_string(line));
 
-    json_t *body = json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:[], s:o}",
+    json_t *body = json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
                              "pseudonym", call->user,
                              "generated_at", time_json(now),
                              "summary", summary, "consent", consent, "suppressions", suppressions,
-                             "sends", sends, "caps", caps, "deferred", "audit", audit);
+                             "sends", sends, "caps", caps, "deferred", deferred, "audit", audit);
     if (cfg->fatigue.enabled)
         json_object_set_new(body, "fatigue",
                             json_pack("{s:I, s:i, s:b}", "ignored_in_a_row", (json_int_t)ignored,
@@ -267,10 +281,13 @@ static void on_erased(void *arg, const struct store_reply *r)
     if (gateway_audit_wanted(call->w->gw))
         gateway_audit(call->w->gw, json_pack("{s:s, s:s, s:b}", "type", "erase", "pseudonym",
                                              call->user, "suppression_kept", kept > 0));
-    json_t *body = json_pack("{s:b, s:{s:I, s:I, s:I}, s:b, s:o}", "erased", 1, "removed",
+    size_t last = 4 + 2 * (size_t)kept;
+    json_t *body = json_pack("{s:b, s:{s:I, s:I, s:I, s:I}, s:b, s:o}", "erased", 1, "removed",
                              "sends", (json_int_t)r->items[0].i,
                              "consent_records", (json_int_t)r->items[1].i,
                              "audit_entries", (json_int_t)r->items[2].i,
+                             "deferred_messages",
+                             (json_int_t)(last < r->n ? r->items[last].i : 0),
                              "suppression_kept", kept > 0, "suppression", markers);
     json_object_set_new(body, "note", json_string(
         kept > 0 ? "Everything was erased except a minimal suppression marker (the pseudonym, "

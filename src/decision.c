@@ -536,11 +536,12 @@ void decision_consent_args(const struct config *cfg, const char *user, const cha
 static void person_keys(struct script_args *a, const struct config *cfg, const char *user,
                         size_t script)
 {
-    args_init(a, script, 4);
+    args_init(a, script, 5);
     arg_sends_key(a, cfg, user);
     arg_consent_key(a, user);
     arg_bucket_key(a, cfg, user, 'g');
     arg_audit_key(a, user);
+    arg_fmt(a, "cg:{%.2s}:q", user);
     arg_person(a, user);
     arg_cstr(a, user);
 }

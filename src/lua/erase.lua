@@ -1,5 +1,6 @@
 -- erase.lua: forget a person (POST /v1/users/erase).  Idempotent.
 -- KEYS[1] sends bucket  KEYS[2] consent key  KEYS[3] engagement bucket  KEYS[4] audit stream
+-- KEYS[5] the tag's deferred queue (proxy mode)
 -- ARGV[1] person field  ARGV[2] pseudonym
 -- ARGV[3] audit: '' or "<max>|<retention ms>|<generation>|<pseudonym>"
 --
@@ -8,7 +9,7 @@
 -- hard bounce leaves only a minimal suppression marker in the consent key --
 -- which scope, the fact, the day -- so that erasing never re-enables sends.
 -- Returns {sends removed, consent records removed, audit entries removed,
---          markers kept, [scope, fact] * markers}
+--          markers kept, [scope, fact] * markers, deferred messages removed}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local day = now - now % 86400000
@@ -53,6 +54,20 @@ for i = 1, #ids, 500 do
   redis.call('XDEL', KEYS[4], unpack(ids, i, math.min(i + 499, #ids)))
 end
 
+-- Messages waiting for the person go too (their payloads name them).
+local prefix = ARGV[2] .. ':'
+local data = string.sub(KEYS[5], 1, #KEYS[5] - 1) .. 'd:'
+local dropped = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do
+  if string.sub(member, 1, #prefix) == prefix then
+    local ck = redis.call('HGET', data .. member, 'collapse')
+    if ck and ck ~= '' then redis.call('DEL', ck) end
+    redis.call('DEL', data .. member)
+    redis.call('ZREM', KEYS[5], member)
+    dropped = dropped + 1
+  end
+end
+
 -- The erasure itself is on record, without saying whose.
 if ARGV[3] ~= '' then
   local max, keep, gen = string.match(ARGV[3], '^(%d+)|(%d+)|(%d+)|')
@@ -63,4 +78,5 @@ end
 
 local out = {sends and #sends / 16 or 0, removed, #ids, #kept / 2}
 for i = 1, #kept do out[#out + 1] = kept[i] end
+out[#out + 1] = dropped
 return out

@@ -331,3 +331,19 @@ def test_client_retry_of_a_deferred_message_is_sent_once():
     h.check(r.status in (200, 202), "retry answered: %r" % (r,))
     time.sleep(3)
     h.check(up.count_by_key().get("a2") == 1, "a2 exactly once: %r" % up.count_by_key())
+
+
+def test_show_lists_and_erase_removes_waiting_messages():
+    up = FakeUpstream().start()
+    g = gateway(up)
+    u = "waiting-%s@example.com" % os.urandom(3).hex()
+    h.expect_status(send(g, u, message_id="w1"), 200)
+    h.expect_status(send(g, u, message_id="w2", priority=3), 202)
+    s = g.post("/v1/users/show", {"user": u}).body
+    h.check(len(s["deferred"]) == 1 and s["deferred"][0]["priority"] == 3 and
+            "deliver_at" in s["deferred"][0], "waiting: %r" % s["deferred"])
+    e = g.post("/v1/users/erase", {"user": u}).body
+    h.check(e["removed"]["deferred_messages"] == 1, "erase: %r" % e)
+    h.check(u not in repr(h.redis_dump(g.redis.port)), "the payload naming the person is gone")
+    time.sleep(4)
+    h.check(up.count_by_key() == {"w1": 1}, "w2 never sent after erasure: %r" % up.count_by_key())
