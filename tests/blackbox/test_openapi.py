@@ -978,7 +978,7 @@ def test_users_erase_responses():
     h.check(sorted(m["fact"] for m in b["suppression"]) == ["hard_bounce", "opt_out"],
             "markers: %r" % b["suppression"], r)
     r = ok_post(g, P, {"user": u})
-    h.check(r.body["removed"] == {"sends": 0, "consent_records": 0, "audit_entries": 0},
+    h.check(r.body["removed"] == {"sends": 0, "consent_records": 0, "audit_entries": 0, "deferred_messages": 0},
             "erasing again removed something", r)
     v = h.uid("oa")
     h.expect_decision(g.decide(v, "email"), "allow", "ok")
