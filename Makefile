@@ -94,7 +94,7 @@ run: deps
 test: deps
 	@$(MAKE) --no-print-directory all unit
 	@sh tools/promtool.sh build/tools || echo "note: promtool unavailable; /metrics checked by the suite's own parser"
-	@PATH="$$PATH:$(CURDIR)/build/tools/usr/bin" sh tests/run.sh $(BUILD)
+	@CAPGATE_SANITIZED=$(SAN) PATH="$$PATH:$(CURDIR)/build/tools/usr/bin" sh tests/run.sh $(BUILD)
 
 check: test
 

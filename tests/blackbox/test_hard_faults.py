@@ -10,6 +10,7 @@ run a short pass (e.g. 0.3).
 import collections
 import concurrent.futures
 import itertools
+import os
 import random
 import resource
 import signal
@@ -20,8 +21,14 @@ import time
 
 import cluster as cl
 import harness as h
+
 import hardload as hl
 from upstream_server import FakeUpstream
+
+# Under ASan (make SAN=1) or valgrind, freed memory is held in quarantine on
+# purpose, so RSS says nothing about leaks there: the figures are printed,
+# not checked (leaks are the sanitizers' own job in those runs).
+SANITIZED = bool(os.environ.get("CAPGATE_SANITIZED") or os.environ.get("CAPGATE_WRAP"))
 
 SCALE = hl.scale_factor()
 
@@ -407,8 +414,9 @@ def test_bad_upstreams_retry_dead_letter_memory_flat():
     h.check(status["dead_letters"] == total, "dead letters %d, want %d"
             % (status["dead_letters"], total))
     growth = rss[-1] - rss[0]
-    h.check(growth <= max(2048, rss[0] // 10), "RSS grew by %d kB over %d rounds: %s"
-            % (growth, rounds - 1, rss))
+    if not SANITIZED:
+        h.check(growth <= max(2048, rss[0] // 10), "RSS grew by %d kB over %d rounds: %s"
+                % (growth, rounds - 1, rss))
 
 
 # --------------------------------------------------------------------------
@@ -979,4 +987,5 @@ def test_many_redis_restarts_fds_and_memory_flat():
     h.expect_decision(g.decide(h.uid("end"), "email"), "allow", "ok")
     h.check(fds1 <= fds0, "fds grew %d -> %d; new: %r" % (fds0, fds1, sorted(
         set(targets1.values()) - set(targets0.values()))[:10]))
-    h.check(rss1 - rss0 <= max(2048, rss0 // 10), "RSS grew %d -> %d kB" % (rss0, rss1))
+    if not SANITIZED:
+        h.check(rss1 - rss0 <= max(2048, rss0 // 10), "RSS grew %d -> %d kB" % (rss0, rss1))
