@@ -28,6 +28,7 @@ struct dispatcher {
     bool busy[DECISION_TAGS];    /* a claim or its deliveries are in flight */
     unsigned pending[DECISION_TAGS];
     unsigned active;             /* messages being delivered */
+    unsigned claims;             /* claim calls waiting on Redis */
     bool quiesced;
     bool freeing;
 };
@@ -50,6 +51,13 @@ static void tag_done(struct dispatcher *d, unsigned tag)
         d->busy[tag] = false;
 }
 
+/* dispatcher_free() leaves the struct to the last callback still owed. */
+static void maybe_free(struct dispatcher *d)
+{
+    if (d->freeing && d->active == 0 && d->claims == 0)
+        free(d);
+}
+
 static void job_free(struct job *j)
 {
     struct dispatcher *d = j->d;
@@ -59,8 +67,7 @@ static void job_free(struct job *j)
     delivery_clear(&j->m);
     free(j->blob);
     free(j);
-    if (d->freeing && d->active == 0)
-        free(d);     /* dispatcher_free() left it to the last job */
+    maybe_free(d);
 }
 
 static void on_finished(void *arg, const struct store_reply *r)
@@ -235,7 +242,12 @@ static void on_claimed(void *arg, const struct store_reply *r)
     struct dispatcher *d = c->d;
     unsigned tag = c->tag;
     free(c);
-    if (d->freeing || r->status != STORE_OK || r->n < 3) {
+    d->claims--;
+    if (d->freeing) {
+        maybe_free(d);      /* the messages' leases run out; they come again */
+        return;
+    }
+    if (r->status != STORE_OK || r->n < 3) {
         tag_done(d, tag);
         return;
     }
@@ -291,8 +303,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         decision_claim_args(w->cfg, tag, BATCH, &a);
         d->busy[tag] = true;
         d->pending[tag] = 1;     /* the claim itself */
+        d->claims++;
         if (store_eval(w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_claimed, c) != 0) {
             free(c);
+            d->claims--;
             d->busy[tag] = false;
             d->pending[tag] = 0;
         }
@@ -334,11 +348,10 @@ void dispatcher_free(struct dispatcher *d)
         return;
     /* Callbacks still owed (store, upstream) see FREEING and only free their
      * job; they run when the store and the upstream pool are freed, which
-     * the worker does right after this.  The last job frees the dispatcher. */
+     * the worker does right after this.  The last of them frees the dispatcher (maybe_free). */
     d->freeing = true;
     d->quiesced = true;
     event_free(d->tick);
     d->tick = NULL;
-    if (d->active == 0)
-        free(d);
+    maybe_free(d);
 }
