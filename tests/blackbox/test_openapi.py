@@ -3,8 +3,7 @@
   * The spec is well formed: OpenAPI 3.0.3, every $ref resolves, only the
     JSON Schema subset openapi_check.py knows, examples valid.
   * Every route of src/router.c and every error code of src/reply.c (with
-    its status) is in the spec; whatever the spec has beyond them is on the
-    PENDING lists (endpoints being added).
+    its status) is in the spec, and everything the spec describes exists.
   * Access control: each operation's `x-scope` and `security` are the
     scope column of src/router.c's route table (open routes: `security:
     []`), and every scoped operation documents 401 and 403.
@@ -23,8 +22,7 @@
     is either `forbidden` or a deny decision: its response is a oneOf that
     includes Error403, not components/responses/Forbidden itself.
 
-Endpoints the spec describes ahead of the daemon (PENDING_PATHS) are only
-checked live when the gateway does not answer 404 for them.
+Every endpoint the spec describes must be routed and is checked live.
 """
 
 import datetime
@@ -45,8 +43,6 @@ REPLY_C = os.path.join(h.REPO, "src", "reply.c")
 # router.c (their live check is skipped while the gateway answers 404), and
 # error codes not yet in reply.c.  Empty when the daemon has caught up, so
 # that the spec cannot keep an endpoint or a code the daemon dropped.
-PENDING_PATHS = set()     # e.g. {("/metrics", "get")}
-PENDING_CODES = set()     # e.g. {"invalid_config"}
 # Documented, but no black-box request can provoke them.
 UNREACHABLE = {"500"}     # internal: out of memory
 
@@ -66,7 +62,6 @@ ROUTER_SCOPES = {"0": None, "SCOPE_SEND": "send", "SCOPE_CONSENT": "consent",
 
 _spec = None
 COVERED = set()           # (path, method, status) seen live
-SKIPPED = set()           # paths whose live check was skipped (404 today)
 
 
 def spec():
@@ -238,26 +233,6 @@ def head_like_get(g, path, headers=None, query=""):
     h.check(rh.status == rg.status, "HEAD %s: %s, GET: %s" % (path, rh.status, rg.status), rh)
     conform(rh, path, "head")
     return rh
-
-
-def pending_missing(g, path, method):
-    """True (and a note) when PATH is a PENDING endpoint the daemon answers
-    404 for today; the 404 itself must still be the documented one."""
-    if (path, method.lower()) not in PENDING_PATHS:
-        return False
-    # Probed with GET: a POST endpoint that exists answers 405, and a GET
-    # has no side effects (a POST to /v1/admin/reload would reload).
-    r = g.get(path)
-    if r.status != 404:
-        return False
-    h.expect_error(r, 404, "not_found")
-    errs = oc.check_against(spec(), oc.deref(spec(), {"$ref": "#/components/responses/NotFound"}),
-                            404, r.header("Content-Type"), r.body, r.headers, "404")
-    h.check(not errs, "404 does not match components/responses/NotFound: %s" % errs, r)
-    SKIPPED.add(path)
-    print("     note: %s %s answers 404 (not implemented yet): live check skipped"
-          % (method.upper(), path))
-    return True
 
 
 def ready(g):
@@ -467,12 +442,12 @@ def test_every_route_is_in_the_spec():
                 % (method.upper(), path))
 
 
-def test_every_spec_path_is_routed_or_pending():
+def test_every_spec_path_is_routed():
     routed = set(router_routes())
     for path, m, _op in oc.operations(spec()):
-        h.check((path, m) in routed or (path, m) in PENDING_PATHS,
-                "docs/openapi.yaml describes %s %s, which src/router.c does not route "
-                "(and it is not on PENDING_PATHS)" % (m.upper(), path))
+        h.check((path, m) in routed,
+                "docs/openapi.yaml describes %s %s, which src/router.c does not route"
+                % (m.upper(), path))
 
 
 def test_security_matches_the_router():
@@ -527,10 +502,10 @@ def test_every_error_code_is_in_the_spec():
         h.check((status, code) in documented,
                 "src/reply.c answers %r with %d; no response documented with status %d "
                 "carries that code" % (code, status, status))
-    known = {c for c, _s in reply_codes()} | PENDING_CODES
+    known = {c for c, _s in reply_codes()}
     for code in enum:
         h.check(code in known, "docs/openapi.yaml documents error code %r, which src/reply.c "
-                "does not have (and it is not on PENDING_CODES)" % code)
+                "does not have" % code)
     # The generic Error schema and the per-status ones agree.
     for status, code in documented:
         h.check(code in enum, "status %d documents code %r, ErrorCode does not" % (status, code))
@@ -1041,8 +1016,6 @@ def test_readyz_responses():
 
 def test_metrics_responses():
     g = gw()
-    if pending_missing(g, "/metrics", "get"):
-        return
     r = conform(g.get("/metrics"), "/metrics", "get", 200)
     h.check(isinstance(r.body, str) and re.search(r"^capgate_\w+", r.body, re.M),
             "/metrics has no capgate_* sample", r)
@@ -1234,8 +1207,6 @@ def test_dead_letters_responses():
 def test_reload_responses():
     g = h.Gateway(overrides={"limits": {"max_body_bytes": MAX_BODY}})
     P = "/v1/admin/reload"
-    if pending_missing(g, P, "post"):
-        return
     r = conform(g.post(P, b""), P, "post", 200)
     gen = r.body["generation"]
     st = conform(g.get("/status"), "/status", "get", 200).body
@@ -1271,8 +1242,6 @@ def test_every_documented_response_was_exercised():
         return
     missing = []
     for path, m, op in oc.operations(spec()):
-        if path in SKIPPED:
-            continue
         for status in op["responses"]:
             if status in UNREACHABLE:
                 continue
