@@ -73,17 +73,13 @@ void api_consent(struct worker *w, struct http_request *req)
     static const char *const fields[] = { "user", "channel", "category", "state", "source", NULL };
     const struct config *cfg = w->cfg;
     const char *user, *channel, *category, *state, *source;
-    size_t user_len, body_len;
+    size_t user_len;
     struct field_error e;
 
-    const char *body = http_body(req, &body_len);
-    json_t *obj = validate_object(body, body_len, &e);
-    if (!obj) {
-        reply_error(w, req, e.code, e.field, "%s", e.message);
+    json_t *obj = api_body(w, req, fields);
+    if (!obj)
         return;
-    }
-    if (validate_known_fields(obj, fields, &e) ||
-        validate_string(obj, "user", true, 1, 256, &user, &user_len, &e) ||
+    if (validate_string(obj, "user", true, 1, 256, &user, &user_len, &e) ||
         validate_string(obj, "channel", true, 1, NAME_MAX_LEN, &channel, NULL, &e) ||
         validate_string(obj, "category", true, 1, NAME_MAX_LEN, &category, NULL, &e) ||
         validate_string(obj, "state", true, 1, 16, &state, NULL, &e) ||

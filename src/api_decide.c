@@ -164,19 +164,15 @@ void api_decide(struct worker *w, struct http_request *req)
                                           "message_id", "tz", "dry_run", NULL };
     const struct config *cfg = w->cfg;
     const char *user, *channel, *category, *campaign, *message_id, *tzname;
-    size_t user_len, message_id_len, body_len;
+    size_t user_len, message_id_len;
     struct field_error e;
     struct decide_input in;
     bool dry_run;
 
-    const char *body = http_body(req, &body_len);
-    json_t *obj = validate_object(body, body_len, &e);
-    if (!obj) {
-        reply_invalid(w, req, &e);
+    json_t *obj = api_body(w, req, fields);
+    if (!obj)
         return;
-    }
-    if (validate_known_fields(obj, fields, &e) ||
-        validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
+    if (validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
         validate_string(obj, "channel", true, 1, 64, &channel, NULL, &e) ||
         validate_string(obj, "category", false, 1, 64, &category, NULL, &e) ||
         validate_string(obj, "campaign", false, 1, CAMPAIGN_MAX, &campaign, NULL, &e) ||
@@ -268,18 +264,14 @@ void api_release(struct worker *w, struct http_request *req)
 {
     static const char *const fields[] = { "user", "message_id", NULL };
     const char *user, *message_id;
-    size_t user_len, message_id_len, body_len;
+    size_t user_len, message_id_len;
     char user_hash[PSEUDONYM_USER_HEX + 1], message_hash[PSEUDONYM_SHORT_HEX + 1];
     struct field_error e;
 
-    const char *body = http_body(req, &body_len);
-    json_t *obj = validate_object(body, body_len, &e);
-    if (!obj) {
-        reply_invalid(w, req, &e);
+    json_t *obj = api_body(w, req, fields);
+    if (!obj)
         return;
-    }
-    if (validate_known_fields(obj, fields, &e) ||
-        validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
+    if (validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
         validate_string(obj, "message_id", true, 1, MESSAGE_ID_MAX, &message_id,
                         &message_id_len, &e)) {
         reply_invalid(w, req, &e);

@@ -276,17 +276,13 @@ void api_send(struct worker *w, struct http_request *req)
                                           "tz", "payload", "collapse_key", "priority", NULL };
     const struct config *cfg = w->cfg;
     const char *user, *channel, *category, *campaign, *message_id, *tzname, *collapse;
-    size_t user_len, body_len;
+    size_t user_len;
     struct field_error e;
 
-    const char *body = http_body(req, &body_len);
-    json_t *obj = validate_object(body, body_len, &e);
-    if (!obj) {
-        reply_error(w, req, e.code, e.field, "%s", e.message);
+    json_t *obj = api_body(w, req, fields);
+    if (!obj)
         return;
-    }
-    if (validate_known_fields(obj, fields, &e) ||
-        validate_string(obj, "user", true, 1, 256, &user, &user_len, &e) ||
+    if (validate_string(obj, "user", true, 1, 256, &user, &user_len, &e) ||
         validate_string(obj, "channel", true, 1, 64, &channel, NULL, &e) ||
         validate_string(obj, "category", false, 1, 64, &category, NULL, &e) ||
         validate_string(obj, "campaign", false, 1, 256, &campaign, NULL, &e) ||

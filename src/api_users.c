@@ -303,17 +303,13 @@ static void start(struct worker *w, struct http_request *req, bool erase)
 {
     static const char *const fields[] = { "user", NULL };
     const char *user;
-    size_t user_len, body_len;
+    size_t user_len;
     struct field_error e;
 
-    const char *body = http_body(req, &body_len);
-    json_t *obj = validate_object(body, body_len, &e);
-    if (!obj) {
-        reply_error(w, req, e.code, e.field, "%s", e.message);
+    json_t *obj = api_body(w, req, fields);
+    if (!obj)
         return;
-    }
-    if (validate_known_fields(obj, fields, &e) ||
-        validate_string(obj, "user", true, 1, 256, &user, &user_len, &e)) {
+    if (validate_string(obj, "user", true, 1, 256, &user, &user_len, &e)) {
         reply_error(w, req, e.code, e.field, "%s", e.message);
         json_decref(obj);
         return;

@@ -6,8 +6,15 @@
 #ifndef CAPGATE_API_H
 #define CAPGATE_API_H
 
+#include <jansson.h>
+
 struct worker;
 struct http_request;
+
+/* The request's body as a JSON object holding no field outside FIELDS
+ * (NULL-terminated).  NULL after answering 400 (invalid_json or
+ * invalid_field): the handler just returns. */
+json_t *api_body(struct worker *w, struct http_request *req, const char *const *fields);
 
 typedef void api_handler(struct worker *w, struct http_request *req);
 
