@@ -405,8 +405,9 @@ struct http_server *http_server_start(struct event_base *base, const struct http
     srv->limits = opt->limits;
     srv->mhd = MHD_start_daemon(
         flags, opt->port, on_accept, srv, on_access, srv,
+        /* First, or MHD warns on stderr and logs the rest its own way. */
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,   /* first: catches errors of the rest */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         /* SO_REUSEPORT: a reload opens the new listener before closing the
          * old one, so the port never refuses a connection. */

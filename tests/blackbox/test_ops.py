@@ -377,3 +377,14 @@ def test_shutdown_timeout_bounds_the_drain():
     h.check(rc == 0, "exit 0, got %s" % rc)
     h.check(0.8 < took < 2.5, "exited after about shutdown_timeout (1 s): %.2f s; %r\n%s" % (took, out, g.logs()))
     h.expect_error(out["r"], 503, "store_unavailable")
+
+
+def test_clean_start_logs_no_warnings():
+    # Ops alert on warnings: a healthy start must not cry wolf.  The one
+    # expected warning is the loopback-only notice of a config without auth.
+    g = h.Gateway()
+    h.expect_status(g.decide("clean-start@example.com", "email"), 200)
+    warns = [l for l in g.logs().splitlines()
+             if "level=warn" in l or "level=error" in l]
+    warns = [l for l in warns if "no auth section" not in l]
+    h.check(not warns, "warnings on a clean start: %r" % warns)
