@@ -18,6 +18,7 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_CLAIM] = lua_claim,
     [SCRIPT_FINISH] = lua_finish,
     [SCRIPT_DEAD_LIST] = lua_dead_list,
+    [SCRIPT_AUDIT_TRIM] = lua_audit_trim,
 };
 
 static const char *const outcome_names[OUTCOME__COUNT] = { "allow", "defer", "deny" };
@@ -114,6 +115,13 @@ static void arg_audit_key(struct script_args *a, const char *user)
     arg_fmt(a, "cg:{%.2s}:a", user);
 }
 
+/* An audit entry lives for the audit retention, never beyond privacy's. */
+static int64_t audit_keep_ms(const struct config *cfg)
+{
+    return cfg->audit.retention_ms < cfg->retention_ms ? cfg->audit.retention_ms
+                                                       : cfg->retention_ms;
+}
+
 /* '' when auditing is off, else "<max per tag>|<retention ms>|<generation>|<P>". */
 static void arg_audit(struct script_args *a, const struct config *cfg, const char *user)
 {
@@ -121,8 +129,7 @@ static void arg_audit(struct script_args *a, const struct config *cfg, const cha
         arg_cstr(a, "");
         return;
     }
-    int64_t keep = cfg->audit.retention_ms < cfg->retention_ms ? cfg->audit.retention_ms
-                                                               : cfg->retention_ms;
+    int64_t keep = audit_keep_ms(cfg);
     int per_tag = cfg->audit.max_entries / DECISION_TAGS;
     arg_fmt(a, "%d|%lld|%llu|%s", per_tag < 100 ? 100 : per_tag, (long long)keep,
             (unsigned long long)cfg->generation, user);
@@ -564,6 +571,13 @@ void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
     arg_fmt(a, "cg:{%02x}:a", tag & 0xff);
     arg_cstr(a, after);
     arg_fmt(a, "%u", count);
+}
+
+void decision_audit_trim_args(unsigned tag, const struct config *cfg, struct script_args *a)
+{
+    args_init(a, SCRIPT_AUDIT_TRIM, 1);
+    arg_fmt(a, "cg:{%02x}:a", tag & 0xff);
+    arg_fmt(a, "%lld", (long long)audit_keep_ms(cfg));
 }
 
 int64_t decision_consent_result(const struct store_reply *r)

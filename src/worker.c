@@ -304,8 +304,50 @@ static void close_http(struct worker *w)
     event_base_loopbreak(w->base);
 }
 
+/* ---- audit retention ---------------------------------------------------------- */
+
+/* Decisions only append to the audit streams; age is trimmed here, in the
+ * background, so it costs a decision nothing.  Worker ID of N sweeps the
+ * tags ID, ID+N, ...: AUDIT_TRIMS_PER_TICK of them per tick, so every tag is
+ * visited every 256 / (N * AUDIT_TRIMS_PER_TICK) ticks (6.4 s with one worker)
+ * and an entry outlives the retention by at most that much.  Every gateway
+ * sharing the Redis does the same; XTRIM is idempotent. */
+#define AUDIT_TRIMS_PER_TICK 4
+
+static void on_audit_trimmed(void *arg, const struct store_reply *r)
+{
+    struct worker *w = arg;
+    w->audit_trims_in_flight--;
+    if (r->status != STORE_OK)
+        log_debug("audit trim failed", "worker=%u error=\"%s\"", w->id,
+                  r->error ? r->error : "?");
+}
+
+static void trim_audit(struct worker *w)
+{
+    if (!w->cfg->audit.enabled || w->stopping || !store_ready(w->store))
+        return;
+    while (w->audit_trims_in_flight < AUDIT_TRIMS_PER_TICK) {
+        unsigned tag = w->id + w->audit_trim_next * w->n_workers;
+        if (tag >= DECISION_TAGS) {
+            w->audit_trim_next = 0;
+            tag = w->id;
+        }
+        w->audit_trim_next++;
+        if (tag >= DECISION_TAGS)        /* more workers than tags */
+            return;
+        struct script_args a;
+        decision_audit_trim_args(tag, w->cfg, &a);
+        if (store_eval(w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen,
+                       on_audit_trimmed, w) != 0)
+            return;
+        w->audit_trims_in_flight++;
+    }
+}
+
 /* Every HOUSEKEEPING_MS: free what reloads retired once it is idle, publish
- * figures for other threads, and, when stopping, finish after the drain. */
+ * figures for other threads, trim the audit trail's old entries, and, when
+ * stopping, finish after the drain. */
 static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -339,6 +381,8 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
             k++;
         }
     }
+
+    trim_audit(w);
 
     if (w->stopping && !w->finishing_us) {
         unsigned active = active_requests(w) + dispatcher_active(w->dispatcher);

@@ -28,7 +28,8 @@ struct tz_zone;
 
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
-    SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT__COUNT
+    SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM,
+    SCRIPT__COUNT
 };
 
 /* The hash tags: 256, "00".."ff".  Per-tag streams (the audit trail) are
@@ -127,6 +128,9 @@ void decision_erase_args(const struct config *cfg, const char *user, struct scri
 /* Tag TAG's audit entries after stream id AFTER ("0-0": all), at most COUNT. */
 void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
                               struct script_args *out);
+/* Drops tag TAG's audit entries older than the audit retention (background
+ * work: the decision scripts only append).  Only when auditing is on. */
+void decision_audit_trim_args(unsigned tag, const struct config *cfg, struct script_args *a);
 
 /* The dispatcher (claim.lua / finish.lua).  MEMBER: "<P>:<M>". */
 void decision_claim_args(const struct config *cfg, unsigned tag, unsigned most,

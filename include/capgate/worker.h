@@ -88,6 +88,8 @@ struct worker {
     uint64_t heartbeat_us;           /* last housekeeping tick (atomic): watchdog */
 
     struct event *housekeeping;
+    unsigned audit_trim_next;        /* this worker's next tag to trim, by rank */
+    unsigned audit_trims_in_flight;
     bool stopping;
     uint64_t finishing_us;           /* Redis dropped; waiting for HTTP to flush */
 };

@@ -25,7 +25,6 @@ local function audit(fields)
   for i = 1, #fields do entry[#entry + 1] = fields[i] end
   if ARGV[8] ~= '' then entry[#entry + 1] = 'detail'; entry[#entry + 1] = ARGV[8] end
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', max, '*', unpack(entry))
-  redis.call('XTRIM', KEYS[3], 'MINID', '~', tostring(now - tonumber(keep)))
   redis.call('PEXPIRE', KEYS[3], keep)
 end
 

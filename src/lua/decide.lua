@@ -107,12 +107,9 @@ local function answer(outcome, reason, rule, retry, replay, count)
       entry[#entry + 1] = 'shadow'
       entry[#entry + 1] = table.concat(hits, ',')
     end
+    -- MAXLEN bounds the length here; age is trimmed in the background
+    -- (audit_trim.lua), and an idle stream expires as a whole.
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', unpack(entry))
-    -- Age-trimming once in a while is enough: MAXLEN bounds the size on every
-    -- call, and an idle stream expires as a whole.
-    if now % 16 == 0 then
-      redis.call('XTRIM', KEYS[4], 'MINID', '~', tostring(now - tonumber(keep)))
-    end
     redis.call('PEXPIRE', KEYS[4], keep)
   end
   -- A deferral in proxy mode queues the message, or refuses it when full.

@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 
 import harness as h
 
@@ -465,3 +466,31 @@ def test_shadow_hits_named_in_the_audit():
                                  {"rule": "b-trial", "would": "deny"}], "%r" % (r.body,))
     a = [e for e in g.get("/v1/audit?limit=100").body["entries"] if e.get("shadow")]
     h.check(a and a[-1]["shadow"] == "a-trial:defer,b-trial:deny", "audit: %r" % a)
+
+
+def test_audit_entries_leave_after_their_retention():
+    # Decisions only append to the audit trail; a background sweep drops
+    # entries older than audit.retention, exactly (not node by node).
+    g = h.Gateway(overrides={"audit": {"retention": "1h"}})
+    port = g.redis.port
+    key = None
+    for t in range(256):
+        k = "cg:{%02x}:a" % t
+        if h.redis_cmd(port, "EXISTS", k) == 0:
+            key = k
+            break
+    h.check(key is not None, "some tag has no audit stream yet")
+    old_ms = int(time.time() * 1000) - 2 * 3600 * 1000
+    h.redis_cmd(port, "XADD", key, "%d-0" % old_ms, "t", "decide", "p", "0" * 32)
+    h.redis_cmd(port, "XADD", key, "%d-1" % old_ms, "t", "decide", "p", "0" * 32)
+    fresh = h.redis_cmd(port, "XADD", key, "*", "t", "decide", "p", "1" * 32)
+    if isinstance(fresh, bytes):
+        fresh = fresh.decode()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and h.redis_cmd(port, "XLEN", key) != 1:
+        time.sleep(0.2)
+    ids = [e[0].decode() if isinstance(e[0], bytes) else e[0]
+           for e in h.redis_cmd(port, "XRANGE", key, "-", "+")]
+    h.check(ids == [fresh], "after the sweep %s holds %r, expected only %r" % (key, ids, fresh))
+    # The gateway keeps deciding (and auditing) meanwhile.
+    h.expect_status(g.decide(h.uid(), "email"), 200)
