@@ -351,6 +351,46 @@ static void on_aux_reply(redisAsyncContext *ac, void *reply, void *privdata)
     owe(ac->data, -1);      /* ASKING: a refusal shows in the call's own reply */
 }
 
+/* "<prefix><v>\r\n" at P (room for it checked by the caller). */
+static char *resp_header(char *p, char prefix, size_t v)
+{
+    char num[20];
+    int n = 0;
+    do {
+        num[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    *p++ = prefix;
+    while (n)
+        *p++ = num[--n];
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* RESP for ARGC arguments into OUT (at most CAP bytes): its length, or 0
+ * when it does not fit.  hiredis's own formatter (redisAsyncCommandArgv)
+ * goes through sdscatfmt once per argument, which made it the costliest
+ * step of a decision on capgate's side. */
+static size_t resp_format(char *out, size_t cap, int argc, const char *const *argv,
+                          const size_t *argvlen)
+{
+    char *p = out, *end = out + cap;
+    if (end - p < 24)
+        return 0;
+    p = resp_header(p, '*', (size_t)argc);
+    for (int k = 0; k < argc; k++) {
+        if ((size_t)(end - p) < argvlen[k] + 26)      /* header (<= 23) + data + CRLF */
+            return 0;
+        p = resp_header(p, '$', argvlen[k]);
+        memcpy(p, argv[k], argvlen[k]);
+        p += argvlen[k];
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    return (size_t)(p - out);
+}
+
 static int send_call(struct node *n, struct store_call *call)
 {
     if (call->asking) {
@@ -358,8 +398,12 @@ static int send_call(struct node *n, struct store_call *call)
             return -1;
         owe(n, 1);
     }
-    if (redisAsyncCommandArgv(n->ac, on_reply, call, call->argc, call->argv,
-                              call->argvlen) != REDIS_OK)
+    char buf[8192];
+    size_t len = resp_format(buf, sizeof buf, call->argc, call->argv, call->argvlen);
+    int rc = len ? redisAsyncFormattedCommand(n->ac, on_reply, call, buf, len)
+                 : redisAsyncCommandArgv(n->ac, on_reply, call, call->argc, call->argv,
+                                         call->argvlen);     /* a large call (EVAL) */
+    if (rc != REDIS_OK)
         return -1;
     owe(n, 1);
     call->node = n;
