@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "capgate/api.h"
+#include "capgate/audit_entry.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
 #include "capgate/reply.h"
@@ -34,20 +35,6 @@ struct page_call {
     struct entry *entries;
     size_t n, cap;
 };
-
-static const char *long_name(const char *k)
-{
-    static const char *const map[][2] = {
-        { "t", "type" }, { "p", "pseudonym" }, { "c", "channel" }, { "k", "category" },
-        { "d", "decision" }, { "r", "reason" }, { "u", "rule" }, { "n", "counted" },
-        { "g", "config_generation" }, { "s", "scope" }, { "st", "state" }, { "src", "source" },
-        { "e", "event" },
-    };
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-        if (strcmp(map[i][0], k) == 0)
-            return map[i][1];
-    return k;
-}
 
 static int by_id(const void *a, const void *b)
 {
@@ -112,12 +99,10 @@ static void on_page(void *arg, const struct store_reply *r)
             gmtime_r(&s, &tm);
             strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", &tm);
             json_t *o = json_pack("{s:s, s:s}", "id", idbuf, "at", at);
-            for (long long f = 0; f < nf && pos + 2 <= r->n; f++, pos += 2) {
-                char key[32];
-                snprintf(key, sizeof key, "%.*s", (int)r->items[pos].len, r->items[pos].s);
-                json_object_set_new(o, long_name(key),
-                                    json_stringn(r->items[pos + 1].s, r->items[pos + 1].len));
-            }
+            if (nf < 0 || (size_t)nf > (r->n - pos) / 2)
+                nf = (long long)((r->n - pos) / 2);
+            audit_entry_fields(o, &r->items[pos], (size_t)nf, false);
+            pos += 2 * (size_t)nf;
             if (call->n == call->cap) {
                 size_t cap = call->cap ? call->cap * 2 : 256;
                 struct entry *p = realloc(call->entries, cap * sizeof *p);

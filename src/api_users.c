@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "capgate/api.h"
+#include "capgate/audit_entry.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
 #include "capgate/gateway.h"
@@ -68,27 +69,10 @@ static json_t *audit_entries(const struct store_reply *r, size_t *pos, long long
         json_object_set_new(o, "id", str_item(id));
         if (id->type == STORE_STR)
             json_object_set_new(o, "at", time_json(strtoll(id->s, NULL, 10)));
-        for (long long f = 0; f < nf && *pos + 2 <= r->n; f++) {
-            const struct store_item *k = &r->items[(*pos)++], *v = &r->items[(*pos)++];
-            char key[32];
-            snprintf(key, sizeof key, "%.*s", (int)k->len, k->s);
-            /* Short stream field names, spelled out for people. */
-            const char *name = strcmp(key, "t") == 0 ? "type" : strcmp(key, "p") == 0 ? "pseudonym"
-                             : strcmp(key, "c") == 0 ? "channel" : strcmp(key, "k") == 0 ? "category"
-                             : strcmp(key, "d") == 0 ? "decision" : strcmp(key, "r") == 0 ? "reason"
-                             : strcmp(key, "u") == 0 ? "rule" : strcmp(key, "n") == 0 ? "counted"
-                             : strcmp(key, "g") == 0 ? "config_generation"
-                             : strcmp(key, "s") == 0 ? "scope" : strcmp(key, "st") == 0 ? "state"
-                             : strcmp(key, "src") == 0 ? "source" : strcmp(key, "e") == 0 ? "event"
-                             : key;
-            json_t *prev = json_object_get(o, name);
-            if (prev && json_is_array(prev))
-                json_array_append_new(prev, str_item(v));
-            else if (strcmp(name, "shadow") == 0)
-                json_object_set_new(o, name, json_pack("[o]", str_item(v)));
-            else
-                json_object_set_new(o, name, str_item(v));
-        }
+        if (nf < 0 || (size_t)nf > (r->n - *pos) / 2)
+            nf = (long long)((r->n - *pos) / 2);
+        audit_entry_fields(o, &r->items[*pos], (size_t)nf, true);
+        *pos += 2 * (size_t)nf;
         json_array_append_new(out, o);
     }
     return out;

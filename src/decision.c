@@ -236,6 +236,36 @@ static void arg_audit(struct script_args *a, const struct config *cfg, const cha
     arg_close(a, s, p);
 }
 
+/* decide.lua's audit argument: '' when auditing is off, else
+ * "<max per tag>|<retention ms>|<P>|<channel>|<category>|<generation>", the
+ * part after the retention being the start of the entry itself. */
+static void arg_decide_audit(struct script_args *a, const struct config *cfg,
+                             const struct decide_input *in)
+{
+    if (!cfg->audit.enabled) {
+        arg_cstr(a, "");
+        return;
+    }
+    int per_tag = cfg->audit.max_entries / DECISION_TAGS;
+    size_t nu = strlen(in->user), nc = strlen(in->channel->name),
+           nk = strlen(in->category->name);
+    char *s = arg_open(a, 3 * 21 + 5 + nu + nc + nk), *p = s;
+    if (s) {
+        p = put_sdec(p, per_tag < 100 ? 100 : per_tag);
+        *p++ = '|';
+        p = put_sdec(p, audit_keep_ms(cfg));
+        *p++ = '|';
+        p = put_mem(p, in->user, nu);
+        *p++ = '|';
+        p = put_mem(p, in->channel->name, nc);
+        *p++ = '|';
+        p = put_mem(p, in->category->name, nk);
+        *p++ = '|';
+        p = put_dec(p, cfg->generation);
+    }
+    arg_close(a, s, p);
+}
+
 /* The person's field in the bucket: the pseudonym's last 8 bytes. */
 static void arg_person(struct script_args *a, const char *user)
 {
@@ -429,7 +459,7 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     arg_str(a, start, (size_t)(p - start));
     a->used += (size_t)(p - start);
 
-    arg_audit(a, cfg, in->user);
+    arg_decide_audit(a, cfg, in);
     /* Cap names, for the audit entry only. */
     p = start = a->buf + a->used;
     if (cfg->audit.enabled) {

@@ -36,7 +36,10 @@
 --          per campaign (1) | deny (1) | limit (2) | window ms (6) | shadow (1));
 --          index 255 is the fatigue cap
 -- ARGV[14] fatigue: '' or unengaged_after (2) | limit (2) | window ms (6) | deny (1)
--- ARGV[15] audit: '' (off) or "<max entries>|<retention ms>|<generation>|<pseudonym>"
+-- ARGV[15] audit: '' (off) or "<max entries>|<retention ms>|<P>|<channel>|<category>|<generation>"
+--          The entry is one field, "decide" = "<P>|<channel>|<category>|<generation>|
+--          <decision>|<reason>|<rule>|<counted>|<replay>|<shadow>" (src/audit_entry.c
+--          spells it out for readers): one field costs Redis a third of seven pairs.
 -- ARGV[16] cap names in config order, '\n'-separated (for the audit entry)
 --
 -- Proxy mode (POST /v1/send, routes, the dispatcher) adds: a deferred message
@@ -69,6 +72,8 @@ local REASONS = {[0] = 'ok', 'opted_out', 'consent_required', 'quiet_hours', 'ca
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local person, flags = ARGV[1], ARGV[6]
+local dry = string.find(flags, 'd', 1, true)
+local exempt = string.find(flags, 'x', 1, true)
 local msg, channel, category, campaign =
   tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local retention, idem, max_defer = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -78,9 +83,10 @@ local shadow = {}
 local function answer(outcome, reason, rule, retry, replay, count)
   -- A dry run is a question, not a decision: it leaves no trace at all.
   local audit = ARGV[15]
-  if audit ~= '' and not string.find(ARGV[6], 'd', 1, true) then
-    local max, keep, gen, pseud = string.match(audit, '^(%d+)|(%d+)|(%d+)|(%x+)$')
-    local rname = ''
+  if audit ~= '' and not dry then
+    local b1 = string.find(audit, '|', 1, true)
+    local b2 = string.find(audit, '|', b1 + 1, true)
+    local rname, counted, hits = '', '', ''
     if rule == 256 then
       rname = 'fatigue'
     elseif rule > 0 then
@@ -90,27 +96,28 @@ local function answer(outcome, reason, rule, retry, replay, count)
         if k == rule then rname = name break end
       end
     end
-    local entry = {'t', 'decide', 'p', pseud, 'c', ARGV[10], 'k', ARGV[11],
-                   'd', OUTCOMES[outcome], 'r', REASONS[reason], 'g', gen}
-    if rname ~= '' then
-      entry[#entry + 1] = 'u'; entry[#entry + 1] = rname
-      entry[#entry + 1] = 'n'; entry[#entry + 1] = tostring(count)
-    end
-    if replay == 1 then entry[#entry + 1] = 'replay'; entry[#entry + 1] = '1' end
+    if rname ~= '' then counted = count end
     if #shadow > 0 then
-      local names, hits = {}, {}
+      local names, list = {}, {}
       for name in string.gmatch(ARGV[16], '[^\n]+') do names[#names + 1] = name end
       for i = 1, #shadow, 2 do
-        hits[#hits + 1] = (names[shadow[i]] or tostring(shadow[i])) .. ':' ..
+        list[#list + 1] = (names[shadow[i]] or tostring(shadow[i])) .. ':' ..
                           (shadow[i + 1] == 2 and 'deny' or 'defer')
       end
-      entry[#entry + 1] = 'shadow'
-      entry[#entry + 1] = table.concat(hits, ',')
+      hits = table.concat(list, ',')
     end
-    -- MAXLEN bounds the length here; age is trimmed in the background
-    -- (audit_trim.lua), and an idle stream expires as a whole.
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', unpack(entry))
-    redis.call('PEXPIRE', KEYS[4], keep)
+    local entry = string.sub(audit, b2 + 1) .. '|' .. OUTCOMES[outcome] .. '|' ..
+                  REASONS[reason] .. '|' .. rname .. '|' .. counted .. '|' ..
+                  (replay == 1 and '1' or '') .. '|' .. hits
+    local max = string.sub(audit, 1, b1 - 1)
+    -- MAXLEN bounds the length; age is trimmed, and the expiry renewed, by
+    -- the gateways' background sweep (audit_trim.lua).  Only a stream this
+    -- call creates gets its expiry here.
+    if not redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', max, '*',
+                      'decide', entry) then
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', 'decide', entry)
+      redis.call('PEXPIRE', KEYS[4], string.sub(audit, b1 + 1, b2 - 1))
+    end
   end
   -- A deferral in proxy mode queues the message, or refuses it when full.
   local queued, superseded = 0, 0
@@ -146,7 +153,7 @@ local function answer(outcome, reason, rule, retry, replay, count)
 end
 
 -- The person's sends that still matter, oldest first.
-local ts, ms, chs, cats, camps, n = {}, {}, {}, {}, {}, 0
+local ts, ms, chs, cats, camps, n, skipped = {}, {}, {}, {}, {}, 0, 0
 local raw = redis.call('HGET', KEYS[1], person)
 if raw then
   local oldest = now - retention
@@ -156,6 +163,8 @@ if raw then
     if a > oldest then
       n = n + 1
       ts[n], ms[n], chs[n], cats[n], camps[n] = a, m, c, g, k
+    elseif n == 0 then
+      skipped = skipped + 1      -- (oldest first: only ever a prefix)
     end
   end
 end
@@ -255,7 +264,7 @@ if defer_rule > 0 then
 end
 
 -- 6. Allowed: record the send (unless this was a dry run).
-if not string.find(flags, 'd', 1, true) then
+if not dry then
   -- Proxy mode: sent now, so a copy waiting in the queue (a client retry of
   -- a deferred message) must not go out a second time.
   -- (Not when this is the dispatcher deciding the queued copy itself: 'q'.)
@@ -263,18 +272,18 @@ if not string.find(flags, 'd', 1, true) then
      redis.call('ZREM', KEYS[5], ARGV[19]) == 1 then
     redis.call('DEL', KEYS[6])
   end
-  local first = 1
-  if n >= MAX_SENDS then first = n - MAX_SENDS + 2 end
-  local parts = {}
-  for i = first, n do
-    parts[#parts + 1] = struct.pack(FMT, ts[i] - EPOCH, ms[i], chs[i], cats[i], camps[i])
-  end
+  -- Records are oldest first, so the ones that no longer matter (and those
+  -- beyond MAX_SENDS) are a prefix: keep the rest as they are, append one.
+  local drop = skipped
+  if n >= MAX_SENDS then drop = drop + n - MAX_SENDS + 1 end
+  local kept = ''
+  if raw then kept = string.sub(raw, drop * REC + 1) end
   -- Keep the order even if Redis's clock stepped back (failover).
   local at = now
   if n > 0 and ts[n] > at then at = ts[n] end
-  if string.find(flags, 'x', 1, true) then channel = channel + EXEMPT end
-  parts[#parts + 1] = struct.pack(FMT, at - EPOCH, msg, channel, category, campaign)
-  redis.call('HSET', KEYS[1], person, table.concat(parts))
+  if exempt then channel = channel + EXEMPT end
+  redis.call('HSET', KEYS[1], person,
+             kept .. struct.pack(FMT, at - EPOCH, msg, channel, category, campaign))
 
   -- Garbage collection: look at one other person of the bucket; if none of
   -- their sends still matter, they go.  Each write sweeps a little, so a
@@ -291,7 +300,7 @@ if not string.find(flags, 'd', 1, true) then
   end
   redis.call('PEXPIRE', KEYS[1], retention)
   -- One more message the person has not (yet) engaged with.
-  if fatigue and not string.find(flags, 'x', 1, true) then
+  if fatigue and not exempt then
     local last = 0
     if engaged then
       local _

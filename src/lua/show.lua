@@ -27,10 +27,13 @@ end
 
 -- The tag's stream holds everyone of the tag: keep this person's entries.
 local mine = {}
+local mark = ARGV[2] .. '|'
 for _, e in ipairs(redis.call('XRANGE', KEYS[4], '-', '+')) do
   local f = e[2]
   for i = 1, #f, 2 do
-    if f[i] == 'p' and f[i + 1] == ARGV[2] then
+    -- A decision's one compact field starts "<P>|" (see decide.lua).
+    if (f[i] == 'p' and f[i + 1] == ARGV[2]) or
+       (f[i] == 'decide' and string.sub(f[i + 1], 1, #mark) == mark) then
       mine[#mine + 1] = e
       break
     end
