@@ -4,7 +4,8 @@
     python3 tests/bench/bench.py BUILD_DIR              everything (run.sh)
     python3 tests/bench/bench.py --callgrind BUILD_DIR  only the callgrind part
 
-BUILD_DIR holds capgate and bench/floor, bench/genload (tests/bench/Makefile.inc).
+BUILD_DIR holds capgate and bench/floor, bench/genload, bench/upstream
+(tests/bench/Makefile.inc).
 Environment: BENCH_SECONDS (wrk duration per run, default 8), BENCH_PEOPLE
 (people loaded for the memory figure, default 1000000), BENCH_DECIDES
 (callgrind workload, default 5000).
@@ -16,6 +17,11 @@ and the floor program, and prints one figure a line, then
 the same load: wrk -t1 -c64 -d<T>s --latency, tests/bench/post.lua (random
 users out of 1,000,000, random campaigns), after a 2 s warm-up.  Capgate and
 floor runs alternate so that both see the same machine.
+
+Proxy mode is measured the same way: wrk drives POST /v1/send
+(tests/bench/send.lua: the same bodies plus a payload) against a capgate
+whose channels all forward to bench/upstream, a local server that answers
+200 at once, alternating with floor runs.
 
 Exit 0 when everything ran (targets missed or not: a benchmark reports), 1
 when something could not run, 130 on Ctrl-C.  Every process it starts is
@@ -43,6 +49,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 POST_LUA = os.path.join(HERE, "post.lua")
+SEND_LUA = os.path.join(HERE, "send.lua")
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 PEOPLE = int(os.environ.get("BENCH_PEOPLE", "1000000"))
@@ -269,9 +276,7 @@ redis:
 privacy:
   key_file: "{key_file}"
 channels:
-  email: {{}}
-  push: {{}}
-  sms: {{ requires_opt_in: true }}
+{channels}
 categories:
   marketing: {{}}
   transactional: {{ exempt_from_caps: true, exempt_from_quiet_hours: true, ignores_opt_out: true }}
@@ -294,7 +299,19 @@ limits:
 {extra}"""
 
 
-def write_config(tmp, name, port, redis_port, timeout_ms=250, extra=""):
+CHANNELS = """\
+  email: {}
+  push: {}
+  sms: { requires_opt_in: true }"""
+
+# Proxy mode: the same channels, each forwarding to the bench's upstream.
+PROXY_CHANNELS = """\
+  email: {{ upstream: {{ url: "http://127.0.0.1:{port}/email" }} }}
+  push: {{ upstream: {{ url: "http://127.0.0.1:{port}/push" }} }}
+  sms: {{ requires_opt_in: true, upstream: {{ url: "http://127.0.0.1:{port}/sms" }} }}"""
+
+
+def write_config(tmp, name, port, redis_port, timeout_ms=250, extra="", channels=CHANNELS):
     key = os.path.join(tmp, "user.key")
     if not os.path.exists(key):
         with open(key, "wb") as f:
@@ -303,7 +320,7 @@ def write_config(tmp, name, port, redis_port, timeout_ms=250, extra=""):
     path = os.path.join(tmp, name)
     with open(path, "w") as f:
         f.write(CONFIG.format(port=port, redis_port=redis_port, key_file=key,
-                              timeout_ms=timeout_ms, extra=extra))
+                              timeout_ms=timeout_ms, extra=extra, channels=channels))
     return path
 
 
@@ -349,10 +366,10 @@ def wait_ready(port, proc, what, timeout=20.0, path="/readyz"):
 
 class Capgate:
     def __init__(self, binary, tmp, redis_port, name="capgate", extra="", wrap=(),
-                 timeout_ms=250):
+                 timeout_ms=250, channels=CHANNELS):
         self.port = free_port()
         self.cfg = write_config(tmp, name + ".yaml", self.port, redis_port,
-                                timeout_ms=timeout_ms, extra=extra)
+                                timeout_ms=timeout_ms, extra=extra, channels=channels)
         rc, out = check_config(binary, self.cfg)
         if rc != 0:
             raise BenchError("capgate -t refused the bench config: %s" % out)
@@ -396,6 +413,23 @@ class Floor:
         return self.proc.pid
 
 
+class Upstream:
+    """bench/upstream: the campaign API of proxy mode, 200 {"ok":true} at once;
+    GET /count tells how many requests it answered."""
+
+    def __init__(self, binary, tmp):
+        self.port = free_port()
+        self.log = os.path.join(tmp, "upstream.log")
+        self.proc = spawn([binary, str(self.port)], log=self.log, preexec_fn=child_nofile)
+        wait_ready(self.port, self.proc, "upstream (log: %s)" % self.log, path="/count")
+
+    def count(self):
+        status, data = http_call(self.port, "GET", "/count")
+        if status != 200:
+            raise BenchError("upstream /count answered %d" % status)
+        return int(json.loads(data)["requests"])
+
+
 # --------------------------------------------------------------------------
 # wrk
 # --------------------------------------------------------------------------
@@ -408,10 +442,10 @@ def parse_duration_ms(s):
     return v * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
 
 
-def run_wrk(port, path, seconds, latency=True):
+def run_wrk(port, path, seconds, latency=True, script=POST_LUA):
     url = "http://127.0.0.1:%d%s" % (port, path)
     argv = ["wrk", "-t1", "-c%d" % CONNS, "-d%ds" % seconds, "--timeout", "5s",
-            "-s", POST_LUA]
+            "-s", script]
     if latency:
         argv.append("--latency")
     argv.append(url)
@@ -897,6 +931,121 @@ def measure_floor_run(fl):
     return res
 
 
+def send_counters(gw, up):
+    """What capgate (/status) and the upstream (/count) have counted so far,
+    once both are still: the answers to a wrk run that ended are all given
+    (wrk's last requests are answered after its clock stops)."""
+    prev = None
+    deadline = time.monotonic() + 10
+    while True:
+        status, data = http_call(gw.port, "GET", "/status")
+        if status != 200:
+            raise BenchError("capgate /status answered %d" % status)
+        st = json.loads(data)
+        d, h = st["decisions"], st["http"]
+        ups = st.get("proxy", {}).get("upstreams", [])
+        c = {"allow": d["allow"], "defer": d["defer"], "deny": d["deny"],
+             "replays": d["replays"],
+             "4xx": h["responses"]["4xx"], "5xx": h["responses"]["5xx"],
+             "up_ok": sum(u.get("ok", 0) for u in ups),
+             "up_failed": sum(u.get("failed", 0) for u in ups),
+             "upstream": up.count()}
+        for k, v in h.get("errors", {}).items():
+            c["err:" + k] = v
+        # Still moving: a forward under way, or answers still being given.
+        key = tuple(v for _, v in sorted(c.items()))
+        if key == prev or time.monotonic() > deadline:
+            return c
+        prev = key
+        time.sleep(0.2)
+
+
+def measure_send_run(gw, up):
+    c0 = send_counters(gw, up)
+    cpu0 = cpu_ticks(gw.pid)
+    res = run_wrk(gw.port, "/v1/send", SECONDS, script=SEND_LUA)
+    cpu1 = cpu_ticks(gw.pid)
+    c1 = send_counters(gw, up)
+    res["delta"] = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
+    res["cpu_us"] = (cpu1 - cpu0) * 1e6 / TICK / res["requests"] if res["requests"] else None
+    return res
+
+
+def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl):
+    """POST /v1/send through capgate to bench/upstream, alternating with the
+    floor.  The same Redis as the decide runs (their sends, and the consent
+    records of consent_setup: sms is allowed for the people who opted in)."""
+    up = Upstream(upstream_bin, tmp)
+    gw = None
+    try:
+        gw = Capgate(capgate, tmp, rport, name="capgate-proxy",
+                     channels=PROXY_CHANNELS.format(port=up.port))
+        note("proxy mode: capgate pid %d on :%d, upstream pid %d on :%d" %
+             (gw.pid, gw.port, up.proc.pid, up.port))
+        status, data = http_call(gw.port, "POST", "/v1/send", {
+            "user": "proxy-check@example.com", "channel": "push",
+            "message_id": "proxy-check-%d" % os.getpid(), "payload": {"to": "x"}})
+        if status != 200 or json.loads(data).get("upstream_status") != 200:
+            raise BenchError("a first /v1/send answered %d %s" % (status, data[:200]))
+        note("proxy mode: warm-up")
+        run_wrk(gw.port, "/v1/send", WARMUP, latency=False, script=SEND_LUA)
+        snd, flo = [], []
+        for i in range(RUNS):
+            note("proxy run %d/%d: capgate /v1/send" % (i + 1, RUNS))
+            snd.append(measure_send_run(gw, up))
+            note("proxy run %d/%d: floor" % (i + 1, RUNS))
+            flo.append(run_wrk(fl.port, "/v1/decide", SECONDS))
+    finally:
+        if gw:
+            gw.stop()
+        stop(up.proc)
+    with open(gw.log, "rb") as f:
+        log_errors = sum(1 for line in f if b"level=error" in line)
+
+    tot = {}
+    for r in snd:
+        for k, v in r["delta"].items():
+            tot[k] = tot.get(k, 0) + v
+    s_rps = median([r["rps"] for r in snd])
+    f_rps = median([r["rps"] for r in flo])
+    rep.fig("send_rps", s_rps, "(median of %d: %s; POST /v1/send, tests/bench/send.lua, "
+            "every channel forwarding to bench/upstream)" %
+            (RUNS, " ".join("%.0f" % r["rps"] for r in snd)), fmt="{:.0f}")
+    rep.fig("send_p50_ms", median([r["p50"] for r in snd]), fmt="{:.2f}")
+    rep.fig("send_p99_ms", median([r["p99"] for r in snd]), fmt="{:.2f}")
+    # /v1/send answers per decision: 200 allowed and forwarded, 202 deferred,
+    # 429/403 denied, so wrk's non-2xx count is not an error count.  Errors
+    # are wrk's socket errors (connect, read, write, timeout) plus the 5xx
+    # answers capgate gave during the runs (the difference of its /status
+    # http.responses.5xx before and after each run, the answers given after
+    # wrk's clock stopped included: every request wrk sent).
+    sock = sum(r["socket_errors"] for r in snd)
+    codes = ", ".join("%s %d" % (k[4:], v) for k, v in sorted(tot.items())
+                      if k.startswith("err:") and v)
+    rep.target("send_errors", sock + tot["5xx"], "==", 0, fmt="{}",
+               comment="(socket errors %d + 5xx answers %d, all %d runs%s; 202, 403 and 429 "
+               "are decisions, not errors; capgate log: %d error lines)" %
+               (sock, tot["5xx"], RUNS, ": " + codes if codes else "", log_errors))
+    rep.fig("send_ratio_to_floor", s_rps / f_rps if f_rps else None,
+            "(floor %.0f, median of %d runs alternating with these: %s)" %
+            (f_rps, RUNS, " ".join("%.0f" % r["rps"] for r in flo)), fmt="{:.2f}")
+    rep.fig("send_cpu_us_per_send", median([r["cpu_us"] for r in snd]),
+            "(capgate process, user+sys, forwarding included)")
+    forwarded = tot["allow"] - tot["replays"]
+    rep.fig("upstream_requests_per_send", tot["upstream"] / forwarded if forwarded else None,
+            "(requests the upstream received / sends allowed, replays aside: %d / %d; "
+            "capgate counted %d upstream 2xx, %d failures)" %
+            (tot["upstream"], forwarded, tot["up_ok"], tot["up_failed"]), fmt="{:.3f}")
+    n = tot["allow"] + tot["defer"] + tot["deny"]
+    if n:
+        rep.fig("send_mix", "", "allow %.0f%%  defer %.0f%%  deny %.0f%%  (%d sends; "
+                "answers 4xx %d, 5xx %d)" %
+                (100.0 * tot["allow"] / n, 100.0 * tot["defer"] / n, 100.0 * tot["deny"] / n,
+                 n, tot["4xx"], tot["5xx"]))
+    else:
+        rep.fig("send_mix", "n/a", "(no decisions counted)")
+
+
 def idle_connections(gw, n):
     limit = raise_nofile()
     if limit < n + 100:
@@ -943,7 +1092,8 @@ def main_bench(build):
     capgate = os.path.join(build, "capgate")
     floor_bin = os.path.join(build, "bench", "floor")
     genload_bin = os.path.join(build, "bench", "genload")
-    for path in (capgate, floor_bin, genload_bin):
+    upstream_bin = os.path.join(build, "bench", "upstream")
+    for path in (capgate, floor_bin, genload_bin, upstream_bin):
         if not os.access(path, os.X_OK):
             raise BenchError("%s is missing (make all bench-bins)" % path)
     for tool in ("wrk", "redis-server", "redis-benchmark"):
@@ -951,7 +1101,8 @@ def main_bench(build):
             raise BenchError("%s is not installed" % tool)
     raise_nofile()
     tmp = TMP
-    print("bench: wrk -t1 -c%d -d%ds --latency (tests/bench/post.lua), %d runs each, "
+    print("bench: wrk -t1 -c%d -d%ds --latency (tests/bench/post.lua; send.lua for "
+          "/v1/send), %d runs each, "
           "median; %d-core machine, load average %s at the start" %
           (CONNS, SECONDS, RUNS, os.cpu_count() or 0, loadavg()), flush=True)
 
@@ -1093,6 +1244,13 @@ def main_bench(build):
         rep.targets.append(("capgate_rss_10k_conn_mib", False))
         rep.fail("capgate_rss_10k_conn_mib", e)
     gw.stop()
+
+    # (h) proxy mode, against the floor again.
+    try:
+        proxy_part(rep, capgate, upstream_bin, tmp, rport, fl)
+    except (BenchError, OSError, ValueError, KeyError) as e:
+        rep.targets.append(("send_errors", False))
+        rep.fail("send_rps", e)
     stop(fl.proc)
     fredis.close()
     stop(fproc)
@@ -1144,21 +1302,6 @@ def main_bench(build):
                (PEOPLE, "yes" if g["allow"] == 3 * PEOPLE else "NO"))
     rep.fig("redis_keys", keys, "(%d with a TTL; %.1f B per key)" %
             (expires, (after - before) / keys if keys else 0))
-    # The audit trail's own cost, on a smaller load.
-    audit_people = max(1000, PEOPLE // 20)
-    cfg_a = write_config(tmp, "genload-audit.yaml", free_port(), rport)
-    redis.cmd("FLUSHALL")
-    before_a = int(redis.info("memory")["used_memory"])
-    ga = genload(genload_bin, cfg_a, rport, audit_people, 0, "a",
-                 ["email/marketing/camp-a", "push/marketing/camp-b", "email/marketing/camp-c"])
-    after_a = int(redis.info("memory")["used_memory"])
-    rep.fig("redis_bytes_per_person_with_audit", (after_a - before_a) / audit_people,
-            "(%d people x 3 sends, audit trail on: sends + 3 audit entries)" % audit_people,
-            fmt="{:.1f}")
-    rep.fig("audit_bytes_per_decision",
-            ((after_a - before_a) / audit_people - per_person) / 3 if ga["calls"] else None,
-            "(what one audit entry costs until audit.retention)", fmt="{:.1f}")
-    redis.cmd("FLUSHALL")
     rep.fig("redis_load_us_per_decision", usec / calls if calls else None,
             "(usec_per_call while loading: sends 1..3, %.0f decisions/s pipelined)" %
             (g["calls"] / g["seconds"] if g["seconds"] else 0))
@@ -1186,6 +1329,22 @@ def main_bench(build):
     rep.target("redis_cpu_us_full_window", u6 / c6 if c6 else None, "<=", 20.0, fmt="{:.1f}",
                comment="(3 caps, consent, 5 sends in the window; %d of %d deferred)" %
                (g6["defer"], 3 * fw))
+    # The audit trail's own cost, on a smaller load (after the full-window
+    # figures: it starts from an empty Redis, and they build on the load).
+    audit_people = max(1000, PEOPLE // 20)
+    cfg_a = write_config(tmp, "genload-audit.yaml", free_port(), rport)
+    redis.cmd("FLUSHALL")
+    before_a = int(redis.info("memory")["used_memory"])
+    ga = genload(genload_bin, cfg_a, rport, audit_people, 0, "a",
+                 ["email/marketing/camp-a", "push/marketing/camp-b", "email/marketing/camp-c"])
+    after_a = int(redis.info("memory")["used_memory"])
+    rep.fig("redis_bytes_per_person_with_audit", (after_a - before_a) / audit_people,
+            "(%d people x 3 sends, audit trail on: sends + 3 audit entries)" % audit_people,
+            fmt="{:.1f}")
+    rep.fig("audit_bytes_per_decision",
+            ((after_a - before_a) / audit_people - per_person) / 3 if ga["calls"] else None,
+            "(what one audit entry costs until audit.retention)", fmt="{:.1f}")
+    redis.cmd("FLUSHALL")
     redis.close()
     stop(rproc)
 
