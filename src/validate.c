@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "capgate/json_flat.h"
+
 __attribute__((format(printf, 4, 5)))
 static int fail(struct field_error *e, enum api_error code, const char *field,
                 const char *fmt, ...)
@@ -27,7 +29,9 @@ json_t *validate_object(const char *body, size_t len, struct field_error *e)
         fail(e, API_INVALID_JSON, NULL, "request body is empty: send a JSON object");
         return NULL;
     }
-    obj = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    obj = json_flat_parse(body, len);
+    if (!obj)
+        obj = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj) {
         fail(e, API_INVALID_JSON, NULL, "body is not valid JSON: %s (at byte %d)",
              jerr.text, jerr.position);

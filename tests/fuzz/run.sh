@@ -32,7 +32,7 @@ secs=${1:-${FUZZ_SECONDS:-60}}
 case "$secs" in
     ''|*[!0-9]*) echo "usage: tests/fuzz/run.sh [SECONDS] [HARNESS...]" >&2; exit 2 ;;
 esac
-harnesses=${*:-"fuzz_request fuzz_config fuzz_duration fuzz_jsonptr fuzz_reply"}
+harnesses=${*:-"fuzz_request fuzz_config fuzz_duration fuzz_jsonptr fuzz_reply fuzz_json_flat"}
 out=build/fuzz
 
 if [ -n "${FUZZ_CC:-}" ]; then
@@ -46,12 +46,13 @@ fi
 # The sources each harness links (the harness itself comes first).
 srcs() {
     case "$1" in
-    fuzz_request) echo src/validate.c src/pseudonym.c src/config.c src/decision.c \
+    fuzz_request) echo src/validate.c src/json_flat.c src/pseudonym.c src/config.c src/decision.c \
                        src/delivery.c src/jsonptr.c src/tz.c src/upstream.c src/log.c \
                        build/gen/lua_scripts.c ;;
     fuzz_config)  echo src/config.c src/decision.c src/tz.c build/gen/lua_scripts.c ;;
     fuzz_duration) echo src/config.c ;;
     fuzz_jsonptr) echo src/jsonptr.c ;;
+    fuzz_json_flat) echo src/json_flat.c ;;
     fuzz_reply)   echo src/decision.c src/delivery.c src/pseudonym.c src/config.c src/tz.c \
                        src/upstream.c src/log.c build/gen/lua_scripts.c ;;
     *) return 1 ;;
@@ -65,6 +66,7 @@ max_len() {
     fuzz_config)  echo 8192 ;;
     fuzz_duration) echo 64 ;;
     fuzz_jsonptr) echo 2048 ;;
+    fuzz_json_flat) echo 1024 ;;
     fuzz_reply)   echo 4096 ;;
     esac
 }
