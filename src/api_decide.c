@@ -82,6 +82,20 @@ static void decide_unavailable(struct decide_call *call, const char *why)
                          "store_unavailable", "message_id", call->message_id, "replay", 0));
 }
 
+/* Appends S at BODY + N when it fits (the answer's buffer is sized for the
+ * worst case below; a piece that would not fit is left out, never written
+ * past the end).  printf here cost more than the rest of the answer. */
+static size_t put(char *body, size_t n, size_t cap, const char *s)
+{
+    size_t len = strlen(s);
+    if (n + len < cap) {
+        memcpy(body + n, s, len);
+        n += len;
+    }
+    body[n] = '\0';
+    return n;
+}
+
 static void decide_answer(struct decide_call *call, const struct decision *d)
 {
     struct worker *w = call->w;
@@ -99,22 +113,37 @@ static void decide_answer(struct decide_call *call, const struct decision *d)
      * config ([A-Za-z0-9_.-]) and fixed tables, only message_id needs
      * escaping -- a JSON library here cost a fifth of a decision's CPU. */
     char body[1024 + 8 * (CAP_NAME_MAX + 40)], id[6 * 128 + 1];
-    size_t n = (size_t)snprintf(body, sizeof body, "{\"decision\":\"%s\",\"reason\":\"%s\"",
-                                decision_outcome_name(d->outcome), decision_reason_name(d->reason));
+    size_t n = 0;
+    n = put(body, n, sizeof body, "{\"decision\":\"");
+    n = put(body, n, sizeof body, decision_outcome_name(d->outcome));
+    n = put(body, n, sizeof body, "\",\"reason\":\"");
+    n = put(body, n, sizeof body, decision_reason_name(d->reason));
+    n = put(body, n, sizeof body, "\"");
     const char *rule = decision_rule_name(cfg, d->rule);
-    if (rule)
-        n += (size_t)snprintf(body + n, sizeof body - n, ",\"rule\":\"%s\"", rule);
-    if (d->outcome == OUTCOME_DEFER)
-        n += (size_t)snprintf(body + n, sizeof body - n, ",\"retry_after\":%lld",
-                              (long long)d->retry_after_s);
-    n += (size_t)snprintf(body + n, sizeof body - n, ",\"message_id\":\"%s\",\"replay\":%s%s",
-                          json_escape(id, sizeof id, call->message_id),
-                          d->replay ? "true" : "false", call->dry_run ? ",\"dry_run\":true" : "");
-    for (size_t k = 0; k < d->n_shadow; k++)
-        n += (size_t)snprintf(body + n, sizeof body - n, "%s{\"rule\":\"%s\",\"would\":\"%s\"}",
-                              k ? "," : ",\"shadow\":[", cfg->caps[d->shadow[k].rule].name,
-                              decision_outcome_name(d->shadow[k].would));
-    n += (size_t)snprintf(body + n, sizeof body - n, "%s}\n", d->n_shadow ? "]" : "");
+    if (rule) {
+        n = put(body, n, sizeof body, ",\"rule\":\"");
+        n = put(body, n, sizeof body, rule);
+        n = put(body, n, sizeof body, "\"");
+    }
+    if (d->outcome == OUTCOME_DEFER) {
+        char num[24];
+        snprintf(num, sizeof num, "%lld", (long long)d->retry_after_s);
+        n = put(body, n, sizeof body, ",\"retry_after\":");
+        n = put(body, n, sizeof body, num);
+    }
+    n = put(body, n, sizeof body, ",\"message_id\":\"");
+    n = put(body, n, sizeof body, json_escape(id, sizeof id, call->message_id));
+    n = put(body, n, sizeof body, d->replay ? "\",\"replay\":true" : "\",\"replay\":false");
+    if (call->dry_run)
+        n = put(body, n, sizeof body, ",\"dry_run\":true");
+    for (size_t k = 0; k < d->n_shadow; k++) {
+        n = put(body, n, sizeof body, k ? ",{\"rule\":\"" : ",\"shadow\":[{\"rule\":\"");
+        n = put(body, n, sizeof body, cfg->caps[d->shadow[k].rule].name);
+        n = put(body, n, sizeof body, "\",\"would\":\"");
+        n = put(body, n, sizeof body, decision_outcome_name(d->shadow[k].would));
+        n = put(body, n, sizeof body, "\"}");
+    }
+    n = put(body, n, sizeof body, d->n_shadow ? "]}\n" : "}\n");
     /* Sized for the worst case (SHADOW_MAX names of CAP_NAME_MAX); if that
      * ever changes, truncate rather than write past the buffer. */
     _Static_assert(sizeof body > 200 + SHADOW_MAX * (CAP_NAME_MAX + 40) + 6 * 128,
