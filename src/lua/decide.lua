@@ -24,23 +24,24 @@
 -- KEYS[4]  audit:   stream of this tag's audit entries (see audit in decision.c)
 -- Time is Redis's own clock (TIME), so any number of gateways agree on it.
 --
--- ARGV[1] person (8 bytes)  ARGV[2] message hash  ARGV[3] channel hash
--- ARGV[4] category hash     ARGV[5] campaign hash (0 none)
--- ARGV[6] flags: 'd' dry run, 'o' ignores opt-out, 'i' requires opt-in,
+-- ARGV[1] person (8 bytes)
+-- ARGV[2] numbers, packed: message hash (4) | channel hash (2) | category hash (2) |
+--         campaign hash (3, 0 none) | retention ms (6) | idempotency ms (6) | max_defer ms (6)
+--         (one struct.unpack: tonumber() of each was a tenth of the script's cost)
+-- ARGV[3] flags: 'd' dry run, 'o' ignores opt-out, 'i' requires opt-in,
 --         'x' exempt from caps (recorded, but never counted by a cap),
 --         'q' the dispatcher deciding a queued message (proxy mode)
--- ARGV[7] retention ms   ARGV[8] idempotency ms   ARGV[9] max_defer ms
--- ARGV[10] channel name  ARGV[11] category name   (consent is kept by name)
--- ARGV[12] quiet intervals, packed: n x (start ms (6) | end ms (6))
--- ARGV[13] caps, packed: n x (index (1) | channel (2, 0 any) | category (2, 0 any) |
+-- ARGV[4] channel name   ARGV[5] category name   (consent is kept by name)
+-- ARGV[6] quiet intervals, packed: n x (start ms (6) | end ms (6))
+-- ARGV[7] caps, packed: n x (index (1) | channel (2, 0 any) | category (2, 0 any) |
 --          per campaign (1) | deny (1) | limit (2) | window ms (6) | shadow (1));
 --          index 255 is the fatigue cap
--- ARGV[14] fatigue: '' or unengaged_after (2) | limit (2) | window ms (6) | deny (1)
--- ARGV[15] audit: '' (off) or "<max entries>|<retention ms>|<P>|<channel>|<category>|<generation>"
+-- ARGV[8] fatigue: '' or unengaged_after (2) | limit (2) | window ms (6) | deny (1)
+-- ARGV[9] audit: '' (off) or "<max entries>|<retention ms>|<P>|<channel>|<category>|<generation>"
 --          The entry is one field, "decide" = "<P>|<channel>|<category>|<generation>|
 --          <decision>|<reason>|<rule>|<counted>|<replay>|<shadow>" (src/audit_entry.c
 --          spells it out for readers): one field costs Redis a third of seven pairs.
--- ARGV[16] cap names in config order, '\n'-separated (for the audit entry)
+-- ARGV[10] cap names in config order, '\n'-separated (for the audit entry)
 --
 -- Proxy mode (POST /v1/send, routes, the dispatcher) adds: a deferred message
 -- is queued in the same atomic step, so an accepted message is never lost:
@@ -48,8 +49,8 @@
 -- KEYS[6] the message: hash blob (what to deliver), prio, attempts, collapse
 -- KEYS[7] the collapse index "<P>:<collapse hash>" -> member (or any key of the
 --         tag when there is no collapse_key)
--- ARGV[17] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>"
--- ARGV[18] the blob   ARGV[19] the member
+-- ARGV[11] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>"
+-- ARGV[12] the blob   ARGV[13] the member
 --
 -- Returns {outcome, reason, rule, retry_ms, replay, now_ms, count,
 --          queued (0 no, 1 yes, 2 queue full), superseded (0/1), n_shadow,
@@ -71,18 +72,17 @@ local REASONS = {[0] = 'ok', 'opted_out', 'consent_required', 'quiet_hours', 'ca
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local person, flags = ARGV[1], ARGV[6]
+local person, flags = ARGV[1], ARGV[3]
 local dry = string.find(flags, 'd', 1, true)
 local exempt = string.find(flags, 'x', 1, true)
-local msg, channel, category, campaign =
-  tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local retention, idem, max_defer = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local msg, channel, category, campaign, retention, idem, max_defer =
+  struct.unpack('>I4I2I2I3I6I6I6', ARGV[2])
 
 -- Every answer goes through here: it appends the audit entry (when on).
 local shadow = {}
 local function answer(outcome, reason, rule, retry, replay, count)
   -- A dry run is a question, not a decision: it leaves no trace at all.
-  local audit = ARGV[15]
+  local audit = ARGV[9]
   if audit ~= '' and not dry then
     local b1 = string.find(audit, '|', 1, true)
     local b2 = string.find(audit, '|', b1 + 1, true)
@@ -91,7 +91,7 @@ local function answer(outcome, reason, rule, retry, replay, count)
       rname = 'fatigue'
     elseif rule > 0 then
       local k = 0
-      for name in string.gmatch(ARGV[16], '[^\n]+') do
+      for name in string.gmatch(ARGV[10], '[^\n]+') do
         k = k + 1
         if k == rule then rname = name break end
       end
@@ -99,7 +99,7 @@ local function answer(outcome, reason, rule, retry, replay, count)
     if rname ~= '' then counted = count end
     if #shadow > 0 then
       local names, list = {}, {}
-      for name in string.gmatch(ARGV[16], '[^\n]+') do names[#names + 1] = name end
+      for name in string.gmatch(ARGV[10], '[^\n]+') do names[#names + 1] = name end
       for i = 1, #shadow, 2 do
         list[#list + 1] = (names[shadow[i]] or tostring(shadow[i])) .. ':' ..
                           (shadow[i + 1] == 2 and 'deny' or 'defer')
@@ -122,8 +122,8 @@ local function answer(outcome, reason, rule, retry, replay, count)
   -- A deferral in proxy mode queues the message, or refuses it when full.
   local queued, superseded = 0, 0
   if outcome == 1 and #KEYS >= 7 then
-    local max, ttl, prio, collapse = string.match(ARGV[17], '^(%d+)|(%d+)|(%d+)|(%d)$')
-    local member = ARGV[19]
+    local max, ttl, prio, collapse = string.match(ARGV[11], '^(%d+)|(%d+)|(%d+)|(%d)$')
+    local member = ARGV[13]
     local replacing = collapse == '1' and redis.call('EXISTS', KEYS[7]) == 1
     if not replacing and not redis.call('ZSCORE', KEYS[5], member) and
        redis.call('ZCARD', KEYS[5]) >= tonumber(max) then
@@ -139,7 +139,7 @@ local function answer(outcome, reason, rule, retry, replay, count)
         end
         redis.call('SET', KEYS[7], member, 'PX', ttl)
       end
-      redis.call('HSET', KEYS[6], 'blob', ARGV[18], 'prio', prio,
+      redis.call('HSET', KEYS[6], 'blob', ARGV[12], 'prio', prio,
                  'collapse', collapse == '1' and KEYS[7] or '')
       redis.call('HSETNX', KEYS[6], 'attempts', 0)
       redis.call('PEXPIRE', KEYS[6], ttl)
@@ -183,7 +183,7 @@ local state = nil
 local packed = redis.call('GET', KEYS[2])
 if packed then
   local rec = cmsgpack.unpack(packed)
-  local cn, gn = ARGV[10], ARGV[11]
+  local cn, gn = ARGV[4], ARGV[5]
   if rec['bounce|' .. cn] then
     return answer(2, 5, 0, 0, 0, 0)
   end
@@ -198,7 +198,7 @@ if string.find(flags, 'i', 1, true) and state ~= 'in' then
 end
 
 -- 4. Quiet hours: absolute intervals the gateway computed in the zone.
-local q = ARGV[12]
+local q = ARGV[6]
 for off = 1, #q - 11, 12 do
   local s, e = struct.unpack('>I6I6', q, off)
   if now >= s and now < e then
@@ -212,16 +212,16 @@ end
 -- 5. Caps.  retry_after is exact: the (count - limit + 1)-th oldest matching
 -- send has to leave the window before one more fits.  A person who ignored
 -- their last messages (fatigue) gets one more, tighter cap over every channel.
-local caps = ARGV[13]
+local caps = ARGV[7]
 local ignored, engaged = 0, nil
-local fatigue = ARGV[14] ~= ''
+local fatigue = ARGV[8] ~= ''
 if fatigue then
   -- Only with fatigue rules is engagement worth a lookup (and a record).
   engaged = redis.call('HGET', KEYS[3], person)
   if engaged then ignored = struct.unpack('>I2', engaged) end
 end
 if fatigue then
-  local after, flimit, fwindow, fdeny = struct.unpack('>I2I2I6I1', ARGV[14])
+  local after, flimit, fwindow, fdeny = struct.unpack('>I2I2I6I1', ARGV[8])
   if ignored >= after then
     caps = caps .. struct.pack('>I1I2I2I1I1I2I6I1', 255, 0, 0, 0, fdeny, flimit, fwindow, 0)
   end
@@ -269,7 +269,7 @@ if not dry then
   -- a deferred message) must not go out a second time.
   -- (Not when this is the dispatcher deciding the queued copy itself: 'q'.)
   if #KEYS >= 7 and not string.find(flags, 'q', 1, true) and
-     redis.call('ZREM', KEYS[5], ARGV[19]) == 1 then
+     redis.call('ZREM', KEYS[5], ARGV[13]) == 1 then
     redis.call('DEL', KEYS[6])
   end
   -- Records are oldest first, so the ones that no longer matter (and those
