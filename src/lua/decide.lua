@@ -227,19 +227,30 @@ if fatigue then
   end
 end
 local defer_rule, defer_retry, defer_count, deny_rule = 0, -1, 0, 0
+-- Every limit is at least 1: a person with no sends that count exceeds none
+-- (most decisions are about such people, so they skip the loop).
+if n == 0 then caps = '' end
+local function counts(i, since, cch, ccat, percamp)
+  return ts[i] > since and chs[i] < EXEMPT and (cch == 0 or chs[i] == cch)
+         and (ccat == 0 or cats[i] == ccat) and (percamp == 0 or camps[i] == campaign)
+end
 for off = 1, #caps - 15, 16 do
   local idx, cch, ccat, percamp, deny, limit, window, shadowed =
     struct.unpack('>I1I2I2I1I1I2I6I1', caps, off)
-  local since, count, inwin = now - window, 0, {}
+  local since, count = now - window, 0
   for i = 1, n do
-    if ts[i] > since and chs[i] < EXEMPT and (cch == 0 or chs[i] == cch)
-       and (ccat == 0 or cats[i] == ccat) and (percamp == 0 or camps[i] == campaign) then
-      count = count + 1
-      inwin[count] = ts[i]
-    end
+    if counts(i, since, cch, ccat, percamp) then count = count + 1 end
   end
   if count >= limit then
-    local retry = inwin[count - limit + 1] + window - now
+    -- retry_after: until the (count - limit + 1)-th oldest counted send leaves.
+    local k, first = 0, 0
+    for i = 1, n do
+      if counts(i, since, cch, ccat, percamp) then
+        k = k + 1
+        if k == count - limit + 1 then first = ts[i] break end
+      end
+    end
+    local retry = first + window - now
     if shadowed == 1 then
       -- Evaluated and reported, never enforced: ops trial a cap on live traffic.
       shadow[#shadow + 1] = idx + 1
