@@ -29,7 +29,6 @@
 #define CAMPAIGN_MAX 256
 #define TZ_NAME_MAX 64
 
-/* A decide waiting for Redis.  Freed in its store callback. */
 /* S as the inside of a JSON string (quotes, backslashes and control
  * characters escaped; UTF-8 passes through, jansson already checked it). */
 static const char *json_escape(char *out, size_t size, const char *s)
@@ -50,6 +49,7 @@ static const char *json_escape(char *out, size_t size, const char *s)
     return out;
 }
 
+/* A decide waiting for Redis.  Freed in its store callback. */
 struct decide_call {
     struct worker *w;
     struct http_request *req;
