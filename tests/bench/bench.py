@@ -923,11 +923,19 @@ def measure_capgate_run(gw, redis):
     return res
 
 
-def measure_floor_run(fl):
+def measure_floor_run(fl, redis=None):
+    if redis:
+        redis.cmd("CONFIG", "RESETSTAT")
+        rcpu0 = redis_cpu_s(redis)
     cpu0 = cpu_ticks(fl.pid)
     res = run_wrk(fl.port, "/v1/decide", SECONDS)
     cpu1 = cpu_ticks(fl.pid)
     res["cpu_us"] = (cpu1 - cpu0) * 1e6 / TICK / res["requests"] if res["requests"] else None
+    if redis:
+        rcpu1 = redis_cpu_s(redis)
+        calls, usec = evalsha_stats(redis)
+        res["usec_per_call"] = usec / calls if calls else None
+        res["redis_total_us"] = (rcpu1 - rcpu0) * 1e6 / calls if calls else None
     return res
 
 
@@ -1142,7 +1150,7 @@ def main_bench(build):
         note("run %d/%d: capgate" % (i + 1, RUNS))
         dec.append(measure_capgate_run(gw, redis))
         note("run %d/%d: floor" % (i + 1, RUNS))
-        flo.append(measure_floor_run(fl))
+        flo.append(measure_floor_run(fl, fredis))
     rss_after = vmrss_kib(gw.pid)
 
     if workers_ok:
@@ -1238,6 +1246,9 @@ def main_bench(build):
             "the cores; the target is on the full-window figures below)")
     rep.fig("redis_cpu_total_us_per_decision", median([r["redis_total_us"] for r in dec]),
             "(Redis used_cpu_user+sys / decisions: with its network I/O)")
+    rep.fig("floor_redis_cpu_total_us_per_request", median([r["redis_total_us"] for r in flo]),
+            "(the floor's Redis, the same way; its script: %.1f us per call)" %
+            median([r["usec_per_call"] for r in flo]))
 
     # (e) memory of the gateway.
     rep.fig("capgate_rss_mib", rss_after / 1024.0, "(VmRSS after the load)")
