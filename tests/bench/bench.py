@@ -3,6 +3,8 @@
 
     python3 tests/bench/bench.py BUILD_DIR              everything (run.sh)
     python3 tests/bench/bench.py --callgrind BUILD_DIR  only the callgrind part
+    python3 tests/bench/bench.py --redis-callgrind BUILD_DIR
+                                        Redis's instructions per decide call
 
 BUILD_DIR holds capgate and bench/floor, bench/genload, bench/upstream
 (tests/bench/Makefile.inc).
@@ -1397,6 +1399,11 @@ def main_bench(build):
         callgrind_part(rep, build, tmp)
     except BenchError as e:
         rep.fail("callgrind", e)
+    try:
+        note("callgrind: redis-server, capgate's decide calls")
+        redis_callgrind_part(rep, build, tmp)
+    except (BenchError, subprocess.SubprocessError) as e:
+        rep.fail("redis_ir_per_decision", e)
 
     rep.fig("load_average_at_end", loadavg(), "(other work on the machine skews the timings;"
             " callgrind figures are immune)", fmt="{}")
@@ -1406,14 +1413,69 @@ def main_bench(build):
     return 1 if rep.failures else 0
 
 
+def redis_callgrind_part(rep, build, tmp):
+    """Instructions redis-server spends per decide call (callgrind), the
+    stable figure of the script's cost: 3,000 people with 3 sends each are
+    loaded first, then 3,000 others make 4 decisions each (3 allowed, the
+    4th deferred by email-daily), counted alone."""
+    genload_bin = os.path.join(build, "bench", "genload")
+    port = free_port()
+    out = os.path.join(tmp, "callgrind-redis.out")
+    proc = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                  "--callgrind-out-file=" + out, shutil.which("redis-server"), "--port", str(port),
+                  "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                 log=os.path.join(tmp, "redis-callgrind.log"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = Redis(port)
+            if r.cmd("PING") == "PONG":
+                break
+        except (OSError, BenchError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError("redis-server did not start under callgrind")
+        time.sleep(0.2)
+    people = 3000
+    cfg = write_config(tmp, "genload-callgrind.yaml", free_port(), port)
+    genload(genload_bin, cfg, port, people, 0, "pre",
+            ["email/marketing/camp-1", "push/marketing/camp-2", "email/marketing/-"])
+    subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=60)
+    g = genload(genload_bin, cfg, port, people, people, "m",
+                ["email/marketing/camp-1", "push/marketing/camp-2", "email/marketing/camp-3",
+                 "email/marketing/camp-4"])
+    subprocess.run(["callgrind_control", "-d", str(proc.pid)], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=60)
+    dump = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not dump:
+        parts = sorted(f for f in os.listdir(tmp) if f.startswith("callgrind-redis.out."))
+        if parts and os.path.getsize(os.path.join(tmp, parts[-1])) > 0:
+            dump = os.path.join(tmp, parts[-1])
+        time.sleep(0.3)
+    r.close()
+    stop(proc, 30.0)
+    if not dump:
+        raise BenchError("no callgrind dump of redis-server appeared")
+    total = annotate_top(dump)[0]
+    rep.fig("redis_ir_per_decision", total / g["calls"] if g["calls"] else None,
+            "(redis-server under callgrind, %d calls: allow %d, defer %d; audit on; "
+            "network and command parsing included)" % (g["calls"], g["allow"], g["defer"]),
+            fmt="{:.0f}")
+
+
 def main():
     global TMP
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     args = sys.argv[1:]
-    only_callgrind = False
+    only_callgrind = only_redis = False
     if args and args[0] == "--callgrind":
         only_callgrind = True
+        args = args[1:]
+    elif args and args[0] == "--redis-callgrind":
+        only_redis = True
         args = args[1:]
     if len(args) != 1:
         sys.stderr.write(__doc__)
@@ -1421,6 +1483,10 @@ def main():
     build = args[0]
     TMP = tempfile.mkdtemp(prefix="capgate-bench-")
     try:
+        if only_redis:
+            rep = Report()
+            redis_callgrind_part(rep, build, TMP)
+            return 0
         if only_callgrind:
             for path in (os.path.join(build, "capgate"), os.path.join(build, "bench", "floor")):
                 if not os.access(path, os.X_OK):
