@@ -60,15 +60,6 @@ static void set_decide(json_t *obj, const char *s, size_t len, bool shadow_as_li
     }
 }
 
-static json_t *item_json(const struct store_item *it)
-{
-    if (it->type == STORE_STR)
-        return json_stringn(it->s, it->len);
-    if (it->type == STORE_INT)
-        return json_integer(it->i);
-    return json_null();
-}
-
 void audit_entry_fields(json_t *obj, const struct store_item *pairs, size_t nfields,
                         bool shadow_as_list)
 {
@@ -84,10 +75,12 @@ void audit_entry_fields(json_t *obj, const struct store_item *pairs, size_t nfie
             set_shadow(obj, v->s, v->len, shadow_as_list);
             continue;
         }
+        /* Stream values are always strings. */
+        json_t *value = v->type == STORE_STR ? json_stringn(v->s, v->len) : json_null();
         const char *name = long_name(k->s, k->len);
         if (name)
-            json_object_set_new(obj, name, item_json(v));
+            json_object_set_new(obj, name, value);
         else
-            json_object_setn_new(obj, k->s, k->len, item_json(v));
+            json_object_setn_new(obj, k->s, k->len, value);
     }
 }
