@@ -21,7 +21,7 @@ users out of 1,000,000, random campaigns), after a 2 s warm-up.  Capgate and
 floor runs alternate so that both see the same machine.
 
 Proxy mode is measured the same way: wrk drives POST /v1/send
-(tests/bench/send.lua: the same bodies plus a payload) against a capgate
+(tests/bench/post.lua payload=1: the same bodies plus a payload) against a capgate
 whose channels all forward to bench/upstream, a local server that answers
 200 at once, alternating with floor runs.
 
@@ -51,7 +51,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 POST_LUA = os.path.join(HERE, "post.lua")
-SEND_LUA = os.path.join(HERE, "send.lua")
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 PEOPLE = int(os.environ.get("BENCH_PEOPLE", "1000000"))
@@ -444,13 +443,16 @@ def parse_duration_ms(s):
     return v * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
 
 
-def run_wrk(port, path, seconds, latency=True, script=POST_LUA):
+def run_wrk(port, path, seconds, latency=True, payload=False):
+    """PAYLOAD: /v1/send bodies (post.lua's payload=1)."""
     url = "http://127.0.0.1:%d%s" % (port, path)
     argv = ["wrk", "-t1", "-c%d" % CONNS, "-d%ds" % seconds, "--timeout", "5s",
-            "-s", script]
+            "-s", POST_LUA]
     if latency:
         argv.append("--latency")
     argv.append(url)
+    if payload:
+        argv += ["--", "payload=1"]
     try:
         r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, timeout=seconds + 60)
@@ -691,6 +693,25 @@ def genload(binary, cfg, redis_port, people, first, tag, specs, bench=None):
         k, v = kv.split("=")
         d[k] = float(v) if "." in v else int(v)
     return d
+
+
+THREE_SENDS = ["email/marketing/camp-a", "push/marketing/camp-b", "email/marketing/camp-c"]
+
+
+def load_people(redis, genload_bin, cfg, redis_port, people, tag):
+    """An emptied Redis, then PEOPLE people with 3 sends each through
+    capgate's decision code.  Returns genload's counts plus bytes (used_memory
+    grown), calls and usec (EVALSHA), keys and expires."""
+    redis.cmd("FLUSHALL")
+    redis.cmd("CONFIG", "RESETSTAT")
+    before = int(redis.info("memory")["used_memory"])
+    g = genload(genload_bin, cfg, redis_port, people, 0, tag, THREE_SENDS)
+    g["calls_seen"], g["usec"] = evalsha_stats(redis)
+    g["bytes"] = int(redis.info("memory")["used_memory"]) - before
+    g["keys"] = int(redis.cmd("DBSIZE"))
+    ks = redis.info("keyspace").get("db0", "")
+    g["expires"] = int(re.search(r"expires=(\d+)", ks).group(1)) if "expires=" in ks else 0
+    return g
 
 
 # --------------------------------------------------------------------------
@@ -973,7 +994,7 @@ def send_counters(gw, up):
 def measure_send_run(gw, up):
     c0 = send_counters(gw, up)
     cpu0 = cpu_ticks(gw.pid)
-    res = run_wrk(gw.port, "/v1/send", SECONDS, script=SEND_LUA)
+    res = run_wrk(gw.port, "/v1/send", SECONDS, payload=True)
     cpu1 = cpu_ticks(gw.pid)
     c1 = send_counters(gw, up)
     res["delta"] = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
@@ -998,7 +1019,7 @@ def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl):
         if status != 200 or json.loads(data).get("upstream_status") != 200:
             raise BenchError("a first /v1/send answered %d %s" % (status, data[:200]))
         note("proxy mode: warm-up")
-        run_wrk(gw.port, "/v1/send", WARMUP, latency=False, script=SEND_LUA)
+        run_wrk(gw.port, "/v1/send", WARMUP, latency=False, payload=True)
         snd, flo = [], []
         for i in range(RUNS):
             note("proxy run %d/%d: capgate /v1/send" % (i + 1, RUNS))
@@ -1018,7 +1039,7 @@ def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl):
             tot[k] = tot.get(k, 0) + v
     s_rps = median([r["rps"] for r in snd])
     f_rps = median([r["rps"] for r in flo])
-    rep.fig("send_rps", s_rps, "(median of %d: %s; POST /v1/send, tests/bench/send.lua, "
+    rep.fig("send_rps", s_rps, "(median of %d: %s; POST /v1/send, tests/bench/post.lua payload=1, "
             "every channel forwarding to bench/upstream)" %
             (RUNS, " ".join("%.0f" % r["rps"] for r in snd)), fmt="{:.0f}")
     rep.fig("send_p50_ms", median([r["p50"] for r in snd]), fmt="{:.2f}")
@@ -1111,8 +1132,8 @@ def main_bench(build):
             raise BenchError("%s is not installed" % tool)
     raise_nofile()
     tmp = TMP
-    print("bench: wrk -t1 -c%d -d%ds --latency (tests/bench/post.lua; send.lua for "
-          "/v1/send), %d runs each, "
+    print("bench: wrk -t1 -c%d -d%ds --latency (tests/bench/post.lua; with "
+          "payload=1 for /v1/send), %d runs each, "
           "median; %d-core machine, load average %s at the start" %
           (CONNS, SECONDS, RUNS, os.cpu_count() or 0, loadavg()), flush=True)
 
@@ -1301,27 +1322,19 @@ def main_bench(build):
     cfg = write_config(tmp, "genload.yaml", free_port(), rport,
                        extra="audit: { enabled: false }\n")
     note("loading %d people x 3 sends" % PEOPLE)
-    redis.cmd("FLUSHALL")
-    redis.cmd("CONFIG", "RESETSTAT")
-    before = int(redis.info("memory")["used_memory"])
-    g = genload(genload_bin, cfg, rport, PEOPLE, 0, "p",
-                ["email/marketing/camp-a", "push/marketing/camp-b", "email/marketing/camp-c"])
-    calls, usec = evalsha_stats(redis)
-    after = int(redis.info("memory")["used_memory"])
-    keys = int(redis.cmd("DBSIZE"))
-    ks = redis.info("keyspace").get("db0", "")
-    expires = int(re.search(r"expires=(\d+)", ks).group(1)) if "expires=" in ks else 0
+    g = load_people(redis, genload_bin, cfg, rport, PEOPLE, "p")
     if g["allow"] != 3 * PEOPLE:
         rep.fig("redis_load_replies", "%d of %d" % (g["allow"], 3 * PEOPLE),
                 "allowed  (defer %d deny %d bad %d)  MEMORY FIGURE NOT VALID" %
                 (g["defer"], g["deny"], g["bad"]))
-    per_person = (after - before) / PEOPLE
+    per_person = g["bytes"] / PEOPLE
+    load_us = g["usec"] / g["calls_seen"] if g["calls_seen"] else None
     rep.target("redis_bytes_per_person", per_person, "<=", 128.0, fmt="{:.1f}",
                comment="(%d people x 3 sends, all allowed: %s)" %
                (PEOPLE, "yes" if g["allow"] == 3 * PEOPLE else "NO"))
-    rep.fig("redis_keys", keys, "(%d with a TTL; %.1f B per key)" %
-            (expires, (after - before) / keys if keys else 0))
-    rep.fig("redis_load_us_per_decision", usec / calls if calls else None,
+    rep.fig("redis_keys", g["keys"], "(%d with a TTL; %.1f B per key)" %
+            (g["expires"], g["bytes"] / g["keys"] if g["keys"] else 0))
+    rep.fig("redis_load_us_per_decision", load_us,
             "(usec_per_call while loading: sends 1..3, %.0f decisions/s pipelined)" %
             (g["calls"] / g["seconds"] if g["seconds"] else 0))
 
@@ -1352,16 +1365,12 @@ def main_bench(build):
     # figures: it starts from an empty Redis, and they build on the load).
     audit_people = max(1000, PEOPLE // 20)
     cfg_a = write_config(tmp, "genload-audit.yaml", free_port(), rport)
-    redis.cmd("FLUSHALL")
-    before_a = int(redis.info("memory")["used_memory"])
-    ga = genload(genload_bin, cfg_a, rport, audit_people, 0, "a",
-                 ["email/marketing/camp-a", "push/marketing/camp-b", "email/marketing/camp-c"])
-    after_a = int(redis.info("memory")["used_memory"])
-    rep.fig("redis_bytes_per_person_with_audit", (after_a - before_a) / audit_people,
+    ga = load_people(redis, genload_bin, cfg_a, rport, audit_people, "a")
+    rep.fig("redis_bytes_per_person_with_audit", ga["bytes"] / audit_people,
             "(%d people x 3 sends, audit trail on: sends + 3 audit entries)" % audit_people,
             fmt="{:.1f}")
     rep.fig("audit_bytes_per_decision",
-            ((after_a - before_a) / audit_people - per_person) / 3 if ga["calls"] else None,
+            (ga["bytes"] / audit_people - per_person) / 3 if ga["calls"] else None,
             "(what one audit entry costs until audit.retention)", fmt="{:.1f}")
 
     # The simple layout it was compared with: one key per person.  The same
@@ -1376,20 +1385,14 @@ def main_bench(build):
         f.write(text.replace("  on_unavailable: reject\n",
                              "  on_unavailable: reject\n  bucket_bits: 24\n"))
     note("simple layout: %d people x 3 sends, one hash each" % simple_people)
-    redis.cmd("FLUSHALL")
-    redis.cmd("CONFIG", "RESETSTAT")
-    before_s = int(redis.info("memory")["used_memory"])
-    gs = genload(genload_bin, cfg_s, rport, simple_people, 0, "s",
-                 ["email/marketing/camp-a", "push/marketing/camp-b", "email/marketing/camp-c"])
-    calls_s, usec_s = evalsha_stats(redis)
-    after_s = int(redis.info("memory")["used_memory"])
-    keys_s = int(redis.cmd("DBSIZE"))
-    rep.fig("simple_layout_bytes_per_person", (after_s - before_s) / simple_people,
+    gs = load_people(redis, genload_bin, cfg_s, rport, simple_people, "s")
+    rep.fig("simple_layout_bytes_per_person", gs["bytes"] / simple_people,
             "(%d people x 3 sends in %d keys with a TTL: the one-key-per-person layout; "
-            "%d allowed)" % (simple_people, keys_s, gs["allow"]), fmt="{:.1f}")
-    rep.fig("simple_layout_us_per_decision", usec_s / calls_s if calls_s else None,
+            "%d allowed)" % (simple_people, gs["keys"], gs["allow"]), fmt="{:.1f}")
+    rep.fig("simple_layout_us_per_decision",
+            gs["usec"] / gs["calls_seen"] if gs["calls_seen"] else None,
             "(usec_per_call while loading, as redis_load_us_per_decision: %.1f for the "
-            "shared-bucket layout)" % (usec / calls if calls else 0), fmt="{:.1f}")
+            "shared-bucket layout)" % (load_us or 0), fmt="{:.1f}")
     redis.cmd("FLUSHALL")
     redis.close()
     stop(rproc)

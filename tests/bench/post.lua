@@ -1,13 +1,19 @@
--- wrk script for `make bench`: POST decide bodies of about 200 bytes.
+-- wrk script for `make bench`: POST decide bodies of about 200 bytes, or
+-- with `payload=1` /v1/send bodies of about 280.
 --
 --   wrk -t1 -c64 -d8s --latency -s tests/bench/post.lua http://127.0.0.1:PORT/v1/decide
 --   wrk ... -s tests/bench/post.lua http://127.0.0.1:FLOOR_PORT/ -- users=1000000 campaigns=50
+--   wrk ... -s tests/bench/post.lua http://127.0.0.1:PORT/v1/send -- payload=1
 --
 -- The path is the URL's, so the same bodies drive capgate (/v1/decide) and
 -- the floor program (any path).  Each body names a random user out of
 -- `users` (default 1,000,000), a channel (email 50 %, push 40 %, sms 10 %),
 -- the category, a message_id that is unique across threads and runs, a
--- random campaign out of `campaigns` (default 50) and a time zone.
+-- random campaign out of `campaigns` (default 50) and a time zone.  With
+-- `payload=1` it adds what /v1/send forwards to the channel's upstream: the
+-- recipient, a template and one variable, about 80 bytes.  (/v1/send answers
+-- per decision -- 200, 202, 403, 429 -- so wrk's "Non-2xx" counts decisions
+-- there; bench.py takes the errors from capgate's /status.)
 --
 -- wrk runs each thread's copy of this script in its own Lua state: setup()
 -- (main state) hands every thread its id, init() seeds that thread's RNG from
@@ -20,12 +26,13 @@ function setup(thread)
   thread:set("tid", thread_count)
 end
 
-local users, campaigns = 1000000, 50
+local users, campaigns, payload = 1000000, 50, false
 local run_token = "00000000"
 local seq = 0
 local headers = { ["Content-Type"] = "application/json" }
 local channels = { "email", "email", "email", "email", "email",
                    "push", "push", "push", "push", "sms" }
+local names = { "Alex", "Sam", "Robin", "Charlie", "Jordan", "Camille", "Noa", "Kim" }
 local zones = { "Europe/Paris", "America/New_York", "Asia/Tokyo", "Europe/London",
                 "America/Los_Angeles", "Australia/Sydney", "UTC", "Europe/Berlin" }
 
@@ -52,17 +59,26 @@ function init(args)
     local k, v = a:match("^(%w+)=(%d+)$")
     if k == "users" then users = tonumber(v) end
     if k == "campaigns" then campaigns = tonumber(v) end
+    if k == "payload" then payload = v ~= "0" end
   end
   seed()
 end
 
 function request()
   seq = seq + 1
+  local user, campaign = math.random(1, users), math.random(1, campaigns)
   local body = string.format(
     '{"user":"user-%d@example.com","channel":"%s","category":"marketing",' ..
-    '"message_id":"%s-%04x-4%03x-a%03x-%012x","campaign":"camp-%d","tz":"%s"}',
-    math.random(1, users), channels[math.random(1, 10)],
+    '"message_id":"%s-%04x-4%03x-a%03x-%012x","campaign":"camp-%d","tz":"%s"',
+    user, channels[math.random(1, 10)],
     run_token, tonumber(tid) or 0, math.random(0, 4095), math.random(0, 4095), seq,
-    math.random(1, campaigns), zones[math.random(1, 8)])
+    campaign, zones[math.random(1, 8)])
+  if payload then
+    body = body .. string.format(
+      ',"payload":{"to":"user-%d@example.com","template":"camp-%d","vars":{"first_name":"%s"}}}',
+      user, campaign, names[math.random(1, 8)])
+  else
+    body = body .. '}'
+  end
   return wrk.format("POST", nil, headers, body)
 end
