@@ -350,16 +350,6 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
 {
     const struct cfg_category *cat = in->category;
     bool requires_opt_in = in->channel->requires_opt_in || cat->requires_opt_in;
-    char flags[6];
-    size_t nf = 0;
-
-    if (in->dry_run) flags[nf++] = 'd';
-    if (in->enqueue && in->enqueue->from_queue) flags[nf++] = 'q';
-    if (cat->exempt_from_caps) flags[nf++] = 'x';
-    if (cat->ignores_opt_out) flags[nf++] = 'o';
-    if (requires_opt_in) flags[nf++] = 'i';
-    flags[nf] = '\0';
-
     char member[50];
     decision_member(in->user, in->message, member);
     args_init(a, SCRIPT_DECIDE, in->enqueue ? 7 : 4);
@@ -386,23 +376,6 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
             arg_fmt(a, "cg:{%.2s}:k:-", in->user);
     }
     arg_person(a, in->user);
-    /* The numbers, packed: Lua's tonumber() (strtod) cost Redis more than
-     * one struct.unpack of them all. */
-    char *ns = arg_open(a, 29), *np = ns;
-    if (ns) {
-        np = put_be(np, message_id(in->message), 4);
-        np = put_be(np, name_id(in->channel->name), 2);
-        np = put_be(np, name_id(cat->name), 2);
-        np = put_be(np, campaign_id(in->campaign), 3);
-        np = put_be(np, (uint64_t)config_retention_ms(cfg), 6);
-        np = put_be(np, (uint64_t)cfg->idempotency_ms, 6);
-        np = put_be(np, (uint64_t)cfg->max_defer_ms, 6);
-    }
-    arg_close(a, ns, np);
-    char *fs = arg_open(a, nf);
-    arg_close(a, fs, fs ? put_mem(fs, flags, nf) : NULL);
-    arg_cstr(a, in->channel->name);
-    arg_cstr(a, cat->name);
 
     /* Quiet hours as absolute intervals around now: the script compares them
      * with Redis's clock, and the zone arithmetic (DST included) stays here. */
@@ -413,61 +386,87 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
         niv = tz_quiet_intervals(in->zone, cfg->quiet_hours.start_min,
                                  cfg->quiet_hours.end_min, now_s - 86400, now_s + 2 * 86400,
                                  iv, sizeof iv / sizeof iv[0]);
-    char *p = a->buf + a->used, *start = p;
+    /* Only the caps that apply to this message travel to Redis. */
+    const struct cfg_cap *caps[256];
+    size_t ncaps = 0;
+    if (!cat->exempt_from_caps)
+        for (size_t k = 0; k < cfg->n_caps && k < 255; k++)
+            if (cap_matches(&cfg->caps[k], in))
+                caps[ncaps++] = &cfg->caps[k];
+    bool fatigue = cfg->fatigue.enabled && !cat->exempt_from_caps;
+
+    /* The numbers, packed: Lua's tonumber() (strtod) of each, and a Redis
+     * argument each, cost Redis more than one struct.unpack of them all. */
+    char *ns = arg_open(a, 37), *np = ns;
+    if (ns) {
+        np = put_be(np, message_id(in->message), 4);
+        np = put_be(np, name_id(in->channel->name), 2);
+        np = put_be(np, name_id(cat->name), 2);
+        np = put_be(np, campaign_id(in->campaign), 3);
+        np = put_be(np, (uint64_t)config_retention_ms(cfg), 6);
+        np = put_be(np, (uint64_t)cfg->idempotency_ms, 6);
+        np = put_be(np, (uint64_t)cfg->max_defer_ms, 6);
+        *np++ = (char)in->dry_run;
+        *np++ = (char)cat->ignores_opt_out;
+        *np++ = (char)requires_opt_in;
+        *np++ = (char)cat->exempt_from_caps;
+        *np++ = (char)(in->enqueue && in->enqueue->from_queue);
+        *np++ = (char)niv;
+        *np++ = (char)ncaps;
+        *np++ = (char)fatigue;
+    }
+    arg_close(a, ns, np);
+
+    /* The rules, packed: quiet intervals, caps, fatigue, then (for the audit
+     * entry only) every cap's name.  The bounds: 8 intervals, 255 caps of
+     * 16 bytes, and names the config keeps short enough for the buffer. */
+    char *rs = a->buf + a->used, *p = rs;
+    char *limit = a->buf + sizeof a->buf - 1;
     for (size_t k = 0; k < niv; k++) {
         p = put_be(p, (uint64_t)iv[k].start * 1000, 6);
         p = put_be(p, (uint64_t)iv[k].end * 1000, 6);
     }
-    arg_str(a, start, (size_t)(p - start));
-    a->used += (size_t)(p - start);
-
-    /* Only the caps that apply to this message travel to Redis. */
-    p = start = a->buf + a->used;
-    if (!cat->exempt_from_caps) {
-        for (size_t k = 0; k < cfg->n_caps && a->used + (size_t)(p - start) + 16 <= sizeof a->buf;
-             k++) {
-            const struct cfg_cap *cap = &cfg->caps[k];
-            if (!cap_matches(cap, in))
-                continue;
-            p = put_be(p, k, 1);
-            p = put_be(p, cap->channel ? name_id(cap->channel) : 0, 2);
-            p = put_be(p, cap->category ? name_id(cap->category) : 0, 2);
-            p = put_be(p, cap->per == CAP_PER_CAMPAIGN, 1);
-            p = put_be(p, cap->on_exceed == CAP_DENY, 1);
-            p = put_be(p, (uint64_t)cap->limit, 2);
-            p = put_be(p, (uint64_t)cap->window_ms, 6);
-            p = put_be(p, cap->mode == CAP_SHADOW, 1);
-        }
+    for (size_t k = 0; k < ncaps && p + 16 <= limit; k++) {
+        const struct cfg_cap *cap = caps[k];
+        p = put_be(p, (uint64_t)(cap - cfg->caps), 1);
+        p = put_be(p, cap->channel ? name_id(cap->channel) : 0, 2);
+        p = put_be(p, cap->category ? name_id(cap->category) : 0, 2);
+        p = put_be(p, cap->per == CAP_PER_CAMPAIGN, 1);
+        p = put_be(p, cap->on_exceed == CAP_DENY, 1);
+        p = put_be(p, (uint64_t)cap->limit, 2);
+        p = put_be(p, (uint64_t)cap->window_ms, 6);
+        p = put_be(p, cap->mode == CAP_SHADOW, 1);
     }
-    arg_str(a, start, (size_t)(p - start));
-    a->used += (size_t)(p - start);
-
     /* Fatigue: the script adds this cap when the person stopped engaging. */
-    p = start = a->buf + a->used;
-    if (cfg->fatigue.enabled && !cat->exempt_from_caps) {
+    if (fatigue) {
         p = put_be(p, (uint64_t)cfg->fatigue.unengaged_after, 2);
         p = put_be(p, (uint64_t)cfg->fatigue.limit, 2);
         p = put_be(p, (uint64_t)cfg->fatigue.window_ms, 6);
         p = put_be(p, cfg->fatigue.on_exceed == CAP_DENY, 1);
     }
-    arg_str(a, start, (size_t)(p - start));
-    a->used += (size_t)(p - start);
-
-    arg_decide_audit(a, cfg, in);
-    /* Cap names, for the audit entry only. */
-    p = start = a->buf + a->used;
     if (cfg->audit.enabled) {
         for (size_t k = 0; k < cfg->n_caps; k++) {
             size_t n = strlen(cfg->caps[k].name);
-            if (a->used + (size_t)(p - start) + n + 2 > sizeof a->buf)
+            if (p + n + 1 > limit)
                 break;
-            memcpy(p, cfg->caps[k].name, n);
-            p += n;
+            p = put_mem(p, cfg->caps[k].name, n);
             *p++ = '\n';
         }
     }
-    arg_str(a, start, (size_t)(p - start));
-    a->used += (size_t)(p - start);
+    arg_str(a, rs, (size_t)(p - rs));
+    a->used += (size_t)(p - rs);
+
+    /* "<channel>|<category>": the consent record's most specific scope. */
+    size_t nc = strlen(in->channel->name), nk = strlen(cat->name);
+    char *cs = arg_open(a, nc + 1 + nk), *cp = cs;
+    if (cs) {
+        cp = put_mem(cp, in->channel->name, nc);
+        *cp++ = '|';
+        cp = put_mem(cp, cat->name, nk);
+    }
+    arg_close(a, cs, cp);
+
+    arg_decide_audit(a, cfg, in);
 
     if (in->enqueue) {
         const struct cfg_delivery *d = &cfg->delivery;

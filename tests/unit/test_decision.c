@@ -51,12 +51,12 @@ static const char *arg(const struct script_args *a, int k)
     return buf;
 }
 
-/* ARGV positions (after the 2 keys). */
-enum { A_PERSON = 4, A_NUMBERS, A_FLAGS, A_CHNAME, A_CATNAME, A_QUIET, A_CAPS, A_FATIGUE,
-       A_AUDIT, A_NAMES, A_COUNT };
+/* ARGV positions (after the 4 keys). */
+enum { A_PERSON = 4, A_NUMBERS, A_RULES, A_SCOPE, A_AUDIT, A_COUNT };
 /* Offsets in the packed numbers (decide.lua's ARGV[2]). */
 enum { N_MSG = 0, N_CH = 4, N_CAT = 6, N_CAMP = 8, N_RET = 11, N_IDEM = 17, N_MAXDEF = 23,
-       N_LEN = 29 };
+       N_DRY = 29, N_NO_OPT_OUT, N_OPT_IN, N_EXEMPT, N_FROM_QUEUE, N_QUIET, N_CAPS, N_FATIGUE,
+       N_LEN };
 
 static uint64_t be(const char *p, int n)
 {
@@ -64,6 +64,42 @@ static uint64_t be(const char *p, int n)
     for (int k = 0; k < n; k++)
         v = v << 8 | (unsigned char)p[k];
     return v;
+}
+
+/* The rules argument's parts: quiet intervals (12 bytes each), then caps (16). */
+static size_t n_quiet(const struct script_args *a)
+{
+    return (unsigned char)a->argv[A_NUMBERS][N_QUIET];
+}
+
+static size_t n_caps(const struct script_args *a)
+{
+    return (unsigned char)a->argv[A_NUMBERS][N_CAPS];
+}
+
+static const char *quiet_at(const struct script_args *a)
+{
+    return a->argv[A_RULES];
+}
+
+static const char *caps_at(const struct script_args *a)
+{
+    return a->argv[A_RULES] + 12 * n_quiet(a);
+}
+
+/* The flags as the letters the old layout used: d o i x q. */
+static const char *flags(const struct script_args *a)
+{
+    static char buf[8];
+    size_t n = 0;
+    const char *f = a->argv[A_NUMBERS];
+    if (f[N_DRY]) buf[n++] = 'd';
+    if (f[N_NO_OPT_OUT]) buf[n++] = 'o';
+    if (f[N_OPT_IN]) buf[n++] = 'i';
+    if (f[N_EXEMPT]) buf[n++] = 'x';
+    if (f[N_FROM_QUEUE]) buf[n++] = 'q';
+    buf[n] = '\0';
+    return buf;
 }
 
 static struct decide_input input(const struct config *c, const char *channel,
@@ -105,6 +141,14 @@ TEST(keys_share_one_hash_tag)
     CHECK_EQ_STR(arg(&a, 2), "cg:{01}:g23");
     CHECK_EQ_STR(arg(&a, 3), "cg:{01}:a");
     CHECK_EQ_STR(arg(&a, A_AUDIT), "3906|1000|0123456789abcdef0123456789abcdef|email|marketing|0");
+    /* The rules: 3 caps, the fatigue rule (11 bytes), then every cap's name. */
+    CHECK_EQ_INT(a.argv[A_NUMBERS][N_FATIGUE], 1);
+    CHECK_EQ_INT(n_caps(&a), 3);
+    const char *names = caps_at(&a) + 3 * 16 + 11;
+    CHECK_EQ_INT(be(caps_at(&a) + 3 * 16 + 2, 2), 1);   /* fatigue limit */
+    CHECK_EQ_INT((size_t)(a.argv[A_RULES] + a.argvlen[A_RULES] - names),
+                 strlen("email-daily\nall-weekly\ncampaign-once\nhealth-monthly\n"));
+    CHECK(memcmp(names, "email-daily\nall-weekly\n", 23) == 0);
     c.fatigue.enabled = false;
     c.audit.enabled = false;
     CHECK_EQ_INT(a.argvlen[A_PERSON], 8);
@@ -116,7 +160,7 @@ TEST(keys_share_one_hash_tag)
     CHECK_EQ_INT(be(a.argv[A_NUMBERS] + N_IDEM, 6), 86400000);
     CHECK_EQ_INT(be(a.argv[A_NUMBERS] + N_MAXDEF, 6), 7 * 86400000LL);
     CHECK(be(a.argv[A_NUMBERS] + N_CH, 2) != be(a.argv[A_NUMBERS] + N_CAT, 2));
-    CHECK_EQ_STR(arg(&a, A_CHNAME), "email");
+    CHECK_EQ_STR(arg(&a, A_SCOPE), "email|marketing");
     c.redis.bucket_bits = 12;
     decision_decide_args(&c, &in, 1700000000, &a);
     CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s2");
@@ -133,8 +177,10 @@ TEST(only_matching_caps_are_sent)
     struct decide_input in = input(&c, "email", "marketing", "spring");
     decision_decide_args(&c, &in, 1700000000, &a);
     /* email-daily, all-weekly, campaign-once: 16 bytes each */
-    CHECK_EQ_INT(a.argvlen[A_CAPS], 3 * 16);
-    const char *p = a.argv[A_CAPS];
+    CHECK_EQ_INT(a.argvlen[A_NUMBERS], N_LEN);
+    CHECK_EQ_INT(n_caps(&a), 3);
+    CHECK_EQ_INT(n_quiet(&a), 0);             /* email has no quiet hours */
+    const char *p = caps_at(&a);
     CHECK_EQ_INT(be(p, 1), 0);
     CHECK(be(p + 1, 2) != 0);                 /* channel filter: email */
     CHECK_EQ_INT(be(p + 3, 2), 0);            /* any category */
@@ -149,14 +195,17 @@ TEST(only_matching_caps_are_sent)
     /* No campaign: the per-campaign cap has nothing to count. */
     in = input(&c, "push", "marketing", NULL);
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_INT(a.argvlen[A_CAPS], 16);
+    CHECK_EQ_INT(n_caps(&a), 1);
     CHECK_EQ_INT(be(a.argv[A_NUMBERS] + N_CAMP, 3), 0);
 
     in = input(&c, "push", "health", NULL);
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_INT(a.argvlen[A_CAPS], 32);      /* all-weekly, health-monthly */
-    CHECK_EQ_INT(be(a.argv[A_CAPS] + 31, 1), 1);   /* health-monthly is a shadow cap */
-    CHECK_EQ_INT(a.argvlen[A_FATIGUE], 0);
+    CHECK_EQ_INT(n_caps(&a), 2);              /* all-weekly, health-monthly */
+    CHECK_EQ_INT(be(caps_at(&a) + 31, 1), 1); /* health-monthly is a shadow cap */
+    CHECK_EQ_INT(a.argv[A_NUMBERS][N_FATIGUE], 0);
+    /* No audit: the rules are the quiet intervals and the caps, nothing more. */
+    CHECK_EQ_INT(a.argvlen[A_RULES], 12 * n_quiet(&a) + 32);
+    CHECK_EQ_STR(arg(&a, A_SCOPE), "push|health");
 }
 
 TEST(exempt_category_sends_no_caps_and_flags)
@@ -167,12 +216,13 @@ TEST(exempt_category_sends_no_caps_and_flags)
     struct decide_input in = input(&c, "sms", "transactional", "x");
     in.dry_run = true;
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, A_FLAGS), "dxoi"); /* dry run, exempt, ignores opt-out, opt-in */
-    CHECK_EQ_INT(a.argvlen[A_QUIET], 0);    /* exempt from quiet hours */
-    CHECK_EQ_INT(a.argvlen[A_CAPS], 0);
+    CHECK_EQ_STR(flags(&a), "doix");        /* dry run, ignores opt-out, opt-in, exempt */
+    CHECK_EQ_INT(n_quiet(&a), 0);           /* exempt from quiet hours */
+    CHECK_EQ_INT(n_caps(&a), 0);
+    CHECK_EQ_INT(a.argvlen[A_RULES], 0);
     in = input(&c, "email", "health", NULL);
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_STR(arg(&a, A_FLAGS), "i");
+    CHECK_EQ_STR(flags(&a), "i");
 }
 
 TEST(quiet_intervals_only_for_listed_channels)
@@ -189,12 +239,11 @@ TEST(quiet_intervals_only_for_listed_channels)
     in.zone = tz_db_find(db, "UTC");
     /* 2023-11-14 22:13:20 UTC: inside 21:00-08:00. */
     decision_decide_args(&c, &in, 1700000000, &a);
-    size_t nq = a.argvlen[A_QUIET] / 12;
+    size_t nq = n_quiet(&a);
     CHECK(nq >= 2);
-    CHECK_EQ_INT(a.argvlen[A_QUIET] % 12, 0);
     int found = 0;
     for (size_t k = 0; k < nq; k++) {
-        uint64_t s = be(a.argv[A_QUIET] + 12 * k, 6), e = be(a.argv[A_QUIET] + 12 * k + 6, 6);
+        uint64_t s = be(quiet_at(&a) + 12 * k, 6), e = be(quiet_at(&a) + 12 * k + 6, 6);
         if (s <= 1700000000000ULL && 1700000000000ULL < e) {
             found = 1;
             CHECK_EQ_INT(s, 1699995600000LL);     /* 21:00 */
@@ -205,7 +254,7 @@ TEST(quiet_intervals_only_for_listed_channels)
     in = input(&c, "email", "marketing", NULL);
     in.zone = tz_db_find(db, "UTC");
     decision_decide_args(&c, &in, 1700000000, &a);
-    CHECK_EQ_INT(a.argvlen[A_QUIET], 0);
+    CHECK_EQ_INT(n_quiet(&a), 0);
     tz_db_free(db);
 }
 
