@@ -234,25 +234,26 @@ static void arg_audit(struct script_args *a, const struct config *cfg, const cha
     arg_close(a, s, p);
 }
 
-/* decide.lua's audit argument: '' when auditing is off, else
- * "<max per tag>|<retention ms>|<P>|<channel>|<category>|<generation>", the
- * part after the retention being the start of the entry itself. */
+/* decide.lua's audit arguments: the tag stream's max entries ('' when
+ * auditing is off) and the start of the entry, "<P>|<channel>|<category>|
+ * <generation>". */
 static void arg_decide_audit(struct script_args *a, const struct config *cfg,
                              const struct decide_input *in)
 {
     if (!cfg->audit.enabled) {
         arg_cstr(a, "");
+        arg_cstr(a, "");
         return;
     }
     int per_tag = cfg->audit.max_entries / DECISION_TAGS;
+    char *s = arg_open(a, 21), *p = s;
+    if (s)
+        p = put_sdec(p, per_tag < 100 ? 100 : per_tag);
+    arg_close(a, s, p);
     size_t nu = strlen(in->user), nc = strlen(in->channel->name),
            nk = strlen(in->category->name);
-    char *s = arg_open(a, 3 * 21 + 5 + nu + nc + nk), *p = s;
+    s = arg_open(a, 21 + 3 + nu + nc + nk), p = s;
     if (s) {
-        p = put_sdec(p, per_tag < 100 ? 100 : per_tag);
-        *p++ = '|';
-        p = put_sdec(p, audit_keep_ms(cfg));
-        *p++ = '|';
         p = put_mem(p, in->user, nu);
         *p++ = '|';
         p = put_mem(p, in->channel->name, nc);
@@ -333,6 +334,17 @@ int decision_check_config(const struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* How much longer than the retention a sends bucket may live, so that
+ * decide.lua renews its expiry once a minute instead of on every write.
+ * None when privacy.retention is what bounds the records: that promise is
+ * exact. */
+static int64_t expiry_slack_ms(const struct config *cfg)
+{
+    int64_t keep = config_retention_ms(cfg);
+    int64_t room = cfg->retention_ms > 0 ? cfg->retention_ms - keep : 60000;
+    return room < 60000 ? (room > 0 ? room : 0) : 60000;
+}
+
 static bool cap_matches(const struct cfg_cap *cap, const struct decide_input *in)
 {
     if (cap->channel && strcmp(cap->channel, in->channel->name) != 0)
@@ -397,7 +409,7 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
 
     /* The numbers, packed: Lua's tonumber() (strtod) of each, and a Redis
      * argument each, cost Redis more than one struct.unpack of them all. */
-    char *ns = arg_open(a, 37), *np = ns;
+    char *ns = arg_open(a, 47), *np = ns;
     if (ns) {
         np = put_be(np, message_id(in->message), 4);
         np = put_be(np, name_id(in->channel->name), 2);
@@ -414,6 +426,8 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
         *np++ = (char)niv;
         *np++ = (char)ncaps;
         *np++ = (char)fatigue;
+        np = put_be(np, (uint64_t)expiry_slack_ms(cfg), 4);
+        np = put_be(np, (uint64_t)(cfg->audit.enabled ? audit_keep_ms(cfg) : 0), 6);
     }
     arg_close(a, ns, np);
 

@@ -12,7 +12,9 @@
 --                   category (2) | campaign hash (3, 0 = none)
 --                   16 bytes keep 4 sends within Redis's default listpack
 --                   value limit (hash-max-listpack-value 64).
---                   The key's TTL is the retention; expired sends are trimmed
+--                   Field '' holds the key's expiry as last set (6: same
+--                   epoch).  The key lives the retention past its newest send
+--                   (up to a minute more, see 6.); expired sends are trimmed
 --                   when their person is written, and a stale person is removed
 --                   by the decisions of others in the bucket (garbage collection).
 -- KEYS[2]  consent: string (one per person who has any): cmsgpack map
@@ -32,7 +34,8 @@
 --         max_defer ms (6) | flags, one byte each (0/1): dry run, ignores
 --         opt-out, requires opt-in, exempt from caps (recorded, never counted
 --         by a cap), the dispatcher deciding a queued message (proxy mode) |
---         quiet intervals (1) | caps (1) | fatigue rule (1: 0/1)
+--         quiet intervals (1) | caps (1) | fatigue rule (1: 0/1) |
+--         expiry slack ms (4: see 6.) | audit retention ms (6)
 -- ARGV[3] the rules, packed, in this order:
 --         quiet intervals: n x (start ms (6) | end ms (6)), absolute
 --         caps: n x (index (1) | channel (2, 0 any) | category (2, 0 any) |
@@ -41,7 +44,8 @@
 --         fatigue: unengaged_after (2) | limit (2) | window ms (6) | deny (1)
 --         cap names in config order, '\n'-separated (for the audit entry only)
 -- ARGV[4] "<channel>|<category>" by name (consent is kept by name)
--- ARGV[5] audit: '' (off) or "<max entries>|<retention ms>|<P>|<channel>|<category>|<generation>"
+-- ARGV[5] audit: '' (off) or the tag stream's max entries
+-- ARGV[6] the audit entry's start: "<P>|<channel>|<category>|<generation>".
 --          The entry is one field, "decide" = "<P>|<channel>|<category>|<generation>|
 --          <decision>|<reason>|<rule>|<counted>|<replay>|<shadow>" (src/audit_entry.c
 --          spells it out for readers): one field costs Redis a third of seven pairs.
@@ -52,8 +56,8 @@
 -- KEYS[6] the message: hash blob (what to deliver), prio, attempts, collapse
 -- KEYS[7] the collapse index "<P>:<collapse hash>" -> member (or any key of the
 --         tag when there is no collapse_key)
--- ARGV[6] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>"
--- ARGV[7] the blob   ARGV[8] the member
+-- ARGV[7] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>"
+-- ARGV[8] the blob   ARGV[9] the member
 --
 -- Returns {outcome, reason, rule, retry_ms, replay, now_ms, count,
 --          queued (0 no, 1 yes, 2 queue full), superseded (0/1), n_shadow,
@@ -79,8 +83,9 @@ local us = tonumber(t[2])
 local now = tonumber(t[1]) * 1000 + (us - us % 1000) / 1000
 local person, rules = ARGV[1], ARGV[3]
 local msg, channel, category, campaign, retention, idem, max_defer,
-      dry, no_opt_out, needs_opt_in, exempt, from_queue, n_quiet, n_caps, has_fatigue =
-  unpack('>I4I2I2I3I6I6I6I1I1I1I1I1I1I1I1', ARGV[2])
+      dry, no_opt_out, needs_opt_in, exempt, from_queue, n_quiet, n_caps, has_fatigue,
+      slack, audit_keep =
+  unpack('>I4I2I2I3I6I6I6I1I1I1I1I1I1I1I1I4I6', ARGV[2])
 dry, exempt = dry == 1, exempt == 1
 local caps_at = n_quiet * 12 + 1                 -- where the caps start in ARGV[3]
 local fatigue_at = caps_at + n_caps * 16
@@ -99,10 +104,8 @@ end
 local shadow = nil            -- {rule, 1 defer / 2 deny, ...}, only when one fired
 local function answer(outcome, reason, rule, retry, replay, count)
   -- A dry run is a question, not a decision: it leaves no trace at all.
-  local audit = ARGV[5]
-  if audit ~= '' and not dry then
-    local b1 = string.find(audit, '|', 1, true)
-    local b2 = string.find(audit, '|', b1 + 1, true)
+  local max = ARGV[5]
+  if max ~= '' and not dry then
     local rname, counted, hits = '', '', ''
     if rule == 256 then
       rname = 'fatigue'
@@ -120,22 +123,21 @@ local function answer(outcome, reason, rule, retry, replay, count)
     local oname = outcome == 0 and 'allow' or outcome == 1 and 'defer' or 'deny'
     local rsn = reason == 0 and 'ok' or reason == 4 and 'cap' or reason == 3 and 'quiet_hours'
                 or reason == 1 and 'opted_out' or reason == 2 and 'consent_required' or 'suppressed'
-    local entry = string.sub(audit, b2 + 1) .. '|' .. oname .. '|' .. rsn .. '|' .. rname ..
+    local entry = ARGV[6] .. '|' .. oname .. '|' .. rsn .. '|' .. rname ..
                   '|' .. counted .. '|' .. (replay == 1 and '1' or '') .. '|' .. hits
-    local max = string.sub(audit, 1, b1 - 1)
     -- MAXLEN bounds the length; age is trimmed, and the expiry renewed, by
     -- the gateways' background sweep (audit_trim.lua).  Only a stream this
     -- call creates gets its expiry here.
     if not call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'decide', entry) then
       call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', 'decide', entry)
-      call('PEXPIRE', KEYS[4], string.sub(audit, b1 + 1, b2 - 1))
+      call('PEXPIRE', KEYS[4], audit_keep)
     end
   end
   -- A deferral in proxy mode queues the message, or refuses it when full.
   local queued, superseded = 0, 0
   if outcome == 1 and #KEYS >= 7 then
-    local max, ttl, prio, collapse = string.match(ARGV[6], '^(%d+)|(%d+)|(%d+)|(%d)$')
-    local member = ARGV[8]
+    local max, ttl, prio, collapse = string.match(ARGV[7], '^(%d+)|(%d+)|(%d+)|(%d)$')
+    local member = ARGV[9]
     local replacing = collapse == '1' and call('EXISTS', KEYS[7]) == 1
     if not replacing and not call('ZSCORE', KEYS[5], member) and
        call('ZCARD', KEYS[5]) >= tonumber(max) then
@@ -151,7 +153,7 @@ local function answer(outcome, reason, rule, retry, replay, count)
         end
         call('SET', KEYS[7], member, 'PX', ttl)
       end
-      call('HSET', KEYS[6], 'blob', ARGV[7], 'prio', prio,
+      call('HSET', KEYS[6], 'blob', ARGV[8], 'prio', prio,
            'collapse', collapse == '1' and KEYS[7] or '')
       call('HSETNX', KEYS[6], 'attempts', 0)
       call('PEXPIRE', KEYS[6], ttl)
@@ -170,8 +172,10 @@ end
 -- The person's sends that still matter, oldest first, as one flat table of
 -- 5 numbers a send (allowed-at, message, channel, category, campaign),
 -- sized for 4 sends at once.  Times stay in the records' own epoch.
+-- With them comes the bucket's expiry as last set (field '', see 6.).
 local s, n, skipped = nil, 0, 0
-local raw = call('HGET', KEYS[1], person)
+local got = call('HMGET', KEYS[1], person, '')
+local raw, expiry = got[1], got[2]
 local rnow = now - EPOCH
 if raw then
   s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
@@ -305,7 +309,7 @@ if not dry then
   -- Proxy mode: sent now, so a copy waiting in the queue (a client retry of
   -- a deferred message) must not go out a second time.
   -- (Not when this is the dispatcher deciding the queued copy itself.)
-  if #KEYS >= 7 and from_queue == 0 and call('ZREM', KEYS[5], ARGV[8]) == 1 then
+  if #KEYS >= 7 and from_queue == 0 and call('ZREM', KEYS[5], ARGV[9]) == 1 then
     call('DEL', KEYS[6])
   end
   -- Records are oldest first, so the ones that no longer matter (and those
@@ -320,19 +324,34 @@ if not dry then
     if n > 0 and s[n - 4] > at then at = s[n - 4] end
   end
   if exempt then channel = channel + EXEMPT end
-  call('HSET', KEYS[1], person, kept .. struct.pack('>I5I4I2I2I3', at, msg, channel, category, campaign))
+  local record = kept .. struct.pack('>I5I4I2I2I3', at, msg, channel, category, campaign)
+  -- The bucket must live RETENTION past its newest send.  Renewing the
+  -- expiry on every write was a tenth of the script's cost, so the bucket
+  -- keeps the expiry it was given (field '') and only a send that would
+  -- outlive it renews it, SLACK further: once a minute for a busy bucket.
+  -- SLACK is 0 when privacy.retention is what bounds the records (the
+  -- expiry is then exact, renewed on every write).
+  if slack == 0 then
+    call('HSET', KEYS[1], person, record)
+    call('PEXPIRE', KEYS[1], retention)
+  elseif not expiry or unpack('>I6', expiry) < at + retention then
+    local new = at + retention + slack
+    call('HSET', KEYS[1], person, record, '', struct.pack('>I6', new))
+    call('PEXPIREAT', KEYS[1], new + EPOCH)
+  else
+    call('HSET', KEYS[1], person, record)
+  end
 
   -- Garbage collection: look at one other person of the bucket; if none of
   -- their sends still matter, they go.  Each write sweeps a little, so a
   -- bucket holds the people active within the retention, not all who ever were.
   local other = call('HRANDFIELD', KEYS[1])
-  if other and other ~= person then
+  if other and other ~= person and other ~= '' then
     local v = call('HGET', KEYS[1], other)
     if v and #v >= REC and unpack('>I5', v, #v - REC + 1) <= rnow - retention then
       call('HDEL', KEYS[1], other)
     end
   end
-  call('PEXPIRE', KEYS[1], retention)
   -- One more message the person has not (yet) engaged with.
   if has_fatigue == 1 and not exempt then
     local last = 0

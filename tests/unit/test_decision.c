@@ -52,11 +52,11 @@ static const char *arg(const struct script_args *a, int k)
 }
 
 /* ARGV positions (after the 4 keys). */
-enum { A_PERSON = 4, A_NUMBERS, A_RULES, A_SCOPE, A_AUDIT, A_COUNT };
+enum { A_PERSON = 4, A_NUMBERS, A_RULES, A_SCOPE, A_AUDIT_MAX, A_AUDIT, A_COUNT };
 /* Offsets in the packed numbers (decide.lua's ARGV[2]). */
 enum { N_MSG = 0, N_CH = 4, N_CAT = 6, N_CAMP = 8, N_RET = 11, N_IDEM = 17, N_MAXDEF = 23,
        N_DRY = 29, N_NO_OPT_OUT, N_OPT_IN, N_EXEMPT, N_FROM_QUEUE, N_QUIET, N_CAPS, N_FATIGUE,
-       N_LEN };
+       N_SLACK, N_AUDIT_KEEP = N_SLACK + 4, N_LEN = N_AUDIT_KEEP + 6 };
 
 static uint64_t be(const char *p, int n)
 {
@@ -129,7 +129,9 @@ TEST(keys_share_one_hash_tag)
     /* fatigue and audit are off here: their keys repeat the sends key */
     CHECK_EQ_STR(arg(&a, 2), "cg:{01}:s23");
     CHECK_EQ_STR(arg(&a, 3), "cg:{01}:s23");
-    CHECK_EQ_STR(arg(&a, A_AUDIT), "");
+    CHECK_EQ_STR(arg(&a, A_AUDIT_MAX), "");
+    /* No privacy.retention here: a minute of slack on the bucket's expiry. */
+    CHECK_EQ_INT(be(a.argv[A_NUMBERS] + N_SLACK, 4), 60000);
     c.fatigue.enabled = true;
     c.fatigue.limit = 1;
     c.fatigue.window_ms = 1000;
@@ -140,7 +142,12 @@ TEST(keys_share_one_hash_tag)
     decision_decide_args(&c, &in, 1700000000, &a);
     CHECK_EQ_STR(arg(&a, 2), "cg:{01}:g23");
     CHECK_EQ_STR(arg(&a, 3), "cg:{01}:a");
-    CHECK_EQ_STR(arg(&a, A_AUDIT), "3906|1000|0123456789abcdef0123456789abcdef|email|marketing|0");
+    CHECK_EQ_STR(arg(&a, A_AUDIT_MAX), "3906");
+    CHECK_EQ_STR(arg(&a, A_AUDIT), "0123456789abcdef0123456789abcdef|email|marketing|0");
+    CHECK_EQ_INT(be(a.argv[A_NUMBERS] + N_AUDIT_KEEP, 6), 1000);
+    /* privacy.retention (1d) bounds the records (the caps' windows reach
+     * 30d): the bucket's expiry is exact, no slack. */
+    CHECK_EQ_INT(be(a.argv[A_NUMBERS] + N_SLACK, 4), 0);
     /* The rules: 3 caps, the fatigue rule (11 bytes), then every cap's name. */
     CHECK_EQ_INT(a.argv[A_NUMBERS][N_FATIGUE], 1);
     CHECK_EQ_INT(n_caps(&a), 3);
