@@ -335,14 +335,16 @@ int decision_check_config(const struct config *cfg, char *err, size_t errlen)
 }
 
 /* How much longer than the retention a sends bucket may live, so that
- * decide.lua renews its expiry once a minute instead of on every write.
- * None when privacy.retention is what bounds the records: that promise is
- * exact. */
+ * decide.lua renews its expiry about once a minute instead of on every
+ * write: a minute, an eighth of a short retention, and none at all when
+ * privacy.retention is what bounds the records (that promise is exact). */
 static int64_t expiry_slack_ms(const struct config *cfg)
 {
     int64_t keep = config_retention_ms(cfg);
-    int64_t room = cfg->retention_ms > 0 ? cfg->retention_ms - keep : 60000;
-    return room < 60000 ? (room > 0 ? room : 0) : 60000;
+    int64_t slack = keep / 8 < 60000 ? keep / 8 : 60000;
+    if (cfg->retention_ms > 0 && cfg->retention_ms - keep < slack)
+        slack = cfg->retention_ms - keep > 0 ? cfg->retention_ms - keep : 0;
+    return slack;
 }
 
 static bool cap_matches(const struct cfg_cap *cap, const struct decide_input *in)

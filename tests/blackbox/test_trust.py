@@ -455,6 +455,40 @@ def test_privacy_retention_bounds_send_history():
             h.check(0 < k["ttl"] <= 172800, "%s TTL %s beyond privacy.retention" % (key, k["ttl"]))
 
 
+def test_send_history_outlives_its_newest_send_by_the_retention():
+    # decide.lua renews a bucket's expiry only when a send would outlive it
+    # (with slack: an eighth of this 2 s retention), not on every write.
+    # Whatever it skips, the bucket must live the retention past its newest
+    # send, never more than the slack beyond, and then go.
+    g = h.Gateway(overrides={"idempotency_window": "1s", "caps": [
+        {"name": "short", "limit": 100, "window": "2s", "on_exceed": "defer"}]})
+    u = h.uid()
+    retention, slack = 2000, 250
+
+    def bucket():
+        keys = h.redis_cmd(g.redis.port, "KEYS", "cg:*:s*")
+        h.check(len(keys) == 1, "one sends bucket: %r" % keys)
+        return keys[0]
+
+    seen = []
+    for pause in (0, 0.05, 0.5, 0.05, 0.4):
+        time.sleep(pause)
+        before = time.monotonic()
+        r = g.decide(u, "email")
+        h.check(r.status == 200 and r.body["decision"] == "allow", "allowed: %s" % (r.body,))
+        pttl = h.redis_cmd(g.redis.port, "PTTL", bucket())
+        since = (time.monotonic() - before) * 1000
+        seen.append(pttl)
+        h.check(pttl >= retention - since - 5,
+                "bucket expires %d ms after a send made %.0f ms ago (retention %d): %r" %
+                (pttl, since, retention, seen))
+        h.check(pttl <= retention + slack, "bucket outlives its newest send by more than "
+                "the slack: %d ms (%r)" % (pttl, seen))
+    time.sleep((retention + slack + 300) / 1000)
+    h.check(h.redis_cmd(g.redis.port, "KEYS", "cg:*:s*") == [],
+            "the bucket is gone after the retention and the slack")
+
+
 def test_shadow_hits_named_in_the_audit():
     g = h.Gateway(overrides={"caps": [
         {"name": "a-trial", "limit": 1, "window": "1d", "on_exceed": "defer", "mode": "shadow"},
