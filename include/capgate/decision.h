@@ -8,7 +8,8 @@
  *   B = the next (bucket_bits - 8) bits: T plus B pick the person's bucket
  *   F = P[16..32) as 8 bytes: the person's field inside the bucket
  * and the keys (all with tag {T}, so one decision is one slot):
- *   cg:{T}:s<B>     hash F -> the person's allowed sends, packed  (TTL: retention)
+ *   cg:{T}:s<B>     hash F -> the person's allowed sends, packed; field ''
+ *                   its expiry as last set  (TTL: retention + slack)
  *   cg:{T}:c:<P>    string: the person's consent records          (no TTL: proof)
  * Sharing one small hash among many people keeps it a listpack: a person
  * costs a field and a value, not a key with its expiry (see decide.lua).
