@@ -13,6 +13,7 @@
 
 #include "capgate/api.h"
 #include "capgate/config.h"
+#include "capgate/decide_batch.h"
 #include "capgate/decision.h"
 #include "capgate/gateway.h"
 #include "capgate/http.h"
@@ -257,9 +258,9 @@ void api_decide(struct worker *w, struct http_request *req)
 
     struct script_args args;
     decision_decide_args(cfg, &in, (int64_t)time(NULL), &args);
-    int rc = store_eval(w->store, args.script, args.nkeys, args.argc, args.argv,
-                        args.argvlen, on_decided, call);
-    json_decref(obj);          /* store_eval copied what it needs */
+    /* With the other decisions of this loop turn: one Redis call for all. */
+    int rc = decide_batch_add(w->decide_batch, &args, cfg->limits.max_pending, on_decided, call);
+    json_decref(obj);          /* decide_batch_add copied what it needs */
     if (rc != 0) {
         decide_unavailable(call, "not connected");
         config_release(call->cfg);

@@ -303,6 +303,10 @@ static size_t flatten(const redisReply *r, struct store_item *items, size_t cap,
         if (n < cap)
             items[n] = (struct store_item){ .type = STORE_STR, .s = r->str, .len = r->len };
         return n + 1;
+    case REDIS_REPLY_ERROR:         /* inside an array: one part of a batch failed */
+        if (n < cap)
+            items[n] = (struct store_item){ .type = STORE_ERR, .s = r->str, .len = r->len };
+        return n + 1;
     default:
         if (n < cap)
             items[n] = (struct store_item){ .type = STORE_NIL };
@@ -1397,6 +1401,11 @@ void store_on_state(struct store *st, void (*cb)(void *arg, bool ready), void *a
 {
     st->state_cb = cb;
     st->state_arg = arg;
+}
+
+bool store_is_cluster(const struct store *st)
+{
+    return st->cluster;
 }
 
 bool store_ready(const struct store *st)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "capgate/counter.h"
+#include "capgate/decide_batch.h"
 #include "capgate/decision.h"
 #include "capgate/dispatcher.h"
 #include "capgate/gateway.h"
@@ -548,7 +549,9 @@ struct worker *worker_create(struct gateway *gw, unsigned id, unsigned n_workers
     w->housekeeping = event_new(w->base, -1, EV_PERSIST, on_housekeeping, w);
     w->command = event_new(w->base, -1, EV_PERSIST, on_command, w);
     w->dispatcher = dispatcher_new(w);
-    if (!w->store || !w->http || !w->housekeeping || !w->command || !w->dispatcher) {
+    w->decide_batch = decide_batch_new(w->base, &w->store);
+    if (!w->store || !w->http || !w->housekeeping || !w->command || !w->dispatcher ||
+        !w->decide_batch) {
         worker_free(w);
         return NULL;
     }
@@ -583,6 +586,7 @@ void worker_free(struct worker *w)
     free_pools(w);
     store_free(w->next_store);
     store_free(w->store);
+    decide_batch_free(w->decide_batch);   /* after the stores: they answer its calls */
     http_server_free(w->http);
     if (w->housekeeping)
         event_free(w->housekeeping);

@@ -36,9 +36,10 @@ enum store_status {
 /* One element of a (flat) reply.  Nested arrays are flattened depth-first
  * with a marker item (is_array, n = element count) before their elements. */
 struct store_item {
-    enum { STORE_INT, STORE_STR, STORE_NIL, STORE_ARRAY } type;
+    enum { STORE_INT, STORE_STR, STORE_NIL, STORE_ARRAY, STORE_ERR } type;
     long long i;        /* STORE_INT; element count for STORE_ARRAY */
-    const char *s;      /* STORE_STR (not NUL-terminated: use len) */
+    const char *s;      /* STORE_STR (not NUL-terminated: use len); STORE_ERR: an
+                           error inside the reply, NUL-terminated */
     size_t len;
 };
 
@@ -76,6 +77,8 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
                store_cb *cb, void *arg);
 
 bool store_ready(const struct store *st);
+/* Whether it talks to a Redis Cluster (a call's keys must share one slot). */
+bool store_is_cluster(const struct store *st);
 
 /* CB(ARG, ready) runs whenever the store becomes ready or stops being so
  * (from inside the loop; not from store_create). */

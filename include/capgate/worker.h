@@ -26,6 +26,7 @@ struct http_server;
 struct gateway;
 struct upstream_pool;
 struct dispatcher;
+struct decide_batch;
 
 /* An immutable config and what is derived from it, shared by the workers. */
 struct generation {
@@ -58,6 +59,7 @@ struct worker {
 
     struct store *store;
     struct store *next_store;        /* after a reload, until it is ready */
+    struct decide_batch *decide_batch;   /* decisions of a loop turn, one Redis call */
     struct http_server *http;
     /* Proxy mode: outbound HTTP (libcurl multi), one pool per channel so
      * each upstream gets its own max_connections; a pool whose limit a

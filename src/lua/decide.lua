@@ -72,295 +72,324 @@
 -- few redis.call()s, no tables or closures it can do without (each is
 -- garbage Redis's Lua collects on the request path), numbers unpacked once.
 
-local REC = 16
-local EPOCH = 1704067200000          -- 2024-01-01T00:00:00Z in ms
-local EXEMPT = 32768                 -- channel's top bit
-local MAX_SENDS = 1000   -- per person; the oldest beyond are forgotten
-local unpack, call = struct.unpack, redis.call
+-- One decision: its keys are KEYS[ko + 1 ..], its arguments ARGV[ao + 1 ..];
+-- NKEYS keys (7 in proxy mode); NOW in ms.  (It captures nothing from the
+-- chunk around it: every upvalue would cost Redis's Lua an allocation per
+-- call.)
+local function decide(ko, ao, nkeys, now)
+  local REC = 16
+  local EPOCH = 1704067200000          -- 2024-01-01T00:00:00Z in ms
+  local EXEMPT = 32768                 -- channel's top bit
+  local MAX_SENDS = 1000   -- per person; the oldest beyond are forgotten
+  local unpack, call = struct.unpack, redis.call
 
-local t = call('TIME')
-local us = tonumber(t[2])
-local now = tonumber(t[1]) * 1000 + (us - us % 1000) / 1000
-local person, rules = ARGV[1], ARGV[3]
-local msg, channel, category, campaign, retention, idem, max_defer,
-      dry, no_opt_out, needs_opt_in, exempt, from_queue, n_quiet, n_caps, has_fatigue,
-      slack, audit_keep =
-  unpack('>I4I2I2I3I6I6I6I1I1I1I1I1I1I1I1I4I6', ARGV[2])
-dry, exempt = dry == 1, exempt == 1
-local caps_at = n_quiet * 12 + 1                 -- where the caps start in ARGV[3]
-local fatigue_at = caps_at + n_caps * 16
+  local person, rules = ARGV[ao + 1], ARGV[ao + 3]
+  local msg, channel, category, campaign, retention, idem, max_defer,
+        dry, no_opt_out, needs_opt_in, exempt, from_queue, n_quiet, n_caps, has_fatigue,
+        slack, audit_keep =
+    unpack('>I4I2I2I3I6I6I6I1I1I1I1I1I1I1I1I4I6', ARGV[ao + 2])
+  dry, exempt = dry == 1, exempt == 1
+  local caps_at = n_quiet * 12 + 1                 -- where the caps start in the rules
+  local fatigue_at = caps_at + n_caps * 16
 
--- The name of cap RULE (index + 1), for the audit entry.
-local function cap_name(rule)
-  local k = 0
-  for name in string.gmatch(string.sub(rules, fatigue_at + has_fatigue * 11), '[^\n]+') do
-    k = k + 1
-    if k == rule then return name end
-  end
-  return tostring(rule)
-end
-
--- Every answer goes through here: it appends the audit entry (when on).
-local shadow = nil            -- {rule, 1 defer / 2 deny, ...}, only when one fired
-local function answer(outcome, reason, rule, retry, replay, count)
-  -- A dry run is a question, not a decision: it leaves no trace at all.
-  local max = ARGV[5]
-  if max ~= '' and not dry then
-    local rname, counted, hits = '', '', ''
-    if rule == 256 then
-      rname = 'fatigue'
-    elseif rule > 0 then
-      rname = cap_name(rule)
+  -- The name of cap RULE (index + 1), for the audit entry.
+  local function cap_name(rule)
+    local k = 0
+    for name in string.gmatch(string.sub(rules, fatigue_at + has_fatigue * 11), '[^\n]+') do
+      k = k + 1
+      if k == rule then return name end
     end
-    if rname ~= '' then counted = count end
-    if shadow then
-      local list = {}
-      for i = 1, #shadow, 2 do
-        list[#list + 1] = cap_name(shadow[i]) .. ':' .. (shadow[i + 1] == 2 and 'deny' or 'defer')
+    return tostring(rule)
+  end
+
+  -- Every answer goes through here: it appends the audit entry (when on).
+  local shadow = nil            -- {rule, 1 defer / 2 deny, ...}, only when one fired
+  local function answer(outcome, reason, rule, retry, replay, count)
+    -- A dry run is a question, not a decision: it leaves no trace at all.
+    local max = ARGV[ao + 5]
+    if max ~= '' and not dry then
+      local rname, counted, hits = '', '', ''
+      if rule == 256 then
+        rname = 'fatigue'
+      elseif rule > 0 then
+        rname = cap_name(rule)
       end
-      hits = table.concat(list, ',')
-    end
-    local oname = outcome == 0 and 'allow' or outcome == 1 and 'defer' or 'deny'
-    local rsn = reason == 0 and 'ok' or reason == 4 and 'cap' or reason == 3 and 'quiet_hours'
-                or reason == 1 and 'opted_out' or reason == 2 and 'consent_required' or 'suppressed'
-    local entry = ARGV[6] .. '|' .. oname .. '|' .. rsn .. '|' .. rname ..
-                  '|' .. counted .. '|' .. (replay == 1 and '1' or '') .. '|' .. hits
-    -- MAXLEN bounds the length; age is trimmed, and the expiry renewed, by
-    -- the gateways' background sweep (audit_trim.lua).  Only a stream this
-    -- call creates gets its expiry here.
-    if not call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'decide', entry) then
-      call('XADD', KEYS[4], 'MAXLEN', '~', max, '*', 'decide', entry)
-      call('PEXPIRE', KEYS[4], audit_keep)
-    end
-  end
-  -- A deferral in proxy mode queues the message, or refuses it when full.
-  local queued, superseded = 0, 0
-  if outcome == 1 and #KEYS >= 7 then
-    local max, ttl, prio, collapse = string.match(ARGV[7], '^(%d+)|(%d+)|(%d+)|(%d)$')
-    local member = ARGV[9]
-    local replacing = collapse == '1' and call('EXISTS', KEYS[7]) == 1
-    if not replacing and not call('ZSCORE', KEYS[5], member) and
-       call('ZCARD', KEYS[5]) >= tonumber(max) then
-      queued = 2
-    else
-      if collapse == '1' then
-        local old = call('GET', KEYS[7])
-        if old and old ~= member then
-          -- The newer message replaces the older one of the same collapse key.
-          call('ZREM', KEYS[5], old)
-          call('DEL', string.sub(KEYS[6], 1, #KEYS[6] - #member) .. old)
-          superseded = 1
+      if rname ~= '' then counted = count end
+      if shadow then
+        local list = {}
+        for i = 1, #shadow, 2 do
+          list[#list + 1] = cap_name(shadow[i]) .. ':' .. (shadow[i + 1] == 2 and 'deny' or 'defer')
         end
-        call('SET', KEYS[7], member, 'PX', ttl)
+        hits = table.concat(list, ',')
       end
-      call('HSET', KEYS[6], 'blob', ARGV[8], 'prio', prio,
-           'collapse', collapse == '1' and KEYS[7] or '')
-      call('HSETNX', KEYS[6], 'attempts', 0)
-      call('PEXPIRE', KEYS[6], ttl)
-      call('ZADD', KEYS[5], now + retry, member)
-      queued = 1
+      local oname = outcome == 0 and 'allow' or outcome == 1 and 'defer' or 'deny'
+      local rsn = reason == 0 and 'ok' or reason == 4 and 'cap' or reason == 3 and 'quiet_hours'
+                  or reason == 1 and 'opted_out' or reason == 2 and 'consent_required' or 'suppressed'
+      local entry = ARGV[ao + 6] .. '|' .. oname .. '|' .. rsn .. '|' .. rname ..
+                    '|' .. counted .. '|' .. (replay == 1 and '1' or '') .. '|' .. hits
+      -- MAXLEN bounds the length; age is trimmed, and the expiry renewed, by
+      -- the gateways' background sweep (audit_trim.lua).  Only a stream this
+      -- call creates gets its expiry here.
+      if not call('XADD', KEYS[ko + 4], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'decide', entry) then
+        call('XADD', KEYS[ko + 4], 'MAXLEN', '~', max, '*', 'decide', entry)
+        call('PEXPIRE', KEYS[ko + 4], audit_keep)
+      end
     end
+    -- A deferral in proxy mode queues the message, or refuses it when full.
+    local queued, superseded = 0, 0
+    if outcome == 1 and nkeys >= 7 then
+      local max, ttl, prio, collapse = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)$')
+      local member = ARGV[ao + 9]
+      local replacing = collapse == '1' and call('EXISTS', KEYS[ko + 7]) == 1
+      if not replacing and not call('ZSCORE', KEYS[ko + 5], member) and
+         call('ZCARD', KEYS[ko + 5]) >= tonumber(max) then
+        queued = 2
+      else
+        if collapse == '1' then
+          local old = call('GET', KEYS[ko + 7])
+          if old and old ~= member then
+            -- The newer message replaces the older one of the same collapse key.
+            call('ZREM', KEYS[ko + 5], old)
+            call('DEL', string.sub(KEYS[ko + 6], 1, #KEYS[ko + 6] - #member) .. old)
+            superseded = 1
+          end
+          call('SET', KEYS[ko + 7], member, 'PX', ttl)
+        end
+        call('HSET', KEYS[ko + 6], 'blob', ARGV[ao + 8], 'prio', prio,
+             'collapse', collapse == '1' and KEYS[ko + 7] or '')
+        call('HSETNX', KEYS[ko + 6], 'attempts', 0)
+        call('PEXPIRE', KEYS[ko + 6], ttl)
+        call('ZADD', KEYS[ko + 5], now + retry, member)
+        queued = 1
+      end
+    end
+    if not shadow then
+      return {outcome, reason, rule, retry, replay, now, count, queued, superseded, 0}
+    end
+    local out = {outcome, reason, rule, retry, replay, now, count, queued, superseded, #shadow / 2}
+    for i = 1, #shadow do out[#out + 1] = shadow[i] end
+    return out
   end
-  if not shadow then
-    return {outcome, reason, rule, retry, replay, now, count, queued, superseded, 0}
-  end
-  local out = {outcome, reason, rule, retry, replay, now, count, queued, superseded, #shadow / 2}
-  for i = 1, #shadow do out[#out + 1] = shadow[i] end
-  return out
-end
 
--- The person's sends that still matter, oldest first, as one flat table of
--- 5 numbers a send (allowed-at, message, channel, category, campaign),
--- sized for 4 sends at once.  Times stay in the records' own epoch.
--- With them comes the bucket's expiry as last set (field '', see 6.).
-local s, n, skipped = nil, 0, 0
-local got = call('HMGET', KEYS[1], person, '')
-local raw, expiry = got[1], got[2]
-local rnow = now - EPOCH
-if raw then
-  s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-  local oldest = rnow - retention
-  for off = 1, #raw - REC + 1, REC do
-    local a, m, c, g, k = unpack('>I5I4I2I2I3', raw, off)
-    if a > oldest then
-      s[n + 1], s[n + 2], s[n + 3], s[n + 4], s[n + 5] = a, m, c, g, k
-      n = n + 5
-    elseif n == 0 then
-      skipped = skipped + 1      -- (oldest first: only ever a prefix)
+  -- The person's sends that still matter, oldest first, as one flat table of
+  -- 5 numbers a send (allowed-at, message, channel, category, campaign),
+  -- sized for 4 sends at once.  Times stay in the records' own epoch.
+  -- With them comes the bucket's expiry as last set (field '', see 6.).
+  local s, n, skipped = nil, 0, 0
+  local got = call('HMGET', KEYS[ko + 1], person, '')
+  local raw, expiry = got[1], got[2]
+  local rnow = now - EPOCH
+  if raw then
+    s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+    local oldest = rnow - retention
+    for off = 1, #raw - REC + 1, REC do
+      local a, m, c, g, k = unpack('>I5I4I2I2I3', raw, off)
+      if a > oldest then
+        s[n + 1], s[n + 2], s[n + 3], s[n + 4], s[n + 5] = a, m, c, g, k
+        n = n + 5
+      elseif n == 0 then
+        skipped = skipped + 1      -- (oldest first: only ever a prefix)
+      end
     end
-  end
-  -- 1. A message already allowed is allowed again, and not counted twice.
-  local since = rnow - idem
-  for i = 1, n, 5 do
-    if s[i + 1] == msg and s[i] > since then
-      return answer(0, 0, 0, 0, 1, 0)
-    end
-  end
-end
-
--- 2./3. Consent: the most specific record wins.
--- A hard bounce suppresses the channel for every category, transactional
--- too: the address does not take mail.  A later opt-in clears it.
-local state = nil
-local packed = call('GET', KEYS[2])
-if packed then
-  local rec = cmsgpack.unpack(packed)
-  local both = ARGV[4]
-  local bar = string.find(both, '|', 1, true)
-  local cn, gn = string.sub(both, 1, bar - 1), string.sub(both, bar + 1)
-  if rec['bounce|' .. cn] then
-    return answer(2, 5, 0, 0, 0, 0)
-  end
-  local r = rec[both] or rec[cn .. '|*'] or rec['*|' .. gn] or rec['*|*']
-  if r then state = r[1] end
-end
-if state == 'out' and no_opt_out == 0 then
-  return answer(2, 1, 0, 0, 0, 0)
-end
-if needs_opt_in == 1 and state ~= 'in' then
-  return answer(2, 2, 0, 0, 0, 0)
-end
-
--- 4. Quiet hours: absolute intervals the gateway computed in the zone.
-for off = 1, caps_at - 1, 12 do
-  local qs, qe = unpack('>I6I6', rules, off)
-  if now >= qs and now < qe then
-    if qe - now > max_defer then
-      return answer(2, 3, 0, qe - now, 0, 0)
-    end
-    return answer(1, 3, 0, qe - now, 0, 0)
-  end
-end
-
--- 5. Caps.  retry_after is exact: the (count - limit + 1)-th oldest matching
--- send has to leave the window before one more fits.  A person who ignored
--- their last messages (fatigue) gets one more, tighter cap over every channel.
--- Every limit is at least 1: a person with no sends that count exceeds none
--- (most decisions are about such people, so they skip all of this).
-local ignored, engaged = 0, nil
-if has_fatigue == 1 then
-  -- Only with fatigue rules is engagement worth a lookup (and a record).
-  engaged = call('HGET', KEYS[3], person)
-  if engaged then ignored = unpack('>I2', engaged) end
-end
-if n > 0 then
-  local caps, caps_end = rules, fatigue_at - 1
-  if has_fatigue == 1 then
-    local after, flimit, fwindow, fdeny = unpack('>I2I2I6I1', rules, fatigue_at)
-    if ignored >= after then
-      caps = string.sub(rules, caps_at, caps_end) ..
-             struct.pack('>I1I2I2I1I1I2I6I1', 255, 0, 0, 0, fdeny, flimit, fwindow, 0)
-      caps_at, caps_end = 1, #caps
-    end
-  end
-  local defer_rule, defer_retry, defer_count, deny_rule = 0, -1, 0, 0
-  for off = caps_at, caps_end - 15, 16 do
-    local idx, cch, ccat, percamp, deny, limit, window, shadowed =
-      unpack('>I1I2I2I1I1I2I6I1', caps, off)
-    local since, count, first = rnow - window, 0, 0
-    -- Counted: in the window, not exempt, of the cap's channel, category
-    -- and campaign.  FIRST: the oldest counted send.
+    -- 1. A message already allowed is allowed again, and not counted twice.
+    local since = rnow - idem
     for i = 1, n, 5 do
-      local c = s[i + 2]
-      if s[i] > since and c < EXEMPT and (cch == 0 or c == cch) and
-         (ccat == 0 or s[i + 3] == ccat) and (percamp == 0 or s[i + 4] == campaign) then
-        count = count + 1
+      if s[i + 1] == msg and s[i] > since then
+        return answer(0, 0, 0, 0, 1, 0)
       end
     end
-    if count >= limit then
-      -- retry_after: until the (count - limit + 1)-th oldest counted send leaves.
-      local k, want = 0, count - limit + 1
+  end
+
+  -- 2./3. Consent: the most specific record wins.
+  -- A hard bounce suppresses the channel for every category, transactional
+  -- too: the address does not take mail.  A later opt-in clears it.
+  local state = nil
+  local packed = call('GET', KEYS[ko + 2])
+  if packed then
+    local rec = cmsgpack.unpack(packed)
+    local both = ARGV[ao + 4]
+    local bar = string.find(both, '|', 1, true)
+    local cn, gn = string.sub(both, 1, bar - 1), string.sub(both, bar + 1)
+    if rec['bounce|' .. cn] then
+      return answer(2, 5, 0, 0, 0, 0)
+    end
+    local r = rec[both] or rec[cn .. '|*'] or rec['*|' .. gn] or rec['*|*']
+    if r then state = r[1] end
+  end
+  if state == 'out' and no_opt_out == 0 then
+    return answer(2, 1, 0, 0, 0, 0)
+  end
+  if needs_opt_in == 1 and state ~= 'in' then
+    return answer(2, 2, 0, 0, 0, 0)
+  end
+
+  -- 4. Quiet hours: absolute intervals the gateway computed in the zone.
+  for off = 1, caps_at - 1, 12 do
+    local qs, qe = unpack('>I6I6', rules, off)
+    if now >= qs and now < qe then
+      if qe - now > max_defer then
+        return answer(2, 3, 0, qe - now, 0, 0)
+      end
+      return answer(1, 3, 0, qe - now, 0, 0)
+    end
+  end
+
+  -- 5. Caps.  retry_after is exact: the (count - limit + 1)-th oldest matching
+  -- send has to leave the window before one more fits.  A person who ignored
+  -- their last messages (fatigue) gets one more, tighter cap over every channel.
+  -- Every limit is at least 1: a person with no sends that count exceeds none
+  -- (most decisions are about such people, so they skip all of this).
+  local ignored, engaged = 0, nil
+  if has_fatigue == 1 then
+    -- Only with fatigue rules is engagement worth a lookup (and a record).
+    engaged = call('HGET', KEYS[ko + 3], person)
+    if engaged then ignored = unpack('>I2', engaged) end
+  end
+  if n > 0 then
+    local caps, caps_end = rules, fatigue_at - 1
+    if has_fatigue == 1 then
+      local after, flimit, fwindow, fdeny = unpack('>I2I2I6I1', rules, fatigue_at)
+      if ignored >= after then
+        caps = string.sub(rules, caps_at, caps_end) ..
+               struct.pack('>I1I2I2I1I1I2I6I1', 255, 0, 0, 0, fdeny, flimit, fwindow, 0)
+        caps_at, caps_end = 1, #caps
+      end
+    end
+    local defer_rule, defer_retry, defer_count, deny_rule = 0, -1, 0, 0
+    for off = caps_at, caps_end - 15, 16 do
+      local idx, cch, ccat, percamp, deny, limit, window, shadowed =
+        unpack('>I1I2I2I1I1I2I6I1', caps, off)
+      local since, count, first = rnow - window, 0, 0
+      -- Counted: in the window, not exempt, of the cap's channel, category
+      -- and campaign.  FIRST: the oldest counted send.
       for i = 1, n, 5 do
         local c = s[i + 2]
         if s[i] > since and c < EXEMPT and (cch == 0 or c == cch) and
            (ccat == 0 or s[i + 3] == ccat) and (percamp == 0 or s[i + 4] == campaign) then
-          k = k + 1
-          if k == want then first = s[i] break end
+          count = count + 1
         end
       end
-      local retry = first + window - rnow
-      if shadowed == 1 then
-        -- Evaluated and reported, never enforced: ops trial a cap on live traffic.
-        shadow = shadow or {}
-        shadow[#shadow + 1] = idx + 1
-        shadow[#shadow + 1] = deny + 1
-      elseif deny == 1 then
-        if deny_rule == 0 then
-          deny_rule, defer_retry, defer_count = idx + 1, retry, count
+      if count >= limit then
+        -- retry_after: until the (count - limit + 1)-th oldest counted send leaves.
+        local k, want = 0, count - limit + 1
+        for i = 1, n, 5 do
+          local c = s[i + 2]
+          if s[i] > since and c < EXEMPT and (cch == 0 or c == cch) and
+             (ccat == 0 or s[i + 3] == ccat) and (percamp == 0 or s[i + 4] == campaign) then
+            k = k + 1
+            if k == want then first = s[i] break end
+          end
         end
-      elseif deny_rule == 0 and retry > defer_retry then
-        defer_rule, defer_retry, defer_count = idx + 1, retry, count
+        local retry = first + window - rnow
+        if shadowed == 1 then
+          -- Evaluated and reported, never enforced: ops trial a cap on live traffic.
+          shadow = shadow or {}
+          shadow[#shadow + 1] = idx + 1
+          shadow[#shadow + 1] = deny + 1
+        elseif deny == 1 then
+          if deny_rule == 0 then
+            deny_rule, defer_retry, defer_count = idx + 1, retry, count
+          end
+        elseif deny_rule == 0 and retry > defer_retry then
+          defer_rule, defer_retry, defer_count = idx + 1, retry, count
+        end
       end
     end
-  end
-  if deny_rule > 0 then
-    return answer(2, 4, deny_rule, defer_retry, 0, defer_count)
-  end
-  if defer_rule > 0 then
-    if defer_retry > max_defer then
-      return answer(2, 4, defer_rule, defer_retry, 0, defer_count)
+    if deny_rule > 0 then
+      return answer(2, 4, deny_rule, defer_retry, 0, defer_count)
     end
-    return answer(1, 4, defer_rule, defer_retry, 0, defer_count)
+    if defer_rule > 0 then
+      if defer_retry > max_defer then
+        return answer(2, 4, defer_rule, defer_retry, 0, defer_count)
+      end
+      return answer(1, 4, defer_rule, defer_retry, 0, defer_count)
+    end
   end
+
+  -- 6. Allowed: record the send (unless this was a dry run).
+  if not dry then
+    -- Proxy mode: sent now, so a copy waiting in the queue (a client retry of
+    -- a deferred message) must not go out a second time.
+    -- (Not when this is the dispatcher deciding the queued copy itself.)
+    if nkeys >= 7 and from_queue == 0 and call('ZREM', KEYS[ko + 5], ARGV[ao + 9]) == 1 then
+      call('DEL', KEYS[ko + 6])
+    end
+    -- Records are oldest first, so the ones that no longer matter (and those
+    -- beyond MAX_SENDS) are a prefix: keep the rest as they are, append one.
+    -- Keep the order even if Redis's clock stepped back (failover).
+    local at = rnow
+    local kept = ''
+    if raw then
+      local drop = skipped
+      if n >= MAX_SENDS * 5 then drop = drop + n / 5 - MAX_SENDS + 1 end
+      kept = string.sub(raw, drop * REC + 1)
+      if n > 0 and s[n - 4] > at then at = s[n - 4] end
+    end
+    if exempt then channel = channel + EXEMPT end
+    local record = kept .. struct.pack('>I5I4I2I2I3', at, msg, channel, category, campaign)
+    -- The bucket must live RETENTION past its newest send.  Renewing the
+    -- expiry on every write was a tenth of the script's cost, so the bucket
+    -- keeps the expiry it was given (field '') and only a send that would
+    -- outlive it renews it, SLACK further: once a minute for a busy bucket.
+    -- SLACK is 0 when privacy.retention is what bounds the records (the
+    -- expiry is then exact, renewed on every write).
+    if slack == 0 then
+      call('HSET', KEYS[ko + 1], person, record)
+      call('PEXPIRE', KEYS[ko + 1], retention)
+    elseif not expiry or unpack('>I6', expiry) < at + retention then
+      local new = at + retention + slack
+      call('HSET', KEYS[ko + 1], person, record, '', struct.pack('>I6', new))
+      call('PEXPIREAT', KEYS[ko + 1], new + EPOCH)
+    else
+      call('HSET', KEYS[ko + 1], person, record)
+    end
+
+    -- Garbage collection: look at one other person of the bucket; if none of
+    -- their sends still matter, they go.  Each write sweeps a little, so a
+    -- bucket holds the people active within the retention, not all who ever were.
+    local other = call('HRANDFIELD', KEYS[ko + 1])
+    if other and other ~= person and other ~= '' then
+      local v = call('HGET', KEYS[ko + 1], other)
+      if v and #v >= REC and unpack('>I5', v, #v - REC + 1) <= rnow - retention then
+        call('HDEL', KEYS[ko + 1], other)
+      end
+    end
+    -- One more message the person has not (yet) engaged with.
+    if has_fatigue == 1 and not exempt then
+      local last = 0
+      if engaged then
+        local _
+        _, last = unpack('>I2I5', engaged)
+      end
+      call('HSET', KEYS[ko + 3], person, struct.pack('>I2I5', math.min(ignored + 1, 65535), last))
+      call('PEXPIRE', KEYS[ko + 3], retention)
+    end
+  end
+  return answer(0, 0, 0, 0, 0, 0)
 end
 
--- 6. Allowed: record the send (unless this was a dry run).
-if not dry then
-  -- Proxy mode: sent now, so a copy waiting in the queue (a client retry of
-  -- a deferred message) must not go out a second time.
-  -- (Not when this is the dispatcher deciding the queued copy itself.)
-  if #KEYS >= 7 and from_queue == 0 and call('ZREM', KEYS[5], ARGV[9]) == 1 then
-    call('DEL', KEYS[6])
-  end
-  -- Records are oldest first, so the ones that no longer matter (and those
-  -- beyond MAX_SENDS) are a prefix: keep the rest as they are, append one.
-  -- Keep the order even if Redis's clock stepped back (failover).
-  local at = rnow
-  local kept = ''
-  if raw then
-    local drop = skipped
-    if n >= MAX_SENDS * 5 then drop = drop + n / 5 - MAX_SENDS + 1 end
-    kept = string.sub(raw, drop * REC + 1)
-    if n > 0 and s[n - 4] > at then at = s[n - 4] end
-  end
-  if exempt then channel = channel + EXEMPT end
-  local record = kept .. struct.pack('>I5I4I2I2I3', at, msg, channel, category, campaign)
-  -- The bucket must live RETENTION past its newest send.  Renewing the
-  -- expiry on every write was a tenth of the script's cost, so the bucket
-  -- keeps the expiry it was given (field '') and only a send that would
-  -- outlive it renews it, SLACK further: once a minute for a busy bucket.
-  -- SLACK is 0 when privacy.retention is what bounds the records (the
-  -- expiry is then exact, renewed on every write).
-  if slack == 0 then
-    call('HSET', KEYS[1], person, record)
-    call('PEXPIRE', KEYS[1], retention)
-  elseif not expiry or unpack('>I6', expiry) < at + retention then
-    local new = at + retention + slack
-    call('HSET', KEYS[1], person, record, '', struct.pack('>I6', new))
-    call('PEXPIREAT', KEYS[1], new + EPOCH)
+-- A call is one decision (KEYS and ARGV as above) or a batch: ARGV[1] is
+-- '*' (a person is 8 bytes, never that), then the 6 arguments of each
+-- decision in turn; KEYS the 4 keys of each (no proxy mode in a batch).
+-- A gateway worker sends the decisions it read in one loop turn as one
+-- batch (single-node Redis only: src/decide_batch.c), so they share the
+-- call's fixed cost and the clock.  Each is decided as if alone, in order;
+-- one that fails answers its error and the others go on.
+-- Returns one decision's answer, or a batch's answers in order.
+-- One clock reading for the whole call (a batch's decisions share it).
+local t = redis.call('TIME')
+local us = tonumber(t[2])
+local now = tonumber(t[1]) * 1000 + (us - us % 1000) / 1000
+if ARGV[1] ~= '*' then
+  return decide(0, 0, #KEYS, now)
+end
+local out = {}
+for i = 0, #KEYS / 4 - 1 do
+  local ok, res = pcall(decide, 4 * i, 1 + 6 * i, 4, now)
+  if ok then
+    out[i + 1] = res
   else
-    call('HSET', KEYS[1], person, record)
-  end
-
-  -- Garbage collection: look at one other person of the bucket; if none of
-  -- their sends still matter, they go.  Each write sweeps a little, so a
-  -- bucket holds the people active within the retention, not all who ever were.
-  local other = call('HRANDFIELD', KEYS[1])
-  if other and other ~= person and other ~= '' then
-    local v = call('HGET', KEYS[1], other)
-    if v and #v >= REC and unpack('>I5', v, #v - REC + 1) <= rnow - retention then
-      call('HDEL', KEYS[1], other)
-    end
-  end
-  -- One more message the person has not (yet) engaged with.
-  if has_fatigue == 1 and not exempt then
-    local last = 0
-    if engaged then
-      local _
-      _, last = unpack('>I2I5', engaged)
-    end
-    call('HSET', KEYS[3], person, struct.pack('>I2I5', math.min(ignored + 1, 65535), last))
-    call('PEXPIRE', KEYS[3], retention)
+    out[i + 1] = redis.error_reply(type(res) == 'table' and res.err or tostring(res))
   end
 end
-return answer(0, 0, 0, 0, 0, 0)
+return out

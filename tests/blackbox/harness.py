@@ -257,6 +257,44 @@ def uid(prefix="user"):
     return "%s-%s@example.com" % (prefix, uuid.uuid4().hex)
 
 
+def _raw_decide(sock, user, message_id):
+    body = json.dumps({"user": user, "channel": "email", "message_id": message_id}).encode()
+    sock.sendall(b"POST /v1/decide HTTP/1.1\r\nHost: capgate\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                 b"Connection: close\r\n\r\n" % len(body) + body)
+
+
+def _raw_answer(sock):
+    sock.settimeout(10)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def decide_together(g, asks, before=None):
+    """Decides ASKS [(user, message_id)] on email so that the gateway reads
+    them in one loop turn: each on its own connection, opened first, written
+    while the gateway is stopped (SIGSTOP).  BEFORE() runs just before they
+    are written.  Returns [(status, body)] in order."""
+    socks = [socket.create_connection(("127.0.0.1", g.port)) for _ in asks]
+    time.sleep(0.3)                      # accepted, idle
+    if before:
+        before()
+    os.kill(g.proc.pid, signal.SIGSTOP)
+    try:
+        for sock, (user, m) in zip(socks, asks):
+            _raw_decide(sock, user, m)
+    finally:
+        os.kill(g.proc.pid, signal.SIGCONT)
+    return [_raw_answer(sock) for sock in socks]
+
+
 def mid(prefix="msg"):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
 

@@ -2,6 +2,7 @@
 
 import collections
 import concurrent.futures
+import re
 import threading
 
 import harness as h
@@ -98,3 +99,47 @@ def test_concurrent_release_and_decide_stay_consistent():
     rs = _parallel(lambda i: g.decide(u, "email", "s-%d" % i), list(range(30)), workers=30)
     allowed = sum(1 for r in rs if r.status == 200 and r.body.get("decision") == "allow")
     h.check(allowed == 5, "after releasing all, expected 5 allows, got %d: %s" % (allowed, _summary(rs)))
+
+
+def _evalsha_calls(port):
+    info = h.redis_cmd(port, "INFO", "commandstats")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    m = re.search(r"cmdstat_evalsha:calls=(\d+)", text)
+    return int(m.group(1)) if m else 0
+
+
+def test_decisions_read_together_go_to_redis_together():
+    # A worker sends the decisions it read in one loop turn to Redis as one
+    # call (decide.lua's batch form).  Requests written while the gateway is
+    # stopped are read in one turn: each must still be decided as if alone and
+    # in order (the cap holds exactly), and one that fails in Redis must fail
+    # alone.  Auditing is off so that every script call is a decision.
+    g = h.Gateway(overrides={"workers": 1, "audit": {"enabled": False}, "caps": [
+        {"name": "two", "limit": 2, "window": "1d", "on_exceed": "deny"}]})
+    a, b, c = h.uid("batch-a"), h.uid("batch-b"), h.uid("batch-c")
+    r = g.post("/v1/users/show", {"user": b})
+    h.expect_status(r, 200)
+    pb = r.body["pseudonym"]
+    # B's consent record is not a string: Redis refuses B's decision.
+    h.redis_cmd(g.redis.port, "HSET", "cg:{%s}:c:%s" % (pb[:2], pb), "not", "a string")
+    asks = [(a, "a-%d" % i) for i in range(6)] + [(b, "b-1"), (c, "c-1")]
+    before = _evalsha_calls(g.redis.port)
+    answers = h.decide_together(g, asks)
+    calls = _evalsha_calls(g.redis.port) - before
+    got = collections.Counter((st, body.get("decision"), body.get("reason"))
+                              for st, body in answers[:6])
+    h.check(got == {(200, "allow", "ok"): 2, (200, "deny", "cap"): 4},
+            "A: exactly 2 of 6 allowed, in order: %s" % answers[:6])
+    h.check([body.get("decision") for _, body in answers[:2]] == ["allow", "allow"],
+            "A: the first two (in arrival order) are the allowed ones: %s" % answers[:6])
+    h.check(answers[6][0] == 503 and
+            answers[6][1].get("error", {}).get("code") == "store_unavailable",
+            "B: Redis refused its decision: %s" % (answers[6],))
+    h.check(answers[7][0] == 200 and answers[7][1].get("decision") == "allow",
+            "C: decided as if B had not failed: %s" % (answers[7],))
+    h.check(calls < len(asks), "%d decisions read together took %d Redis calls" %
+            (len(asks), calls))
+    print("    %d decisions read together: %d Redis call(s)" % (len(asks), calls))
+    # And the state afterwards is what single calls would have left.
+    h.expect_decision(g.decide(a, "email", "a-after"), "deny", "cap", rule="two")
+    h.expect_decision(g.decide(c, "email", "c-after"), "allow", "ok")

@@ -73,6 +73,31 @@ def test_redis_paused_answers_within_timeout():
     allow_again(g, timeout=5.0)
 
 
+def test_max_pending_bounds_decisions_waiting_on_redis():
+    # limits.max_pending counts decisions, also when a worker sends several
+    # as one Redis call: past it, a decision is refused at once, not queued.
+    g = h.Gateway(overrides={"workers": 1, "redis": {"url": "redis://127.0.0.1:{redis_port}/0",
+                                                     "timeout_ms": 1000},
+                             "limits": {"max_pending": 3}})
+    h.expect_decision(g.decide(h.uid("fault"), "email"), "allow", "ok")
+    try:
+        # 12 decisions read in one loop turn (one batch, if nothing bounded it)
+        t0 = time.monotonic()
+        rs = h.decide_together(g, [(h.uid("fault"), h.mid()) for _ in range(12)],
+                               before=g.redis.pause)
+        elapsed = time.monotonic() - t0
+    finally:
+        g.redis.resume()
+    h.check(all(st == 503 and body["error"]["code"] == "store_unavailable" for st, body in rs),
+            "every decision 503 while Redis is paused: %s" % rs)
+    h.check(elapsed >= 0.9, "some decisions waited for the timeout (%.2fs)" % elapsed)
+    waited = [body for _, body in rs if "timeout" in body["error"]["message"]]
+    refused = [body for _, body in rs if "not connected" in body["error"]["message"]]
+    h.check(len(waited) == 3 and len(refused) == 9,
+            "max_pending 3: 3 waited (timeout), 9 refused at once: %s" % rs)
+    allow_again(g, timeout=5.0)
+
+
 def test_slow_redis_debug_sleep():
     g = h.Gateway()
     h.expect_decision(g.decide(h.uid("fault"), "email"), "allow", "ok")

@@ -1,0 +1,40 @@
+/*
+ * decide_batch: the decisions one worker reads in one loop turn, sent to
+ * Redis as one call of decide.lua (its batch form).
+ *
+ * Every call costs Redis a fixed price before the script does anything: the
+ * command, the script's set-up, its clock and its reply.  A batch pays it
+ * once for all its decisions, which still run one after another, each as if
+ * alone, in the order they arrived.  A batch closes at the end of the loop
+ * turn (or at DECIDE_BATCH_MAX decisions), so it adds no waiting: under
+ * light load every batch holds one decision and goes out as a plain call.
+ * A Redis Cluster always gets one call per decision: the keys of different
+ * people sit in different slots.
+ */
+#ifndef CAPGATE_DECIDE_BATCH_H
+#define CAPGATE_DECIDE_BATCH_H
+
+#include "capgate/decision.h"
+#include "capgate/store.h"
+
+struct event_base;
+struct decide_batch;
+
+#define DECIDE_BATCH_MAX 16
+
+/* STORE points at the worker's current connection (a reload replaces it);
+ * it is read when a batch goes out. */
+struct decide_batch *decide_batch_new(struct event_base *base, struct store *const *store);
+/* Answers what never went out (STORE_UNAVAILABLE), then frees.  Free the
+ * stores first: a batch in flight is answered by its store. */
+void decide_batch_free(struct decide_batch *b);
+
+/* Queues the decide call ARGS (decision_decide_args; copied).  As
+ * store_eval: 0 when taken (CB runs exactly once, later, with this
+ * decision's own reply), -1 when refused at once (CB will not run): Redis
+ * is not ready, or MAX_PENDING decisions already wait (a batch is one call
+ * to the store, so the store's own bound would not count them). */
+int decide_batch_add(struct decide_batch *b, const struct script_args *args,
+                     unsigned max_pending, store_cb *cb, void *arg);
+
+#endif

@@ -1,0 +1,247 @@
+/* decide_batch: the decisions of one loop turn as one Redis call.  See
+ * decide_batch.h; the batch form of the script is at the end of decide.lua. */
+#include "capgate/decide_batch.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capgate/log.h"
+
+/* A plain decide (no proxy mode): 4 keys, then 6 arguments. */
+#define KEYS_PER 4
+#define ARGS_PER 6
+#define PER (KEYS_PER + ARGS_PER)
+
+struct pending {
+    store_cb *cb;
+    void *arg;
+    char *bytes;                   /* its keys and arguments, back to back */
+    size_t len[PER];
+};
+
+struct batch {
+    struct decide_batch *owner;
+    struct batch *next;
+    size_t n;
+    struct pending p[DECIDE_BATCH_MAX];
+};
+
+struct decide_batch {
+    struct event *flush;           /* made active by the first decision of a turn */
+    struct store *const *store;
+    struct batch *head, *tail;     /* waiting to go out; the tail takes new ones */
+    unsigned waiting;              /* decisions taken and not yet answered */
+};
+
+static void batch_free(struct batch *bt)
+{
+    for (size_t k = 0; k < bt->n; k++)
+        free(bt->p[k].bytes);
+    free(bt);
+}
+
+static void answer(struct batch *bt, size_t k, const struct store_reply *r)
+{
+    bt->owner->waiting--;
+    bt->p[k].cb(bt->p[k].arg, r);
+}
+
+/* Every decision of BT gets R (they share the call's fate). */
+static void batch_answer_all(struct batch *bt, const struct store_reply *r)
+{
+    for (size_t k = 0; k < bt->n; k++)
+        answer(bt, k, r);
+    batch_free(bt);
+}
+
+static void batch_fail(struct batch *bt, enum store_status status, const char *error)
+{
+    struct store_reply r = { .status = status, .error = error };
+    batch_answer_all(bt, &r);
+}
+
+/* How many items element POS of a flattened reply spans (0: cut short). */
+static size_t extent(const struct store_item *it, size_t n, size_t pos)
+{
+    if (pos >= n)
+        return 0;
+    if (it[pos].type != STORE_ARRAY)
+        return 1;
+    size_t e = 1;
+    for (long long k = 0; k < it[pos].i; k++) {
+        size_t s = extent(it, n, pos + e);
+        if (!s)
+            return 0;
+        e += s;
+    }
+    return e;
+}
+
+/* The batch's reply: one element per decision, in order, each the answer a
+ * single call would have had, or an error for that decision alone. */
+static void on_batch_reply(void *arg, const struct store_reply *r)
+{
+    struct batch *bt = arg;
+    if (r->status != STORE_OK) {
+        batch_answer_all(bt, r);
+        return;
+    }
+    size_t pos = 0;
+    for (size_t k = 0; k < bt->n; k++) {
+        size_t e = extent(r->items, r->n, pos);
+        struct store_reply one = { .status = STORE_ERROR, .error = "bad batch reply" };
+        if (e && r->items[pos].type == STORE_ARRAY) {
+            one = (struct store_reply){ .status = STORE_OK, .n = e - 1,
+                                        .items = r->items + pos + 1 };
+        } else if (e && r->items[pos].type == STORE_ERR) {
+            log_error("redis script error", "error=\"%.200s\"", r->items[pos].s);
+            one.error = r->items[pos].s;
+        }
+        answer(bt, k, &one);
+        pos += e ? e : 1;
+    }
+    batch_free(bt);
+}
+
+/* A batch of one went out as a plain call: its reply is the decision's. */
+static void on_single_reply(void *arg, const struct store_reply *r)
+{
+    batch_answer_all(arg, r);
+}
+
+/* Points ARGV/LEN at the keys (K = 0) or arguments (K = 1) of P. */
+static int put_part(const struct pending *p, int part, const char **argv, size_t *len)
+{
+    const char *s = p->bytes;
+    int first = part ? KEYS_PER : 0, last = part ? PER : KEYS_PER;
+    for (int k = 0; k < first; k++)
+        s += p->len[k];
+    for (int k = first; k < last; k++) {
+        argv[k - first] = s;
+        len[k - first] = p->len[k];
+        s += p->len[k];
+    }
+    return last - first;
+}
+
+static void batch_send(struct decide_batch *b, struct batch *bt)
+{
+    struct store *st = *b->store;
+    const char *argv[1 + DECIDE_BATCH_MAX * PER];
+    size_t len[1 + DECIDE_BATCH_MAX * PER];
+    int argc = 0;
+
+    if (bt->n == 0) {              /* its first decision ran out of memory */
+        batch_free(bt);
+        return;
+    }
+    if (!st) {                     /* the worker is ending */
+        batch_fail(bt, STORE_UNAVAILABLE, "not connected");
+        return;
+    }
+    if (bt->n == 1) {              /* a plain call: as if there were no batching */
+        struct pending *p = &bt->p[0];
+        argc = put_part(p, 0, argv, len);
+        argc += put_part(p, 1, argv + argc, len + argc);
+        if (store_eval(st, SCRIPT_DECIDE, KEYS_PER, argc, argv, len, on_single_reply, bt) != 0)
+            batch_fail(bt, STORE_UNAVAILABLE, "not connected");
+        return;
+    }
+    /* Every decision's keys, then '*' and every decision's arguments. */
+    for (size_t k = 0; k < bt->n; k++)
+        argc += put_part(&bt->p[k], 0, argv + argc, len + argc);
+    argv[argc] = "*";
+    len[argc++] = 1;
+    for (size_t k = 0; k < bt->n; k++)
+        argc += put_part(&bt->p[k], 1, argv + argc, len + argc);
+    if (store_eval(st, SCRIPT_DECIDE, (int)(KEYS_PER * bt->n), argc, argv, len,
+                   on_batch_reply, bt) != 0)
+        batch_fail(bt, STORE_UNAVAILABLE, "not connected");
+}
+
+/* The end of the loop turn: libevent runs an event made active during the
+ * turn after those already active, so every request the turn read is in. */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct decide_batch *b = arg;
+    struct batch *bt = b->head;
+    (void)fd; (void)what;
+    b->head = b->tail = NULL;
+    while (bt) {
+        struct batch *next = bt->next;
+        batch_send(b, bt);
+        bt = next;
+    }
+}
+
+struct decide_batch *decide_batch_new(struct event_base *base, struct store *const *store)
+{
+    struct decide_batch *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->store = store;
+    b->flush = event_new(base, -1, 0, on_flush, b);
+    if (!b->flush) {
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void decide_batch_free(struct decide_batch *b)
+{
+    if (!b)
+        return;
+    struct batch *bt = b->head;
+    b->head = b->tail = NULL;
+    while (bt) {
+        struct batch *next = bt->next;
+        batch_fail(bt, STORE_UNAVAILABLE, "shutting down");
+        bt = next;
+    }
+    event_free(b->flush);
+    free(b);
+}
+
+int decide_batch_add(struct decide_batch *b, const struct script_args *a,
+                     unsigned max_pending, store_cb *cb, void *arg)
+{
+    struct store *st = *b->store;
+    if (!st || !store_ready(st) || b->waiting >= max_pending)
+        return -1;
+    if (store_is_cluster(st) || a->nkeys != KEYS_PER || a->argc != PER)
+        return store_eval(st, a->script, a->nkeys, a->argc, a->argv, a->argvlen, cb, arg);
+
+    struct batch *bt = b->tail;
+    if (!bt || bt->n == DECIDE_BATCH_MAX) {
+        bt = calloc(1, sizeof *bt);
+        if (!bt)
+            return -1;
+        bt->owner = b;
+        if (b->tail)
+            b->tail->next = bt;
+        else
+            b->head = bt;
+        b->tail = bt;
+        event_active(b->flush, EV_TIMEOUT, 0);
+    }
+    size_t total = 0;
+    for (int k = 0; k < PER; k++)
+        total += a->argvlen[k];
+    struct pending *p = &bt->p[bt->n];
+    p->bytes = malloc(total ? total : 1);
+    if (!p->bytes)
+        return -1;
+    char *s = p->bytes;
+    for (int k = 0; k < PER; k++) {
+        memcpy(s, a->argv[k], a->argvlen[k]);
+        s += a->argvlen[k];
+        p->len[k] = a->argvlen[k];
+    }
+    p->cb = cb;
+    p->arg = arg;
+    bt->n++;
+    b->waiting++;
+    return 0;
+}
