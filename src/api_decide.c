@@ -247,7 +247,9 @@ void api_decide(struct worker *w, struct http_request *req)
     call->req = req;
     call->cfg = config_retain(cfg);   /* a reload must not free it under us */
     call->dry_run = dry_run;
-    snprintf(call->channel, sizeof call->channel, "%s", in.channel->name);
+    size_t channel_len = strnlen(in.channel->name, sizeof call->channel - 1);
+    memcpy(call->channel, in.channel->name, channel_len);
+    call->channel[channel_len] = '\0';
     memcpy(call->message_id, message_id, message_id_len);
     pseudonym_user(w->pseudonym, user, user_len, in.user);
     pseudonym_message(w->pseudonym, message_id, message_id_len, in.message);

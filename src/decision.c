@@ -364,8 +364,9 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
 {
     const struct cfg_category *cat = in->category;
     bool requires_opt_in = in->channel->requires_opt_in || cat->requires_opt_in;
-    char member[50];
-    decision_member(in->user, in->message, member);
+    char member[50] = "";
+    if (in->enqueue)
+        decision_member(in->user, in->message, member);
     args_init(a, SCRIPT_DECIDE, in->enqueue ? 7 : 4);
     arg_sends_key(a, cfg, in->user);
     arg_consent_key(a, in->user);

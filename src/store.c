@@ -640,7 +640,14 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
         COUNTER_INC(st->stats.unavailable);
         return -1;
     }
-    int nk = snprintf(nkeys_str, sizeof nkeys_str, "%d", nkeys);
+    /* NKEYS in decimal, right-aligned in nkeys_str (no printf: every call). */
+    char *nkeys_at = nkeys_str + sizeof nkeys_str;
+    unsigned v = nkeys > 0 ? (unsigned)nkeys : 0;
+    do {
+        *--nkeys_at = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    int nk = (int)(nkeys_str + sizeof nkeys_str - nkeys_at);
     for (int k = 0; k < argc; k++)
         bytes += argvlen[k];
     bytes += (size_t)nk;
@@ -663,7 +670,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
     call->argvlen[0] = 7;
     call->argv[1] = st->sha[script];
     call->argvlen[1] = SHA_HEX;
-    memcpy(p, nkeys_str, (size_t)nk);
+    memcpy(p, nkeys_at, (size_t)nk);
     call->argv[2] = p;
     call->argvlen[2] = (size_t)nk;
     p += nk;
