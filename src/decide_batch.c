@@ -3,6 +3,7 @@
 #include "capgate/decide_batch.h"
 
 #include <event2/event.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,32 +14,64 @@
 #define ARGS_PER 6
 #define PER (KEYS_PER + ARGS_PER)
 
+/* Room for the usual decisions' arguments (about 200 bytes each); a larger
+ * one gets its own allocation. */
+#define ARENA_BYTES (DECIDE_BATCH_MAX * 256)
+#define SPARES 4                   /* batches kept for reuse */
+
 struct pending {
     store_cb *cb;
     void *arg;
     char *bytes;                   /* its keys and arguments, back to back */
+    bool own;                      /* BYTES was allocated (not in the arena) */
     size_t len[PER];
 };
 
 struct batch {
     struct decide_batch *owner;
     struct batch *next;
-    size_t n;
+    size_t n, used;
     struct pending p[DECIDE_BATCH_MAX];
+    char arena[ARENA_BYTES];
 };
 
 struct decide_batch {
     struct event *flush;           /* made active by the first decision of a turn */
     struct store *const *store;
     struct batch *head, *tail;     /* waiting to go out; the tail takes new ones */
+    struct batch *spare;           /* answered batches, for reuse (at most SPARES) */
+    unsigned n_spare;
     unsigned waiting;              /* decisions taken and not yet answered */
 };
 
+static struct batch *batch_get(struct decide_batch *b)
+{
+    struct batch *bt = b->spare;
+    if (bt) {
+        b->spare = bt->next;
+        b->n_spare--;
+    } else if (!(bt = malloc(sizeof *bt))) {
+        return NULL;
+    }
+    bt->owner = b;
+    bt->next = NULL;
+    bt->n = bt->used = 0;
+    return bt;
+}
+
 static void batch_free(struct batch *bt)
 {
+    struct decide_batch *b = bt->owner;
     for (size_t k = 0; k < bt->n; k++)
-        free(bt->p[k].bytes);
-    free(bt);
+        if (bt->p[k].own)
+            free(bt->p[k].bytes);
+    if (b->n_spare < SPARES) {
+        bt->next = b->spare;
+        b->spare = bt;
+        b->n_spare++;
+    } else {
+        free(bt);
+    }
 }
 
 static void answer(struct batch *bt, size_t k, const struct store_reply *r)
@@ -200,6 +233,11 @@ void decide_batch_free(struct decide_batch *b)
         batch_fail(bt, STORE_UNAVAILABLE, "shutting down");
         bt = next;
     }
+    while (b->spare) {
+        struct batch *next = b->spare->next;
+        free(b->spare);
+        b->spare = next;
+    }
     event_free(b->flush);
     free(b);
 }
@@ -215,10 +253,9 @@ int decide_batch_add(struct decide_batch *b, const struct script_args *a,
 
     struct batch *bt = b->tail;
     if (!bt || bt->n == DECIDE_BATCH_MAX) {
-        bt = calloc(1, sizeof *bt);
+        bt = batch_get(b);
         if (!bt)
             return -1;
-        bt->owner = b;
         if (b->tail)
             b->tail->next = bt;
         else
@@ -230,9 +267,12 @@ int decide_batch_add(struct decide_batch *b, const struct script_args *a,
     for (int k = 0; k < PER; k++)
         total += a->argvlen[k];
     struct pending *p = &bt->p[bt->n];
-    p->bytes = malloc(total ? total : 1);
+    p->own = total > ARENA_BYTES - bt->used;
+    p->bytes = p->own ? malloc(total) : bt->arena + bt->used;
     if (!p->bytes)
         return -1;
+    if (!p->own)
+        bt->used += total;
     char *s = p->bytes;
     for (int k = 0; k < PER; k++) {
         memcpy(s, a->argv[k], a->argvlen[k]);
