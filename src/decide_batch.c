@@ -124,12 +124,14 @@ static void on_batch_reply(void *arg, const struct store_reply *r)
     for (size_t k = 0; k < bt->n; k++) {
         size_t e = extent(r->items, r->n, pos);
         struct store_reply one = { .status = STORE_ERROR, .error = "bad batch reply" };
-        if (e && r->items[pos].type == STORE_ARRAY) {
-            one = (struct store_reply){ .status = STORE_OK, .n = e - 1,
-                                        .items = r->items + pos + 1 };
-        } else if (e && r->items[pos].type == STORE_ERR) {
+        if (e && r->items[pos].type == STORE_ERR) {
             log_error("redis script error", "error=\"%.200s\"", r->items[pos].s);
             one.error = r->items[pos].s;
+        } else if (e && r->items[pos].type == STORE_ARRAY) {   /* as a store unwraps it */
+            one = (struct store_reply){ .status = STORE_OK, .n = e - 1,
+                                        .items = r->items + pos + 1 };
+        } else if (e) {
+            one = (struct store_reply){ .status = STORE_OK, .n = 1, .items = r->items + pos };
         }
         answer(bt, k, &one);
         pos += e ? e : 1;

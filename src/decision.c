@@ -601,34 +601,47 @@ static bool all_ints(const struct store_reply *r, size_t n)
     return true;
 }
 
+/* decide.lua's answer, one string, big-endian: outcome (1) | reason (1) |
+ * rule (2) | retry ms (6, signed) | replay (1) | count (4) | queued (1) |
+ * superseded (1) | n_shadow (1), then n_shadow x (rule (2) | would (1)). */
+#define ANSWER_LEN 18
+
+static uint64_t get_be(const unsigned char *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int k = 0; k < bytes; k++)
+        v = v << 8 | p[k];
+    return v;
+}
+
 int decision_decide_result(const struct store_reply *r, const struct config *cfg,
                            struct decision *out)
 {
-    if (r->status != STORE_OK || r->n < 8)
+    if (r->status != STORE_OK || r->n != 1 || r->items[0].type != STORE_STR ||
+        r->items[0].len < ANSWER_LEN)
         return -1;
-    for (size_t k = 0; k < r->n; k++)
-        if (r->items[k].type != STORE_INT)
-            return -1;
-    long long outcome = r->items[0].i, reason = r->items[1].i, rule = r->items[2].i;
-    if (r->n < 10)
-        return -1;
-    long long retry_ms = r->items[3].i, nshadow = r->items[9].i;
-    if (outcome < 0 || outcome >= OUTCOME__COUNT || reason < 0 || reason > REASON_SUPPRESSED ||
-        rule < 0 || (rule > (long long)cfg->n_caps && rule != 256) || retry_ms < 0 ||
-        nshadow < 0 || r->n != 10 + 2 * (size_t)nshadow)
+    const unsigned char *p = (const unsigned char *)r->items[0].s;
+    unsigned outcome = p[0], reason = p[1], rule = (unsigned)get_be(p + 2, 2);
+    uint64_t retry = get_be(p + 4, 6);
+    int64_t retry_ms = retry & 0x800000000000ULL ? -1 : (int64_t)retry;   /* 48-bit sign */
+    size_t nshadow = p[17];
+    if (outcome >= OUTCOME__COUNT || reason > REASON_SUPPRESSED ||
+        (rule > cfg->n_caps && rule != 256) || retry_ms < 0 ||
+        r->items[0].len != ANSWER_LEN + 3 * nshadow)
         return -1;
     out->outcome = (enum decision_outcome)outcome;
     out->reason = (enum decision_reason)reason;
     out->rule = rule == 256 ? RULE_FATIGUE : (int)rule - 1;
     out->retry_after_s = retry_ms / 1000 + (retry_ms % 1000 != 0);   /* exact, rounded up */
-    out->replay = r->items[4].i != 0;
-    out->count = (int)r->items[6].i;
-    out->queued = (int)r->items[7].i;
-    out->superseded = r->items[8].i != 0;
+    out->replay = p[10] != 0;
+    out->count = (int)get_be(p + 11, 4);
+    out->queued = p[15];
+    out->superseded = p[16] != 0;
     out->n_shadow = 0;
-    for (long long k = 0; k < nshadow && out->n_shadow < SHADOW_MAX; k++) {
-        long long sr = r->items[10 + 2 * k].i, would = r->items[11 + 2 * k].i;
-        if (sr < 1 || sr > (long long)cfg->n_caps || (would != 1 && would != 2))
+    for (size_t k = 0; k < nshadow && out->n_shadow < SHADOW_MAX; k++) {
+        const unsigned char *s = p + ANSWER_LEN + 3 * k;
+        unsigned sr = (unsigned)get_be(s, 2), would = s[2];
+        if (sr < 1 || sr > cfg->n_caps || (would != 1 && would != 2))
             return -1;
         out->shadow[out->n_shadow].rule = (int)sr - 1;
         out->shadow[out->n_shadow].would = would == 2 ? OUTCOME_DENY : OUTCOME_DEFER;

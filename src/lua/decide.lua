@@ -59,9 +59,11 @@
 -- ARGV[7] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>"
 -- ARGV[8] the blob   ARGV[9] the member
 --
--- Returns {outcome, reason, rule, retry_ms, replay, now_ms, count,
---          queued (0 no, 1 yes, 2 queue full), superseded (0/1), n_shadow,
---          [rule, would] * n_shadow}
+-- Returns the answer packed in one string (one reply object for the gateway
+-- to parse instead of ten): outcome (1) | reason (1) | rule (2) |
+--          retry ms (6, signed) | replay (1) | count (4) |
+--          queued (1: 0 no, 1 yes, 2 queue full) | superseded (1: 0/1) |
+--          n_shadow (1), then n_shadow x (rule (2) | would (1))
 --   outcome 0 allow, 1 defer, 2 deny
 --   reason  0 ok, 1 opted_out, 2 consent_required, 3 quiet_hours, 4 cap, 5 suppressed
 --   rule    the deciding cap's index + 1 (256: fatigue), 0 when no cap decided
@@ -163,11 +165,11 @@ local function decide(ko, ao, nkeys, now)
         queued = 1
       end
     end
-    if not shadow then
-      return {outcome, reason, rule, retry, replay, now, count, queued, superseded, 0}
+    local out = struct.pack('>I1I1I2i6I1I4I1I1I1', outcome, reason, rule, retry, replay, count,
+                            queued, superseded, shadow and #shadow / 2 or 0)
+    if shadow then
+      for i = 1, #shadow, 2 do out = out .. struct.pack('>I2I1', shadow[i], shadow[i + 1]) end
     end
-    local out = {outcome, reason, rule, retry, replay, now, count, queued, superseded, #shadow / 2}
-    for i = 1, #shadow do out[#out + 1] = shadow[i] end
     return out
   end
 

@@ -272,11 +272,23 @@ TEST(config_names_must_not_collide)
     CHECK_EQ_INT(decision_check_config(&c, err, sizeof err), 0);
 }
 
-static struct store_reply ints(struct store_item *items, const long long *v, size_t n)
+/* decide.lua's answer packed as the script packs it, from the fields
+ * {outcome, reason, rule, retry_ms, replay, (unused), count, queued,
+ * superseded, n_shadow, [rule, would] * n_shadow}: as many of the N as
+ * given (fewer make a short answer). */
+static struct store_reply packed(struct store_item *items, const long long *v, size_t n)
 {
-    for (size_t k = 0; k < n; k++)
-        items[k] = (struct store_item){ .type = STORE_INT, .i = v[k] };
-    return (struct store_reply){ .status = STORE_OK, .n = n, .items = items };
+    static unsigned char buf[64];
+    static const int width[] = { 1, 1, 2, 6, 1, 0, 4, 1, 1, 1 };
+    size_t len = 0;
+    for (size_t k = 0; k < n; k++) {
+        int w = k < 10 ? width[k] : (k - 10) % 2 == 0 ? 2 : 1;
+        for (int b = w - 1; b >= 0; b--)
+            buf[len + (size_t)(w - 1 - b)] = (unsigned char)((unsigned long long)v[k] >> (8 * b));
+        len += (size_t)w;
+    }
+    items[0] = (struct store_item){ .type = STORE_STR, .s = (const char *)buf, .len = len };
+    return (struct store_reply){ .status = STORE_OK, .n = 1, .items = items };
 }
 
 TEST(results_are_decoded_and_rounded_up)
@@ -285,30 +297,30 @@ TEST(results_are_decoded_and_rounded_up)
     struct store_item it[16];
     struct decision d;
     long long defer[] = { 1, 4, 2, 1001, 0, 1, 2, 0, 0, 0 };
-    struct store_reply r = ints(it, defer, 10);
+    struct store_reply r = packed(it, defer, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.outcome, OUTCOME_DEFER);
     CHECK_EQ_INT(d.reason, REASON_CAP);
     CHECK_EQ_INT(d.rule, 1);
     CHECK_EQ_INT(d.retry_after_s, 2);
     long long exact[] = { 1, 3, 0, 5000, 0, 1, 0, 0, 0, 0 };
-    r = ints(it, exact, 10);
+    r = packed(it, exact, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.retry_after_s, 5);
     CHECK_EQ_INT(d.rule, -1);
     long long replay[] = { 0, 0, 0, 0, 1, 1, 0, 0, 0, 0 };
-    r = ints(it, replay, 10);
+    r = packed(it, replay, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK(d.replay);
     CHECK_EQ_STR(decision_outcome_name(d.outcome), "allow");
     long long shadow[] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 4, 2 };
-    r = ints(it, shadow, 12);
+    r = packed(it, shadow, 12);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.n_shadow, 1);
     CHECK_EQ_INT(d.shadow[0].rule, 3);
     CHECK_EQ_INT(d.shadow[0].would, OUTCOME_DENY);
     long long fatigue[] = { 1, 4, 256, 1000, 0, 1, 3, 1, 1, 0 };
-    r = ints(it, fatigue, 10);
+    r = packed(it, fatigue, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), 0);
     CHECK_EQ_INT(d.queued, 1);
     CHECK(d.superseded);
@@ -322,15 +334,15 @@ TEST(bad_results_are_refused)
     struct store_item it[16];
     struct decision d;
     long long bad_outcome[] = { 3, 0, 0, 0, 0, 1, 0, 0, 0, 0 };
-    struct store_reply r = ints(it, bad_outcome, 10);
+    struct store_reply r = packed(it, bad_outcome, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     long long bad_rule[] = { 1, 4, 9, 0, 0, 1, 0, 0, 0, 0 };
-    r = ints(it, bad_rule, 10);
+    r = packed(it, bad_rule, 10);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
-    r = ints(it, bad_rule, 5);
+    r = packed(it, bad_rule, 5);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     long long bad_shadow[] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1 };   /* says 2, holds 1 */
-    r = ints(it, bad_shadow, 12);
+    r = packed(it, bad_shadow, 12);
     CHECK_EQ_INT(decision_decide_result(&r, &c, &d), -1);
     it[0] = (struct store_item){ .type = STORE_STR, .s = "x", .len = 1 };
     r.n = 10;
