@@ -17,6 +17,7 @@
 #include "capgate/decision.h"
 #include "capgate/gateway.h"
 #include "capgate/http.h"
+#include "capgate/json_flat.h"
 #include "capgate/log.h"
 #include "capgate/pseudonym.h"
 #include "capgate/reply.h"
@@ -188,32 +189,109 @@ static void on_decided(void *arg, const struct store_reply *r)
     free(call);
 }
 
+/* A decide body's fields, in the order they are checked. */
+enum { F_USER, F_CHANNEL, F_CATEGORY, F_CAMPAIGN, F_MESSAGE_ID, F_TZ, F__STRINGS };
+static const struct {
+    const char *name;
+    bool required;
+    size_t max;                    /* bytes; at least 1 */
+} string_fields[F__STRINGS] = {
+    [F_USER] = { "user", true, USER_MAX },
+    [F_CHANNEL] = { "channel", true, 64 },
+    [F_CATEGORY] = { "category", false, 64 },
+    [F_CAMPAIGN] = { "campaign", false, CAMPAIGN_MAX },
+    [F_MESSAGE_ID] = { "message_id", true, MESSAGE_ID_MAX },
+    [F_TZ] = { "tz", false, TZ_NAME_MAX },
+};
+
+struct decide_fields {
+    const char *s[F__STRINGS];     /* NUL-terminated; NULL when absent */
+    size_t len[F__STRINGS];
+    bool dry_run;
+    char buf[USER_MAX + 64 + 64 + CAMPAIGN_MAX + MESSAGE_ID_MAX + TZ_NAME_MAX + F__STRINGS];
+};
+
+/* The usual body read without jansson (whose objects were a sixth of a
+ * decision's instructions): a flat object (json_flat_scan) of known fields,
+ * each valid.  Anything else -- an invalid field too -- returns false, and
+ * the general path reads the body again and words the error. */
+static bool fields_fast(const char *body, size_t len, struct decide_fields *df)
+{
+    struct json_flat_field f[F__STRINGS + 1];
+    int n = json_flat_scan(body, len, f, sizeof f / sizeof f[0]);
+    char *b = df->buf;
+
+    if (n < 0)
+        return false;
+    memset(df->s, 0, sizeof df->s);
+    df->dry_run = false;
+    for (int k = 0; k < n; k++) {
+        if (f[k].klen == 7 && memcmp(f[k].key, "dry_run", 7) == 0) {
+            if (f[k].type != JSON_FLAT_TRUE && f[k].type != JSON_FLAT_FALSE &&
+                f[k].type != JSON_FLAT_NULL)
+                return false;
+            df->dry_run = f[k].type == JSON_FLAT_TRUE;
+            continue;
+        }
+        size_t i = 0;
+        while (i < F__STRINGS && !(strlen(string_fields[i].name) == f[k].klen &&
+                                   memcmp(string_fields[i].name, f[k].key, f[k].klen) == 0))
+            i++;
+        if (i == F__STRINGS)
+            return false;                /* unknown field */
+        if (f[k].type == JSON_FLAT_NULL)
+            continue;                    /* as if absent */
+        if (f[k].type != JSON_FLAT_STRING || f[k].slen < 1 || f[k].slen > string_fields[i].max)
+            return false;
+        memcpy(b, f[k].s, f[k].slen);    /* fits: each field once, each within its max */
+        b[f[k].slen] = '\0';
+        df->s[i] = b;
+        df->len[i] = f[k].slen;
+        b += f[k].slen + 1;
+    }
+    for (size_t i = 0; i < F__STRINGS; i++)
+        if (string_fields[i].required && !df->s[i])
+            return false;
+    return true;
+}
+
+/* The general path: jansson, with the errors worded.  DF points into OBJ. */
+static int fields_checked(json_t *obj, struct decide_fields *df, struct field_error *e)
+{
+    for (size_t i = 0; i < F__STRINGS; i++)
+        if (validate_string(obj, string_fields[i].name, string_fields[i].required, 1,
+                            string_fields[i].max, &df->s[i], &df->len[i], e))
+            return -1;
+    return validate_bool(obj, "dry_run", &df->dry_run, e);
+}
+
 void api_decide(struct worker *w, struct http_request *req)
 {
     static const char *const fields[] = { "user", "channel", "category", "campaign",
                                           "message_id", "tz", "dry_run", NULL };
     const struct config *cfg = w->cfg;
-    const char *user, *channel, *category, *campaign, *message_id, *tzname;
-    size_t user_len, message_id_len;
     struct field_error e;
     struct decide_input in;
-    bool dry_run;
+    struct decide_fields df;
+    size_t body_len;
+    const char *body = http_body(req, &body_len);
+    json_t *obj = NULL;
 
-    json_t *obj = api_body(w, req, fields);
-    if (!obj)
-        return;
-    if (validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
-        validate_string(obj, "channel", true, 1, 64, &channel, NULL, &e) ||
-        validate_string(obj, "category", false, 1, 64, &category, NULL, &e) ||
-        validate_string(obj, "campaign", false, 1, CAMPAIGN_MAX, &campaign, NULL, &e) ||
-        validate_string(obj, "message_id", true, 1, MESSAGE_ID_MAX, &message_id,
-                        &message_id_len, &e) ||
-        validate_string(obj, "tz", false, 1, TZ_NAME_MAX, &tzname, NULL, &e) ||
-        validate_bool(obj, "dry_run", &dry_run, &e)) {
-        reply_invalid(w, req, &e);
-        json_decref(obj);
-        return;
+    if (!fields_fast(body, body_len, &df)) {
+        obj = api_body(w, req, fields);
+        if (!obj)
+            return;
+        if (fields_checked(obj, &df, &e) != 0) {
+            reply_invalid(w, req, &e);
+            json_decref(obj);
+            return;
+        }
     }
+    const char *user = df.s[F_USER], *channel = df.s[F_CHANNEL], *category = df.s[F_CATEGORY],
+               *campaign = df.s[F_CAMPAIGN], *message_id = df.s[F_MESSAGE_ID],
+               *tzname = df.s[F_TZ];
+    size_t user_len = df.len[F_USER], message_id_len = df.len[F_MESSAGE_ID];
+    bool dry_run = df.dry_run;
     memset(&in, 0, sizeof in);
     in.channel = config_channel(cfg, channel);
     if (!in.channel) {

@@ -60,62 +60,58 @@ static const char *read_integer(const char *p, const char *end, json_int_t *out)
     return p;
 }
 
-json_t *json_flat_parse(const char *s, size_t len)
+int json_flat_scan(const char *s, size_t len, struct json_flat_field *out, size_t max)
 {
     const char *p = s, *end = s + len;
-    json_t *obj;
+    size_t n = 0;
 
     p = skip_ws(p, end);
     if (p >= end || *p != '{')
-        return NULL;
-    obj = json_object();
-    if (!obj)
-        return NULL;
+        return -1;
     p = skip_ws(p + 1, end);
     if (p < end && *p == '}') {
         p++;
         goto done;
     }
     for (;;) {
-        const char *key, *str;
-        size_t klen, slen;
-        json_t *value;
-        json_int_t iv;
+        struct json_flat_field f;
 
-        if (p >= end || *p != '"' || !(p = read_string(p, end, &key, &klen)))
-            goto fallback;
+        if (n >= max || p >= end || *p != '"' || !(p = read_string(p, end, &f.key, &f.klen)))
+            return -1;
         p = skip_ws(p, end);
         if (p >= end || *p != ':')
-            goto fallback;
+            return -1;
         p = skip_ws(p + 1, end);
         if (p >= end)
-            goto fallback;
+            return -1;
+        f.s = NULL;
+        f.slen = 0;
+        f.i = 0;
         if (*p == '"') {
-            if (!(p = read_string(p, end, &str, &slen)))
-                goto fallback;
-            value = json_stringn_nocheck(str, slen);
+            if (!(p = read_string(p, end, &f.s, &f.slen)))
+                return -1;
+            f.type = JSON_FLAT_STRING;
         } else if (literal(p, end, "true", 4)) {
-            value = json_true();
+            f.type = JSON_FLAT_TRUE;
             p += 4;
         } else if (literal(p, end, "false", 5)) {
-            value = json_false();
+            f.type = JSON_FLAT_FALSE;
             p += 5;
         } else if (literal(p, end, "null", 4)) {
-            value = json_null();
+            f.type = JSON_FLAT_NULL;
             p += 4;
         } else if (*p == '-' || (*p >= '0' && *p <= '9')) {
-            if (!(p = read_integer(p, end, &iv)))
-                goto fallback;
-            value = json_integer(iv);
+            if (!(p = read_integer(p, end, &f.i)))
+                return -1;
+            f.type = JSON_FLAT_INTEGER;
         } else {
-            goto fallback;
+            return -1;
         }
         /* jansson would refuse a duplicate: let it say so. */
-        if (!value || json_object_getn(obj, key, klen) ||
-            json_object_setn_new_nocheck(obj, key, klen, value) != 0) {
-            json_decref(value);
-            goto fallback;
-        }
+        for (size_t k = 0; k < n; k++)
+            if (out[k].klen == f.klen && memcmp(out[k].key, f.key, f.klen) == 0)
+                return -1;
+        out[n++] = f;
         p = skip_ws(p, end);
         if (p < end && *p == ',') {
             p = skip_ws(p + 1, end);
@@ -125,13 +121,37 @@ json_t *json_flat_parse(const char *s, size_t len)
             p++;
             break;
         }
-        goto fallback;
+        return -1;
     }
 done:
     if (skip_ws(p, end) != end)
-        goto fallback;                   /* trailing bytes */
+        return -1;                       /* trailing bytes */
+    return (int)n;
+}
+
+json_t *json_flat_parse(const char *s, size_t len)
+{
+    struct json_flat_field f[JSON_FLAT_PARSE_MAX];
+    int n = json_flat_scan(s, len, f, JSON_FLAT_PARSE_MAX);
+    if (n < 0)
+        return NULL;
+    json_t *obj = json_object();
+    if (!obj)
+        return NULL;
+    for (int k = 0; k < n; k++) {
+        json_t *value;
+        switch (f[k].type) {
+        case JSON_FLAT_STRING: value = json_stringn_nocheck(f[k].s, f[k].slen); break;
+        case JSON_FLAT_TRUE: value = json_true(); break;
+        case JSON_FLAT_FALSE: value = json_false(); break;
+        case JSON_FLAT_NULL: value = json_null(); break;
+        default: value = json_integer(f[k].i); break;
+        }
+        if (!value || json_object_setn_new_nocheck(obj, f[k].key, f[k].klen, value) != 0) {
+            json_decref(value);
+            json_decref(obj);
+            return NULL;
+        }
+    }
     return obj;
-fallback:
-    json_decref(obj);
-    return NULL;
 }

@@ -355,3 +355,29 @@ def test_millisecond_window():
                       retry_after=ceil_left(t + 1.5), tolerance=1)
     sleep_until(t + 1.8)
     h.expect_decision(g.decide(u, "email"), "allow", "ok")
+
+
+# ---------------------------------------------------------------- two readings
+
+def test_both_body_readings_agree():
+    # A usual body is read without jansson (src/api_decide.c fields_fast);
+    # escapes, nesting or an invalid field send it the general way.  The
+    # same fields must make the same decision either way.
+    g = caps_gateway([{"name": "two", "limit": 2, "window": "1d", "on_exceed": "deny"}])
+    u = h.uid("read")
+    esc = lambda s: "".join("\\u%04x" % ord(c) for c in s)     # every character escaped
+    fast = ('{"user": "%s", "channel": "email", "message_id": "m1", "category": null, '
+            '"campaign": null, "tz": null, "dry_run": null}' % u).encode()
+    general = ('{"user": "%s", "channel": "%s", "message_id": "%s", "dry_run": false}' %
+               (esc(u), esc("email"), esc("m1"))).encode()
+    h.expect_decision(g.post("/v1/decide", fast), "allow", "ok", replay=False)
+    # the same person and message, read by jansson: a replay, not a new send
+    h.expect_decision(g.post("/v1/decide", general), "allow", "ok", replay=True)
+    # and the other way round: a second message counts for the same person
+    second = ('{"user": "%s", "channel": "email", "message_id": "%s"}' % (esc(u), "m2")).encode()
+    h.expect_decision(g.post("/v1/decide", second), "allow", "ok", replay=False)
+    h.expect_decision(g.decide(u, "email", "m3"), "deny", "cap", rule="two")
+    # a fast-looking body with an invalid field gets the general path's words
+    r = g.post("/v1/decide", ('{"user": "%s", "channel": "email", "message_id": ""}' % u).encode())
+    h.expect_error(r, 400, "invalid_field")
+    h.check(r.body["error"].get("field") == "message_id", "the field is named: %s" % (r.body,))
