@@ -599,7 +599,10 @@ def capture_decides(redis_port, gw_port, bodies):
             if not m or m.group(1) == "lua":
                 continue
             args = parse_monitor_args(m.group(2))
-            if args and args[0].upper() in (b"EVALSHA", b"EVAL"):
+            # A decide call: 4 keys and 6 arguments (the gateway's background
+            # sweeps call other scripts meanwhile).
+            if args and args[0].upper() in (b"EVALSHA", b"EVAL") and len(args) == 13 and \
+                    args[2] == b"4":
                 calls.append(args)
     finally:
         mon.close()
