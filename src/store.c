@@ -355,8 +355,9 @@ static void on_aux_reply(redisAsyncContext *ac, void *reply, void *privdata)
     owe(ac->data, -1);      /* ASKING: a refusal shows in the call's own reply */
 }
 
-/* "<prefix><v>\r\n" at P (room for it checked by the caller). */
-static char *resp_header(char *p, char prefix, size_t v)
+/* V in decimal at P (up to 20 bytes); returns the end.  No printf: every
+ * call formats a few of these. */
+static char *put_decimal(char *p, size_t v)
 {
     char num[20];
     int n = 0;
@@ -364,9 +365,16 @@ static char *resp_header(char *p, char prefix, size_t v)
         num[n++] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    *p++ = prefix;
     while (n)
         *p++ = num[--n];
+    return p;
+}
+
+/* "<prefix><v>\r\n" at P (room for it checked by the caller). */
+static char *resp_header(char *p, char prefix, size_t v)
+{
+    *p++ = prefix;
+    p = put_decimal(p, v);
     *p++ = '\r';
     *p++ = '\n';
     return p;
@@ -629,7 +637,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
                const char *const *argv, const size_t *argvlen,
                store_cb *cb, void *arg)
 {
-    char nkeys_str[16];
+    char nkeys_str[20];
     size_t bytes = 0, total_argc = (size_t)argc + 3;
     int slot = nkeys > 0 && argc > 0 ? (int)cluster_key_slot(argv[0], argvlen[0]) : -1;
     struct node *n = owner_of(st, slot);
@@ -640,14 +648,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
         COUNTER_INC(st->stats.unavailable);
         return -1;
     }
-    /* NKEYS in decimal, right-aligned in nkeys_str (no printf: every call). */
-    char *nkeys_at = nkeys_str + sizeof nkeys_str;
-    unsigned v = nkeys > 0 ? (unsigned)nkeys : 0;
-    do {
-        *--nkeys_at = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    int nk = (int)(nkeys_str + sizeof nkeys_str - nkeys_at);
+    int nk = (int)(put_decimal(nkeys_str, nkeys > 0 ? (size_t)nkeys : 0) - nkeys_str);
     for (int k = 0; k < argc; k++)
         bytes += argvlen[k];
     bytes += (size_t)nk;
@@ -670,7 +671,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
     call->argvlen[0] = 7;
     call->argv[1] = st->sha[script];
     call->argvlen[1] = SHA_HEX;
-    memcpy(p, nkeys_at, (size_t)nk);
+    memcpy(p, nkeys_str, (size_t)nk);
     call->argv[2] = p;
     call->argvlen[2] = (size_t)nk;
     p += nk;
