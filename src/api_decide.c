@@ -189,19 +189,24 @@ static void on_decided(void *arg, const struct store_reply *r)
     free(call);
 }
 
-/* A decide body's fields, in the order they are checked. */
+/* A decide body's fields, in the order they are checked: the strings, then
+ * dry_run.  One list for both ways of reading a body. */
 enum { F_USER, F_CHANNEL, F_CATEGORY, F_CAMPAIGN, F_MESSAGE_ID, F_TZ, F__STRINGS };
+static const char *const field_names[] = {
+    [F_USER] = "user", [F_CHANNEL] = "channel", [F_CATEGORY] = "category",
+    [F_CAMPAIGN] = "campaign", [F_MESSAGE_ID] = "message_id", [F_TZ] = "tz",
+    [F__STRINGS] = "dry_run", NULL
+};
 static const struct {
-    const char *name;
     bool required;
     size_t max;                    /* bytes; at least 1 */
 } string_fields[F__STRINGS] = {
-    [F_USER] = { "user", true, USER_MAX },
-    [F_CHANNEL] = { "channel", true, 64 },
-    [F_CATEGORY] = { "category", false, 64 },
-    [F_CAMPAIGN] = { "campaign", false, CAMPAIGN_MAX },
-    [F_MESSAGE_ID] = { "message_id", true, MESSAGE_ID_MAX },
-    [F_TZ] = { "tz", false, TZ_NAME_MAX },
+    [F_USER] = { true, USER_MAX },
+    [F_CHANNEL] = { true, 64 },
+    [F_CATEGORY] = { false, 64 },
+    [F_CAMPAIGN] = { false, CAMPAIGN_MAX },
+    [F_MESSAGE_ID] = { true, MESSAGE_ID_MAX },
+    [F_TZ] = { false, TZ_NAME_MAX },
 };
 
 struct decide_fields {
@@ -226,19 +231,19 @@ static bool fields_fast(const char *body, size_t len, struct decide_fields *df)
     memset(df->s, 0, sizeof df->s);
     df->dry_run = false;
     for (int k = 0; k < n; k++) {
-        if (f[k].klen == 7 && memcmp(f[k].key, "dry_run", 7) == 0) {
+        size_t i = 0;
+        while (field_names[i] && !(strlen(field_names[i]) == f[k].klen &&
+                                   memcmp(field_names[i], f[k].key, f[k].klen) == 0))
+            i++;
+        if (!field_names[i])
+            return false;                /* unknown field */
+        if (i == F__STRINGS) {           /* dry_run */
             if (f[k].type != JSON_FLAT_TRUE && f[k].type != JSON_FLAT_FALSE &&
                 f[k].type != JSON_FLAT_NULL)
                 return false;
             df->dry_run = f[k].type == JSON_FLAT_TRUE;
             continue;
         }
-        size_t i = 0;
-        while (i < F__STRINGS && !(strlen(string_fields[i].name) == f[k].klen &&
-                                   memcmp(string_fields[i].name, f[k].key, f[k].klen) == 0))
-            i++;
-        if (i == F__STRINGS)
-            return false;                /* unknown field */
         if (f[k].type == JSON_FLAT_NULL)
             continue;                    /* as if absent */
         if (f[k].type != JSON_FLAT_STRING || f[k].slen < 1 || f[k].slen > string_fields[i].max)
@@ -259,16 +264,14 @@ static bool fields_fast(const char *body, size_t len, struct decide_fields *df)
 static int fields_checked(json_t *obj, struct decide_fields *df, struct field_error *e)
 {
     for (size_t i = 0; i < F__STRINGS; i++)
-        if (validate_string(obj, string_fields[i].name, string_fields[i].required, 1,
+        if (validate_string(obj, field_names[i], string_fields[i].required, 1,
                             string_fields[i].max, &df->s[i], &df->len[i], e))
             return -1;
-    return validate_bool(obj, "dry_run", &df->dry_run, e);
+    return validate_bool(obj, field_names[F__STRINGS], &df->dry_run, e);
 }
 
 void api_decide(struct worker *w, struct http_request *req)
 {
-    static const char *const fields[] = { "user", "channel", "category", "campaign",
-                                          "message_id", "tz", "dry_run", NULL };
     const struct config *cfg = w->cfg;
     struct field_error e;
     struct decide_input in;
@@ -278,7 +281,7 @@ void api_decide(struct worker *w, struct http_request *req)
     json_t *obj = NULL;
 
     if (!fields_fast(body, body_len, &df)) {
-        obj = api_body(w, req, fields);
+        obj = api_body(w, req, field_names);
         if (!obj)
             return;
         if (fields_checked(obj, &df, &e) != 0) {
