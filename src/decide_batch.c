@@ -4,8 +4,10 @@
 
 #include <event2/event.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "capgate/log.h"
 
@@ -19,6 +21,14 @@
 #define ARENA_BYTES (DECIDE_BATCH_MAX * 256)
 #define SPARES 4                   /* batches kept for reuse */
 
+/* Calls a worker keeps in flight; the decisions read meanwhile wait for one
+ * of them to be answered and then go out together.  Under load that makes
+ * batches of about ten instead of five, and throughput 12% higher (make
+ * bench: fewer, larger calls, for Redis and for both ends of the loopback);
+ * under light load nothing is in flight and nothing waits.  Two, not one:
+ * a decision never waits behind a single slow call. */
+#define MAX_IN_FLIGHT 2
+
 struct pending {
     store_cb *cb;
     void *arg;
@@ -30,6 +40,7 @@ struct pending {
 struct batch {
     struct decide_batch *owner;
     struct batch *next;
+    uint64_t opened_us;            /* when its first decision was taken */
     size_t n, used;
     struct pending p[DECIDE_BATCH_MAX];
     char arena[ARENA_BYTES];
@@ -42,7 +53,15 @@ struct decide_batch {
     struct batch *spare;           /* answered batches, for reuse (at most SPARES) */
     unsigned n_spare;
     unsigned waiting;              /* decisions taken and not yet answered */
+    unsigned in_flight;            /* calls sent and not yet answered */
 };
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static struct batch *batch_get(struct decide_batch *b)
 {
@@ -55,6 +74,7 @@ static struct batch *batch_get(struct decide_batch *b)
     }
     bt->owner = b;
     bt->next = NULL;
+    bt->opened_us = now_us();
     bt->n = bt->used = 0;
     return bt;
 }
@@ -111,11 +131,20 @@ static size_t extent(const struct store_item *it, size_t n, size_t pos)
     return e;
 }
 
+/* A call of B's was answered: the batches that waited for it can go. */
+static void call_done(struct decide_batch *b)
+{
+    b->in_flight--;
+    if (b->head)
+        event_active(b->flush, EV_TIMEOUT, 0);
+}
+
 /* The batch's reply: one element per decision, in order, each the answer a
  * single call would have had, or an error for that decision alone. */
 static void on_batch_reply(void *arg, const struct store_reply *r)
 {
     struct batch *bt = arg;
+    call_done(bt->owner);
     if (r->status != STORE_OK) {
         batch_answer_all(bt, r);
         return;
@@ -142,7 +171,9 @@ static void on_batch_reply(void *arg, const struct store_reply *r)
 /* A batch of one went out as a plain call: its reply is the decision's. */
 static void on_single_reply(void *arg, const struct store_reply *r)
 {
-    batch_answer_all(arg, r);
+    struct batch *bt = arg;
+    call_done(bt->owner);
+    batch_answer_all(bt, r);
 }
 
 /* Points ARGV/LEN at the keys (K = 0) or arguments (K = 1) of P. */
@@ -158,6 +189,22 @@ static int put_part(const struct pending *p, int part, const char **argv, size_t
         s += p->len[k];
     }
     return last - first;
+}
+
+/* Calls the store: the batch waited HELD_US (its decisions were promised an
+ * answer within redis.timeout_ms of being taken).  Fails BT when it could not. */
+static void batch_call(struct decide_batch *b, struct batch *bt, struct store *st, int nkeys,
+                       int argc, const char **argv, const size_t *len, store_cb *cb)
+{
+    uint64_t now = now_us();
+    uint64_t held = now > bt->opened_us ? now - bt->opened_us : 0;
+    int rc = store_eval_held(st, held, SCRIPT_DECIDE, nkeys, argc, argv, len, cb, bt);
+    if (rc == 0)
+        b->in_flight++;
+    else if (rc == -2)
+        batch_fail(bt, STORE_TIMEOUT, "timeout");
+    else
+        batch_fail(bt, STORE_UNAVAILABLE, "not connected");
 }
 
 static void batch_send(struct decide_batch *b, struct batch *bt)
@@ -179,8 +226,7 @@ static void batch_send(struct decide_batch *b, struct batch *bt)
         struct pending *p = &bt->p[0];
         argc = put_part(p, 0, argv, len);
         argc += put_part(p, 1, argv + argc, len + argc);
-        if (store_eval(st, SCRIPT_DECIDE, KEYS_PER, argc, argv, len, on_single_reply, bt) != 0)
-            batch_fail(bt, STORE_UNAVAILABLE, "not connected");
+        batch_call(b, bt, st, KEYS_PER, argc, argv, len, on_single_reply);
         return;
     }
     /* Every decision's keys, then '*' and every decision's arguments. */
@@ -190,23 +236,22 @@ static void batch_send(struct decide_batch *b, struct batch *bt)
     len[argc++] = 1;
     for (size_t k = 0; k < bt->n; k++)
         argc += put_part(&bt->p[k], 1, argv + argc, len + argc);
-    if (store_eval(st, SCRIPT_DECIDE, (int)(KEYS_PER * bt->n), argc, argv, len,
-                   on_batch_reply, bt) != 0)
-        batch_fail(bt, STORE_UNAVAILABLE, "not connected");
+    batch_call(b, bt, st, (int)(KEYS_PER * bt->n), argc, argv, len, on_batch_reply);
 }
 
-/* The end of the loop turn: libevent runs an event made active during the
- * turn after those already active, so every request the turn read is in. */
+/* The end of the loop turn (libevent runs an event made active during the
+ * turn after those already active, so every request the turn read is in),
+ * or a call was answered: sends what waits, as far as MAX_IN_FLIGHT allows. */
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct decide_batch *b = arg;
-    struct batch *bt = b->head;
     (void)fd; (void)what;
-    b->head = b->tail = NULL;
-    while (bt) {
-        struct batch *next = bt->next;
+    while (b->head && b->in_flight < MAX_IN_FLIGHT) {
+        struct batch *bt = b->head;
+        b->head = bt->next;
+        if (!b->head)
+            b->tail = NULL;
         batch_send(b, bt);
-        bt = next;
     }
 }
 
@@ -263,7 +308,8 @@ int decide_batch_add(struct decide_batch *b, const struct script_args *a,
         else
             b->head = bt;
         b->tail = bt;
-        event_active(b->flush, EV_TIMEOUT, 0);
+        if (b->in_flight < MAX_IN_FLIGHT)
+            event_active(b->flush, EV_TIMEOUT, 0);
     }
     size_t total = 0;
     for (int k = 0; k < PER; k++)

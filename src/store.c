@@ -637,6 +637,20 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
                const char *const *argv, const size_t *argvlen,
                store_cb *cb, void *arg)
 {
+    return store_eval_held(st, 0, script, nkeys, argc, argv, argvlen, cb, arg);
+}
+
+int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys, int argc,
+                    const char *const *argv, const size_t *argvlen,
+                    store_cb *cb, void *arg)
+{
+    uint64_t timeout_us = (uint64_t)st->cfg.timeout_ms * 1000u;
+    if (held_us >= timeout_us) {
+        COUNTER_INC(st->stats.timeouts);
+        return -2;
+    }
+    timeout_us -= held_us;
+
     char nkeys_str[20];
     size_t bytes = 0, total_argc = (size_t)argc + 3;
     int slot = nkeys > 0 && argc > 0 ? (int)cluster_key_slot(argv[0], argvlen[0]) : -1;
@@ -687,7 +701,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
         free(call);
         return -1;
     }
-    call->deadline_us = now_us() + (uint64_t)st->cfg.timeout_ms * 1000u;
+    call->deadline_us = now_us() + timeout_us;
     if (n->ready) {
         if (send_call(n, call) != 0) {
             call_free(call);
@@ -697,7 +711,7 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
     } else {
         park(n, call);
     }
-    struct timeval tv = { st->cfg.timeout_ms / 1000, (st->cfg.timeout_ms % 1000) * 1000 };
+    struct timeval tv = { (time_t)(timeout_us / 1000000u), (suseconds_t)(timeout_us % 1000000u) };
     evtimer_add(call->timer, &tv);
     COUNTER_INC(st->stats.calls);
     return 0;

@@ -6,8 +6,11 @@
  * command, the script's set-up, its clock and its reply.  A batch pays it
  * once for all its decisions, which still run one after another, each as if
  * alone, in the order they arrived.  A batch closes at the end of the loop
- * turn (or at DECIDE_BATCH_MAX decisions), so it adds no waiting: under
- * light load every batch holds one decision and goes out as a plain call.
+ * turn (or at DECIDE_BATCH_MAX decisions) and goes out at once, unless the
+ * worker already has two calls in flight: then it waits for one of them to
+ * be answered, growing meanwhile.  Under light load nothing waits and every
+ * batch holds one decision, a plain call.  A decision is still answered
+ * within redis.timeout_ms of being taken: its call gets what is left.
  * A Redis Cluster always gets one call per decision: the keys of different
  * people sit in different slots.
  */

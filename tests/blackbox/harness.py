@@ -257,14 +257,16 @@ def uid(prefix="user"):
     return "%s-%s@example.com" % (prefix, uuid.uuid4().hex)
 
 
-def _raw_decide(sock, user, message_id):
+def raw_decide(sock, user, message_id):
+    """Writes a decide (email) on SOCK without waiting for the answer."""
     body = json.dumps({"user": user, "channel": "email", "message_id": message_id}).encode()
     sock.sendall(b"POST /v1/decide HTTP/1.1\r\nHost: capgate\r\n"
                  b"Content-Type: application/json\r\nContent-Length: %d\r\n"
                  b"Connection: close\r\n\r\n" % len(body) + body)
 
 
-def _raw_answer(sock):
+def raw_answer(sock):
+    """The (status, body) answered on SOCK (to a raw_decide); closes it."""
     sock.settimeout(10)
     data = b""
     while True:
@@ -289,10 +291,10 @@ def decide_together(g, asks, before=None):
     os.kill(g.proc.pid, signal.SIGSTOP)
     try:
         for sock, (user, m) in zip(socks, asks):
-            _raw_decide(sock, user, m)
+            raw_decide(sock, user, m)
     finally:
         os.kill(g.proc.pid, signal.SIGCONT)
-    return [_raw_answer(sock) for sock in socks]
+    return [raw_answer(sock) for sock in socks]
 
 
 def mid(prefix="msg"):

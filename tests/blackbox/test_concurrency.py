@@ -3,7 +3,9 @@
 import collections
 import concurrent.futures
 import re
+import socket
 import threading
+import time
 
 import harness as h
 
@@ -106,6 +108,38 @@ def _evalsha_calls(port):
     text = info.decode() if isinstance(info, bytes) else str(info)
     m = re.search(r"cmdstat_evalsha:calls=(\d+)", text)
     return int(m.group(1)) if m else 0
+
+
+def test_decisions_read_while_calls_are_in_flight_go_together():
+    # A worker keeps at most two decide calls in flight; the decisions it
+    # reads meanwhile, one loop turn at a time, wait and then go out as one
+    # call (src/decide_batch.c).  Redis is stopped so that the first two calls
+    # stay in flight while the other eight arrive.  Decided in arrival order:
+    # the cap lets exactly the first two through.
+    g = h.Gateway(overrides={"workers": 1, "audit": {"enabled": False},
+                             "redis": {"url": "redis://127.0.0.1:{redis_port}/0",
+                                       "timeout_ms": 5000},
+                             "caps": [{"name": "two", "limit": 2, "window": "1d",
+                                       "on_exceed": "deny"}]})
+    a = h.uid("held")
+    socks = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(10)]
+    time.sleep(0.3)                      # accepted, idle
+    before = _evalsha_calls(g.redis.port)
+    g.redis.pause()
+    try:
+        for k, sock in enumerate(socks):
+            h.raw_decide(sock, a, "held-%d" % k)
+            time.sleep(0.05)             # each read in a turn of its own
+        time.sleep(0.3)
+    finally:
+        g.redis.resume()
+    answers = [h.raw_answer(sock) for sock in socks]
+    calls = _evalsha_calls(g.redis.port) - before
+    got = [(st, body.get("decision"), body.get("reason")) for st, body in answers]
+    h.check(got == [(200, "allow", "ok")] * 2 + [(200, "deny", "cap")] * 8,
+            "the first two allowed, the other eight denied, in arrival order: %s" % answers)
+    h.check(calls == 3, "10 decisions, two calls in flight: want 3 Redis calls "
+            "(2 + the 8 that waited, together), got %d" % calls)
 
 
 def test_decisions_read_together_go_to_redis_together():

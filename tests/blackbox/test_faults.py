@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import re
+import socket
 import threading
 import time
 
@@ -97,6 +98,39 @@ def test_max_pending_bounds_decisions_waiting_on_redis():
     refused = [body for _, body in rs if "not connected" in body["error"]["message"]]
     h.check(len(waited) == 3 and len(refused) == 9,
             "max_pending 3: 3 waited (timeout), 9 refused at once: %s" % rs)
+    allow_again(g, timeout=5.0)
+
+
+def test_decisions_waiting_behind_calls_in_flight_keep_their_timeout():
+    # A worker keeps two decide calls in flight; a decision read meanwhile
+    # waits for one of them.  Its answer is still due redis.timeout_ms after
+    # it came in, not after its own call went out: here C waits behind A and
+    # B (Redis stopped) and must not take the 1.8 s that two timeouts in a row
+    # would.
+    g = h.Gateway(overrides={"workers": 1, "audit": {"enabled": False},
+                             "redis": {"url": "redis://127.0.0.1:{redis_port}/0",
+                                       "timeout_ms": 1000}})
+    h.expect_decision(g.decide(h.uid("fault"), "email"), "allow", "ok")
+    socks = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(3)]
+    time.sleep(0.3)
+    sent = []
+    g.redis.pause()
+    try:
+        for sock in socks:                   # A, B, C: each in a turn of its own
+            h.raw_decide(sock, h.uid("fault"), h.mid())
+            sent.append(time.monotonic())
+            time.sleep(0.1)
+        answers = []
+        for sock, t in zip(socks, sent):
+            st, body = h.raw_answer(sock)
+            answers.append((st, body, time.monotonic() - t))
+    finally:
+        g.redis.resume()
+    for name, (st, body, took) in zip("ABC", answers):
+        h.check(st == 503 and body["error"]["code"] == "store_unavailable" and
+                "timeout" in body["error"]["message"],
+                "%s: 503 timeout while Redis is stopped: %s %s" % (name, st, body))
+        h.check(0.9 <= took < 1.4, "%s answered after %.2fs (timeout_ms 1000)" % (name, took))
     allow_again(g, timeout=5.0)
 
 
