@@ -74,14 +74,96 @@
 -- redis.call()s (4 to 6 thousand instructions each), few Lua-to-C calls,
 -- no tables or closures it can do without (each is garbage Redis's Lua
 -- collects on the request path), numbers unpacked once, the answer packed
--- in one string.  (A context table instead of the two closures below
--- measured dearer.)
+-- in one string.
+
+-- The name of cap RULE (index + 1), for the audit entry.
+local function cap_name(rules, names_at, rule)
+  local k = 0
+  for name in string.gmatch(string.sub(rules, names_at), '[^\n]+') do
+    k = k + 1
+    if k == rule then return name end
+  end
+  return tostring(rule)
+end
+
+-- Every answer goes through here: it appends the audit entry (when on).
+-- (Functions of the chunk taking what they need, not closures inside
+-- decide(): a closure and its upvalues were allocations on every decision.)
+local function answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep,
+                      outcome, reason, rule, retry, replay, count)
+  local call = redis.call
+  -- A dry run is a question, not a decision: it leaves no trace at all.
+  local max = ARGV[ao + 5]
+  if max ~= '' and not dry then
+    local rname, counted, hits = '', '', ''
+    if rule == 256 then
+      rname = 'fatigue'
+    elseif rule > 0 then
+      rname = cap_name(rules, names_at, rule)
+    end
+    if rname ~= '' then counted = count end
+    if shadow then
+      local list = {}
+      for i = 1, #shadow, 2 do
+        list[#list + 1] = cap_name(rules, names_at, shadow[i]) .. ':' .. (shadow[i + 1] == 2 and 'deny' or 'defer')
+      end
+      hits = table.concat(list, ',')
+    end
+    local oname = outcome == 0 and 'allow' or outcome == 1 and 'defer' or 'deny'
+    local rsn = reason == 0 and 'ok' or reason == 4 and 'cap' or reason == 3 and 'quiet_hours'
+                or reason == 1 and 'opted_out' or reason == 2 and 'consent_required' or 'suppressed'
+    local entry = ARGV[ao + 6] .. '|' .. oname .. '|' .. rsn .. '|' .. rname ..
+                  '|' .. counted .. '|' .. (replay == 1 and '1' or '') .. '|' .. hits
+    -- MAXLEN bounds the length; age is trimmed, and the expiry renewed, by
+    -- the gateways' background sweep (audit_trim.lua).  Only a stream this
+    -- call creates gets its expiry here.
+    if not call('XADD', KEYS[ko + 4], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'decide', entry) then
+      call('XADD', KEYS[ko + 4], 'MAXLEN', '~', max, '*', 'decide', entry)
+      call('PEXPIRE', KEYS[ko + 4], audit_keep)
+    end
+  end
+  -- A deferral in proxy mode queues the message, or refuses it when full.
+  local queued, superseded = 0, 0
+  if outcome == 1 and nkeys >= 7 then
+    local max, ttl, prio, collapse = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)$')
+    local member = ARGV[ao + 9]
+    local replacing = collapse == '1' and call('EXISTS', KEYS[ko + 7]) == 1
+    if not replacing and not call('ZSCORE', KEYS[ko + 5], member) and
+       call('ZCARD', KEYS[ko + 5]) >= tonumber(max) then
+      queued = 2
+    else
+      if collapse == '1' then
+        local old = call('GET', KEYS[ko + 7])
+        if old and old ~= member then
+          -- The newer message replaces the older one of the same collapse key.
+          call('ZREM', KEYS[ko + 5], old)
+          call('DEL', string.sub(KEYS[ko + 6], 1, #KEYS[ko + 6] - #member) .. old)
+          superseded = 1
+        end
+        call('SET', KEYS[ko + 7], member, 'PX', ttl)
+      end
+      call('HSET', KEYS[ko + 6], 'blob', ARGV[ao + 8], 'prio', prio,
+           'collapse', collapse == '1' and KEYS[ko + 7] or '')
+      call('HSETNX', KEYS[ko + 6], 'attempts', 0)
+      call('PEXPIRE', KEYS[ko + 6], ttl)
+      call('ZADD', KEYS[ko + 5], now + retry, member)
+      queued = 1
+    end
+  end
+  local out = struct.pack('>I1I1I2i6I1I4I1I1I1', outcome, reason, rule, retry, replay, count,
+                          queued, superseded, shadow and #shadow / 2 or 0)
+  if shadow then
+    for i = 1, #shadow, 2 do out = out .. struct.pack('>I2I1', shadow[i], shadow[i + 1]) end
+  end
+  return out
+end
 
 -- One decision: its keys are KEYS[ko + 1 ..], its arguments ARGV[ao + 1 ..];
--- NKEYS keys (7 in proxy mode); NOW in ms.  (It captures nothing from the
--- chunk around it: every upvalue would cost Redis's Lua an allocation per
--- call.)
-local function decide(ko, ao, nkeys, now)
+-- NKEYS keys (7 in proxy mode); NOW in ms; S a table to hold the person's
+-- sends (see below), reused by the decisions of a batch.  (It captures only
+-- answer() from the chunk around it: every upvalue costs Redis's Lua an
+-- allocation per call.)
+local function decide(ko, ao, nkeys, now, s)
   local REC = 16
   local EPOCH = 1704067200000          -- 2024-01-01T00:00:00Z in ms
   local EXEMPT = 32768                 -- channel's top bit
@@ -96,96 +178,19 @@ local function decide(ko, ao, nkeys, now)
   dry, exempt = dry == 1, exempt == 1
   local caps_at = n_quiet * 12 + 1                 -- where the caps start in the rules
   local fatigue_at = caps_at + n_caps * 16
-
-  -- The name of cap RULE (index + 1), for the audit entry.
-  local function cap_name(rule)
-    local k = 0
-    for name in string.gmatch(string.sub(rules, fatigue_at + has_fatigue * 11), '[^\n]+') do
-      k = k + 1
-      if k == rule then return name end
-    end
-    return tostring(rule)
-  end
-
-  -- Every answer goes through here: it appends the audit entry (when on).
+  local names_at = fatigue_at + has_fatigue * 11  -- the cap names
   local shadow = nil            -- {rule, 1 defer / 2 deny, ...}, only when one fired
-  local function answer(outcome, reason, rule, retry, replay, count)
-    -- A dry run is a question, not a decision: it leaves no trace at all.
-    local max = ARGV[ao + 5]
-    if max ~= '' and not dry then
-      local rname, counted, hits = '', '', ''
-      if rule == 256 then
-        rname = 'fatigue'
-      elseif rule > 0 then
-        rname = cap_name(rule)
-      end
-      if rname ~= '' then counted = count end
-      if shadow then
-        local list = {}
-        for i = 1, #shadow, 2 do
-          list[#list + 1] = cap_name(shadow[i]) .. ':' .. (shadow[i + 1] == 2 and 'deny' or 'defer')
-        end
-        hits = table.concat(list, ',')
-      end
-      local oname = outcome == 0 and 'allow' or outcome == 1 and 'defer' or 'deny'
-      local rsn = reason == 0 and 'ok' or reason == 4 and 'cap' or reason == 3 and 'quiet_hours'
-                  or reason == 1 and 'opted_out' or reason == 2 and 'consent_required' or 'suppressed'
-      local entry = ARGV[ao + 6] .. '|' .. oname .. '|' .. rsn .. '|' .. rname ..
-                    '|' .. counted .. '|' .. (replay == 1 and '1' or '') .. '|' .. hits
-      -- MAXLEN bounds the length; age is trimmed, and the expiry renewed, by
-      -- the gateways' background sweep (audit_trim.lua).  Only a stream this
-      -- call creates gets its expiry here.
-      if not call('XADD', KEYS[ko + 4], 'NOMKSTREAM', 'MAXLEN', '~', max, '*', 'decide', entry) then
-        call('XADD', KEYS[ko + 4], 'MAXLEN', '~', max, '*', 'decide', entry)
-        call('PEXPIRE', KEYS[ko + 4], audit_keep)
-      end
-    end
-    -- A deferral in proxy mode queues the message, or refuses it when full.
-    local queued, superseded = 0, 0
-    if outcome == 1 and nkeys >= 7 then
-      local max, ttl, prio, collapse = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)$')
-      local member = ARGV[ao + 9]
-      local replacing = collapse == '1' and call('EXISTS', KEYS[ko + 7]) == 1
-      if not replacing and not call('ZSCORE', KEYS[ko + 5], member) and
-         call('ZCARD', KEYS[ko + 5]) >= tonumber(max) then
-        queued = 2
-      else
-        if collapse == '1' then
-          local old = call('GET', KEYS[ko + 7])
-          if old and old ~= member then
-            -- The newer message replaces the older one of the same collapse key.
-            call('ZREM', KEYS[ko + 5], old)
-            call('DEL', string.sub(KEYS[ko + 6], 1, #KEYS[ko + 6] - #member) .. old)
-            superseded = 1
-          end
-          call('SET', KEYS[ko + 7], member, 'PX', ttl)
-        end
-        call('HSET', KEYS[ko + 6], 'blob', ARGV[ao + 8], 'prio', prio,
-             'collapse', collapse == '1' and KEYS[ko + 7] or '')
-        call('HSETNX', KEYS[ko + 6], 'attempts', 0)
-        call('PEXPIRE', KEYS[ko + 6], ttl)
-        call('ZADD', KEYS[ko + 5], now + retry, member)
-        queued = 1
-      end
-    end
-    local out = struct.pack('>I1I1I2i6I1I4I1I1I1', outcome, reason, rule, retry, replay, count,
-                            queued, superseded, shadow and #shadow / 2 or 0)
-    if shadow then
-      for i = 1, #shadow, 2 do out = out .. struct.pack('>I2I1', shadow[i], shadow[i + 1]) end
-    end
-    return out
-  end
 
-  -- The person's sends that still matter, oldest first, as one flat table of
-  -- 5 numbers a send (allowed-at, message, channel, category, campaign),
-  -- sized for 4 sends at once.  Times stay in the records' own epoch.
+  -- The person's sends that still matter, oldest first, as the first N
+  -- numbers of S, 5 a send (allowed-at, message, channel, category,
+  -- campaign; what lies beyond N is another decision's).  Times stay in the
+  -- records' own epoch.
   -- With them comes the bucket's expiry as last set (field '', see 6.).
-  local s, n, skipped = nil, 0, 0
+  local n, skipped = 0, 0
   local got = call('HMGET', KEYS[ko + 1], person, '')
   local raw, expiry = got[1], got[2]
   local rnow = now - EPOCH
   if raw then
-    s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
     local oldest = rnow - retention
     for off = 1, #raw - REC + 1, REC do
       local a, m, c, g, k = unpack('>I5I4I2I2I3', raw, off)
@@ -200,7 +205,7 @@ local function decide(ko, ao, nkeys, now)
     local since = rnow - idem
     for i = 1, n, 5 do
       if s[i + 1] == msg and s[i] > since then
-        return answer(0, 0, 0, 0, 1, 0)
+        return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 0, 0, 0, 0, 1, 0)
       end
     end
   end
@@ -216,16 +221,16 @@ local function decide(ko, ao, nkeys, now)
     local bar = string.find(both, '|', 1, true)
     local cn, gn = string.sub(both, 1, bar - 1), string.sub(both, bar + 1)
     if rec['bounce|' .. cn] then
-      return answer(2, 5, 0, 0, 0, 0)
+      return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 2, 5, 0, 0, 0, 0)
     end
     local r = rec[both] or rec[cn .. '|*'] or rec['*|' .. gn] or rec['*|*']
     if r then state = r[1] end
   end
   if state == 'out' and no_opt_out == 0 then
-    return answer(2, 1, 0, 0, 0, 0)
+    return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 2, 1, 0, 0, 0, 0)
   end
   if needs_opt_in == 1 and state ~= 'in' then
-    return answer(2, 2, 0, 0, 0, 0)
+    return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 2, 2, 0, 0, 0, 0)
   end
 
   -- 4. Quiet hours: absolute intervals the gateway computed in the zone.
@@ -233,9 +238,9 @@ local function decide(ko, ao, nkeys, now)
     local qs, qe = unpack('>I6I6', rules, off)
     if now >= qs and now < qe then
       if qe - now > max_defer then
-        return answer(2, 3, 0, qe - now, 0, 0)
+        return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 2, 3, 0, qe - now, 0, 0)
       end
-      return answer(1, 3, 0, qe - now, 0, 0)
+      return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 1, 3, 0, qe - now, 0, 0)
     end
   end
 
@@ -301,13 +306,13 @@ local function decide(ko, ao, nkeys, now)
       end
     end
     if deny_rule > 0 then
-      return answer(2, 4, deny_rule, defer_retry, 0, defer_count)
+      return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 2, 4, deny_rule, defer_retry, 0, defer_count)
     end
     if defer_rule > 0 then
       if defer_retry > max_defer then
-        return answer(2, 4, defer_rule, defer_retry, 0, defer_count)
+        return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 2, 4, defer_rule, defer_retry, 0, defer_count)
       end
-      return answer(1, 4, defer_rule, defer_retry, 0, defer_count)
+      return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 1, 4, defer_rule, defer_retry, 0, defer_count)
     end
   end
 
@@ -370,7 +375,7 @@ local function decide(ko, ao, nkeys, now)
       call('PEXPIRE', KEYS[ko + 3], retention)
     end
   end
-  return answer(0, 0, 0, 0, 0, 0)
+  return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 0, 0, 0, 0, 0, 0)
 end
 
 -- A call is one decision (KEYS and ARGV as above) or a batch: ARGV[1] is
@@ -385,12 +390,14 @@ end
 local t = redis.call('TIME')
 local us = tonumber(t[2])
 local now = tonumber(t[1]) * 1000 + (us - us % 1000) / 1000
+-- S: room for 4 sends at once.
+local sends = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 if ARGV[1] ~= '*' then
-  return decide(0, 0, #KEYS, now)
+  return decide(0, 0, #KEYS, now, sends)
 end
 local out = {}
 for i = 0, #KEYS / 4 - 1 do
-  local ok, res = pcall(decide, 4 * i, 1 + 6 * i, 4, now)
+  local ok, res = pcall(decide, 4 * i, 1 + 6 * i, 4, now, sends)
   if ok then
     out[i + 1] = res
   else
