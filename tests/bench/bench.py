@@ -1275,7 +1275,7 @@ def main_bench(build):
             "(cmdstat_evalsha usec / decisions in the wrk runs: wall time, Redis sharing "
             "the cores; the target is on the full-window figures below)")
     rep.fig("decisions_per_redis_call", median([r["per_call"] for r in dec]),
-            "(a worker sends the decisions it read in one loop turn as one call)",
+            "(a worker sends the decisions it read together as one call, two calls in flight)",
             fmt="{:.2f}")
     rep.fig("redis_cpu_total_us_per_decision", median([r["redis_total_us"] for r in dec]),
             "(Redis used_cpu_user+sys / decisions: with its network I/O)")
