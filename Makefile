@@ -12,7 +12,7 @@ PREFIX   ?= /usr/local
 DESTDIR  ?=
 
 CC       ?= cc
-PKGS     := libevent libevent_pthreads libmicrohttpd hiredis jansson libfyaml libsodium libsystemd libcurl
+PKGS     := libevent libmicrohttpd hiredis jansson libfyaml libsodium libsystemd libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

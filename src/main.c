@@ -10,7 +10,6 @@
  *                  shutdown_timeout, then exit 0 (a second signal: at once)
  */
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -181,10 +180,10 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg->log_level);
 
-    /* A client that hangs up mid-response must not kill the daemon; workers
-     * wake each other's loops (reload, shutdown) with event_active. */
+    /* A client that hangs up mid-response must not kill the daemon.  (No
+     * evthread_use_pthreads(): no loop is touched by another thread, see
+     * worker.c's wake().) */
     signal(SIGPIPE, SIG_IGN);
-    evthread_use_pthreads();
 
     struct supervisor s = { 0 };
     s.base = event_base_new();

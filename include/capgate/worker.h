@@ -81,7 +81,8 @@ struct worker {
 
     /* Shared with other threads. */
     pthread_mutex_t stats_lock;      /* guards store/http pointers for readers */
-    struct event *command;           /* event_active()'d by other threads */
+    int command_fd;                  /* eventfd: other threads write to wake it */
+    struct event *command;           /* reads command_fd */
     struct generation *pending;      /* a generation to apply (atomic) */
     int quiesce_requested;           /* atomic */
     int stop_now;                    /* atomic */
