@@ -54,6 +54,7 @@ struct decide_batch {
     unsigned n_spare;
     unsigned waiting;              /* decisions taken and not yet answered */
     unsigned in_flight;            /* calls sent and not yet answered */
+    bool redis_late;               /* the last call answered was a timeout */
 };
 
 static uint64_t now_us(void)
@@ -132,9 +133,10 @@ static size_t extent(const struct store_item *it, size_t n, size_t pos)
 }
 
 /* A call of B's was answered: the batches that waited for it can go. */
-static void call_done(struct decide_batch *b)
+static void call_done(struct decide_batch *b, enum store_status status)
 {
     b->in_flight--;
+    b->redis_late = status == STORE_TIMEOUT;
     if (b->head)
         event_active(b->flush, EV_TIMEOUT, 0);
 }
@@ -144,7 +146,7 @@ static void call_done(struct decide_batch *b)
 static void on_batch_reply(void *arg, const struct store_reply *r)
 {
     struct batch *bt = arg;
-    call_done(bt->owner);
+    call_done(bt->owner, r->status);
     if (r->status != STORE_OK) {
         batch_answer_all(bt, r);
         return;
@@ -172,7 +174,7 @@ static void on_batch_reply(void *arg, const struct store_reply *r)
 static void on_single_reply(void *arg, const struct store_reply *r)
 {
     struct batch *bt = arg;
-    call_done(bt->owner);
+    call_done(bt->owner, r->status);
     batch_answer_all(bt, r);
 }
 
@@ -191,13 +193,17 @@ static int put_part(const struct pending *p, int part, const char **argv, size_t
     return last - first;
 }
 
-/* Calls the store: the batch waited HELD_US (its decisions were promised an
- * answer within redis.timeout_ms of being taken).  Fails BT when it could not. */
+/* Calls the store for BT; fails BT when it cannot.  When the call BT waited
+ * for timed out, Redis is what kept it waiting: its call gets only what is
+ * left of redis.timeout_ms since its first decision came in, so a stalled
+ * Redis still answers every decision within timeout_ms.  When Redis
+ * answered, the wait was capgate's own (a busy or stalled loop) and the
+ * call gets the whole timeout, as a call sent at once would. */
 static void batch_call(struct decide_batch *b, struct batch *bt, struct store *st, int nkeys,
                        int argc, const char **argv, const size_t *len, store_cb *cb)
 {
     uint64_t now = now_us();
-    uint64_t held = now > bt->opened_us ? now - bt->opened_us : 0;
+    uint64_t held = b->redis_late && now > bt->opened_us ? now - bt->opened_us : 0;
     int rc = store_eval_held(st, held, SCRIPT_DECIDE, nkeys, argc, argv, len, cb, bt);
     if (rc == 0)
         b->in_flight++;

@@ -9,8 +9,9 @@
  * turn (or at DECIDE_BATCH_MAX decisions) and goes out at once, unless the
  * worker already has two calls in flight: then it waits for one of them to
  * be answered, growing meanwhile.  Under light load nothing waits and every
- * batch holds one decision, a plain call.  A decision is still answered
- * within redis.timeout_ms of being taken: its call gets what is left.
+ * batch holds one decision, a plain call.  When Redis stalls, a decision
+ * is still answered within redis.timeout_ms of being taken: a batch that
+ * waited for a call that timed out gets what is left of the timeout.
  * A Redis Cluster always gets one call per decision: the keys of different
  * people sit in different slots.
  */
