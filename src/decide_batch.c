@@ -7,8 +7,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "capgate/clock.h"
 #include "capgate/log.h"
 
 /* A plain decide (no proxy mode): 4 keys, then 6 arguments. */
@@ -57,13 +57,6 @@ struct decide_batch {
     bool redis_late;               /* the last call answered was a timeout */
 };
 
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 static struct batch *batch_get(struct decide_batch *b)
 {
     struct batch *bt = b->spare;
@@ -75,7 +68,7 @@ static struct batch *batch_get(struct decide_batch *b)
     }
     bt->owner = b;
     bt->next = NULL;
-    bt->opened_us = now_us();
+    bt->opened_us = clock_now_us();
     bt->n = bt->used = 0;
     return bt;
 }
@@ -202,7 +195,7 @@ static int put_part(const struct pending *p, int part, const char **argv, size_t
 static void batch_call(struct decide_batch *b, struct batch *bt, struct store *st, int nkeys,
                        int argc, const char **argv, const size_t *len, store_cb *cb)
 {
-    uint64_t now = now_us();
+    uint64_t now = clock_now_us();
     uint64_t held = b->redis_late && now > bt->opened_us ? now - bt->opened_us : 0;
     int rc = store_eval_held(st, held, SCRIPT_DECIDE, nkeys, argc, argv, len, cb, bt);
     if (rc == 0)

@@ -9,6 +9,7 @@
 
 #include "capgate/audit_file.h"
 #include "capgate/auth.h"
+#include "capgate/clock.h"
 #include "capgate/connlimit.h"
 #include "capgate/counter.h"
 #include "capgate/decision.h"
@@ -232,10 +233,10 @@ int gateway_reload(struct gateway *gw, struct worker *caller, char *err, size_t 
         worker_post_generation(gw->workers[k], gen);
     if (caller)
         worker_apply_pending(caller);
-    uint64_t deadline = http_now_us() + APPLY_WAIT_S * 1000000u;
+    uint64_t deadline = clock_now_us() + APPLY_WAIT_S * 1000000u;
     for (unsigned k = 0; k < gw->n; k++)
         while (__atomic_load_n(&gw->workers[k]->pending, __ATOMIC_ACQUIRE) &&
-               http_now_us() < deadline)
+               clock_now_us() < deadline)
             usleep(200);
     generation_release(gw->gen);
     gw->gen = gen;
@@ -257,7 +258,7 @@ out:
 
 void gateway_quiesce(struct gateway *gw)
 {
-    uint64_t deadline = http_now_us() + (uint64_t)gw->gen->cfg->shutdown_timeout_s * 1000000u;
+    uint64_t deadline = clock_now_us() + (uint64_t)gw->gen->cfg->shutdown_timeout_s * 1000000u;
     for (unsigned k = 0; k < gw->n; k++)
         worker_post_quiesce(gw->workers[k], deadline);
 }
@@ -345,7 +346,7 @@ uint64_t gateway_audit_dropped(struct gateway *gw)
 
 bool gateway_alive(struct gateway *gw, uint64_t max_age_us)
 {
-    uint64_t now = http_now_us();
+    uint64_t now = clock_now_us();
     for (unsigned k = 0; k < gw->n; k++)
         if (now - COUNTER_GET(gw->workers[k]->heartbeat_us) > max_age_us)
             return false;

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "capgate/clock.h"
 #include "capgate/connlimit.h"
 #include "capgate/counter.h"
 #include "capgate/log.h"
@@ -66,13 +67,6 @@ struct http_request {
     bool begun;               /* the access handler has seen it */
     char uri[];               /* as the client sent it, query included */
 };
-
-uint64_t http_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* ---- the loop glue ------------------------------------------------------ */
 
@@ -161,7 +155,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->conn = conn;
         req->method = method;
         req->path = url;
-        req->started_us = http_now_us();
+        req->started_us = clock_now_us();
         COUNTER_INC(srv->active);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);

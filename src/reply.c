@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/http.h"
 #include "capgate/log.h"
@@ -41,7 +42,7 @@ unsigned api_error_status(enum api_error e) { return errors[e].status; }
  * the optional access log (pseudonymous ids only). */
 static void account(struct worker *w, struct http_request *req, unsigned status)
 {
-    double seconds = (double)(http_now_us() - http_started_us(req)) / 1e6;
+    double seconds = (double)(clock_now_us() - http_started_us(req)) / 1e6;
     COUNTER_INC(w->metrics.http_requests);
     COUNTER_INC(w->metrics.http_status[status < 600 ? status : 599]);
     histogram_observe(&w->metrics.http_latency, seconds);

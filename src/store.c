@@ -44,6 +44,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "capgate/clock.h"
 #include "capgate/cluster.h"
 #include "capgate/counter.h"
 #include "capgate/log.h"
@@ -157,13 +158,6 @@ static void schedule_reconnect(struct node *n);
 static void request_refresh(struct store *st);
 static void update_ready(struct store *st);
 static void send_to(struct store_call *call, struct node *n);
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static uint64_t stall_limit_us(const struct store *st)
 {
@@ -420,7 +414,7 @@ static int send_call(struct node *n, struct store_call *call)
     owe(n, 1);
     call->node = n;
     call->where = CALL_SENT;
-    call->sent_us = n->last_send_us = now_us();
+    call->sent_us = n->last_send_us = clock_now_us();
     return 0;
 }
 
@@ -475,7 +469,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 static void retry_later(struct store_call *call, const char *why)
 {
     struct store *st = call->st;
-    if (now_us() + RETRY_DELAY_MS * 1000u + 1000u >= call->deadline_us) {
+    if (clock_now_us() + RETRY_DELAY_MS * 1000u + 1000u >= call->deadline_us) {
         call_fail(call, STORE_UNAVAILABLE, why);
         return;
     }
@@ -574,7 +568,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
     owe(n, -1);
     if (r)
-        n->last_reply_us = now_us();
+        n->last_reply_us = clock_now_us();
     call->where = CALL_NOWHERE;
     if (call->answered) {               /* timed out earlier: drop the late reply */
         n->abandoned--;
@@ -586,7 +580,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         call_free(call);
         return;
     }
-    uint64_t rtt_us = now_us() - call->sent_us;
+    uint64_t rtt_us = clock_now_us() - call->sent_us;
     counter_set_double(&st->stats.last_rtt_ms, (double)rtt_us / 1000.0);
     histogram_observe(&st->stats.rtt, (double)rtt_us / 1e6);
     if (r->type == REDIS_REPLY_ERROR && st->cluster && !st->closing &&
@@ -701,7 +695,7 @@ int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys
         free(call);
         return -1;
     }
-    call->deadline_us = now_us() + timeout_us;
+    call->deadline_us = clock_now_us() + timeout_us;
     if (n->ready) {
         if (send_call(n, call) != 0) {
             call_free(call);
@@ -825,7 +819,7 @@ static void node_ready(struct node *n)
     n->ready = true;
     n->down_logged = false;
     n->backoff_ms = BACKOFF_MIN_MS;
-    n->last_reply_us = now_us();
+    n->last_reply_us = clock_now_us();
     log_info("redis ready", "redis=%s", n->name);
     /* Calls redirected here while it was connecting go now, in order. */
     while (n->parked && n->ready) {
@@ -949,7 +943,7 @@ static void connect_now(struct node *n)
     n->ac = ac;
     n->ready = false;
     n->connected = false;
-    n->deadline_us = now_us() + stall_limit_us(st);
+    n->deadline_us = clock_now_us() + stall_limit_us(st);
     if (redisLibeventAttach(ac, st->base) != REDIS_OK) {
         n->ac = NULL;
         redisAsyncFree(ac);
@@ -984,7 +978,7 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *privdata)
     (void)privdata;
     owe(n, -1);
     if (reply && ac == n->ac) {
-        n->last_reply_us = now_us();
+        n->last_reply_us = clock_now_us();
         n->ping_sent_us = 0;
     }
 }
@@ -1131,7 +1125,7 @@ static void apply_map(struct store *st, const struct cluster_range *ranges, size
         if (!n->wanted && n->ac && !n->retiring && n != st->refresh_node) {
             if (n->connected) {
                 n->retiring = true;
-                n->last_reply_us = now_us();    /* from now, a full stall limit */
+                n->last_reply_us = clock_now_us();    /* from now, a full stall limit */
                 redisAsyncDisconnect(n->ac);
             } else {                        /* still connecting: no answers to wait for */
                 redisAsyncContext *ac = n->ac;
@@ -1157,7 +1151,7 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *privdata)
     st->refresh_node = NULL;
     st->refresh_sent_us = 0;
     if (r)
-        n->last_reply_us = now_us();
+        n->last_reply_us = clock_now_us();
     int nr = r ? cluster_parse_slots(r, NULL, 0) : -1;
     struct cluster_range *ranges = nr > 0 ? calloc((size_t)nr, sizeof *ranges) : NULL;
     if (nr <= 0 || !ranges) {
@@ -1181,7 +1175,7 @@ static void send_cluster_slots(struct node *n)
     struct store *st = n->st;
     if (redisAsyncCommand(n->ac, on_slots, (void *)st->refresh_seq, "CLUSTER SLOTS") == REDIS_OK) {
         owe(n, 1);
-        n->last_send_us = now_us();
+        n->last_send_us = clock_now_us();
     } else {
         st->refresh_node = NULL;
         st->refresh_sent_us = 0;
@@ -1197,7 +1191,7 @@ static void start_refresh(struct store *st)
     size_t n = st->n_nodes;
 
     st->refresh_wanted = false;
-    st->last_refresh_us = now_us();
+    st->last_refresh_us = clock_now_us();
     st->refresh_seq++;
     /* Pass 0: a ready node; 1: a connected one; 2: one connecting; 3: an
      * address without a connection (a probe). */
@@ -1215,7 +1209,7 @@ static void start_refresh(struct store *st)
         return;
     }
     st->refresh_node = pick;
-    st->refresh_sent_us = now_us();
+    st->refresh_sent_us = clock_now_us();
     if (pick->connected) {
         send_cluster_slots(pick);
         return;
@@ -1244,7 +1238,7 @@ static void request_refresh(struct store *st)
     st->refresh_wanted = true;
     if (st->refresh_node || evtimer_pending(st->refresh_timer, NULL))
         return;
-    uint64_t now = now_us(), due = st->last_refresh_us + st->refresh_gap_ms * 1000u;
+    uint64_t now = clock_now_us(), due = st->last_refresh_us + st->refresh_gap_ms * 1000u;
     uint64_t wait = due > now ? due - now : 0;
     struct timeval tv = { (time_t)(wait / 1000000u), (suseconds_t)(wait % 1000000u) };
     evtimer_add(st->refresh_timer, &tv);
@@ -1253,7 +1247,7 @@ static void request_refresh(struct store *st)
 static void on_health_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct store *st = arg;
-    uint64_t now = now_us();
+    uint64_t now = clock_now_us();
     (void)fd; (void)what;
 
     for (size_t k = 0; k < st->n_nodes; k++)

@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "capgate/clock.h"
 #include "capgate/counter.h"
 #include "capgate/decide_batch.h"
 #include "capgate/decision.h"
@@ -357,7 +358,7 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
     time_t now = time(NULL);
     (void)fd; (void)what;
 
-    COUNTER_SET(w->heartbeat_us, http_now_us());
+    COUNTER_SET(w->heartbeat_us, clock_now_us());
     pthread_mutex_lock(&w->stats_lock);
     for (int k = 0; k < WORKER_RETIRED_MAX; k++) {
         if (w->old_http[k] && http_server_active_requests(w->old_http[k]) == 0) {
@@ -389,17 +390,17 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
 
     if (w->stopping && !w->finishing_us) {
         unsigned active = active_requests(w) + dispatcher_active(w->dispatcher);
-        if (active == 0 || http_now_us() >= w->shutdown_deadline_us ||
+        if (active == 0 || clock_now_us() >= w->shutdown_deadline_us ||
             __atomic_load_n(&w->stop_now, __ATOMIC_RELAXED)) {
             if (active)
                 log_warn("shutdown timeout: answering the rest as unavailable",
                          "worker=%u unfinished=%u", w->id, active);
             drop_stores(w);
-            w->finishing_us = http_now_us();
+            w->finishing_us = clock_now_us();
         }
     }
     if (w->finishing_us &&
-        (active_requests(w) == 0 || http_now_us() - w->finishing_us > FINISH_GRACE_US))
+        (active_requests(w) == 0 || clock_now_us() - w->finishing_us > FINISH_GRACE_US))
         close_http(w);
 }
 
@@ -577,7 +578,7 @@ struct worker *worker_create(struct gateway *gw, unsigned id, unsigned n_workers
     struct timeval tick = { 0, HOUSEKEEPING_MS * 1000 };
     event_add(w->housekeeping, &tick);
     event_add(w->command, NULL);
-    COUNTER_SET(w->heartbeat_us, http_now_us());
+    COUNTER_SET(w->heartbeat_us, clock_now_us());
     return w;
 }
 

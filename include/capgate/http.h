@@ -76,6 +76,5 @@ const char *http_client_addr(const struct http_request *req, char *buf, size_t l
 void http_respond(struct http_request *req, unsigned status, const char *content_type,
                   const char *body, size_t len, const char *const *headers);
 
-uint64_t http_now_us(void);
 
 #endif
