@@ -11,11 +11,12 @@
 
 #include "capgate/api.h"
 #include "capgate/audit_entry.h"
+#include "capgate/clock.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
 #include "capgate/reply.h"
 #include "capgate/store.h"
-#include "capgate/worker.h"
+#include "capgate/loop.h"
 
 #define LIMIT_DEFAULT 100
 #define LIMIT_MAX 1000
@@ -26,7 +27,7 @@ struct entry {
 };
 
 struct page_call {
-    struct worker *w;
+    struct loop *loop;
     struct http_request *req;
     unsigned pending;
     bool failed;
@@ -47,7 +48,7 @@ static int by_id(const void *a, const void *b)
 static void finish(struct page_call *call)
 {
     if (call->failed) {
-        reply_error(call->w, call->req, API_STORE_UNAVAILABLE, NULL,
+        reply_error(call->loop, call->req, API_STORE_UNAVAILABLE, NULL,
                     "the store is unavailable; retry later");
     } else {
         if (call->n)
@@ -69,7 +70,7 @@ static void finish(struct page_call *call)
                      (unsigned long long)call->entries[take - 1].seq);
             next = json_string(id);
         }
-        reply_json(call->w, call->req, 200, json_pack("{s:o, s:o}", "entries", list, "next", next));
+        reply_json(call->loop, call->req, 200, json_pack("{s:o, s:o}", "entries", list, "next", next));
     }
     for (size_t k = 0; k < call->n; k++)
         json_decref(call->entries[k].obj);
@@ -93,11 +94,8 @@ static void on_page(void *arg, const struct store_reply *r)
             snprintf(idbuf, sizeof idbuf, "%.*s", (int)id->len, id->s);
             unsigned long long ms = 0, seq = 0;
             sscanf(idbuf, "%llu-%llu", &ms, &seq);
-            time_t s = (time_t)(ms / 1000);
-            struct tm tm;
             char at[32];
-            gmtime_r(&s, &tm);
-            strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            clock_format_rfc3339(at, sizeof at, (time_t)(ms / 1000));
             json_t *o = json_pack("{s:s, s:s}", "id", idbuf, "at", at);
             if (nf < 0 || (size_t)nf > (r->n - pos) / 2)
                 nf = (long long)((r->n - pos) / 2);
@@ -149,7 +147,7 @@ static bool parse_since(const char *s, char out[48])
     return false;
 }
 
-void api_audit(struct worker *w, struct http_request *req)
+void api_audit(struct loop *l, struct http_request *req)
 {
     char since[48];
     const char *limit_s = http_query(req, "limit");
@@ -157,23 +155,23 @@ void api_audit(struct worker *w, struct http_request *req)
     char *end;
 
     if (!parse_since(http_query(req, "since"), since)) {
-        reply_error(w, req, API_INVALID_FIELD, "since",
+        reply_error(l, req, API_INVALID_FIELD, "since",
                     "since must be an audit id, Unix milliseconds or an RFC 3339 UTC time");
         return;
     }
     if (limit_s) {
         limit = strtol(limit_s, &end, 10);
         if (*end || limit < 1 || limit > LIMIT_MAX) {
-            reply_error(w, req, API_INVALID_FIELD, "limit", "limit must be 1 to %d", LIMIT_MAX);
+            reply_error(l, req, API_INVALID_FIELD, "limit", "limit must be 1 to %d", LIMIT_MAX);
             return;
         }
     }
     struct page_call *call = calloc(1, sizeof *call);
     if (!call) {
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
         return;
     }
-    call->w = w;
+    call->loop = l;
     call->req = req;
     call->limit = (unsigned)limit;
     call->pending = 1;   /* held until every call is sent */
@@ -181,7 +179,7 @@ void api_audit(struct worker *w, struct http_request *req)
         struct script_args args;
         decision_audit_page_args(tag, since, call->limit, &args);
         call->pending++;
-        if (store_eval(w->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
+        if (store_eval(l->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
                        on_page, call) != 0) {
             call->pending--;
             call->failed = true;
@@ -195,7 +193,7 @@ void api_audit(struct worker *w, struct http_request *req)
 /* ---- GET /v1/admin/dead-letters?limit=N ------------------------------------ */
 
 struct dead_call {
-    struct worker *w;
+    struct loop *loop;
     struct http_request *req;
     unsigned pending, limit;
     bool failed;
@@ -212,7 +210,7 @@ static int by_at_desc(const void *a, const void *b)
 static void dead_finish(struct dead_call *c)
 {
     if (c->failed) {
-        reply_error(c->w, c->req, API_STORE_UNAVAILABLE, NULL, "the store is unavailable; retry later");
+        reply_error(c->loop, c->req, API_STORE_UNAVAILABLE, NULL, "the store is unavailable; retry later");
     } else {
         size_t n = json_array_size(c->all);
         json_t **items = calloc(n ? n : 1, sizeof *items);
@@ -224,7 +222,7 @@ static void dead_finish(struct dead_call *c)
         for (size_t k = 0; items && k < n && k < c->limit; k++)
             json_array_append(list, items[k]);
         free(items);
-        reply_json(c->w, c->req, 200, json_pack("{s:o, s:I}", "dead_letters", list,
+        reply_json(c->loop, c->req, 200, json_pack("{s:o, s:I}", "dead_letters", list,
                                                 "total_seen", (json_int_t)n));
     }
     json_decref(c->all);
@@ -249,7 +247,7 @@ static void on_dead(void *arg, const struct store_reply *r)
         dead_finish(c);
 }
 
-void api_dead_letters(struct worker *w, struct http_request *req)
+void api_dead_letters(struct loop *l, struct http_request *req)
 {
     const char *limit_s = http_query(req, "limit");
     long limit = LIMIT_DEFAULT;
@@ -257,17 +255,17 @@ void api_dead_letters(struct worker *w, struct http_request *req)
     if (limit_s) {
         limit = strtol(limit_s, &end, 10);
         if (*end || limit < 1 || limit > LIMIT_MAX) {
-            reply_error(w, req, API_INVALID_FIELD, "limit", "limit must be 1 to %d", LIMIT_MAX);
+            reply_error(l, req, API_INVALID_FIELD, "limit", "limit must be 1 to %d", LIMIT_MAX);
             return;
         }
     }
     struct dead_call *c = calloc(1, sizeof *c);
     if (!c || !(c->all = json_array())) {
         free(c);
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
         return;
     }
-    c->w = w;
+    c->loop = l;
     c->req = req;
     c->limit = (unsigned)limit;
     c->pending = 1;
@@ -275,7 +273,7 @@ void api_dead_letters(struct worker *w, struct http_request *req)
         struct script_args a;
         decision_dead_list_args(tag, c->limit, &a);
         c->pending++;
-        if (store_eval(w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_dead, c) != 0) {
+        if (store_eval(l->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_dead, c) != 0) {
             c->pending--;
             c->failed = true;
             break;

@@ -9,57 +9,48 @@
 #include <time.h>
 
 #include "capgate/api.h"
+#include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
-#include "capgate/gateway.h"
 #include "capgate/http.h"
+#include "capgate/loop.h"
 #include "capgate/pseudonym.h"
 #include "capgate/reply.h"
+#include "capgate/requests.h"
+#include "capgate/rotation.h"
 #include "capgate/store.h"
-#include "capgate/validate.h"
-#include "capgate/worker.h"
-
-#define NAME_MAX_LEN 64
-#define SOURCE_MAX 128
 
 struct consent_call {
-    struct worker *w;
+    struct loop *loop;
     struct http_request *req;
     bool opt_in;
-    char channel[NAME_MAX_LEN + 1];
-    char category[NAME_MAX_LEN + 1];
-    char source[SOURCE_MAX + 1];
+    char channel[CONFIG_NAME_MAX + 1];
+    char category[CONFIG_NAME_MAX + 1];
+    char source[REQ_SOURCE_MAX + 1];
     char user[PSEUDONYM_USER_HEX + 1];
 };
-
-static void format_rfc3339(int64_t ms, char out[32])
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
 
 static void on_consent_stored(void *arg, const struct store_reply *r)
 {
     struct consent_call *call = arg;
     int64_t at = r->status == STORE_OK ? decision_consent_result(r) : -1;
 
+    struct loop *l = call->loop;
     if (at < 0) {
-        reply_error(call->w, call->req, API_STORE_UNAVAILABLE, NULL,
+        reply_error(l, call->req, API_STORE_UNAVAILABLE, NULL,
                     "the decision store is unavailable; consent was not recorded, retry later");
     } else {
         char when[32];
-        format_rfc3339(at, when);
-        COUNTER_INC(call->w->metrics.consents);
-        if (gateway_audit_wanted(call->w->gw))
-            gateway_audit(call->w->gw,
+        clock_format_rfc3339(when, sizeof when, (time_t)(at / 1000));
+        COUNTER_INC(l->metrics.consents);
+        if (loop_audit_wanted(l))
+            loop_audit(l,
                           json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "type", "consent",
                                     "pseudonym", call->user, "channel", call->channel,
                                     "category", call->category,
                                     "state", call->opt_in ? "opt_in" : "opt_out",
                                     "source", call->source));
-        reply_json(call->w, call->req, 200,
+        reply_json(l, call->req, 200,
                    json_pack("{s:s, s:s, s:s, s:s, s:s}", "channel", call->channel,
                              "category", call->category, "state",
                              call->opt_in ? "opt_in" : "opt_out", "source", call->source,
@@ -68,70 +59,61 @@ static void on_consent_stored(void *arg, const struct store_reply *r)
     free(call);
 }
 
-void api_consent(struct worker *w, struct http_request *req)
+static void refuse(struct consent_call *call)
 {
-    static const char *const fields[] = { "user", "channel", "category", "state", "source", NULL };
-    const struct config *cfg = w->cfg;
-    const char *user, *channel, *category, *state, *source;
-    size_t user_len;
+    reply_error(call->loop, call->req, API_STORE_UNAVAILABLE, NULL,
+                "the decision store is unavailable; consent was not recorded, retry later");
+    free(call);
+}
+
+static int store(struct consent_call *call)
+{
+    struct loop *l = call->loop;
+    struct script_args args;
+    decision_consent_args(l->cfg, call->user, call->channel, call->category, call->opt_in,
+                          call->source, &args);
+    return store_eval(l->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
+                      on_consent_stored, call);
+}
+
+static void on_moved(void *arg, bool ok)
+{
+    struct consent_call *call = arg;
+    if (!ok || store(call) != 0)
+        refuse(call);
+}
+
+void api_consent(struct loop *l, struct http_request *req)
+{
     struct field_error e;
+    struct req_consent rc;
+    size_t len;
+    const char *body = http_body(req, &len);
 
-    json_t *obj = api_body(w, req, fields);
-    if (!obj)
-        return;
-    if (validate_string(obj, "user", true, 1, 256, &user, &user_len, &e) ||
-        validate_string(obj, "channel", true, 1, NAME_MAX_LEN, &channel, NULL, &e) ||
-        validate_string(obj, "category", true, 1, NAME_MAX_LEN, &category, NULL, &e) ||
-        validate_string(obj, "state", true, 1, 16, &state, NULL, &e) ||
-        validate_string(obj, "source", true, 1, SOURCE_MAX, &source, NULL, &e)) {
-        reply_error(w, req, e.code, e.field, "%s", e.message);
-        json_decref(obj);
+    if (request_consent(l->cfg, body, len, &rc, &e) != 0) {
+        reply_field_error(l, req, &e);
+        request_free(rc.json);
         return;
     }
-    if (strcmp(channel, "*") != 0 && !config_channel(cfg, channel)) {
-        reply_error(w, req, API_UNKNOWN_CHANNEL, "channel",
-                    "channel must be a configured channel or \"*\"");
-        json_decref(obj);
-        return;
-    }
-    if (strcmp(category, "*") != 0 && !config_category(cfg, category)) {
-        reply_error(w, req, API_UNKNOWN_CATEGORY, "category",
-                    "category must be a configured category or \"*\"");
-        json_decref(obj);
-        return;
-    }
-    bool opt_in = strcmp(state, "opt_in") == 0;
-    if (!opt_in && strcmp(state, "opt_out") != 0) {
-        reply_error(w, req, API_INVALID_FIELD, "state", "state must be \"opt_in\" or \"opt_out\"");
-        json_decref(obj);
-        return;
-    }
-
     struct consent_call *call = calloc(1, sizeof *call);
     if (!call) {
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
-        json_decref(obj);
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
+        request_free(rc.json);
         return;
     }
-    call->w = w;
+    call->loop = l;
     call->req = req;
-    call->opt_in = opt_in;
-    snprintf(call->channel, sizeof call->channel, "%s", channel);
-    snprintf(call->category, sizeof call->category, "%s", category);
-    snprintf(call->source, sizeof call->source, "%s", source);
-
-    char user_hash[PSEUDONYM_USER_HEX + 1];
-    pseudonym_user(w->pseudonym, user, user_len, user_hash);
-    http_note_user(req, user_hash);
-    memcpy(call->user, user_hash, sizeof call->user);
-    struct script_args args;
-    decision_consent_args(cfg, user_hash, call->channel, call->category, opt_in, call->source,
-                          &args);
-    json_decref(obj);
-    if (store_eval(w->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
-                   on_consent_stored, call) != 0) {
-        free(call);
-        reply_error(w, req, API_STORE_UNAVAILABLE, NULL,
-                    "the decision store is unavailable; consent was not recorded, retry later");
-    }
+    call->opt_in = rc.opt_in;
+    snprintf(call->channel, sizeof call->channel, "%s", rc.channel);
+    snprintf(call->category, sizeof call->category, "%s", rc.category);
+    snprintf(call->source, sizeof call->source, "%s", rc.source);
+    pseudonym_user(l->pseudonym, rc.user, rc.user_len, call->user);
+    http_note_user(req, call->user);
+    char old_p[PSEUDONYM_USER_HEX + 1];
+    bool rotating = pseudonym_user_previous(l->pseudonym, rc.user, rc.user_len, old_p);
+    request_free(rc.json);
+    /* During a key rotation the person's records move first, so that the
+     * new record is merged with the old ones by consent.lua's own rule. */
+    if (rotating ? rotation_move(l, old_p, call->user, on_moved, call) != 0 : store(call) != 0)
+        refuse(call);
 }

@@ -11,11 +11,11 @@
 
 #include "capgate/api.h"
 #include "capgate/config.h"
-#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/reply.h"
 #include "capgate/store.h"
-#include "capgate/worker.h"
+#include "capgate/loop.h"
+#include "capgate/procstat.h"
 
 struct text {
     char *buf;
@@ -73,15 +73,51 @@ static const char *label(const char *s, char *buf, size_t size)
     return buf;
 }
 
-static void histogram(struct text *t, const char *name, const struct histogram *h)
+/* LABELS: "" or 'name="value",' (escaped, with its trailing comma). */
+static void histogram_labeled(struct text *t, const char *name, const char *labels,
+                              const struct histogram *h)
 {
     uint64_t cum = 0;
     for (int k = 0; k < HISTOGRAM_BUCKETS - 1; k++) {
         cum += h->buckets[k];
-        put(t, "%s_bucket{le=\"%g\"} %llu\n", name, histogram_bounds[k], (unsigned long long)cum);
+        put(t, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, histogram_bounds[k],
+            (unsigned long long)cum);
     }
-    put(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);
-    put(t, "%s_sum %.9f\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
+    size_t n = strlen(labels);
+    int ln = n ? (int)n - 1 : 0;      /* _sum and _count: without the trailing comma */
+    put(t, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, (unsigned long long)h->count);
+    put(t, "%s_sum%s%.*s%s %.9f\n", name, n ? "{" : "", ln, labels, n ? "}" : "", h->sum);
+    put(t, "%s_count%s%.*s%s %llu\n", name, n ? "{" : "", ln, labels, n ? "}" : "",
+        (unsigned long long)h->count);
+}
+
+static void histogram(struct text *t, const char *name, const struct histogram *h)
+{
+    histogram_labeled(t, name, "", h);
+}
+
+/* The process_* families of the Prometheus client libraries, read from
+ * /proc now (a scrape), never on a request's path. */
+static void process_metrics(struct text *t)
+{
+    struct procstat ps;
+    if (procstat_read(&ps) != 0)
+        return;
+    help(t, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+    put(t, "process_cpu_seconds_total %.17g\n", ps.cpu_seconds);
+    help(t, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    put(t, "process_resident_memory_bytes %llu\n", (unsigned long long)ps.resident_bytes);
+    help(t, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+    put(t, "process_virtual_memory_bytes %llu\n", (unsigned long long)ps.virtual_bytes);
+    help(t, "process_start_time_seconds", "gauge",
+         "Start time of the process since unix epoch in seconds.");
+    put(t, "process_start_time_seconds %.17g\n", ps.start_time);
+    help(t, "process_open_fds", "gauge", "Number of open file descriptors.");
+    put(t, "process_open_fds %llu\n", (unsigned long long)ps.open_fds);
+    if (ps.max_fds) {
+        help(t, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+        put(t, "process_max_fds %llu\n", (unsigned long long)ps.max_fds);
+    }
 }
 
 static void counter(struct text *t, const char *name, const char *text, uint64_t v)
@@ -96,18 +132,17 @@ static void gauge(struct text *t, const char *name, const char *text, double v)
     put(t, "%s %.17g\n", name, v);
 }
 
-void api_metrics(struct worker *w, struct http_request *req)
+void api_metrics(struct loop *l, struct http_request *req)
 {
-    const struct config *cfg = w->cfg;
+    const struct config *cfg = l->cfg;
     struct text t = { 0 };
-    char a[80], b[80];
+    char a[80], b[2 * METRICS_ROUTE_LEN + 1];
 
-    struct gateway_snapshot *snap = calloc(1, sizeof *snap);
+    struct totals *snap = loop_totals(l);
     if (!snap) {
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
         return;
     }
-    gateway_snapshot(w->gw, snap);
     const struct metrics *m = &snap->metrics;
     const struct store_stats ss = snap->redis;
 
@@ -136,13 +171,33 @@ void api_metrics(struct worker *w, struct http_request *req)
     counter(&t, "capgate_erasures_total", "People erased (POST /v1/users/erase).", m->erasures);
     counter(&t, "capgate_audit_file_dropped_total",
             "Audit lines not written to audit.file because the disk fell behind.",
-            gateway_audit_dropped(w->gw));
+            snap->audit_dropped);
     help(&t, "capgate_deliveries_total", "counter",
          "Proxy mode: messages by upstream (channel) and what became of them.");
-    for (size_t k = 0; k < m->n_delivery; k++)
+    /* Every configured upstream with every outcome (zeros too), then what
+     * was counted for channels a reload has since removed. */
+    for (size_t c = 0; c < cfg->n_channels; c++) {
+        const struct cfg_channel *ch = &cfg->channels[c];
+        if (!ch->upstream.enabled)
+            continue;
+        for (const char *const *o = metrics_delivery_outcomes; *o; o++) {
+            uint64_t n = 0;
+            for (size_t k = 0; k < m->n_delivery; k++)
+                if (strcmp(m->delivery[k].outcome, *o) == 0 &&
+                    strcmp(m->delivery[k].channel, ch->name) == 0)
+                    n += m->delivery[k].n;
+            put(&t, "capgate_deliveries_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
+                label(ch->name, a, sizeof a), *o, (unsigned long long)n);
+        }
+    }
+    for (size_t k = 0; k < m->n_delivery; k++) {
+        const struct cfg_channel *ch = config_channel(cfg, m->delivery[k].channel);
+        if (ch && ch->upstream.enabled)
+            continue;
         put(&t, "capgate_deliveries_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
             label(m->delivery[k].channel, a, sizeof a), m->delivery[k].outcome,
             (unsigned long long)m->delivery[k].n);
+    }
     uint64_t depth = 0, dead = 0;
     for (int tg = 0; tg < 256; tg++) {
         depth += m->deferred_depth[tg];
@@ -168,8 +223,15 @@ void api_metrics(struct worker *w, struct http_request *req)
         put(&t, "capgate_http_errors_total{code=\"%s\"} %llu\n", api_error_code((enum api_error)e),
             (unsigned long long)m->errors[e]);
     help(&t, "capgate_http_request_duration_seconds", "histogram",
-         "Time from a request's headers to its response.");
-    histogram(&t, "capgate_http_request_duration_seconds", &m->http_latency);
+         "Time from a request's headers to its response, by route (the endpoint or configured "
+         "route path matched; (other) when none).");
+    for (size_t k = 0; k < m->n_routes; k++) {
+        char labels[2 * METRICS_ROUTE_LEN + 16];
+        snprintf(labels, sizeof labels, "route=\"%s\",",
+                 label(m->by_route[k].route, b, sizeof b));
+        histogram_labeled(&t, "capgate_http_request_duration_seconds", labels,
+                          &m->by_route[k].h);
+    }
     gauge(&t, "capgate_http_in_flight_requests", "Requests begun and not yet answered.",
           snap->active);
     gauge(&t, "capgate_http_connections", "Open client connections.",
@@ -180,6 +242,9 @@ void api_metrics(struct worker *w, struct http_request *req)
     counter(&t, "capgate_redis_calls_total", "Script calls sent to Redis.", ss.calls);
     counter(&t, "capgate_redis_timeouts_total", "Script calls not answered within timeout_ms.",
             ss.timeouts);
+    counter(&t, "capgate_redis_late_replies_total",
+            "Script calls answered as timed out that Redis ran all the same (undone).",
+            ss.late_replies);
     counter(&t, "capgate_redis_errors_total", "Script calls answered with a Redis error.",
             ss.errors);
     counter(&t, "capgate_redis_unavailable_total",
@@ -196,23 +261,24 @@ void api_metrics(struct worker *w, struct http_request *req)
     gauge(&t, "capgate_config_last_reload_timestamp_seconds",
           "Unix time of the last reload attempt (0: none).", (double)snap->last_reload.at);
     free(snap);
+    process_metrics(&t);
 
     if (t.failed || !t.buf) {
         free(t.buf);
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
         return;
     }
-    reply_text(w, req, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len, NULL);
+    reply_text(l, req, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len, NULL);
     free(t.buf);
 }
 
-void api_admin_reload(struct worker *w, struct http_request *req)
+void api_admin_reload(struct loop *l, struct http_request *req)
 {
     char err[CONFIG_ERR_LEN];
-    if (gateway_reload(w->gw, w, err, sizeof err) != 0) {
-        reply_error(w, req, API_INVALID_CONFIG, NULL, "%s", err);
+    if (loop_reload(l, err, sizeof err) != 0) {
+        reply_error(l, req, API_INVALID_CONFIG, NULL, "%s", err);
         return;
     }
-    reply_json(w, req, 200, json_pack("{s:b, s:I}", "reloaded", 1, "generation",
-                                      (json_int_t)w->cfg->generation));
+    reply_json(l, req, 200, json_pack("{s:b, s:I}", "reloaded", 1, "generation",
+                                      (json_int_t)l->cfg->generation));
 }

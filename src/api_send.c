@@ -8,6 +8,14 @@
  * allow: forwarded at once (upstream 2xx: 200; else the send is released
  * and the answer is 502); defer: queued in the same script that decided
  * (202, delivered later by the dispatcher); deny: 429 for a cap, 403 else.
+ *
+ * Nothing accepted is lost.  The script that allows a message also leaves it
+ * in the deferred queue under a lease (decide.lua), where it waits while it
+ * is forwarded: the upstream's 2xx removes it (an ack); a refusal releases
+ * the send and removes it in one step (release.lua); and if this gateway
+ * dies in between, the lease runs out and another gateway's dispatcher
+ * delivers it.  A client retry of an allowed message whose delivery was
+ * never acknowledged is forwarded again (decision.resend).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,37 +24,49 @@
 #include <time.h>
 
 #include "capgate/api.h"
+#include "capgate/clock.h"
 #include "capgate/config.h"
+#include "capgate/decide.h"
 #include "capgate/decision.h"
 #include "capgate/delivery.h"
 #include "capgate/http.h"
-#include "capgate/jsonptr.h"
 #include "capgate/log.h"
+#include "capgate/loop.h"
 #include "capgate/pseudonym.h"
+#include "capgate/rotation.h"
 #include "capgate/reply.h"
+#include "capgate/requests.h"
 #include "capgate/store.h"
-#include "capgate/tz.h"
 #include "capgate/upstream.h"
-#include "capgate/validate.h"
-#include "capgate/worker.h"
 
 struct send_call {
-    struct worker *w;
+    struct decide_op op;
+    struct loop *loop;
     struct http_request *req;
-    const struct config *cfg;
+    const struct config *cfg;     /* the decision's (retained) */
     struct message m;             /* fields point into owned strings below */
     char *blob;
     char user[PSEUDONYM_USER_HEX + 1];
     char message[PSEUDONYM_SHORT_HEX + 1];
-    char message_id[129];
-    char channel[65], category[65];
+    char message_id[REQ_MESSAGE_ID_MAX + 1];
+    char channel[CONFIG_NAME_MAX + 1], category[CONFIG_NAME_MAX + 1];
     char *campaign, *tz, *method, *query;
     struct decision d;
+    bool failed_open;             /* decided without Redis: nothing recorded or queued */
+    /* During a key rotation the decision waits for the person's records to
+     * move (rotation.h): what it needs is kept here meanwhile. */
+    const struct config *rot_cfg;             /* the one CH and CAT are of */
+    const struct cfg_channel *ch;
+    const struct cfg_category *cat;
+    int priority;
+    char *collapse;
+    enum decide_road road;
 };
 
 static void call_free(struct send_call *c)
 {
-    config_release(c->cfg);
+    if (c->cfg)
+        config_release(c->cfg);
     free(c->m.body);
     json_decref(c->m.headers);
     free(c->blob);
@@ -54,7 +74,15 @@ static void call_free(struct send_call *c)
     free(c->tz);
     free(c->method);
     free(c->query);
+    free(c->collapse);
     free(c);
+}
+
+static bool valid_utf8(const char *s, size_t n)
+{
+    json_t *j = json_stringn(s, n);      /* jansson checks it */
+    json_decref(j);
+    return j != NULL;
 }
 
 static json_t *decision_body(const struct send_call *c)
@@ -69,171 +97,226 @@ static json_t *decision_body(const struct send_call *c)
     return o;
 }
 
-static void on_release_done(void *arg, const struct store_reply *r)
+/* ---- after the upstream answered ------------------------------------------------ */
+
+/* What the upstream said when it refused, for the caller. */
+struct refusal {
+    long http_status;             /* 0: no answer */
+    bool timed_out;
+    char error[160];
+    char *body;                   /* the first 4 KiB of the upstream's answer (malloc'ed) */
+    size_t body_len;
+};
+
+static void reply_refused(struct send_call *c, const struct refusal *f, bool released)
 {
-    (void)arg; (void)r;   /* best effort: a failed release only overcounts */
+    struct loop *l = c->loop;
+    json_t *body = decision_body(c);
+    if (f->http_status)
+        json_object_set_new(body, "upstream_status", json_integer(f->http_status));
+    if (!released) {
+        /* The send could not be released (Redis is away): the message is
+         * still queued under its lease, and the dispatcher delivers it when
+         * the lease runs out.  Saying 502 would be a lie. */
+        char when[32];
+        clock_format_rfc3339(when, sizeof when, time(NULL) + c->cfg->delivery.lease_ms / 1000);
+        json_object_set_new(body, "delivery", json_string("retrying"));
+        json_object_set_new(body, "deliver_at", json_string(when));
+        metrics_count_delivery(&l->metrics, c->channel, "retried");
+        reply_json(l, c->req, 202, body);
+        return;
+    }
+    char msg[320];
+    enum api_error code = f->timed_out ? API_UPSTREAM_TIMEOUT : API_UPSTREAM_FAILED;
+    if (f->http_status)
+        snprintf(msg, sizeof msg, "the %s upstream answered %ld; the send was released",
+                 c->channel, f->http_status);
+    else
+        snprintf(msg, sizeof msg, "the %s upstream %s (%s); the send was released",
+                 c->channel, f->timed_out ? "did not answer in time" : "failed", f->error);
+    json_object_set_new(body, "error", json_pack("{s:s, s:s}", "code", api_error_code(code),
+                                                 "message", msg));
+    /* The upstream's own words: a 401's errors[] tells a developer more than 502. */
+    if (f->body_len)
+        json_object_set_new(body, "upstream_body", json_stringn_nocheck(f->body, f->body_len));
+    COUNTER_INC(l->metrics.errors[code]);
+    reply_json(l, c->req, api_error_status(code), body);
 }
 
-static void release(struct send_call *c)
+struct abandon_call {
+    struct send_call *c;
+    struct refusal f;
+};
+
+static void on_abandoned(void *arg, const struct store_reply *r)
 {
-    struct script_args a;
-    decision_release_args(c->cfg, c->user, c->message, &a);
-    store_eval(c->w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_release_done, NULL);
+    struct abandon_call *a = arg;
+    reply_refused(a->c, &a->f, r->status == STORE_OK);
+    call_free(a->c);
+    free(a->f.body);
+    free(a);
+}
+
+/* Not delivered: the send must not use up the person's allowance, and
+ * nothing may deliver it later.  The answer waits for that. */
+static void abandon(struct send_call *c, const struct upstream_response *r)
+{
+    struct refusal f = { .http_status = r->status == UPSTREAM_OK ? r->http_status : 0,
+                         .timed_out = r->timed_out };
+    snprintf(f.error, sizeof f.error, "%s", r->error ? r->error : "no answer");
+    if (r->status == UPSTREAM_OK && r->body_len && valid_utf8(r->body, r->body_len)) {
+        f.body_len = r->body_len < 4096 ? r->body_len : 4096;
+        while (f.body_len < r->body_len && f.body_len && ((unsigned char)r->body[f.body_len] & 0xc0) == 0x80)
+            f.body_len--;                /* not in the middle of a character */
+        f.body = strndup(r->body, f.body_len);
+        if (!f.body)
+            f.body_len = 0;
+    }
+    struct abandon_call *a = c->failed_open ? NULL : calloc(1, sizeof *a);
+    if (!a) {
+        reply_refused(c, &f, c->failed_open);    /* out of memory: it stays queued */
+        free(f.body);
+        call_free(c);
+        return;
+    }
+    a->c = c;
+    a->f = f;
+    if (delivery_abandon(c->loop->store, c->cfg, c->user, c->message, on_abandoned, a) != 0) {
+        struct store_reply fail = { .status = STORE_UNAVAILABLE };
+        on_abandoned(a, &fail);
+    }
 }
 
 static void on_forwarded(void *arg, const struct upstream_response *r)
 {
     struct send_call *c = arg;
-    struct worker *w = c->w;
     bool ok = r->status == UPSTREAM_OK && r->http_status >= 200 && r->http_status < 300;
 
-    metrics_count_delivery(&w->metrics, c->channel, ok ? "delivered" : "failed");
+    metrics_count_delivery(&c->loop->metrics, c->channel, ok ? "delivered" : "failed");
     if (!ok) {
-        /* Not delivered: it must not use up the person's allowance. */
-        release(c);
-        log_info("upstream failed", "channel=%s status=%ld error=\"%s\"", c->channel,
+        log_info("upstream failed", "channel=%s status=%ld error=%s", c->channel,
                  r->http_status, r->error ? r->error : "");
-        char msg[200];
-        if (r->status == UPSTREAM_OK)
-            snprintf(msg, sizeof msg, "the %s upstream answered %ld; the send was released",
-                     c->channel, r->http_status);
-        else
-            snprintf(msg, sizeof msg, "the %s upstream failed (%s); the send was released",
-                     c->channel, r->error ? r->error : "no answer");
-        json_t *body = decision_body(c);
-        json_object_set_new(body, "error", json_pack("{s:s, s:s}", "code", "upstream_failed",
-                                                     "message", msg));
-        if (r->status == UPSTREAM_OK)
-            json_object_set_new(body, "upstream_status", json_integer(r->http_status));
-        COUNTER_INC(w->metrics.errors[API_UPSTREAM_FAILED]);
-        reply_json(w, c->req, 502, body);
-    } else if (c->m.route) {
-        /* Transparent mode: the upstream's answer, as it came. */
-        const char *hdrs[130];
-        char *owned[64];
-        size_t nh = 0, no = 0;
-        const char *ctype = "application/octet-stream";
-        for (size_t k = 0; k < r->n_headers && no < 64; k++) {
-            const char *colon = strchr(r->headers[k], ':');
-            if (!colon)
-                continue;
-            char *name = strndup(r->headers[k], (size_t)(colon - r->headers[k]));
-            if (!name)
-                continue;
-            const char *value = colon + 1;
-            while (*value == ' ')
-                value++;
-            if (strcasecmp(name, "Content-Type") == 0) {
-                ctype = value;
-                free(name);
-                continue;
-            }
-            if (delivery_hop_by_hop(name) || strcasecmp(name, "Date") == 0) {
-                free(name);
-                continue;
-            }
-            owned[no++] = name;
-            hdrs[nh++] = name;
-            hdrs[nh++] = value;
-        }
-        hdrs[nh] = NULL;
-        reply_text(w, c->req, (unsigned)r->http_status, ctype, r->body, r->body_len, hdrs);
-        for (size_t k = 0; k < no; k++)
-            free(owned[k]);
-    } else {
-        json_t *body = decision_body(c);
-        json_object_set_new(body, "upstream_status", json_integer(r->http_status));
-        reply_json(w, c->req, 200, body);
+        abandon(c, r);
+        return;
     }
+    if (!c->failed_open)
+        delivery_ack(c->loop->store, c->cfg, c->user, c->message, NULL, 0);
+    json_t *body = decision_body(c);
+    json_object_set_new(body, "upstream_status", json_integer(r->http_status));
+    reply_json(c->loop, c->req, 200, body);
     call_free(c);
 }
 
-static void forward_now(struct send_call *c)
+/* ---- after the decision ------------------------------------------------------------ */
+
+static void reply_deferred(struct send_call *c)
 {
-    struct upstream_pool *pool = worker_upstream(c->w, config_channel(c->cfg, c->channel));
-    if (!pool || delivery_forward(pool, c->cfg, &c->m, on_forwarded, c) != 0) {
-        struct upstream_response r = { .status = UPSTREAM_FAILED, .error = "cannot start" };
-        on_forwarded(c, &r);
+    struct loop *l = c->loop;
+    const struct decision *d = &c->d;
+    if (d->queued != 1) {
+        metrics_count_delivery(&l->metrics, c->channel, "queue_full");
+        reply_error(l, c->req, API_QUEUE_FULL, NULL,
+                    "the deferred queue is full (delivery.max_deferred); retry later");
+        return;
     }
+    metrics_count_delivery(&l->metrics, c->channel, "deferred");
+    if (d->superseded)
+        metrics_count_delivery(&l->metrics, c->channel, "superseded");
+    json_t *body = decision_body(c);
+    char when[32];
+    clock_format_rfc3339(when, sizeof when, time(NULL) + d->retry_after_s);
+    json_object_set_new(body, "deliver_at", json_string(when));
+    json_object_set_new(body, "retry_after", json_integer(d->retry_after_s));
+    if (d->superseded)
+        json_object_set_new(body, "superseded", json_true());
+    reply_json(l, c->req, 202, body);
 }
 
-static void on_decided(void *arg, const struct store_reply *r)
+static void on_decided(void *arg, const struct decide_result *r)
 {
     struct send_call *c = arg;
-    struct worker *w = c->w;
-    struct decision *d = &c->d;
+    struct loop *l = c->loop;
+    const struct decision *d = &c->d;
 
-    if (r->status != STORE_OK || decision_decide_result(r, c->cfg, d) != 0) {
-        if (c->cfg->redis.fail_open) {
-            /* Failing open: forwarded unrecorded. */
-            d->outcome = OUTCOME_ALLOW;
-            d->reason = REASON_STORE_UNAVAILABLE;
-            d->rule = -1;
-            metrics_count_decision(&w->metrics, d->outcome, d->reason, NULL, c->channel);
-            forward_now(c);
-            return;
-        }
-        reply_error(w, c->req, API_STORE_UNAVAILABLE, NULL, "the decision store is unavailable; retry later");
+    if (r->status == DECIDE_UNAVAILABLE) {
+        reply_error(l, c->req, API_STORE_UNAVAILABLE, NULL,
+                    "the decision store is unavailable (%s); retry later", r->why);
         call_free(c);
         return;
     }
-    metrics_count_decision(&w->metrics, d->outcome, d->reason, decision_rule_name(c->cfg, d->rule),
-                           c->channel);
-    for (size_t k = 0; k < d->n_shadow; k++)
-        metrics_count_shadow(&w->metrics, c->cfg->caps[d->shadow[k].rule].name, d->shadow[k].would);
-    if (d->outcome == OUTCOME_ALLOW && d->replay) {
-        /* This message_id was allowed (and so forwarded) already: a client
-         * retry must not send it twice. */
-        metrics_count_delivery(&w->metrics, c->channel, "replayed");
-        COUNTER_INC(w->metrics.replays);
-        reply_json(w, c->req, 200, decision_body(c));
-        call_free(c);
-        return;
-    }
-    if (d->outcome == OUTCOME_ALLOW) {
-        forward_now(c);
-        return;
-    }
-    json_t *body = decision_body(c);
-    if (d->outcome == OUTCOME_DEFER) {
-        if (d->queued != 1) {
-            metrics_count_delivery(&w->metrics, c->channel, "queue_full");
-            json_decref(body);
-            reply_error(w, c->req, API_QUEUE_FULL, NULL,
-                        "the deferred queue is full (delivery.max_deferred); retry later");
-            call_free(c);
-            return;
+    c->d = r->decision;
+    c->cfg = config_retain(r->cfg);
+    c->failed_open = r->status == DECIDE_FAILED_OPEN;
+    if (d->outcome == OUTCOME_ALLOW && d->replay && !d->resend) {
+        /* This message_id was allowed and its delivery acknowledged: a
+         * client retry must not send it twice. */
+        metrics_count_delivery(&l->metrics, c->channel, "replayed");
+        reply_json(l, c->req, 200, decision_body(c));
+    } else if (d->outcome == OUTCOME_ALLOW) {
+        if (delivery_forward(l->upstreams, c->cfg, &c->m, on_forwarded, c) != 0) {
+            struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "cannot start" };
+            on_forwarded(c, &fail);
         }
-        metrics_count_delivery(&w->metrics, c->channel, "deferred");
-        if (d->superseded)
-            metrics_count_delivery(&w->metrics, c->channel, "superseded");
-        char when[32];
-        struct timespec now;
-        clock_gettime(CLOCK_REALTIME, &now);
-        time_t at = now.tv_sec + (time_t)d->retry_after_s;
-        struct tm tm;
-        gmtime_r(&at, &tm);
-        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-        json_object_set_new(body, "deliver_at", json_string(when));
-        json_object_set_new(body, "retry_after", json_integer(d->retry_after_s));
-        if (d->superseded)
-            json_object_set_new(body, "superseded", json_true());
-        reply_json(w, c->req, 202, body);
+        return;
+    } else if (d->outcome == OUTCOME_DEFER) {
+        reply_deferred(c);
+    } else if (d->reason == REASON_SUPERSEDED) {
+        /* A newer message of its collapse_key replaced it: it never goes. */
+        json_t *body = decision_body(c);
+        json_object_set_new(body, "superseded", json_true());
+        reply_json(l, c->req, 409, body);
     } else {
-        reply_json(w, c->req, d->reason == REASON_CAP ? 429 : 403, body);
+        /* A cap that frees up within max_defer says when (RFC 9110 10.2.3). */
+        char after[24];
+        snprintf(after, sizeof after, "%lld", (long long)d->retry_after_s);
+        const char *const retry[] = { "Retry-After", after, NULL };
+        reply_json_headers(l, c->req, d->reason == REASON_CAP ? 429 : 403, decision_body(c),
+                           d->reason == REASON_CAP && d->retry_after_s > 0 &&
+                           d->retry_after_s * 1000 <= c->cfg->max_defer_ms ? retry : NULL);
     }
     call_free(c);
+}
+
+static void start_decide(struct loop *l, struct send_call *c, const struct cfg_channel *ch,
+                         const struct cfg_category *cat, int priority, const char *collapse,
+                         enum decide_road road)
+{
+    struct enqueue q = { .blob = c->blob, .blob_len = strlen(c->blob), .priority = priority,
+                         .collapse = collapse };
+    struct decide_request rq = { .channel = ch, .category = cat, .campaign = c->campaign,
+                                 .tz = c->tz, .enqueue = &q, .road = road };
+    memcpy(rq.user, c->user, sizeof rq.user);
+    memcpy(rq.message, c->message, sizeof rq.message);
+    decide_start(&c->op, l, &rq, on_decided, c);
+}
+
+/* The person's records are under the current key: decide now. */
+static void on_moved(void *arg, bool ok)
+{
+    struct send_call *c = arg;
+    if (!ok || c->loop->cfg != c->rot_cfg) {
+        /* Deciding without the records of before the rotation could allow
+         * a message to someone who opted out: nothing happened, retry. */
+        reply_error(c->loop, c->req, API_STORE_UNAVAILABLE, NULL,
+                    "the decision store is unavailable (%s); retry later",
+                    ok ? "the configuration was reloaded" : "key rotation");
+        call_free(c);
+        return;
+    }
+    start_decide(c->loop, c, c->ch, c->cat, c->priority, c->collapse, c->road);
 }
 
 /* Common path once the fields are known: pseudonymise, decide with the
- * message ready to queue. */
-static void decide_and_send(struct worker *w, struct send_call *c, int priority,
-                            const char *collapse, const char *user, size_t user_len)
+ * message ready to queue.  USER is the raw id: it ends here. */
+static void decide_and_send(struct loop *l, struct send_call *c, const struct cfg_channel *ch,
+                            const struct cfg_category *cat, int priority, const char *collapse,
+                            const char *user, size_t user_len, enum decide_road road)
 {
-    const struct config *cfg = c->cfg;
-    pseudonym_user(w->pseudonym, user, user_len, c->user);
-    pseudonym_message(w->pseudonym, c->message_id, strlen(c->message_id), c->message);
+    pseudonym_user(l->pseudonym, user, user_len, c->user);
+    pseudonym_message(l->pseudonym, c->message_id, strlen(c->message_id), c->message);
     http_note_user(c->req, c->user);
+    snprintf(c->channel, sizeof c->channel, "%s", ch->name);
+    snprintf(c->category, sizeof c->category, "%s", cat->name);
     c->m.user = c->user;
     c->m.message = c->message;
     c->m.message_id = c->message_id;
@@ -243,227 +326,74 @@ static void decide_and_send(struct worker *w, struct send_call *c, int priority,
     c->m.tz = c->tz;
     c->m.method = c->method ? c->method : "POST";
     c->m.query = c->query;
-    c->blob = delivery_blob(&c->m, w->pseudonym);
+    c->blob = delivery_blob(&c->m, l->pseudonym);
     if (!c->blob) {
-        reply_error(w, c->req, API_INTERNAL, NULL, "out of memory");
+        reply_error(l, c->req, API_INTERNAL, NULL, "out of memory");
         call_free(c);
         return;
     }
-    struct enqueue q = { .blob = c->blob, .blob_len = strlen(c->blob), .priority = priority,
-                         .collapse = collapse };
-    struct decide_input in;
-    memset(&in, 0, sizeof in);
-    memcpy(in.user, c->user, sizeof in.user);
-    memcpy(in.message, c->message, sizeof in.message);
-    in.channel = config_channel(cfg, c->channel);
-    in.category = config_category(cfg, c->category);
-    in.campaign = c->campaign;
-    in.zone = c->tz ? tz_db_find(w->tz, c->tz)
-            : cfg->quiet_hours.enabled ? tz_db_find(w->tz, cfg->quiet_hours.default_tz) : NULL;
-    in.enqueue = &q;
-    struct script_args args;
-    decision_decide_args(cfg, &in, (int64_t)time(NULL), &args);
-    if (store_eval(w->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
-                   on_decided, c) != 0) {
-        struct store_reply r = { .status = STORE_UNAVAILABLE };
-        on_decided(c, &r);
-    }
-}
-
-void api_send(struct worker *w, struct http_request *req)
-{
-    static const char *const fields[] = { "user", "channel", "category", "campaign", "message_id",
-                                          "tz", "payload", "collapse_key", "priority", NULL };
-    const struct config *cfg = w->cfg;
-    const char *user, *channel, *category, *campaign, *message_id, *tzname, *collapse;
-    size_t user_len;
-    struct field_error e;
-
-    json_t *obj = api_body(w, req, fields);
-    if (!obj)
-        return;
-    if (validate_string(obj, "user", true, 1, 256, &user, &user_len, &e) ||
-        validate_string(obj, "channel", true, 1, 64, &channel, NULL, &e) ||
-        validate_string(obj, "category", false, 1, 64, &category, NULL, &e) ||
-        validate_string(obj, "campaign", false, 1, 256, &campaign, NULL, &e) ||
-        validate_string(obj, "message_id", true, 1, 128, &message_id, NULL, &e) ||
-        validate_string(obj, "tz", false, 1, 64, &tzname, NULL, &e) ||
-        validate_string(obj, "collapse_key", false, 1, 128, &collapse, NULL, &e))
-        goto invalid;
-    json_t *payload = json_object_get(obj, "payload");
-    if (!payload) {
-        e = (struct field_error){ .code = API_MISSING_FIELD, .field = "payload" };
-        snprintf(e.message, sizeof e.message, "payload is required");
-        goto invalid;
-    }
-    json_t *prio = json_object_get(obj, "priority");
-    if (json_is_null(prio))
-        prio = NULL;
-    if (prio && (!json_is_integer(prio) || json_integer_value(prio) < 0 ||
-                 json_integer_value(prio) > 9)) {
-        e = (struct field_error){ .code = API_INVALID_FIELD, .field = "priority" };
-        snprintf(e.message, sizeof e.message, "priority must be an integer 0..9");
-        goto invalid;
-    }
-    const struct cfg_channel *ch = config_channel(cfg, channel);
-    if (!ch) {
-        reply_error(w, req, API_UNKNOWN_CHANNEL, "channel", "channel is not configured");
-        json_decref(obj);
-        return;
-    }
-    if (!ch->upstream.enabled) {
-        reply_error(w, req, API_NO_UPSTREAM, "channel",
-                    "channel has no upstream: use /v1/decide, or configure channels.%s.upstream",
-                    channel);
-        json_decref(obj);
-        return;
-    }
-    if (!config_category(cfg, category ? category : cfg->default_category)) {
-        reply_error(w, req, API_UNKNOWN_CATEGORY, "category", "category is not configured");
-        json_decref(obj);
-        return;
-    }
-    if (tzname && !tz_db_find(w->tz, tzname)) {
-        reply_error(w, req, API_INVALID_FIELD, "tz", "tz is not a known IANA time zone");
-        json_decref(obj);
-        return;
-    }
-    struct send_call *c = calloc(1, sizeof *c);
-    char *payload_text = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!c || !payload_text) {
-        free(c);
-        free(payload_text);
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
-        json_decref(obj);
-        return;
-    }
-    c->w = w;
-    c->req = req;
-    c->cfg = config_retain(cfg);
-    snprintf(c->message_id, sizeof c->message_id, "%s", message_id);
-    snprintf(c->channel, sizeof c->channel, "%s", channel);
-    snprintf(c->category, sizeof c->category, "%s", category ? category : cfg->default_category);
-    c->campaign = campaign ? strdup(campaign) : NULL;
-    c->tz = tzname ? strdup(tzname) : NULL;
-    c->m.body = payload_text;
-    c->m.body_len = strlen(payload_text);
-    char *collapse_copy = collapse ? strdup(collapse) : NULL;
-    int priority = prio ? (int)json_integer_value(prio) : 0;
-    char *user_copy = strndup(user, user_len);
-    json_decref(obj);
-    if (user_copy)
-        decide_and_send(w, c, priority, collapse_copy, user_copy, user_len);
-    else {
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
-        call_free(c);
-    }
-    if (user_copy)
-        explicit_bzero(user_copy, user_len);
-    free(user_copy);
-    free(collapse_copy);
-    return;
-
-invalid:
-    reply_error(w, req, e.code, e.field, "%s", e.message);
-    json_decref(obj);
-}
-
-/* ---- transparent routes ------------------------------------------------------ */
-
-/* A value named by SPEC ("json:/..." or "header:Name"), copied into OUT. */
-static bool extract(struct http_request *req, json_t *body, const char *spec, char *out,
-                    size_t size)
-{
-    const char *v = NULL;
-    if (strncmp(spec, "header:", 7) == 0) {
-        v = http_header(req, spec + 7);
-    } else if (body) {
-        json_t *j = json_pointer(body, spec + 5);
-        if (json_is_string(j))
-            v = json_string_value(j);
-        else if (json_is_integer(j)) {
-            snprintf(out, size, "%lld", (long long)json_integer_value(j));
-            return true;
-        }
-    }
-    if (!v || !*v || strlen(v) >= size)
-        return false;
-    snprintf(out, size, "%s", v);
-    return true;
-}
-
-struct header_list {
-    json_t *arr;
-};
-
-static void keep_header(void *arg, const char *name, const char *value)
-{
-    struct header_list *h = arg;
-    /* Authorization belongs to the campaign API (capgate's own token comes
-     * as X-Capgate-Token, which is hop-by-hop here). */
-    if (!delivery_hop_by_hop(name))
-        json_array_append_new(h->arr, json_pack("[s, s]", name, value));
-}
-
-void api_route(struct worker *w, struct http_request *req, const struct cfg_route *route)
-{
-    const struct config *cfg = w->cfg;
-    size_t body_len;
-    const char *body = http_body(req, &body_len);
-    json_t *json = body_len ? json_loadb(body, body_len, 0, NULL) : NULL;
-    char user[257], message_id[129], campaign[257], category[65];
-
-    struct {
-        const char *spec, *field;
-        char *out;
-        size_t size;
-        bool required;
-    } want[] = {
-        { route->user, "user", user, sizeof user, true },
-        { route->message_id, "message_id", message_id, sizeof message_id, true },
-        { route->campaign, "campaign", campaign, sizeof campaign, false },
-        { route->category, "category", category, sizeof category, false },
-    };
-    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
-        want[k].out[0] = '\0';
-        if (!want[k].spec)
-            continue;
-        if (!extract(req, json, want[k].spec, want[k].out, want[k].size) && want[k].required) {
-            reply_error(w, req, API_MISSING_FIELD, want[k].field,
-                        "could not read the %s from %s; nothing was forwarded", want[k].field,
-                        want[k].spec);
-            json_decref(json);
+    char old_p[PSEUDONYM_USER_HEX + 1];
+    if (pseudonym_user_previous(l->pseudonym, user, user_len, old_p)) {
+        c->rot_cfg = l->cfg;
+        c->ch = ch;
+        c->cat = cat;
+        c->priority = priority;
+        c->road = road;
+        if (collapse && !(c->collapse = strdup(collapse))) {
+            reply_error(l, c->req, API_INTERNAL, NULL, "out of memory");
+            call_free(c);
             return;
         }
-    }
-    json_decref(json);
-    if (category[0] && !config_category(cfg, category)) {
-        reply_error(w, req, API_UNKNOWN_CATEGORY, "category", "category is not configured");
+        if (rotation_move(l, old_p, c->user, on_moved, c) != 0) {
+            reply_error(l, c->req, API_STORE_UNAVAILABLE, NULL,
+                        "the decision store is unavailable (not connected); retry later");
+            call_free(c);
+        }
         return;
     }
-    struct send_call *c = calloc(1, sizeof *c);
-    struct header_list hl = { json_array() };
-    if (!c || !hl.arr || !(c->m.body = malloc(body_len + 1))) {
-        free(c);
-        json_decref(hl.arr);
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
-        return;
-    }
-    memcpy(c->m.body, body, body_len);
-    c->m.body[body_len] = '\0';
-    c->m.body_len = body_len;
-    c->m.route = true;
-    http_headers_foreach(req, keep_header, &hl);
-    c->m.headers = hl.arr;
-    c->w = w;
-    c->req = req;
-    c->cfg = config_retain(cfg);
-    snprintf(c->message_id, sizeof c->message_id, "%s", message_id);
-    snprintf(c->channel, sizeof c->channel, "%s", route->channel);
-    snprintf(c->category, sizeof c->category, "%s", category[0] ? category : cfg->default_category);
-    c->campaign = campaign[0] ? strdup(campaign) : NULL;
-    c->method = strdup(http_method(req));
-    c->query = strdup(http_raw_query(req));
-    decide_and_send(w, c, 0, NULL, user, strlen(user));
-    explicit_bzero(user, sizeof user);
+    start_decide(l, c, ch, cat, priority, collapse, road);
 }
+
+static struct send_call *call_new(struct loop *l, struct http_request *req, const char *message_id,
+                                  const char *campaign, const char *tz)
+{
+    struct send_call *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->loop = l;
+    c->req = req;
+    snprintf(c->message_id, sizeof c->message_id, "%s", message_id);
+    if ((campaign && !(c->campaign = strdup(campaign))) || (tz && !(c->tz = strdup(tz)))) {
+        call_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void api_send(struct loop *l, struct http_request *req)
+{
+    struct field_error e;
+    struct req_send rs;
+    size_t len;
+    const char *body = http_body(req, &len);
+
+    if (request_send(l->cfg, l->tz, body, len, &rs, &e) != 0) {
+        reply_field_error(l, req, &e);
+        request_send_free(&rs);
+        return;
+    }
+    const struct req_decide *d = &rs.d;
+    struct send_call *c = call_new(l, req, d->message_id, d->campaign, d->tz);
+    if (!c) {
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
+        request_send_free(&rs);
+        return;
+    }
+    c->m.body = rs.payload;          /* the call owns it now */
+    c->m.body_len = strlen(rs.payload);
+    rs.payload = NULL;
+    decide_and_send(l, c, d->channel, d->category, rs.priority, rs.collapse, d->user,
+                    d->user_len, DECIDE_SEND);
+    request_send_free(&rs);
+}
+

@@ -6,23 +6,23 @@
 #include "assets.h"
 
 #include "capgate/api.h"
+#include "capgate/clock.h"
 #include "capgate/config.h"
-#include "capgate/gateway.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
 #include "capgate/reply.h"
 #include "capgate/store.h"
-#include "capgate/worker.h"
+#include "capgate/loop.h"
 
-void api_healthz(struct worker *w, struct http_request *req)
+void api_healthz(struct loop *l, struct http_request *req)
 {
-    reply_json(w, req, 200, json_pack("{s:s}", "status", "ok"));
+    reply_json(l, req, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-void api_readyz(struct worker *w, struct http_request *req)
+void api_readyz(struct loop *l, struct http_request *req)
 {
-    bool ready = gateway_ready(w->gw);   /* every worker's, not just this one's */
-    reply_json(w, req, ready ? 200 : 503, json_pack("{s:b}", "ready", ready));
+    bool ready = loop_ready(l);   /* every loop's, not just this one's */
+    reply_json(l, req, ready ? 200 : 503, json_pack("{s:b}", "ready", ready));
 }
 
 static json_t *decisions_json(const struct metrics *m)
@@ -63,8 +63,23 @@ static json_t *decisions_json(const struct metrics *m)
     return out;
 }
 
+/* {"le_ms": [bounds..., null], "counts": [n per bucket]}: counts since
+ * start, not cumulative, the last bucket +Inf (null).  The page subtracts
+ * two polls to get the quantiles of a recent window, where the p50/p99
+ * beside it (since start) would only flatten as samples pile up. */
+static json_t *buckets_json(const struct histogram *hg)
+{
+    json_t *le = json_array(), *counts = json_array();
+    for (int k = 0; k < HISTOGRAM_BUCKETS; k++) {
+        json_array_append_new(le, k < HISTOGRAM_BUCKETS - 1
+                                  ? json_real(histogram_bounds[k] * 1000) : json_null());
+        json_array_append_new(counts, json_integer((json_int_t)hg->buckets[k]));
+    }
+    return json_pack("{s:o, s:o}", "le_ms", le, "counts", counts);
+}
+
 /* The page is self-contained (no external assets) and polls /status. */
-void api_status_page(struct worker *w, struct http_request *req)
+void api_status_page(struct loop *l, struct http_request *req)
 {
     /* The page needs nothing but itself and /status: say so to the browser. */
     static const char *const headers[] = {
@@ -74,25 +89,24 @@ void api_status_page(struct worker *w, struct http_request *req)
         "X-Content-Type-Options", "nosniff",
         NULL,
     };
-    reply_text(w, req, 200, "text/html; charset=utf-8", asset_status, strlen(asset_status),
+    reply_text(l, req, 200, "text/html; charset=utf-8", asset_status, strlen(asset_status),
                headers);
 }
 
-void api_status(struct worker *w, struct http_request *req)
+void api_status(struct loop *l, struct http_request *req)
 {
     const char *accept = http_header(req, "Accept");
     if (accept && strstr(accept, "text/html")) {
-        api_status_page(w, req);
+        api_status_page(l, req);
         return;
     }
 
-    const struct config *cfg = w->cfg;
-    struct gateway_snapshot *snap = calloc(1, sizeof *snap);
+    const struct config *cfg = l->cfg;
+    struct totals *snap = loop_totals(l);
     if (!snap) {
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
         return;
     }
-    gateway_snapshot(w->gw, snap);
     const struct metrics *m = &snap->metrics;
     const struct store_stats ss = snap->redis;
     json_t *redis = json_pack("{s:b, s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:f, s:{s:f, s:f}}",
@@ -105,6 +119,7 @@ void api_status(struct worker *w, struct http_request *req)
                               "last_rtt_ms", ss.last_rtt_ms,
                               "rtt_ms", "p50", histogram_quantile(&ss.rtt, 0.5) * 1000,
                               "p99", histogram_quantile(&ss.rtt, 0.99) * 1000);
+    json_object_set_new(redis, "rtt_buckets", buckets_json(&ss.rtt));
     json_t *errors = json_object();
     for (int e = 0; e < API_ERROR__COUNT; e++)
         if (m->errors[e])
@@ -126,19 +141,16 @@ void api_status(struct worker *w, struct http_request *req)
                              "errors", errors,
                              "latency_ms", "p50", histogram_quantile(&m->http_latency, 0.5) * 1000,
                              "p99", histogram_quantile(&m->http_latency, 0.99) * 1000);
+    json_object_set_new(http, "latency_buckets", buckets_json(&m->http_latency));
     json_t *last_reload = json_null();
     if (snap->last_reload.at) {
         char at[32];
-        struct tm tm;
-        gmtime_r(&snap->last_reload.at, &tm);
-        strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        clock_format_rfc3339(at, sizeof at, snap->last_reload.at);
         last_reload = json_pack("{s:s, s:b, s:s?}", "at", at, "ok", snap->last_reload.ok,
                                 "error", snap->last_reload.ok ? NULL : snap->last_reload.error);
     }
     char started[32];
-    struct tm stm;
-    gmtime_r(&snap->started, &stm);
-    strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &stm);
+    clock_format_rfc3339(started, sizeof started, snap->started);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     json_t *body = json_pack("{s:s, s:s, s:I, s:I, s:o, s:o, s:o, s:I, s:I, s:{s:I, s:s, s:o}}",
@@ -196,5 +208,5 @@ void api_status(struct worker *w, struct http_request *req)
                                                      (json_int_t)dead, "upstreams", ups));
     }
     free(snap);
-    reply_json(w, req, 200, body);
+    reply_json(l, req, 200, body);
 }

@@ -13,32 +13,37 @@
 
 #include "capgate/api.h"
 #include "capgate/audit_entry.h"
+#include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
-#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/pseudonym.h"
 #include "capgate/reply.h"
+#include "capgate/rotation.h"
 #include "capgate/store.h"
-#include "capgate/validate.h"
-#include "capgate/worker.h"
+#include "capgate/requests.h"
+#include "capgate/loop.h"
 
 #define SENDS_MAX 1000
 
 struct user_call {
-    struct worker *w;
+    struct loop *loop;
     struct http_request *req;
     const struct config *cfg;
     bool download;
+    bool erase;
     char user[PSEUDONYM_USER_HEX + 1];
+    /* During a key rotation (rotation.h): the previous key's pseudonym, ''
+     * without one, and what was found under it that does not move (audit
+     * entries, waiting messages): shown or erased along with the rest. */
+    char old_user[PSEUDONYM_USER_HEX + 1];
+    json_t *old_audit;
+    long long old_removed[4];   /* erase: sends, consent, audit entries, deferred */
 };
 
 static void iso8601(int64_t ms, char out[32])
 {
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    clock_format_rfc3339(out, 32, (time_t)(ms / 1000));
 }
 
 static json_t *time_json(int64_t ms)
@@ -90,7 +95,7 @@ static void on_shown(void *arg, const struct store_reply *r)
     char when[32], line[512];
 
     if (r->status != STORE_OK || r->n < 5 || r->items[0].type != STORE_INT) {
-        reply_error(call->w, call->req, API_STORE_UNAVAILABLE, NULL,
+        reply_error(call->loop, call->req, API_STORE_UNAVAILABLE, NULL,
                     "the store is unavailable; retry later");
         goto done;
     }
@@ -136,6 +141,8 @@ static void on_shown(void *arg, const struct store_reply *r)
     }
     long long naudit = pos < r->n ? r->items[pos++].i : 0;
     json_t *audit = audit_entries(r, &pos, naudit);
+    if (call->old_audit)
+        json_array_extend(audit, call->old_audit);
     json_t *deferred = json_array();
     long long ndeferred = pos < r->n ? r->items[pos++].i : 0;
     for (long long k = 0; k < ndeferred && pos + 4 <= r->n; k++, pos += 4) {
@@ -230,16 +237,17 @@ static void on_shown(void *arg, const struct store_reply *r)
                             json_pack("{s:I, s:i, s:b}", "ignored_in_a_row", (json_int_t)ignored,
                                       "unengaged_after", cfg->fatigue.unengaged_after,
                                       "tighter_cap_applies", ignored >= cfg->fatigue.unengaged_after));
-    COUNTER_INC(call->w->metrics.shows);
+    COUNTER_INC(call->loop->metrics.shows);
     if (call->download) {
         char disp[96];
         snprintf(disp, sizeof disp, "attachment; filename=\"capgate-%.12s.json\"", call->user);
         const char *const headers[] = { "Content-Disposition", disp, NULL };
-        reply_json_headers(call->w, call->req, 200, body, headers);
+        reply_json_headers(call->loop, call->req, 200, body, headers);
     } else {
-        reply_json(call->w, call->req, 200, body);
+        reply_json(call->loop, call->req, 200, body);
     }
 done:
+    json_decref(call->old_audit);
     config_release(call->cfg);
     free(call);
 }
@@ -248,7 +256,7 @@ static void on_erased(void *arg, const struct store_reply *r)
 {
     struct user_call *call = arg;
     if (r->status != STORE_OK || r->n < 4) {
-        reply_error(call->w, call->req, API_STORE_UNAVAILABLE, NULL,
+        reply_error(call->loop, call->req, API_STORE_UNAVAILABLE, NULL,
                     "the store is unavailable; nothing was erased, retry later");
         goto done;
     }
@@ -259,79 +267,130 @@ static void on_erased(void *arg, const struct store_reply *r)
         json_array_append_new(markers, json_pack("{s:s%, s:s%}", "scope", scope->s, scope->len,
                                                  "fact", fact->s, fact->len));
     }
-    COUNTER_INC(call->w->metrics.erasures);
+    COUNTER_INC(call->loop->metrics.erasures);
     /* The file is append-only: this line tells the log pipeline to delete
      * every earlier line of this pseudonym. */
-    if (gateway_audit_wanted(call->w->gw))
-        gateway_audit(call->w->gw, json_pack("{s:s, s:s, s:b}", "type", "erase", "pseudonym",
+    if (loop_audit_wanted(call->loop))
+        loop_audit(call->loop, json_pack("{s:s, s:s, s:b}", "type", "erase", "pseudonym",
                                              call->user, "suppression_kept", kept > 0));
     size_t last = 4 + 2 * (size_t)kept;
     json_t *body = json_pack("{s:b, s:{s:I, s:I, s:I, s:I}, s:b, s:o}", "erased", 1, "removed",
-                             "sends", (json_int_t)r->items[0].i,
-                             "consent_records", (json_int_t)r->items[1].i,
-                             "audit_entries", (json_int_t)r->items[2].i,
+                             "sends", (json_int_t)(r->items[0].i + call->old_removed[0]),
+                             "consent_records", (json_int_t)(r->items[1].i + call->old_removed[1]),
+                             "audit_entries", (json_int_t)(r->items[2].i + call->old_removed[2]),
                              "deferred_messages",
-                             (json_int_t)(last < r->n ? r->items[last].i : 0),
+                             (json_int_t)((last < r->n ? r->items[last].i : 0) +
+                                          call->old_removed[3]),
                              "suppression_kept", kept > 0, "suppression", markers);
     json_object_set_new(body, "note", json_string(
         kept > 0 ? "Everything was erased except a minimal suppression marker (the pseudonym, "
                    "what was refused, the day) so that erasing never re-enables messages."
                  : "Everything held about this person was erased."));
-    reply_json(call->w, call->req, 200, body);
+    reply_json(call->loop, call->req, 200, body);
 done:
+    json_decref(call->old_audit);
     config_release(call->cfg);
     free(call);
 }
 
-static void start(struct worker *w, struct http_request *req, bool erase)
+static void refuse(struct user_call *call)
 {
-    static const char *const fields[] = { "user", NULL };
-    const char *user;
-    size_t user_len;
-    struct field_error e;
+    reply_error(call->loop, call->req, API_STORE_UNAVAILABLE, NULL,
+                call->erase ? "the store is unavailable; retry later (it may have erased part "
+                              "of what is held: erasing again is safe)"
+                            : "the store is unavailable; retry later");
+    json_decref(call->old_audit);
+    config_release(call->cfg);
+    free(call);
+}
 
-    json_t *obj = api_body(w, req, fields);
-    if (!obj)
+/* show.lua or erase.lua for pseudonym USER. */
+static int ask(struct user_call *call, const char *user, store_cb *cb)
+{
+    struct script_args args;
+    if (call->erase)
+        decision_erase_args(call->cfg, user, &args);
+    else
+        decision_show_args(call->cfg, user, &args);
+    return store_eval(call->loop->store, args.script, args.nkeys, args.argc, args.argv,
+                      args.argvlen, cb, call);
+}
+
+/* What show.lua or erase.lua found under the previous key's pseudonym. */
+static void on_old(void *arg, const struct store_reply *r)
+{
+    struct user_call *call = arg;
+    if (r->status != STORE_OK || r->n < 4) {
+        refuse(call);
         return;
-    if (validate_string(obj, "user", true, 1, 256, &user, &user_len, &e)) {
-        reply_error(w, req, e.code, e.field, "%s", e.message);
-        json_decref(obj);
+    }
+    if (call->erase) {
+        long long kept = r->items[3].i;
+        size_t last = 4 + 2 * (size_t)(kept > 0 ? kept : 0);
+        for (int k = 0; k < 3; k++)
+            call->old_removed[k] = r->items[k].i;
+        call->old_removed[3] = last < r->n ? r->items[last].i : 0;
+    } else {
+        /* now, sends, ignored, n_consent x 4, then the audit entries. */
+        size_t pos = 3;
+        long long nconsent = r->items[pos++].i;
+        pos += 4 * (size_t)(nconsent > 0 ? nconsent : 0);
+        long long naudit = pos < r->n ? r->items[pos++].i : 0;
+        call->old_audit = audit_entries(r, &pos, naudit);
+    }
+    if (ask(call, call->user, call->erase ? on_erased : on_shown) != 0)
+        refuse(call);
+}
+
+static void on_moved(void *arg, bool ok)
+{
+    struct user_call *call = arg;
+    if (!ok || ask(call, call->old_user, on_old) != 0)
+        refuse(call);
+}
+
+static void start(struct loop *l, struct http_request *req, bool erase)
+{
+    struct field_error e;
+    struct req_person rp;
+    size_t len;
+    const char *body = http_body(req, &len);
+
+    if (request_user(body, len, &rp, &e) != 0) {
+        reply_field_error(l, req, &e);
+        request_free(rp.json);
         return;
     }
     struct user_call *call = calloc(1, sizeof *call);
     if (!call) {
-        json_decref(obj);
-        reply_error(w, req, API_INTERNAL, NULL, "out of memory");
+        request_free(rp.json);
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
         return;
     }
-    call->w = w;
+    call->loop = l;
     call->req = req;
-    call->cfg = config_retain(w->cfg);
+    call->cfg = config_retain(l->cfg);
     const char *dl = http_query(req, "download");
     call->download = dl && strcmp(dl, "0") != 0;
-    pseudonym_user(w->pseudonym, user, user_len, call->user);
+    call->erase = erase;
+    pseudonym_user(l->pseudonym, rp.user, rp.user_len, call->user);
     http_note_user(req, call->user);
-    json_decref(obj);
+    bool rotating = pseudonym_user_previous(l->pseudonym, rp.user, rp.user_len, call->old_user);
+    request_free(rp.json);
 
-    struct script_args args;
-    if (erase)
-        decision_erase_args(call->cfg, call->user, &args);
-    else
-        decision_show_args(call->cfg, call->user, &args);
-    if (store_eval(w->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
-                   erase ? on_erased : on_shown, call) != 0) {
-        config_release(call->cfg);
-        free(call);
-        reply_error(w, req, API_STORE_UNAVAILABLE, NULL, "the store is unavailable; retry later");
-    }
+    /* During a rotation, the records that move are moved first; what stays
+     * under the old pseudonym is asked for (or erased) next, then the rest. */
+    if (rotating ? rotation_move(l, call->old_user, call->user, on_moved, call) != 0
+                 : ask(call, call->user, erase ? on_erased : on_shown) != 0)
+        refuse(call);
 }
 
-void api_users_show(struct worker *w, struct http_request *req)
+void api_users_show(struct loop *l, struct http_request *req)
 {
-    start(w, req, false);
+    start(l, req, false);
 }
 
-void api_users_erase(struct worker *w, struct http_request *req)
+void api_users_erase(struct loop *l, struct http_request *req)
 {
-    start(w, req, true);
+    start(l, req, true);
 }

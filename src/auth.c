@@ -13,28 +13,40 @@ void auth_hash_token(const char *token, size_t len, char out[65])
     sodium_bin2hex(out, 65, h, sizeof h);
 }
 
-enum auth_result auth_check(const struct config *cfg, const char *header, unsigned *scopes,
-                            const char **token_name)
+/* TOKEN without the spaces around it; LEN set. */
+static const char *trimmed(const char *token, size_t *len)
 {
-    *scopes = 0;
-    *token_name = NULL;
+    while (*token == ' ' || *token == '\t')
+        token++;
+    size_t n = strlen(token);
+    while (n && (token[n - 1] == ' ' || token[n - 1] == '\t'))
+        n--;
+    *len = n;
+    return token;
+}
+
+enum auth_result auth_check_token(const struct config *cfg, const char *token,
+                                  struct auth_outcome *out)
+{
+    out->scopes = 0;
+    out->name = NULL;
+    out->tag[0] = '\0';
     if (!cfg->auth.enabled) {
-        *scopes = SCOPE_SEND | SCOPE_CONSENT | SCOPE_ADMIN;
+        out->scopes = SCOPE_SEND | SCOPE_CONSENT | SCOPE_ADMIN;
         return AUTH_OK;
     }
-    if (!header || strncasecmp(header, "Bearer ", 7) != 0)
-        return AUTH_MISSING;
-    const char *token = header + 7;
-    while (*token == ' ')
-        token++;
-    size_t len = strlen(token);
-    while (len && token[len - 1] == ' ')
-        len--;
-    if (len == 0)
+    size_t len = 0;
+    if (token)
+        token = trimmed(token, &len);
+    if (!token || len == 0)
         return AUTH_MISSING;
 
+    /* The whole token, whatever its length, is hashed: a valid token with
+     * anything after it is another token. */
     char hex[65];
     auth_hash_token(token, len, hex);
+    memcpy(out->tag, hex, sizeof out->tag - 1);
+    out->tag[sizeof out->tag - 1] = '\0';
     /* Every configured hash is compared, match or not. */
     long found = -1;
     for (size_t k = 0; k < cfg->auth.n_tokens; k++) {
@@ -44,9 +56,21 @@ enum auth_result auth_check(const struct config *cfg, const char *header, unsign
     sodium_memzero(hex, sizeof hex);
     if (found < 0)
         return AUTH_INVALID;
-    *scopes = cfg->auth.tokens[found].scopes;
-    *token_name = cfg->auth.tokens[found].name;
+    out->scopes = cfg->auth.tokens[found].scopes;
+    out->name = cfg->auth.tokens[found].name;
     return AUTH_OK;
+}
+
+enum auth_result auth_check(const struct config *cfg, const char *header,
+                            struct auth_outcome *out)
+{
+    if (cfg->auth.enabled && (!header || strncasecmp(header, "Bearer ", 7) != 0)) {
+        out->scopes = 0;
+        out->name = NULL;
+        out->tag[0] = '\0';
+        return AUTH_MISSING;
+    }
+    return auth_check_token(cfg, header ? header + 7 : NULL, out);
 }
 
 bool auth_is_loopback(const char *host)

@@ -32,10 +32,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
 #include <libfyaml.h>
 
 #define MAX_CAPS          64
-#define GROUP_NAME_MAX    32          /* channel and category names */
 #define MAX_CONFIG_BYTES  (1 << 20)   /* a config file is small; refuse junk */
 #define KEY_PATH_LEN      256
 #define TABLE_MAX         32          /* most directives in one table */
@@ -56,7 +56,7 @@ struct parser {
     char *err;
     size_t errlen;
     struct config *cfg;        /* being filled; validators look things up in it */
-    size_t cap_index;          /* cap being parsed, for the duplicate-name check */
+    size_t list_index;         /* DT_LIST: the item being parsed (for duplicate checks) */
     char key[KEY_PATH_LEN];    /* key path of the value being parsed */
     size_t keylen;
 };
@@ -357,6 +357,9 @@ enum dtype {
     DT_DURATION,    /* "30s" etc. in [min, max] ms */
     DT_CLOCK,       /* "HH:MM" -> minutes after midnight */
     DT_SECTION,     /* nested mapping described by .sub */
+    DT_LIST,        /* a list of mappings, each described by .sub: an array
+                       of .item_size at .off, its length at .count_off, at
+                       most .max items (at least .min) */
     DT_CUSTOM,      /* anything else: .parse does the work */
 };
 
@@ -377,6 +380,7 @@ enum dstore { ST_NONE, ST_BOOL, ST_INT, ST_UNSIGNED, ST_SIZE, ST_I64, ST_STR, ST
 #define ENUM_FIELD(T, f) .off = offsetof(T, f), .store = ST_ENUM
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum stored as int");
+_Static_assert(sizeof(enum log_format) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum cap_per) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum cap_action) == sizeof(int), "enum stored as int");
 /* parse_groups() writes the name through the first member. */
@@ -405,7 +409,9 @@ struct directive {
     int64_t min, max;               /* DT_INT bounds; DT_DURATION bounds in ms */
     const char *def;                /* default, written as in the YAML file */
     const struct choice *choices;   /* DT_ENUM, NULL-terminated */
-    const struct directive *sub;    /* DT_SECTION */
+    const struct directive *sub;    /* DT_SECTION, DT_LIST: the item's */
+    size_t item_size, count_off;    /* DT_LIST */
+    const char *what;               /* DT_LIST: the items, in errors ("caps") */
     parse_fn parse;                 /* DT_CUSTOM */
     check_fn check;                 /* validator, optional */
 };
@@ -530,10 +536,11 @@ static int set_value(struct parser *p, const struct directive *d, void *base,
         return 0;
     }
     case DT_SECTION:
+    case DT_LIST:
     case DT_CUSTOM:
         break;
     }
-    abort();    /* sections and custom directives never get here */
+    abort();    /* sections, lists and custom directives never get here */
 }
 
 static const char *want_of(const struct directive *d, char *buf, size_t len)
@@ -550,6 +557,7 @@ static const char *want_of(const struct directive *d, char *buf, size_t len)
         snprintf(buf, len, "one of %s", choice_list(list, sizeof list, d->choices));
         return buf;
     case DT_SECTION:
+    case DT_LIST:
     case DT_CUSTOM:
         break;
     }
@@ -562,6 +570,52 @@ static const char *want_of(const struct directive *d, char *buf, size_t len)
 
 static int parse_section(struct parser *p, const struct directive *table, void *base,
                          struct fy_node *map, int line);
+
+/* A DT_LIST's value V (absent when !PRESENT; null or [] mean no items): each
+ * item a mapping parsed with D->sub; its check (on the list's directive)
+ * runs per item, with p->list_index saying which. */
+static int parse_list(struct parser *p, const struct directive *d, void *base, bool present,
+                      struct fy_node *v, int line)
+{
+    void **items = (void **)((char *)base + d->off);
+    size_t *count = (size_t *)((char *)base + d->count_off);
+    struct fy_node *item;
+    void *it = NULL;
+    size_t n = 0;
+
+    if (present && check_untagged(p, v, line))
+        return -1;
+    if (present && !is_null(v)) {
+        if (!fy_node_is_sequence(v))
+            return fail(p, node_line(v, line), "expected a list of %s, got %s", d->what,
+                        kind_of(v));
+        n = (size_t)fy_node_sequence_item_count(v);
+    }
+    if ((int64_t)n < d->min)
+        return fail(p, present ? node_line(v, line) : line, "expected at least %" PRId64 " %s",
+                    d->min, d->what);
+    if ((int64_t)n > d->max)
+        return fail(p, line, "too many %s (%zu, max %" PRId64 ")", d->what, n, d->max);
+    if (n == 0)
+        return 0;
+    if ((*items = calloc(n, d->item_size)) == NULL)
+        return fail(p, line, "out of memory");
+    *count = n;
+    for (p->list_index = 0; (item = fy_node_sequence_iterate(v, &it)) != NULL; p->list_index++) {
+        int iline = node_line(item, line);
+        size_t saved = push_index(p, p->list_index);
+        void *one = (char *)*items + p->list_index * d->item_size;
+
+        if (check_untagged(p, item, iline))
+            return -1;
+        if (is_null(item) || !fy_node_is_mapping(item))
+            return fail(p, iline, "expected a mapping, got %s", kind_of(item));
+        if (parse_section(p, d->sub, one, item, iline) || (d->check && d->check(p, one, iline)))
+            return -1;
+        pop_key(p, saved);
+    }
+    return 0;
+}
 
 /* One directive: PAIR is its key/value in the file, NULL when absent.
  * LINE is that of the enclosing mapping, for absent keys. */
@@ -585,6 +639,9 @@ static int parse_directive(struct parser *p, const struct directive *d, void *ba
         if (parse_section(p, d->sub, checked, v, kline))
             return -1;
         break;
+    case DT_LIST:
+        /* (Its check ran per item.) */
+        return parse_list(p, d, base, pair != NULL, v, kline);
     case DT_CUSTOM:
         if (d->parse(p, base, pair != NULL, v, kline))
             return -1;
@@ -685,64 +742,121 @@ static int parse_port(const char *s, size_t len, int *port)
     return 0;
 }
 
+/* A host name or IPv4 address: letters, digits, '.', '-', '_'. */
+static bool valid_host_name(const char *s, size_t len)
+{
+    if (len == 0 || len > 253)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* What is wrong with a host:port (host_port). */
+enum host_port_error {
+    HP_OK,
+    HP_SHAPE,           /* no port where one is needed, or ] not followed by : */
+    HP_PORT,            /* not 1..65535 */
+    HP_IPV6,            /* [..] that is not an IPv6 address, or no closing ] */
+    HP_UNBRACKETED,     /* an IPv6 address without brackets */
+    HP_HOST,            /* not a name, an IPv4 address or [IPv6] */
+};
+
+/* The one reader of "host:port" and "[IPv6]:port" (the port optional when
+ * PORT_REQUIRED is false: "host", "[IPv6]"), LEN bytes of S, for listen,
+ * redis.url and redis.cluster.  HOST gets the host (an IPv6 address without
+ * its brackets; *V6 says so), *PORT the port when there is one.  Each
+ * caller decides which hosts it takes (listen: numeric only). */
+static enum host_port_error host_port(const char *s, size_t len, bool port_required,
+                                      char *host, size_t host_size, int *port, bool *v6)
+{
+    const char *end = s + len, *after;
+    size_t hl;
+    *v6 = s < end && *s == '[';
+    if (*v6) {
+        const char *close = memchr(s, ']', len);
+        unsigned char addr[sizeof(struct in6_addr)];
+        if (!close)
+            return HP_IPV6;
+        hl = (size_t)(close - s - 1);
+        if (hl == 0 || hl >= host_size)
+            return HP_IPV6;
+        memcpy(host, s + 1, hl);
+        host[hl] = '\0';
+        if (inet_pton(AF_INET6, host, addr) != 1)
+            return HP_IPV6;
+        after = close + 1;
+        if (after < end && *after != ':')
+            return HP_SHAPE;
+    } else {
+        const char *colon = memrchr(s, ':', len);
+        after = colon ? colon : end;
+        hl = (size_t)(after - s);
+        if (memchr(s, ':', hl))
+            return HP_UNBRACKETED;
+        if (hl == 0 || hl >= host_size || !valid_host_name(s, hl))
+            return HP_HOST;
+        memcpy(host, s, hl);
+        host[hl] = '\0';
+    }
+    if (after == end)
+        return port_required ? HP_SHAPE : HP_OK;
+    return parse_port(after + 1, (size_t)(end - after - 1), port) == 0 ? HP_OK : HP_PORT;
+}
+
 /* listen: host:port with a numeric host, never resolved through DNS, so
  * that the daemon binds exactly what the file says. */
 static int check_listen(struct parser *p, void *base, int line)
 {
     struct config *cfg = base;
     const char *s = cfg->listen;
-    const char *colon, *host;
-    char hostbuf[INET6_ADDRSTRLEN + 1], canon[INET6_ADDRSTRLEN];
-    size_t hostlen;
+    char host[256], canon[INET6_ADDRSTRLEN];
     unsigned char addr[sizeof(struct in6_addr)];
-    int port;
+    int port = 0;
+    bool v6;
     struct qbuf qb;
     const char *form = "want host:port; host is a numeric IPv4 address, [IPv6], "
                        "localhost or *";
 
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-
-        if (close == NULL || close[1] != ':')
-            return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
-        host = s + 1;
-        hostlen = (size_t)(close - host);
-        colon = close + 1;
-        if (hostlen == 0 || hostlen >= sizeof hostbuf)
-            return fail(p, line, "bad IPv6 address in %s", quote(&qb, s));
-        memcpy(hostbuf, host, hostlen);
-        hostbuf[hostlen] = '\0';
-        if (inet_pton(AF_INET6, hostbuf, addr) != 1)
-            return fail(p, line, "bad IPv6 address in %s", quote(&qb, s));
-        inet_ntop(AF_INET6, addr, canon, sizeof canon);
-    } else {
-        colon = strrchr(s, ':');
-        if (colon == NULL)
-            return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
-        host = s;
-        hostlen = (size_t)(colon - s);
-        if (memchr(host, ':', hostlen) != NULL)
-            return fail(p, line, "bad address %s (IPv6 addresses need brackets: [::1]:8425)",
-                        quote(&qb, s));
-        if (hostlen == 0 || hostlen >= sizeof hostbuf)
-            return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
-        memcpy(hostbuf, host, hostlen);
-        hostbuf[hostlen] = '\0';
-        if (strcmp(hostbuf, "localhost") == 0)
-            strcpy(canon, "127.0.0.1");
-        else if (strcmp(hostbuf, "*") == 0)
-            strcpy(canon, "0.0.0.0");
-        else if (inet_pton(AF_INET, hostbuf, addr) == 1)
-            inet_ntop(AF_INET, addr, canon, sizeof canon);
-        else
-            return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
+    enum host_port_error e = host_port(s, strlen(s), true, host, sizeof host, &port, &v6);
+    if (e == HP_HOST && s[0] == '*' && s[1] == ':') {     /* "*": every address */
+        e = parse_port(s + 2, strlen(s + 2), &port) == 0 ? HP_OK : HP_PORT;
+        strcpy(host, "*");
     }
-    if (parse_port(colon + 1, strlen(colon + 1), &port) < 0)
+    switch (e) {
+    case HP_OK:
+        break;
+    case HP_PORT:
         return fail(p, line, "bad port in %s (want 1..65535)", quote(&qb, s));
+    case HP_IPV6:
+        return fail(p, line, "bad IPv6 address in %s", quote(&qb, s));
+    case HP_UNBRACKETED:
+        return fail(p, line, "bad address %s (IPv6 addresses need brackets: [::1]:8425)",
+                    quote(&qb, s));
+    case HP_SHAPE:
+    case HP_HOST:
+        return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
+    }
+    if (v6 && inet_pton(AF_INET6, host, addr) == 1)
+        inet_ntop(AF_INET6, addr, canon, sizeof canon);
+    else if (strcmp(host, "localhost") == 0)
+        strcpy(canon, "127.0.0.1");
+    else if (strcmp(host, "*") == 0)
+        strcpy(canon, "0.0.0.0");
+    else if (inet_pton(AF_INET, host, addr) == 1)
+        inet_ntop(AF_INET, addr, canon, sizeof canon);
+    else
+        return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
     free(cfg->listen_host);
     if ((cfg->listen_host = strdup(canon)) == NULL)
         return fail(p, line, "out of memory");
     cfg->listen_port = (uint16_t)port;
+    cfg->listen_line = line;
     return 0;
 }
 
@@ -809,20 +923,6 @@ static int parse_db(struct parser *p, int line, const char *s, size_t len, int *
     return 0;
 }
 
-/* A host name or IPv4 address: letters, digits, '.', '-', '_'. */
-static bool valid_host_name(const char *s, size_t len)
-{
-    if (len == 0 || len > 253)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '-' || c == '_'))
-            return false;
-    }
-    return true;
-}
 
 /* redis://[[user]:password@]host[:port][/db].  [MFROM, MTO) receives the
  * password's bytes in URL, for masking. */
@@ -832,7 +932,7 @@ static int parse_redis_tcp(struct parser *p, struct cfg_redis *r, const char *ur
     const char *a = url + strlen("redis://");
     size_t alen = strcspn(a, "/?#");
     const char *at = memrchr(a, '@', alen);
-    const char *hp = a, *end = a + alen, *rest;
+    const char *hp = a, *end = a + alen;
 
     r->transport = REDIS_TCP;
     r->port = 6379;
@@ -848,37 +948,23 @@ static int parse_redis_tcp(struct parser *p, struct cfg_redis *r, const char *ur
         *mto = (size_t)(at - url);
         hp = at + 1;
     }
-    if (hp < end && *hp == '[') {
-        const char *close = memchr(hp, ']', (size_t)(end - hp));
-        char buf[INET6_ADDRSTRLEN + 1];
-        unsigned char addr[sizeof(struct in6_addr)];
-        size_t hl;
-
-        if (close == NULL)
-            return fail(p, line, "bad IPv6 host (missing ])");
-        hl = (size_t)(close - hp - 1);
-        if (hl == 0 || hl >= sizeof buf)
-            return fail(p, line, "bad IPv6 host");
-        memcpy(buf, hp + 1, hl);
-        buf[hl] = '\0';
-        if (inet_pton(AF_INET6, buf, addr) != 1)
-            return fail(p, line, "bad IPv6 host");
-        r->host = strdup(buf);
-        rest = close + 1;
-    } else {
-        const char *colon = memchr(hp, ':', (size_t)(end - hp));
-
-        rest = colon ? colon : end;
-        if (!valid_host_name(hp, (size_t)(rest - hp)))
-            return fail(p, line, "bad host (want a name, an IPv4 address or [IPv6])");
-        r->host = strndup(hp, (size_t)(rest - hp));
+    char host[256];
+    bool v6;
+    switch (host_port(hp, (size_t)(end - hp), false, host, sizeof host, &r->port, &v6)) {
+    case HP_OK:
+        break;
+    case HP_PORT:
+    case HP_SHAPE:
+        return fail(p, line, "bad port (want 1..65535)");
+    case HP_IPV6:
+        return fail(p, line, memchr(hp, ']', (size_t)(end - hp)) ? "bad IPv6 host"
+                                                                  : "bad IPv6 host (missing ])");
+    case HP_UNBRACKETED:
+    case HP_HOST:
+        return fail(p, line, "bad host (want a name, an IPv4 address or [IPv6])");
     }
-    if (r->host == NULL)
+    if ((r->host = strdup(host)) == NULL)
         return fail(p, line, "out of memory");
-    if (rest < end) {
-        if (*rest != ':' || parse_port(rest + 1, (size_t)(end - rest - 1), &r->port) < 0)
-            return fail(p, line, "bad port (want 1..65535)");
-    }
     if (*end == '?' || *end == '#')
         return fail(p, line, "redis:// URLs take no query or fragment (the db goes in /db)");
     if (*end == '/' && end[1] != '\0')
@@ -980,37 +1066,32 @@ static int parse_redis_cluster(struct parser *p, void *base, bool present, struc
         size_t saved = push_index(p, i);
         struct scalar s;
         struct qbuf qb;
-        const char *host, *colon;
+        char hostbuf[256];
+        const char *host;
         size_t hostlen;
-        int port;
+        int port = 0;
+        bool v6;
 
         if (get_scalar(p, item, line, "host:port", &s))
             return -1;
-        colon = strrchr(s.s, ':');
-        host = s.s;
-        hostlen = colon ? (size_t)(colon - s.s) : 0;
-        if (colon == NULL || parse_port(colon + 1, strlen(colon + 1), &port) < 0)
+        switch (host_port(s.s, strlen(s.s), true, hostbuf, sizeof hostbuf, &port, &v6)) {
+        case HP_OK:
+            break;
+        case HP_SHAPE:
+        case HP_PORT:
             return fail(p, s.line, "bad seed %s (want host:port, port 1..65535)",
                         quote(&qb, s.s));
-        if (hostlen >= 2 && host[0] == '[' && host[hostlen - 1] == ']') {
-            char buf[INET6_ADDRSTRLEN + 1];
-            unsigned char addr[sizeof(struct in6_addr)];
-
-            if (hostlen - 2 >= sizeof buf)
-                return fail(p, s.line, "bad IPv6 address in %s", quote(&qb, s.s));
-            memcpy(buf, host + 1, hostlen - 2);
-            buf[hostlen - 2] = '\0';
-            if (inet_pton(AF_INET6, buf, addr) != 1)
-                return fail(p, s.line, "bad IPv6 address in %s", quote(&qb, s.s));
-            host++;
-            hostlen -= 2;
-        } else if (memchr(host, ':', hostlen) != NULL) {
+        case HP_IPV6:
+            return fail(p, s.line, "bad IPv6 address in %s", quote(&qb, s.s));
+        case HP_UNBRACKETED:
             return fail(p, s.line, "bad seed %s (IPv6 addresses need brackets: [::1]:7000)",
                         quote(&qb, s.s));
-        } else if (!valid_host_name(host, hostlen)) {
+        case HP_HOST:
             return fail(p, s.line, "bad seed %s (host: a name, an IPv4 address or [IPv6])",
                         quote(&qb, s.s));
         }
+        host = hostbuf;
+        hostlen = strlen(hostbuf);
         for (size_t j = 0; j < i; j++)
             if (r->cluster[j].port == port && strlen(r->cluster[j].host) == hostlen &&
                 memcmp(r->cluster[j].host, host, hostlen) == 0)
@@ -1127,7 +1208,7 @@ static int check_redis_url(struct parser *p, void *base, int line)
 /* [a-z0-9_-]{1,32} */
 static bool valid_group_name(const char *s, size_t len)
 {
-    if (len == 0 || len > GROUP_NAME_MAX)
+    if (len == 0 || len > CONFIG_NAME_MAX)
         return false;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
@@ -1176,7 +1257,7 @@ static int parse_groups(struct parser *p, struct fy_node *v, int line, const cha
         len = strlen(s);
         if (!valid_group_name(s, len))
             return fail(p, kline, "bad %s name %s (want 1 to %d of a-z, 0-9, _ and -)", what,
-                        quote(&qb, s), GROUP_NAME_MAX);
+                        quote(&qb, s), CONFIG_NAME_MAX);
         if ((*name = strdup(s)) == NULL)
             return fail(p, kline, "out of memory");
         saved = push_key(p, s, len);
@@ -1371,7 +1452,7 @@ static int check_cap_name(struct parser *p, void *base, int line)
             return fail(p, line, "bad cap name %s (want A-Z, a-z, 0-9, _, . and -)",
                         quote(&qb, cap->name));
     }
-    for (size_t i = 0; i < p->cap_index; i++)
+    for (size_t i = 0; i < p->list_index; i++)
         if (strcmp(p->cfg->caps[i].name, cap->name) == 0)
             return fail(p, line, "duplicate cap name %s (also caps[%zu])",
                         quote(&qb, cap->name), i);
@@ -1430,46 +1511,6 @@ static const struct directive cap_table[] = {
       .choices = cap_modes, .def = "enforce" },
     { .name = NULL },
 };
-
-/* caps: an optional list (null or [] means none) of at most MAX_CAPS. */
-static int parse_caps(struct parser *p, void *base, bool present, struct fy_node *v,
-                      int line)
-{
-    struct config *cfg = base;
-    struct fy_node *item;
-    void *it = NULL;
-    size_t n;
-
-    if (!present)
-        return 0;
-    if (check_untagged(p, v, line))
-        return -1;
-    if (is_null(v))
-        return 0;
-    if (!fy_node_is_sequence(v))
-        return fail(p, node_line(v, line), "expected a list, got %s", kind_of(v));
-    n = (size_t)fy_node_sequence_item_count(v);
-    if (n > MAX_CAPS)
-        return fail(p, line, "too many caps (%zu, max %d)", n, MAX_CAPS);
-    if (n == 0)
-        return 0;
-    if ((cfg->caps = calloc(n, sizeof *cfg->caps)) == NULL)
-        return fail(p, line, "out of memory");
-    cfg->n_caps = n;
-    for (p->cap_index = 0; (item = fy_node_sequence_iterate(v, &it)) != NULL; p->cap_index++) {
-        int iline = node_line(item, line);
-        size_t saved = push_index(p, p->cap_index);
-
-        if (check_untagged(p, item, iline))
-            return -1;
-        if (is_null(item) || !fy_node_is_mapping(item))
-            return fail(p, iline, "expected a mapping, got %s", kind_of(item));
-        if (parse_section(p, cap_table, &cfg->caps[p->cap_index], item, iline))
-            return -1;
-        pop_key(p, saved);
-    }
-    return 0;
-}
 
 /* quiet_hours.end: an empty window is almost surely a typo. */
 static int check_quiet_end(struct parser *p, void *base, int line)
@@ -1635,40 +1676,14 @@ static const struct directive token_table[] = {
     { .name = NULL },
 };
 
-static int parse_tokens(struct parser *p, void *base, bool present, struct fy_node *v,
-                        int line)
+/* auth.tokens[i]: no hash twice. */
+static int check_token(struct parser *p, void *base, int line)
 {
-    struct cfg_auth *a = base;
-    struct fy_node *item;
-    void *it = NULL;
-    size_t n, i = 0;
-
-    if (!present)
-        return fail(p, line, "missing required key");
-    if (check_untagged(p, v, line))
-        return -1;
-    if (is_null(v) || !fy_node_is_sequence(v))
-        return fail(p, node_line(v, line), "expected a list of tokens");
-    n = (size_t)fy_node_sequence_item_count(v);
-    if (n == 0 || n > 256)
-        return fail(p, node_line(v, line), "expected 1 to 256 tokens");
-    if ((a->tokens = calloc(n, sizeof *a->tokens)) == NULL)
-        return fail(p, line, "out of memory");
-    a->n_tokens = n;
-    for (; (item = fy_node_sequence_iterate(v, &it)) != NULL; i++) {
-        int iline = node_line(item, line);
-        size_t saved = push_index(p, i);
-        if (check_untagged(p, item, iline))
-            return -1;
-        if (is_null(item) || !fy_node_is_mapping(item))
-            return fail(p, iline, "expected a mapping, got %s", kind_of(item));
-        if (parse_section(p, token_table, &a->tokens[i], item, iline))
-            return -1;
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(a->tokens[j].sha256, a->tokens[i].sha256) == 0)
-                return fail(p, iline, "the same token hash appears twice");
-        pop_key(p, saved);
-    }
+    const struct cfg_token *t = base;
+    const struct cfg_auth *a = &p->cfg->auth;
+    for (size_t j = 0; j < p->list_index; j++)
+        if (strcmp(a->tokens[j].sha256, t->sha256) == 0)
+            return fail(p, line, "the same token hash appears twice");
     return 0;
 }
 
@@ -1681,7 +1696,10 @@ static int check_auth(struct parser *p, void *base, int line)
 }
 
 static const struct directive auth_table[] = {
-    { .name = "tokens", .type = DT_CUSTOM, .parse = parse_tokens },
+    { .name = "tokens", .type = DT_LIST, .flags = D_REQUIRED, .sub = token_table,
+      .off = offsetof(struct cfg_auth, tokens), .count_off = offsetof(struct cfg_auth, n_tokens),
+      .item_size = sizeof(struct cfg_token), .min = 1, .max = 256, .what = "tokens",
+      .check = check_token },
     { .name = NULL },
 };
 
@@ -1710,11 +1728,52 @@ static int check_tls(struct parser *p, void *base, int line)
     return 0;
 }
 
+static const struct choice tls_versions[] = {
+    { "1.2", 12 }, { "1.3", 13 }, { NULL, 0 },
+};
+
+/* tls.priorities, with tls.min_version laid over it: the versions are always
+ * replaced, so no priority string can bring back TLS 1.0 or 1.1 (RFC 8996).
+ * GnuTLS checks the result here, so a typo is a file:line error at load
+ * (and with -t), not a listener that fails to start. */
+static int check_tls_priorities(struct parser *p, void *base, int line)
+{
+    struct cfg_tls *t = base;
+    const char *floor = t->min_version == 13 ? ":-VERS-ALL:+VERS-TLS1.3"
+                                             : ":-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+    size_t n = strlen(t->priorities) + strlen(floor) + 1;
+    gnutls_priority_t cache;
+    const char *at = NULL;
+    struct qbuf qb;
+
+    free(t->priority_string);
+    if ((t->priority_string = malloc(n)) == NULL)
+        return fail(p, line, "out of memory");
+    snprintf(t->priority_string, n, "%s%s", t->priorities, floor);
+    int rc = gnutls_priority_init(&cache, t->priority_string, &at);
+    if (rc != GNUTLS_E_SUCCESS) {
+        /* AT points into the whole string: show only the part written. */
+        size_t len = strlen(t->priorities);
+        size_t off = at ? (size_t)(at - t->priority_string) : len;
+        if (off < len)
+            return fail(p, line, "GnuTLS refuses %s at \"%.*s\" (%s)", quote(&qb, t->priorities),
+                        (int)(len - off), at, gnutls_strerror(rc));
+        return fail(p, line, "GnuTLS refuses %s (%s)", quote(&qb, t->priorities),
+                    gnutls_strerror(rc));
+    }
+    gnutls_priority_deinit(cache);
+    return 0;
+}
+
 static const struct directive tls_table[] = {
     { .name = "cert_file", .type = DT_STRING, .flags = D_REQUIRED,
       FIELD(struct cfg_tls, cert_file), .check = check_tls_cert },
     { .name = "key_file", .type = DT_STRING, .flags = D_REQUIRED,
       FIELD(struct cfg_tls, key_file), .check = check_tls_key },
+    { .name = "min_version", .type = DT_ENUM, ENUM_FIELD(struct cfg_tls, min_version),
+      /* before priorities: laid over them */ .choices = tls_versions, .def = "1.2" },
+    { .name = "priorities", .type = DT_STRING, FIELD(struct cfg_tls, priorities),
+      .def = "NORMAL", .check = check_tls_priorities },
     { .name = NULL },
 };
 
@@ -1754,8 +1813,26 @@ static const struct directive delivery_table[] = {
       .min = 256, .max = 1000000000, .def = "1000000" },
     { .name = "lease", .type = DT_DURATION, FIELD(struct cfg_delivery, lease_ms),
       .min = MS_PER_S, .max = MS_PER_H, .def = "30s" },
+    { .name = "sweep", .type = DT_DURATION, FIELD(struct cfg_delivery, sweep_ms),
+      .min = MS_PER_S, .max = MS_PER_H, .def = "120s" },
     { .name = NULL },
 };
+
+/* A message being forwarded waits in the queue under a lease (decide.lua),
+ * so that another gateway takes it over if this one dies: a lease shorter
+ * than an upstream's timeout would hand over messages still in flight. */
+static int check_delivery(struct parser *p, void *base, int line)
+{
+    const struct cfg_delivery *d = base;
+    for (size_t k = 0; k < p->cfg->n_channels; k++) {
+        const struct cfg_channel *ch = &p->cfg->channels[k];
+        if (ch->upstream.enabled && (int64_t)ch->upstream.timeout_ms * 2 > d->lease_ms)
+            return fail(p, line, "lease: %lldms is less than twice channels.%s.upstream.timeout_ms "
+                        "(%d): a message still being forwarded would be handed to another gateway",
+                        (long long)d->lease_ms, ch->name, ch->upstream.timeout_ms);
+    }
+    return 0;
+}
 
 /* routes[].user etc.: where a value is found in a proxied request. */
 static int check_extract(struct parser *p, const char *spec, int line)
@@ -1765,15 +1842,86 @@ static int check_extract(struct parser *p, const char *spec, int line)
         return 0;
     if (strncmp(spec, "json:", 5) == 0 && (spec[5] == '/' || spec[5] == '\0'))
         return 0;
-    if (strncmp(spec, "header:", 7) == 0 && spec[7] && !strpbrk(spec + 7, " :\t\r\n"))
+    if ((strncmp(spec, "header:", 7) == 0 && spec[7] && !strpbrk(spec + 7, " :\t\r\n")) ||
+        (strncmp(spec, "form:", 5) == 0 && spec[5] && !strpbrk(spec + 5, "&=\t\r\n")))
         return 0;
-    return fail(p, line, "%s: want \"json:/pointer\" or \"header:Name\"", quote(&qb, spec));
+    return fail(p, line, "%s: want \"json:/pointer\", \"header:Name\" or \"form:Name\"",
+                quote(&qb, spec));
 }
 
-static int check_route_user(struct parser *p, void *base, int line)
+/* A string or a list of strings into *OUT / *N (at most MAX), each checked
+ * by CHECK (NULL: any non-empty string). */
+static int parse_string_list(struct parser *p, struct fy_node *v, int line, const char *what,
+                             size_t max, int (*check)(struct parser *, const char *, int),
+                             char ***out, size_t *n)
 {
-    return check_extract(p, ((struct cfg_route *)base)->user, line);
+    struct fy_node *item;
+    void *it = NULL;
+    struct scalar s;
+
+    if (check_untagged(p, v, line))
+        return -1;
+    if (!is_null(v) && fy_node_is_scalar(v)) {
+        if (get_scalar(p, v, line, what, &s) || (check && check(p, s.s, s.line)))
+            return -1;
+        if (!(*out = calloc(1, sizeof **out)) || !((*out)[0] = strdup(s.s)))
+            return fail(p, line, "out of memory");
+        *n = 1;
+        return 0;
+    }
+    if (is_null(v) || !fy_node_is_sequence(v))
+        return fail(p, node_line(v, line), "expected %s or a list of them, got %s", what,
+                    kind_of(v));
+    size_t count = (size_t)fy_node_sequence_item_count(v);
+    if (count == 0 || count > max)
+        return fail(p, node_line(v, line), "expected 1 to %zu of %s", max, what);
+    if (!(*out = calloc(count, sizeof **out)))
+        return fail(p, line, "out of memory");
+    for (size_t i = 0; (item = fy_node_sequence_iterate(v, &it)) != NULL; i++) {
+        size_t saved = push_index(p, i);
+        if (get_scalar(p, item, line, what, &s) || (check && check(p, s.s, s.line)))
+            return -1;
+        if (!((*out)[i] = strdup(s.s)))
+            return fail(p, s.line, "out of memory");
+        *n = i + 1;
+        pop_key(p, saved);
+    }
+    return 0;
 }
+
+/* routes[].user: where the recipients are (a spec, or a list of them). */
+static int parse_route_users(struct parser *p, void *base, bool present, struct fy_node *v,
+                             int line)
+{
+    struct cfg_route *r = base;
+    if (!present)
+        return fail(p, line, "missing required key");
+    return parse_string_list(p, v, line, "a \"json:/pointer\", \"header:Name\" or "
+                             "\"form:Name\"", ROUTE_USERS_MAX, check_extract, &r->users,
+                             &r->n_users);
+}
+
+static int check_header_name(struct parser *p, const char *s, int line)
+{
+    struct qbuf qb;
+    for (const char *c = s; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *c)))
+            return fail(p, line, "%s is not a header name", quote(&qb, s));
+    return 0;
+}
+
+/* routes[].replay_headers: the upstream's headers a replay answers again. */
+static int parse_replay_headers(struct parser *p, void *base, bool present, struct fy_node *v,
+                                int line)
+{
+    struct cfg_route *r = base;
+    if (!present || is_null(v))
+        return 0;
+    return parse_string_list(p, v, line, "a header name", ROUTE_REPLAY_HEADERS_MAX,
+                             check_header_name, &r->replay_headers, &r->n_replay_headers);
+}
+
 static int check_route_campaign(struct parser *p, void *base, int line)
 {
     return check_extract(p, ((struct cfg_route *)base)->campaign, line);
@@ -1817,8 +1965,8 @@ static const struct directive route_table[] = {
       .check = check_route_path },
     { .name = "channel", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_route, channel),
       .check = check_route_channel },
-    { .name = "user", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_route, user),
-      .check = check_route_user },
+    { .name = "user", .type = DT_CUSTOM, .parse = parse_route_users },
+    { .name = "replay_headers", .type = DT_CUSTOM, .parse = parse_replay_headers },
     { .name = "message_id", .type = DT_STRING, .flags = D_REQUIRED,
       FIELD(struct cfg_route, message_id), .check = check_route_message_id },
     { .name = "campaign", .type = DT_STRING, FIELD(struct cfg_route, campaign),
@@ -1828,41 +1976,13 @@ static const struct directive route_table[] = {
     { .name = NULL },
 };
 
-static int parse_routes(struct parser *p, void *base, bool present, struct fy_node *v, int line)
+/* routes[i]: no path twice. */
+static int check_route(struct parser *p, void *base, int line)
 {
-    struct config *cfg = base;
-    struct fy_node *item;
-    void *it = NULL;
-    size_t n, i = 0;
-
-    if (!present || is_null(v))
-        return 0;
-    if (check_untagged(p, v, line))
-        return -1;
-    if (!fy_node_is_sequence(v))
-        return fail(p, node_line(v, line), "expected a list of routes");
-    n = (size_t)fy_node_sequence_item_count(v);
-    if (n > 64)
-        return fail(p, line, "too many routes (max 64)");
-    if (n == 0)
-        return 0;
-    if ((cfg->routes = calloc(n, sizeof *cfg->routes)) == NULL)
-        return fail(p, line, "out of memory");
-    cfg->n_routes = n;
-    for (; (item = fy_node_sequence_iterate(v, &it)) != NULL; i++) {
-        int iline = node_line(item, line);
-        size_t saved = push_index(p, i);
-        if (check_untagged(p, item, iline))
-            return -1;
-        if (is_null(item) || !fy_node_is_mapping(item))
-            return fail(p, iline, "expected a mapping, got %s", kind_of(item));
-        if (parse_section(p, route_table, &cfg->routes[i], item, iline))
-            return -1;
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(cfg->routes[j].path, cfg->routes[i].path) == 0)
-                return fail(p, iline, "path appears twice");
-        pop_key(p, saved);
-    }
+    const struct cfg_route *r = base;
+    for (size_t j = 0; j < p->list_index; j++)
+        if (strcmp(p->cfg->routes[j].path, r->path) == 0)
+            return fail(p, line, "path appears twice");
     return 0;
 }
 
@@ -1883,6 +2003,10 @@ static const struct directive audit_table[] = {
 static const struct choice log_levels[] = {
     { "error", LOG_LEVEL_ERROR }, { "warn", LOG_LEVEL_WARN },
     { "info", LOG_LEVEL_INFO }, { "debug", LOG_LEVEL_DEBUG }, { NULL, 0 },
+};
+
+static const struct choice log_formats[] = {
+    { "logfmt", LOG_FORMAT_LOGFMT }, { "json", LOG_FORMAT_JSON }, { NULL, 0 },
 };
 
 static const struct choice unavailable_policies[] = {
@@ -1912,6 +2036,10 @@ static const struct directive redis_table[] = {
 static const struct directive privacy_table[] = {
     { .name = "key_file", .type = DT_STRING, .flags = D_REQUIRED,
       FIELD(struct config, key_file) },
+    /* During a key rotation: the key before, so nobody's records are lost
+     * (read with key_file by gateway_load_support). */
+    { .name = "previous_key_file", .type = DT_STRING,
+      FIELD(struct config, previous_key_file) },
     { .name = "retention", .type = DT_DURATION, FIELD(struct config, retention_ms),
       .min = MS_PER_D, .max = 3650 * MS_PER_D, .def = "400d" },
     { .name = NULL },
@@ -1931,21 +2059,64 @@ static const struct directive quiet_table[] = {
     { .name = NULL },
 };
 
+/* True for 127.0.0.0/8 and ::1 (listen_host is canonical by now). */
+static bool loopback_listener(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+/* limits.max_connections_per_ip.  Absent, it depends on the listener: on
+ * loopback every client has the same few addresses (a proxy, a sidecar), so
+ * no limit; on any other address one client must not be able to take every
+ * connection (slow-header floods: issue 12 item 8), so a sixteenth of
+ * max_connections.  Behind a load balancer every connection comes from the
+ * balancer: set 0 there (the man page says so). */
+#define PER_IP_SHARE 16
+
+static int parse_per_ip(struct parser *p, void *base, bool present, struct fy_node *v,
+                        int line)
+{
+    struct cfg_limits *l = base;
+    static const struct directive as_int = {
+        .name = "max_connections_per_ip", .type = DT_INT,
+        FIELD(struct cfg_limits, max_connections_per_ip), .min = 0, .max = 1000000,
+    };
+    struct scalar sc;
+
+    if (present) {
+        if (get_scalar(p, v, line, "an integer", &sc))
+            return -1;
+        return set_value(p, &as_int, base, &sc);
+    }
+    l->max_connections_per_ip = loopback_listener(p->cfg->listen_host)
+                                ? 0 : (l->max_connections + PER_IP_SHARE - 1) / PER_IP_SHARE;
+    return 0;
+}
+
 static const struct directive limits_table[] = {
     { .name = "max_body_bytes", .type = DT_INT, FIELD(struct cfg_limits, max_body_bytes),
       .min = 256, .max = 16777216, .def = "65536" },
     { .name = "max_connections", .type = DT_INT, FIELD(struct cfg_limits, max_connections),
       .min = 1, .max = 1000000, .def = "4096" },
-    { .name = "max_connections_per_ip", .type = DT_INT,
-      FIELD(struct cfg_limits, max_connections_per_ip), .min = 0, .max = 1000000, .def = "0" },
+    { .name = "max_connections_per_ip", .type = DT_CUSTOM,
+      .parse = parse_per_ip /* after max_connections: its default is a share of it */ },
     { .name = "connection_timeout", .type = DT_DURATION, .flags = D_SECONDS,
       FIELD(struct cfg_limits, connection_timeout_s), .min = MS_PER_S, .max = MS_PER_H,
       .def = "30s" },
+    { .name = "header_timeout", .type = DT_DURATION, .flags = D_SECONDS,
+      FIELD(struct cfg_limits, header_timeout_s), .min = MS_PER_S, .max = MS_PER_H,
+      .def = "10s" },
     { .name = "connection_memory_bytes", .type = DT_INT,
       FIELD(struct cfg_limits, connection_memory_bytes), .min = 8192, .max = 16777216,
       .def = "16384" },
     { .name = "max_pending", .type = DT_INT, FIELD(struct cfg_limits, max_pending),
       .min = 1, .max = 1000000, .def = "10000" },
+    { .name = "max_recipients", .type = DT_INT, FIELD(struct cfg_limits, max_recipients),
+      .min = 1, .max = 100000, .def = "1000" },
     { .name = NULL },
 };
 
@@ -1956,6 +2127,8 @@ static const struct directive config_table[] = {
       .def = "127.0.0.1:8425", .check = check_listen },
     { .name = "log_level", .type = DT_ENUM, ENUM_FIELD(struct config, log_level),
       .choices = log_levels, .def = "info" },
+    { .name = "log_format", .type = DT_ENUM, ENUM_FIELD(struct config, log_format),
+      .choices = log_formats, .def = "logfmt" },
     { .name = "redis", .type = DT_SECTION, .off = offsetof(struct config, redis),
       .sub = redis_table },
     { .name = "privacy", .type = DT_SECTION, .flags = D_REQUIRED, .off = 0,
@@ -1965,7 +2138,9 @@ static const struct directive config_table[] = {
       .parse = parse_categories },
     { .name = "default_category", .type = DT_STRING, FIELD(struct config, default_category),
       .check = check_default_category },
-    { .name = "caps", .type = DT_CUSTOM, .parse = parse_caps },
+    { .name = "caps", .type = DT_LIST, .sub = cap_table, .off = offsetof(struct config, caps),
+      .count_off = offsetof(struct config, n_caps), .item_size = sizeof(struct cfg_cap),
+      .max = MAX_CAPS, .what = "caps" },
     { .name = "quiet_hours", .type = DT_SECTION, .flags = D_OPTIONAL,
       .off = offsetof(struct config, quiet_hours), .sub = quiet_table,
       .check = check_quiet_hours },
@@ -1987,8 +2162,11 @@ static const struct directive config_table[] = {
     { .name = "audit", .type = DT_SECTION, .off = offsetof(struct config, audit),
       .sub = audit_table },
     { .name = "delivery", .type = DT_SECTION, .off = offsetof(struct config, delivery),
-      .sub = delivery_table },
-    { .name = "routes", .type = DT_CUSTOM, .parse = parse_routes },
+      .sub = delivery_table, .check = check_delivery },
+    { .name = "routes", .type = DT_LIST, .sub = route_table,
+      .off = offsetof(struct config, routes), .count_off = offsetof(struct config, n_routes),
+      .item_size = sizeof(struct cfg_route), .max = 64, .what = "routes",
+      .check = check_route },
     { .name = "shutdown_timeout", .type = DT_DURATION, .flags = D_SECONDS,
       FIELD(struct config, shutdown_timeout_s), .min = MS_PER_S, .max = MS_PER_H,
       .def = "10s" },
@@ -2271,9 +2449,13 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     if (rc == 0) {
         struct fy_node *root = y.doc ? fy_document_root(y.doc) : NULL;
 
-        /* An empty file is an empty mapping: the required keys say what
-         * is missing. */
-        rc = parse_section(&p, config_table, cfg, root, node_line(root, 1));
+        /* An empty file (or only comments) says so, rather than naming
+         * the first required key it lacks. */
+        if (!root || (fy_node_is_mapping(root) && fy_node_mapping_item_count(root) == 0))
+            rc = fail(&p, 1, "the file is empty: it needs at least privacy.key_file, channels "
+                             "and categories (conf/capgate.yaml is an example)");
+        else
+            rc = parse_section(&p, config_table, cfg, root, node_line(root, 1));
     }
     /* With quiet_hours absent these still get their documented defaults,
      * unchecked, so that readers never meet NULL. */
@@ -2335,6 +2517,7 @@ void config_free(struct config *cfg)
     free(cfg->redis.cluster);
 
     free(cfg->key_file);
+    free(cfg->previous_key_file);
     for (size_t i = 0; i < cfg->n_channels; i++) {
         struct cfg_upstream *u = &cfg->channels[i].upstream;
         free(cfg->channels[i].name);
@@ -2361,12 +2544,19 @@ void config_free(struct config *cfg)
     free(cfg->auth.tokens);
     free(cfg->tls.cert_file);
     free(cfg->tls.key_file);
+    free(cfg->tls.priorities);
+    free(cfg->tls.priority_string);
     free(cfg->audit.file);
     for (size_t i = 0; i < cfg->n_routes; i++) {
         struct cfg_route *r = &cfg->routes[i];
         free(r->path);
         free(r->channel);
-        free(r->user);
+        for (size_t k = 0; k < r->n_users; k++)
+            free(r->users[k]);
+        free(r->users);
+        for (size_t k = 0; k < r->n_replay_headers; k++)
+            free(r->replay_headers[k]);
+        free(r->replay_headers);
         free(r->campaign);
         free(r->message_id);
         free(r->category);

@@ -108,23 +108,6 @@ static void batch_fail(struct batch *bt, enum store_status status, const char *e
     batch_answer_all(bt, &r);
 }
 
-/* How many items element POS of a flattened reply spans (0: cut short). */
-static size_t extent(const struct store_item *it, size_t n, size_t pos)
-{
-    if (pos >= n)
-        return 0;
-    if (it[pos].type != STORE_ARRAY)
-        return 1;
-    size_t e = 1;
-    for (long long k = 0; k < it[pos].i; k++) {
-        size_t s = extent(it, n, pos + e);
-        if (!s)
-            return 0;
-        e += s;
-    }
-    return e;
-}
-
 /* A call of B's was answered: the batches that waited for it can go. */
 static void call_done(struct decide_batch *b, enum store_status status)
 {
@@ -146,17 +129,12 @@ static void on_batch_reply(void *arg, const struct store_reply *r)
     }
     size_t pos = 0;
     for (size_t k = 0; k < bt->n; k++) {
-        size_t e = extent(r->items, r->n, pos);
-        struct store_reply one = { .status = STORE_ERROR, .error = "bad batch reply" };
-        if (e && r->items[pos].type == STORE_ERR) {
-            log_error("redis script error", "error=\"%.200s\"", r->items[pos].s);
-            one.error = r->items[pos].s;
-        } else if (e && r->items[pos].type == STORE_ARRAY) {   /* as a store unwraps it */
-            one = (struct store_reply){ .status = STORE_OK, .n = e - 1,
-                                        .items = r->items + pos + 1 };
-        } else if (e) {
-            one = (struct store_reply){ .status = STORE_OK, .n = 1, .items = r->items + pos };
-        }
+        struct store_reply one;
+        size_t e = store_reply_element(r, pos, &one);
+        if (e && r->items[pos].type == STORE_ERR)
+            log_error("redis script error", "error=%.200s", r->items[pos].s);
+        if (!e)
+            one.error = "bad batch reply";
         answer(bt, k, &one);
         pos += e ? e : 1;
     }
@@ -292,8 +270,12 @@ int decide_batch_add(struct decide_batch *b, const struct script_args *a,
                      unsigned max_pending, store_cb *cb, void *arg)
 {
     struct store *st = *b->store;
-    if (!st || !store_ready(st) || b->waiting >= max_pending)
+    if (!st)
         return -1;
+    if (!store_ready(st) || b->waiting >= max_pending) {
+        store_count_refused(st);   /* as store_eval counts its own refusals */
+        return -1;
+    }
     if (store_is_cluster(st) || a->nkeys != KEYS_PER || a->argc != PER)
         return store_eval(st, a->script, a->nkeys, a->argc, a->argv, a->argvlen, cb, arg);
 

@@ -19,11 +19,12 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_FINISH] = lua_finish,
     [SCRIPT_DEAD_LIST] = lua_dead_list,
     [SCRIPT_AUDIT_TRIM] = lua_audit_trim,
+    [SCRIPT_ROTATE] = lua_rotate,
 };
 
 static const char *const outcome_names[OUTCOME__COUNT] = { "allow", "defer", "deny" };
 static const char *const reason_names[REASON__COUNT] = {
-    "ok", "opted_out", "consent_required", "quiet_hours", "cap", "suppressed",
+    "ok", "opted_out", "consent_required", "quiet_hours", "cap", "suppressed", "superseded",
     "store_unavailable"
 };
 
@@ -204,8 +205,7 @@ static void arg_audit_key(struct script_args *a, const char *user)
     arg_tag_key(a, user, "a", false);
 }
 
-/* An audit entry lives for the audit retention, never beyond privacy's. */
-static int64_t audit_keep_ms(const struct config *cfg)
+int64_t decision_audit_keep_ms(const struct config *cfg)
 {
     return cfg->audit.retention_ms < cfg->retention_ms ? cfg->audit.retention_ms
                                                        : cfg->retention_ms;
@@ -218,7 +218,7 @@ static void arg_audit(struct script_args *a, const struct config *cfg, const cha
         arg_cstr(a, "");
         return;
     }
-    int64_t keep = audit_keep_ms(cfg);
+    int64_t keep = decision_audit_keep_ms(cfg);
     int per_tag = cfg->audit.max_entries / DECISION_TAGS;
     size_t nu = strlen(user);
     char *s = arg_open(a, 3 * 21 + 3 + nu), *p = s;
@@ -367,7 +367,7 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     char member[50] = "";
     if (in->enqueue)
         decision_member(in->user, in->message, member);
-    args_init(a, SCRIPT_DECIDE, in->enqueue ? 7 : 4);
+    args_init(a, SCRIPT_DECIDE, in->enqueue ? (in->enqueue->first_answer ? 8 : 7) : 4);
     arg_sends_key(a, cfg, in->user);
     arg_consent_key(a, in->user);
     /* Keys a config does not use are named as the sends key again: during a
@@ -389,6 +389,8 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
                     (unsigned)fnv1a(in->enqueue->collapse));
         else
             arg_fmt(a, "cg:{%.2s}:k:-", in->user);
+        if (in->enqueue->first_answer)
+            arg_fmt(a, "cg:{%.2s}:ans:%s", in->user, member);
     }
     arg_person(a, in->user);
 
@@ -430,7 +432,7 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
         *np++ = (char)ncaps;
         *np++ = (char)fatigue;
         np = put_be(np, (uint64_t)expiry_slack_ms(cfg), 4);
-        np = put_be(np, (uint64_t)(cfg->audit.enabled ? audit_keep_ms(cfg) : 0), 6);
+        np = put_be(np, (uint64_t)(cfg->audit.enabled ? decision_audit_keep_ms(cfg) : 0), 6);
     }
     arg_close(a, ns, np);
 
@@ -491,11 +493,37 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
         /* A queued message lives as long as it may wait, plus its retries. */
         int64_t ttl = cfg->max_defer_ms + (int64_t)d->max_attempts * d->max_backoff_ms +
                       86400000LL;
-        arg_fmt(a, "%d|%lld|%d|%d", per_tag < 1 ? 1 : per_tag, (long long)ttl,
-                in->enqueue->priority, in->enqueue->collapse != NULL);
+        arg_fmt(a, "%d|%lld|%d|%d|%lld", per_tag < 1 ? 1 : per_tag, (long long)ttl,
+                in->enqueue->priority, in->enqueue->collapse != NULL, (long long)d->lease_ms);
         arg_str(a, in->enqueue->blob, in->enqueue->blob_len);
         arg_fmt(a, "%s", member);
     }
+}
+
+void decision_ack_args(const struct config *cfg, const char *member, const char *answer,
+                       size_t len, struct script_args *a)
+{
+    decision_finish_args(cfg, member, FINISH_ACK, 0, NULL, a);
+    a->nkeys = 4;
+    /* The answer key goes after the three keys: shift the arguments. */
+    for (int k = a->argc; k > 3; k--) {
+        a->argv[k] = a->argv[k - 1];
+        a->argvlen[k] = a->argvlen[k - 1];
+    }
+    a->argc++;
+    char *s = arg_open(a, 8 + 6 + strlen(member)), *p = s;
+    if (s) {
+        p = put_mem(p, "cg:{", 4);
+        p = put_mem(p, member, 2);
+        p = put_mem(p, "}:ans:", 6);
+        p = put_mem(p, member, strlen(member));
+        *p = '\0';
+        a->argv[3] = s;
+        a->argvlen[3] = (size_t)(p - s);
+        a->used += (size_t)(p - s) + 1;
+    }
+    arg_str(a, answer, len);
+    arg_fmt(a, "%lld", (long long)cfg->idempotency_ms);
 }
 
 void decision_dead_list_args(unsigned tag, unsigned most, struct script_args *a)
@@ -617,7 +645,7 @@ static uint64_t get_be(const unsigned char *p, int bytes)
 int decision_decide_result(const struct store_reply *r, const struct config *cfg,
                            struct decision *out)
 {
-    if (r->status != STORE_OK || r->n != 1 || r->items[0].type != STORE_STR ||
+    if (r->status != STORE_OK || r->n < 1 || r->n > 2 || r->items[0].type != STORE_STR ||
         r->items[0].len < ANSWER_LEN)
         return -1;
     const unsigned char *p = (const unsigned char *)r->items[0].s;
@@ -625,7 +653,7 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
     uint64_t retry = get_be(p + 4, 6);
     int64_t retry_ms = retry & 0x800000000000ULL ? -1 : (int64_t)retry;   /* 48-bit sign */
     size_t nshadow = p[17];
-    if (outcome >= OUTCOME__COUNT || reason > REASON_SUPPRESSED ||
+    if (outcome >= OUTCOME__COUNT || reason > REASON_SUPERSEDED ||
         (rule > cfg->n_caps && rule != 256) || retry_ms < 0 ||
         r->items[0].len != ANSWER_LEN + 3 * nshadow)
         return -1;
@@ -634,6 +662,7 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
     out->rule = rule == 256 ? RULE_FATIGUE : (int)rule - 1;
     out->retry_after_s = retry_ms / 1000 + (retry_ms % 1000 != 0);   /* exact, rounded up */
     out->replay = p[10] != 0;
+    out->resend = p[10] == 2;
     out->count = (int)get_be(p + 11, 4);
     out->queued = p[15];
     out->superseded = p[16] != 0;
@@ -650,6 +679,15 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
     return 0;
 }
 
+bool decision_first_answer(const struct store_reply *r, const char **s, size_t *len)
+{
+    if (r->status != STORE_OK || r->n != 2 || r->items[1].type != STORE_STR)
+        return false;
+    *s = r->items[1].s;
+    *len = r->items[1].len;
+    return true;
+}
+
 void decision_release_args(const struct config *cfg, const char *user, const char *message,
                            struct script_args *a)
 {
@@ -657,6 +695,20 @@ void decision_release_args(const struct config *cfg, const char *user, const cha
     arg_sends_key(a, cfg, user);
     arg_person(a, user);
     arg_fmt(a, "%u", message_id(message));
+}
+
+void decision_abandon_args(const struct config *cfg, const char *user, const char *message,
+                           struct script_args *a)
+{
+    char member[50];
+    decision_member(user, message, member);
+    args_init(a, SCRIPT_RELEASE, 3);
+    arg_sends_key(a, cfg, user);
+    arg_fmt(a, "cg:{%.2s}:q", user);
+    arg_fmt(a, "cg:{%.2s}:d:%s", user, member);
+    arg_person(a, user);
+    arg_fmt(a, "%u", message_id(message));
+    arg_fmt(a, "%s", member);
 }
 
 int decision_release_result(const struct store_reply *r)
@@ -732,7 +784,7 @@ void decision_audit_trim_args(unsigned tag, const struct config *cfg, struct scr
 {
     args_init(a, SCRIPT_AUDIT_TRIM, 1);
     arg_fmt(a, "cg:{%02x}:a", tag & 0xff);
-    arg_fmt(a, "%lld", (long long)audit_keep_ms(cfg));
+    arg_fmt(a, "%lld", (long long)decision_audit_keep_ms(cfg));
 }
 
 int64_t decision_consent_result(const struct store_reply *r)
@@ -740,4 +792,29 @@ int64_t decision_consent_result(const struct store_reply *r)
     if (!all_ints(r, 1))
         return -1;
     return r->items[0].i;
+}
+
+void decision_rotate_args(const struct config *cfg, const char *mode, const char *user,
+                          unsigned tag, const char *const *data, const size_t *lens,
+                          struct script_args *a)
+{
+    args_init(a, SCRIPT_ROTATE, 5);
+    if (!user) {
+        /* The tag's rotation set only, named five times (one slot). */
+        for (int k = 0; k < 5; k++)
+            arg_fmt(a, "cg:{%02x}:rot", tag & 0xff);
+        arg_cstr(a, mode);
+        return;
+    }
+    arg_sends_key(a, cfg, user);
+    arg_consent_key(a, user);
+    arg_bucket_key(a, cfg, user, 'g');
+    arg_fmt(a, "cg:{%.2s}:rot", user);
+    arg_fmt(a, "cg:{%.2s}:q", user);
+    arg_cstr(a, mode);
+    arg_person(a, user);
+    arg_cstr(a, user);
+    if (data)
+        for (int k = 0; k < 6; k++)
+            arg_str(a, data[k], lens[k]);
 }

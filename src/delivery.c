@@ -1,6 +1,7 @@
 /* delivery: message blobs and forwarding.  See delivery.h. */
 #include "capgate/delivery.h"
 
+#include "capgate/decision.h"
 #include "capgate/pseudonym.h"
 
 #include <sodium.h>
@@ -22,19 +23,19 @@ bool delivery_hop_by_hop(const char *name)
     return false;
 }
 
+/*
+ * A blob is the whole message sealed (pseudonym_seal: XChaCha20-Poly1305,
+ * base64): its description as compact JSON, a NUL, then the body's bytes.
+ * Payloads, bodies and a route's headers name the recipient, and nothing
+ * readable may name a person in Redis, its AOF or a backup.  (Version 1
+ * blobs, plain JSON with only the headers sealed, are still read: a queue
+ * written by an older capgate drains after an upgrade.)
+ */
 char *delivery_blob(const struct message *m, const struct pseudonym *seal)
 {
-    /* Bodies are bytes: base64 keeps the blob valid UTF-8 JSON. */
-    size_t b64len = sodium_base64_encoded_len(m->body_len, sodium_base64_VARIANT_ORIGINAL);
-    char *b64 = malloc(b64len);
-    if (!b64)
-        return NULL;
-    sodium_bin2base64(b64, b64len, (const unsigned char *)m->body, m->body_len,
-                      sodium_base64_VARIANT_ORIGINAL);
-    json_t *o = json_pack("{s:i, s:b, s:s, s:s, s:s, s:s, s:s, s:s}", "v", 1, "route", m->route,
+    json_t *o = json_pack("{s:i, s:b, s:s, s:s, s:s, s:s, s:s}", "v", 2, "route", m->route,
                           "u", m->user, "m", m->message, "mid", m->message_id,
-                          "ch", m->channel, "cat", m->category, "body", b64);
-    free(b64);
+                          "ch", m->channel, "cat", m->category);
     if (!o)
         return NULL;
     if (m->campaign)
@@ -44,56 +45,100 @@ char *delivery_blob(const struct message *m, const struct pseudonym *seal)
     if (m->route) {
         json_object_set_new(o, "method", json_string(m->method));
         json_object_set_new(o, "query", json_string(m->query ? m->query : ""));
-        char *h = m->headers ? json_dumps(m->headers, JSON_COMPACT) : strdup("[]");
-        char *sealed = h ? pseudonym_seal(seal, h, strlen(h)) : NULL;
-        free(h);
-        if (!sealed) {
-            json_decref(o);
-            return NULL;
-        }
-        json_object_set_new(o, "hx", json_string(sealed));
-        free(sealed);
+        json_object_set_new(o, "h", m->headers ? json_incref(m->headers) : json_array());
     }
-    char *s = json_dumps(o, JSON_COMPACT);
+    char *meta = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    return s;
+    if (!meta)
+        return NULL;
+    size_t mlen = strlen(meta);
+    char *plain = malloc(mlen + 1 + m->body_len);
+    char *sealed = NULL;
+    if (plain) {
+        memcpy(plain, meta, mlen + 1);             /* with its NUL: the separator */
+        memcpy(plain + mlen + 1, m->body, m->body_len);
+        sealed = pseudonym_seal(seal, plain, mlen + 1 + m->body_len);
+        sodium_memzero(plain, mlen + 1 + m->body_len);
+    }
+    free(plain);
+    free(meta);
+    return sealed;
 }
 
-int delivery_parse(const char *blob, size_t len, struct message *m,
-                   const struct pseudonym *seal)
+/* A version 1 blob: JSON, the body in base64, the headers sealed in "hx". */
+static int parse_v1(const char *blob, size_t len, struct message *m,
+                    const struct pseudonym *seal)
 {
     const char *b64 = NULL, *hx = NULL;
     int route = 0;
-    memset(m, 0, sizeof *m);
     m->root = json_loadb(blob, len, 0, NULL);
     if (!m->root ||
         json_unpack(m->root, "{s:b, s:s, s:s, s:s, s:s, s:s, s:s, s?s, s?s, s?s, s?s, s?s}",
                     "route", &route, "u", &m->user, "m", &m->message, "mid", &m->message_id,
                     "ch", &m->channel, "cat", &m->category, "body", &b64, "camp", &m->campaign,
                     "tz", &m->tz, "method", &m->method, "query", &m->query,
-                    "hx", &hx) != 0) {
-        delivery_clear(m);
+                    "hx", &hx) != 0)
         return -1;
-    }
     m->route = route;
     if (hx) {
         size_t hl;
-        char *h = pseudonym_open(seal, hx, &hl);
+        char *h = pseudonym_open(seal, hx, strlen(hx), &hl);
         m->headers = h ? json_loadb(h, hl, 0, NULL) : NULL;
         free(h);
-        if (!m->headers) {
-            delivery_clear(m);
+        if (!m->headers)
             return -1;
-        }
     }
     size_t cap = strlen(b64);
     m->body = malloc(cap + 1);
     if (!m->body || sodium_base642bin((unsigned char *)m->body, cap, b64, cap, NULL,
-                                      &m->body_len, NULL, sodium_base64_VARIANT_ORIGINAL) != 0) {
+                                      &m->body_len, NULL, sodium_base64_VARIANT_ORIGINAL) != 0)
+        return -1;
+    m->body[m->body_len] = '\0';
+    return 0;
+}
+
+static int parse_v2(const char *blob, size_t len, struct message *m,
+                    const struct pseudonym *seal)
+{
+    size_t plen;
+    char *plain = pseudonym_open(seal, blob, len, &plen);
+    if (!plain)
+        return -1;
+    size_t mlen = strnlen(plain, plen);
+    int route = 0;
+    json_t *h = NULL;
+    if (mlen < plen)
+        m->root = json_loadb(plain, mlen, 0, NULL);
+    if (!m->root ||
+        json_unpack(m->root, "{s:b, s:s, s:s, s:s, s:s, s:s, s?s, s?s, s?s, s?s, s?o}",
+                    "route", &route, "u", &m->user, "m", &m->message, "mid", &m->message_id,
+                    "ch", &m->channel, "cat", &m->category, "camp", &m->campaign,
+                    "tz", &m->tz, "method", &m->method, "query", &m->query, "h", &h) != 0 ||
+        (h && !json_is_array(h)) || !(m->body = malloc(plen - mlen))) {
+        sodium_memzero(plain, plen);
+        free(plain);
+        return -1;
+    }
+    m->route = route;
+    if (route)
+        m->headers = h ? json_incref(h) : json_array();
+    m->body_len = plen - mlen - 1;
+    memcpy(m->body, plain + mlen + 1, m->body_len);
+    m->body[m->body_len] = '\0';
+    sodium_memzero(plain, plen);
+    free(plain);
+    return 0;
+}
+
+int delivery_parse(const char *blob, size_t len, struct message *m,
+                   const struct pseudonym *seal)
+{
+    memset(m, 0, sizeof *m);
+    int rc = len && blob[0] == '{' ? parse_v1(blob, len, m, seal) : parse_v2(blob, len, m, seal);
+    if (rc != 0 || (m->route && !m->headers)) {
         delivery_clear(m);
         return -1;
     }
-    m->body[m->body_len] = '\0';
     if (!m->method)
         m->method = "POST";
     return 0;
@@ -107,11 +152,95 @@ void delivery_clear(struct message *m)
     memset(m, 0, sizeof *m);
 }
 
-int delivery_forward(struct upstream_pool *pool, const struct config *cfg,
+/* ---- the loop's pools: one per channel ------------------------------------ */
+
+#define POOLS_MAX 32
+
+struct delivery_pools {
+    struct event_base *base;
+    unsigned n_loops;
+    /* Each upstream gets its own max_connections; a pool whose limit a
+     * reload changed is retired and freed once idle. */
+    struct channel_pool {
+        char channel[CONFIG_NAME_MAX + 1];
+        unsigned limit;
+        struct upstream_pool *pool;
+    } pools[POOLS_MAX], retired[POOLS_MAX];
+    size_t n_pools, n_retired;
+};
+
+struct delivery_pools *delivery_pools_new(struct event_base *base, unsigned n_loops)
+{
+    struct delivery_pools *p = calloc(1, sizeof *p);
+    if (p) {
+        p->base = base;
+        p->n_loops = n_loops ? n_loops : 1;
+    }
+    return p;
+}
+
+/* The pool for CH's upstream: made on first use, with this loop's share of
+ * its max_connections.  NULL when it cannot be made. */
+static struct upstream_pool *pool_for(struct delivery_pools *p, const struct cfg_channel *ch)
+{
+    unsigned total = ch->upstream.max_connections;
+    unsigned limit = total == 0 ? 0 : (total + p->n_loops - 1) / p->n_loops;
+    size_t k;
+    for (k = 0; k < p->n_pools; k++)
+        if (strcmp(p->pools[k].channel, ch->name) == 0)
+            break;
+    if (k < p->n_pools && p->pools[k].limit == limit)
+        return p->pools[k].pool;
+    if (k < p->n_pools) {
+        /* A reload changed the bound: new exchanges use a new pool, the old
+         * one finishes what it carries. */
+        if (p->n_retired < POOLS_MAX)
+            p->retired[p->n_retired++] = p->pools[k];
+        else
+            upstream_pool_free(p->pools[k].pool);
+        p->pools[k] = p->pools[--p->n_pools];
+    }
+    if (p->n_pools == POOLS_MAX)
+        return NULL;
+    struct upstream_pool *pool = upstream_pool_new(p->base, limit, 1u << 20);
+    if (!pool)
+        return NULL;
+    struct channel_pool *cp = &p->pools[p->n_pools++];
+    snprintf(cp->channel, sizeof cp->channel, "%s", ch->name);
+    cp->limit = limit;
+    cp->pool = pool;
+    return pool;
+}
+
+void delivery_pools_sweep(struct delivery_pools *p)
+{
+    for (size_t k = 0; p && k < p->n_retired;) {
+        if (upstream_pool_active(p->retired[k].pool) == 0) {
+            upstream_pool_free(p->retired[k].pool);
+            p->retired[k] = p->retired[--p->n_retired];
+        } else {
+            k++;
+        }
+    }
+}
+
+void delivery_pools_free(struct delivery_pools *p)
+{
+    if (!p)
+        return;
+    for (size_t k = 0; k < p->n_pools; k++)
+        upstream_pool_free(p->pools[k].pool);
+    for (size_t k = 0; k < p->n_retired; k++)
+        upstream_pool_free(p->retired[k].pool);
+    free(p);
+}
+
+int delivery_forward(struct delivery_pools *pools, const struct config *cfg,
                      const struct message *m, upstream_cb *cb, void *arg)
 {
     const struct cfg_channel *ch = config_channel(cfg, m->channel);
-    if (!ch || !ch->upstream.enabled)
+    struct upstream_pool *pool = ch && ch->upstream.enabled ? pool_for(pools, ch) : NULL;
+    if (!pool)
         return -1;
     const struct cfg_upstream *u = &ch->upstream;
     char url[4096], idem[200];
@@ -165,4 +294,138 @@ int delivery_forward(struct upstream_pool *pool, const struct config *cfg,
     for (size_t k = 0; k < nowned; k++)
         free(owned[k]);
     return rc;
+}
+
+/* ---- after the upstream answered ------------------------------------------------ */
+
+static void on_acked(void *arg, const struct store_reply *r)
+{
+    /* If the ack is lost, the lease runs out and the dispatcher delivers the
+     * message again, with the same Idempotency-Key: at least once. */
+    (void)arg; (void)r;
+}
+
+void delivery_ack(struct store *st, const struct config *cfg, const char *user,
+                  const char *message, const char *first_answer, size_t len)
+{
+    char member[50];
+    struct script_args a;
+    decision_member(user, message, member);
+    if (first_answer)
+        decision_ack_args(cfg, member, first_answer, len, &a);
+    else
+        decision_finish_args(cfg, member, FINISH_ACK, 0, NULL, &a);
+    store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_acked, NULL);
+}
+
+int delivery_abandon(struct store *st, const struct config *cfg, const char *user,
+                     const char *message, store_cb *cb, void *arg)
+{
+    struct script_args a;
+    decision_abandon_args(cfg, user, message, &a);
+    return store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, cb, arg);
+}
+
+size_t delivery_pass_headers(const struct upstream_response *r, const char **out, size_t max,
+                             char **owned, size_t *n_owned, const char **content_type)
+{
+    size_t n = 0;
+    *n_owned = 0;
+    *content_type = NULL;
+    for (size_t k = 0; k < r->n_headers && n + 3 <= max; k++) {
+        const char *colon = strchr(r->headers[k], ':');
+        if (!colon)
+            continue;
+        char *name = strndup(r->headers[k], (size_t)(colon - r->headers[k]));
+        if (!name)
+            continue;
+        const char *value = colon + 1;
+        while (*value == ' ')
+            value++;
+        if (strcasecmp(name, "Content-Type") == 0)
+            *content_type = value;
+        if (strcasecmp(name, "Content-Type") == 0 || delivery_hop_by_hop(name) ||
+            strcasecmp(name, "Date") == 0) {
+            free(name);
+            continue;
+        }
+        owned[(*n_owned)++] = name;
+        out[n++] = name;
+        out[n++] = value;
+    }
+    out[n] = NULL;
+    return n / 2;
+}
+
+char *delivery_answer_seal(const struct upstream_response *r, char *const *keep, size_t n,
+                           const struct pseudonym *seal)
+{
+    json_t *hdrs = json_array();
+    for (size_t k = 0; hdrs && k < r->n_headers; k++) {
+        const char *colon = strchr(r->headers[k], ':');
+        if (!colon)
+            continue;
+        size_t nl = (size_t)(colon - r->headers[k]);
+        const char *value = colon + 1;
+        while (*value == ' ')
+            value++;
+        bool wanted = strncasecmp(r->headers[k], "Content-Type", nl) == 0 && nl == 12;
+        for (size_t j = 0; !wanted && j < n; j++)
+            wanted = strlen(keep[j]) == nl && strncasecmp(r->headers[k], keep[j], nl) == 0;
+        if (wanted)
+            json_array_append_new(hdrs, json_pack("[s%, s]", r->headers[k], nl, value));
+    }
+    size_t blen = r->body_len < DELIVERY_ANSWER_BODY_MAX ? r->body_len : DELIVERY_ANSWER_BODY_MAX;
+    size_t b64len = sodium_base64_encoded_len(blen, sodium_base64_VARIANT_ORIGINAL);
+    char *b64 = malloc(b64len);
+    if (!hdrs || !b64) {
+        json_decref(hdrs);
+        free(b64);
+        return NULL;
+    }
+    sodium_bin2base64(b64, b64len, (const unsigned char *)(r->body ? r->body : ""), blen,
+                      sodium_base64_VARIANT_ORIGINAL);
+    json_t *o = json_pack("{s:I, s:o, s:s}", "s", (json_int_t)r->http_status, "h", hdrs,
+                          "b", b64);
+    free(b64);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    char *sealed = text ? pseudonym_seal(seal, text, strlen(text)) : NULL;
+    free(text);
+    return sealed;
+}
+
+int delivery_answer_open(const char *sealed, size_t len, const struct pseudonym *seal,
+                         struct kept_answer *out)
+{
+    size_t plen;
+    const char *b64 = NULL;
+    json_int_t status = 0;
+    memset(out, 0, sizeof *out);
+    char *plain = pseudonym_open(seal, sealed, len, &plen);
+    out->root = plain ? json_loadb(plain, plen, 0, NULL) : NULL;
+    free(plain);
+    if (!out->root || json_unpack(out->root, "{s:I, s:o, s:s}", "s", &status, "h",
+                                  &out->headers, "b", &b64) != 0 ||
+        !json_is_array(out->headers) || status < 100 || status > 599) {
+        delivery_answer_clear(out);
+        return -1;
+    }
+    size_t cap = strlen(b64);
+    out->body = malloc(cap + 1);
+    if (!out->body || sodium_base642bin((unsigned char *)out->body, cap, b64, cap, NULL,
+                                        &out->body_len, NULL, sodium_base64_VARIANT_ORIGINAL)) {
+        delivery_answer_clear(out);
+        return -1;
+    }
+    out->body[out->body_len] = '\0';
+    out->status = (long)status;
+    return 0;
+}
+
+void delivery_answer_clear(struct kept_answer *a)
+{
+    json_decref(a->root);
+    free(a->body);
+    memset(a, 0, sizeof *a);
 }

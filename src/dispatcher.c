@@ -2,27 +2,37 @@
 #include "capgate/dispatcher.h"
 
 #include <event2/event.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/counter.h"
+#include "capgate/decide.h"
 #include "capgate/decision.h"
 #include "capgate/delivery.h"
 #include "capgate/log.h"
+#include "capgate/loop.h"
 #include "capgate/store.h"
 #include "capgate/tz.h"
 #include "capgate/upstream.h"
-#include "capgate/worker.h"
 
 #define TICK_MS 100
 #define TAGS_PER_TICK 16
 #define BATCH 32
 
+/* A queue is claimed from when something in it is due, not polled: the
+ * claim says when its next message is due, this loop's decisions say when
+ * what they queued is (loop->queued), and a failed delivery's retry is
+ * known here.  What no one here knows -- a message another gateway queued
+ * and then died -- is found by looking at every queue at least every
+ * delivery.sweep.  So an idle gateway makes 256 calls a sweep, and a
+ * message is claimed within a tick of its time. */
 struct dispatcher {
-    struct worker *w;
+    struct loop *loop;
     struct event *tick;
     unsigned next_tag;
     bool busy[DECISION_TAGS];    /* a claim or its deliveries are in flight */
@@ -34,6 +44,7 @@ struct dispatcher {
 };
 
 struct job {
+    struct decide_op op;
     struct dispatcher *d;
     unsigned tag;
     const struct config *cfg;
@@ -44,6 +55,12 @@ struct job {
     long attempts;
     struct decision decision;
 };
+
+/* Tag TAG has something due in DUE_MS: claim then (or sooner, if known). */
+static void due_in(struct dispatcher *d, unsigned tag, uint64_t due_ms)
+{
+    loop_due_by(d->loop, tag, clock_now_us() + due_ms * 1000u);
+}
 
 static void tag_done(struct dispatcher *d, unsigned tag)
 {
@@ -80,7 +97,9 @@ static void finish(struct job *j, enum finish_action action, int64_t retry_in_ms
 {
     struct script_args a;
     decision_finish_args(j->cfg, j->member, action, retry_in_ms, dead, &a);
-    store_eval(j->d->w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_finished, NULL);
+    if (action == FINISH_RETRY)
+        due_in(j->d, j->tag, retry_in_ms > 0 ? (uint64_t)retry_in_ms : 0);
+    store_eval(j->d->loop->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_finished, NULL);
 }
 
 static void on_released(void *arg, const struct store_reply *r)
@@ -91,7 +110,7 @@ static void on_released(void *arg, const struct store_reply *r)
 static void on_forwarded(void *arg, const struct upstream_response *r)
 {
     struct job *j = arg;
-    struct worker *w = j->d->w;
+    struct loop *l = j->d->loop;
     const struct cfg_delivery *dl = &j->cfg->delivery;
     bool ok = r->status == UPSTREAM_OK && r->http_status >= 200 && r->http_status < 300;
 
@@ -104,14 +123,14 @@ static void on_forwarded(void *arg, const struct upstream_response *r)
          * If the gateway dies here, the lease runs out and the message goes
          * again with the same Idempotency-Key. */
         finish(j, FINISH_ACK, 0, NULL);
-        metrics_count_delivery(&w->metrics, j->m.channel, "delivered");
+        metrics_count_delivery(&l->metrics, j->m.channel, "delivered");
         job_free(j);
         return;
     }
     /* Not delivered: the send must not count, and it is tried again. */
     struct script_args a;
     decision_release_args(j->cfg, j->m.user, j->m.message, &a);
-    store_eval(w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_released, NULL);
+    store_eval(l->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_released, NULL);
     long attempt = j->attempts + 1;
     if (attempt >= dl->max_attempts) {
         char summary[600];
@@ -126,7 +145,7 @@ static void on_forwarded(void *arg, const struct upstream_response *r)
         free(text);
         json_decref(s);
         finish(j, FINISH_DEAD, 0, summary);
-        metrics_count_delivery(&w->metrics, j->m.channel, "dead");
+        metrics_count_delivery(&l->metrics, j->m.channel, "dead");
         log_warn("message dead-lettered", "channel=%s attempts=%ld", j->m.channel, attempt);
     } else {
         int64_t delay = dl->backoff_ms;
@@ -135,42 +154,39 @@ static void on_forwarded(void *arg, const struct upstream_response *r)
         if (delay > dl->max_backoff_ms)
             delay = dl->max_backoff_ms;
         finish(j, FINISH_RETRY, delay, NULL);
-        metrics_count_delivery(&w->metrics, j->m.channel, "retried");
+        metrics_count_delivery(&l->metrics, j->m.channel, "retried");
     }
     job_free(j);
 }
 
-static void on_redecided(void *arg, const struct store_reply *r)
+static void on_redecided(void *arg, const struct decide_result *r)
 {
     struct job *j = arg;
-    struct worker *w = j->d->w;
-    struct decision *dec = &j->decision;
+    struct loop *l = j->d->loop;
+    const struct decision *dec = &r->decision;
 
-    if (j->d->freeing || r->status != STORE_OK || decision_decide_result(r, j->cfg, dec) != 0) {
+    if (j->d->freeing || r->status != DECIDE_OK) {
         job_free(j);      /* the lease runs out; it is taken again later */
         return;
     }
-    metrics_count_decision(&w->metrics, dec->outcome, dec->reason,
-                           decision_rule_name(j->cfg, dec->rule), j->m.channel);
+    j->decision = *dec;
     switch (dec->outcome) {
-    case OUTCOME_ALLOW: {
+    case OUTCOME_ALLOW:
         /* Also on a replay: then this gateway (or one that died) allowed it
          * before without the ack -- it may not have gone out: at least once. */
-        struct upstream_pool *pool = worker_upstream(w, config_channel(j->cfg, j->m.channel));
-        if (!pool || delivery_forward(pool, j->cfg, &j->m, on_forwarded, j) != 0) {
+        if (delivery_forward(l->upstreams, j->cfg, &j->m, on_forwarded, j) != 0) {
             struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "cannot start" };
             on_forwarded(j, &fail);
         }
         return;
-    }
     case OUTCOME_DEFER:
         /* Re-queued by the decision itself, at its new time. */
-        metrics_count_delivery(&w->metrics, j->m.channel, "deferred");
+        metrics_count_delivery(&l->metrics, j->m.channel, "deferred");
         break;
     default:
         /* Opted out, or a deny cap, meanwhile: it does not go. */
         finish(j, FINISH_DROP, 0, NULL);
-        metrics_count_delivery(&w->metrics, j->m.channel, "dropped");
+        metrics_count_delivery(&l->metrics, j->m.channel, "dropped");
         break;
     }
     job_free(j);
@@ -179,21 +195,24 @@ static void on_redecided(void *arg, const struct store_reply *r)
 static void start_job(struct dispatcher *d, unsigned tag, const char *member, size_t mlen,
                       const char *blob, size_t blen, int priority, long attempts)
 {
-    struct worker *w = d->w;
+    struct loop *l = d->loop;
     struct job *j = calloc(1, sizeof *j);
     if (!j)
         return;
     j->d = d;
     j->tag = tag;
-    j->cfg = config_retain(w->cfg);
+    j->cfg = config_retain(l->cfg);
     j->priority = priority;
     j->attempts = attempts;
     snprintf(j->member, sizeof j->member, "%.*s", (int)mlen, member);
     j->blob = strndup(blob, blen);
     d->active++;
     d->pending[tag]++;
-    if (!j->blob || delivery_parse(blob, blen, &j->m, w->pseudonym) != 0 ||
-        !config_channel(j->cfg, j->m.channel) || !config_category(j->cfg, j->m.category)) {
+    const struct cfg_channel *ch = NULL;
+    const struct cfg_category *cat = NULL;
+    if (!j->blob || delivery_parse(blob, blen, &j->m, l->pseudonym) != 0 ||
+        !(ch = config_channel(j->cfg, j->m.channel)) ||
+        !(cat = config_category(j->cfg, j->m.category))) {
         /* Unreadable, or its channel is gone from the config: dead-letter it. */
         log_warn("undeliverable deferred message", "id=%s", j->member);
         finish(j, FINISH_DEAD, 0, "{\"error\":\"unreadable or unknown channel\"}");
@@ -202,21 +221,12 @@ static void start_job(struct dispatcher *d, unsigned tag, const char *member, si
     }
     struct enqueue q = { .blob = j->blob, .blob_len = blen, .priority = priority,
                          .from_queue = true };
-    struct decide_input in;
-    memset(&in, 0, sizeof in);
-    snprintf(in.user, sizeof in.user, "%s", j->m.user);
-    snprintf(in.message, sizeof in.message, "%s", j->m.message);
-    in.channel = config_channel(j->cfg, j->m.channel);
-    in.category = config_category(j->cfg, j->m.category);
-    in.campaign = j->m.campaign;
-    in.zone = j->m.tz ? tz_db_find(w->tz, j->m.tz)
-            : j->cfg->quiet_hours.enabled ? tz_db_find(w->tz, j->cfg->quiet_hours.default_tz)
-                                          : NULL;
-    in.enqueue = &q;
-    struct script_args a;
-    decision_decide_args(j->cfg, &in, (int64_t)time(NULL), &a);
-    if (store_eval(w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_redecided, j) != 0)
-        job_free(j);
+    struct decide_request rq = { .channel = ch, .category = cat, .campaign = j->m.campaign,
+                                 .tz = j->m.tz && tz_db_find(l->tz, j->m.tz) ? j->m.tz : NULL,
+                                 .enqueue = &q, .road = DECIDE_QUEUE };
+    snprintf(rq.user, sizeof rq.user, "%s", j->m.user);
+    snprintf(rq.message, sizeof rq.message, "%s", j->m.message);
+    decide_start(&j->op, l, &rq, on_redecided, j);
 }
 
 struct claim_call {
@@ -247,17 +257,26 @@ static void on_claimed(void *arg, const struct store_reply *r)
         maybe_free(d);      /* the messages' leases run out; they come again */
         return;
     }
-    if (r->status != STORE_OK || r->n < 3) {
+    uint64_t now = clock_now_us();
+    if (r->status != STORE_OK || r->n < 4) {
+        loop_due_by(d->loop, tag, now + 1000000u);          /* again in a second */
         tag_done(d, tag);
         return;
     }
-    COUNTER_SET(d->w->metrics.deferred_depth[tag], (uint64_t)r->items[0].i);
-    COUNTER_SET(d->w->metrics.dead_letters[tag], (uint64_t)r->items[1].i);
-    long long n = r->items[2].i;
+    COUNTER_SET(d->loop->metrics.deferred_depth[tag], (uint64_t)r->items[0].i);
+    COUNTER_SET(d->loop->metrics.dead_letters[tag], (uint64_t)r->items[1].i);
+    long long n = r->items[2].i, next_ms = r->items[3].i;
+    /* Next: when its first message is due (a full batch: at once, more may
+     * be), and at the latest a sweep from now. */
+    uint64_t sweep = (uint64_t)d->loop->cfg->delivery.sweep_ms * 1000u;
+    uint64_t next = n >= BATCH ? 0 : next_ms >= 0 ? (uint64_t)next_ms * 1000u : sweep;
+    /* (The entry was "never" while the claim was out: a loop_queued() since
+     * may have asked for sooner, and is kept.) */
+    loop_due_by(d->loop, tag, now + (next < sweep ? next : sweep));
     struct claimed list[BATCH];
     size_t got = 0;
-    for (long long k = 0; k < n && got < BATCH && 3 + 4 * (size_t)k + 3 < r->n; k++) {
-        const struct store_item *it = &r->items[3 + 4 * k];
+    for (long long k = 0; k < n && got < BATCH && 4 + 4 * (size_t)k + 3 < r->n; k++) {
+        const struct store_item *it = &r->items[4 + 4 * k];
         if (it[0].type != STORE_STR || it[1].type != STORE_STR)
             continue;
         list[got++] = (struct claimed){ &it[0], &it[1], (int)it[2].i, (long)it[3].i };
@@ -283,44 +302,50 @@ static bool proxy_configured(const struct config *cfg)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct dispatcher *d = arg;
-    struct worker *w = d->w;
+    struct loop *l = d->loop;
     (void)fd; (void)what;
 
-    if (d->quiesced || !proxy_configured(w->cfg) || !w->store || !store_ready(w->store))
+    if (d->quiesced || !proxy_configured(l->cfg) || !l->store || !store_ready(l->store))
         return;
-    unsigned workers = w->n_workers ? w->n_workers : 1;
-    for (unsigned k = 0; k < TAGS_PER_TICK; k++) {
+    unsigned loops = l->n_loops ? l->n_loops : 1;
+    uint64_t now = clock_now_us();
+    unsigned asked = 0;
+    for (unsigned k = 0; k < DECISION_TAGS && asked < TAGS_PER_TICK; k++) {
         unsigned tag = d->next_tag;
         d->next_tag = (d->next_tag + 1) % DECISION_TAGS;
-        if (tag % workers != w->id || d->busy[tag])
+        if (tag % loops != l->id || d->busy[tag] || atomic_load(&l->queue_due_us[tag]) > now)
             continue;
+        asked++;
         struct claim_call *c = malloc(sizeof *c);
         if (!c)
             return;
         c->d = d;
         c->tag = tag;
         struct script_args a;
-        decision_claim_args(w->cfg, tag, BATCH, &a);
+        decision_claim_args(l->cfg, tag, BATCH, &a);
         d->busy[tag] = true;
         d->pending[tag] = 1;     /* the claim itself */
+        atomic_store(&l->queue_due_us[tag], UINT64_MAX);
         d->claims++;
-        if (store_eval(w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_claimed, c) != 0) {
+        if (store_eval(l->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_claimed, c) != 0) {
             free(c);
             d->claims--;
             d->busy[tag] = false;
             d->pending[tag] = 0;
+            loop_due_by(l, tag, now + 1000000u);
         }
     }
 }
 
-struct dispatcher *dispatcher_new(struct worker *w)
+struct dispatcher *dispatcher_new(struct loop *l)
 {
     struct dispatcher *d = calloc(1, sizeof *d);
     if (!d)
         return NULL;
-    d->w = w;
-    d->next_tag = w->id;
-    d->tick = event_new(w->base, -1, EV_PERSIST, on_tick, d);
+    d->loop = l;
+    d->next_tag = l->id;
+
+    d->tick = event_new(l->base, -1, EV_PERSIST, on_tick, d);
     struct timeval tv = { 0, TICK_MS * 1000 };
     if (!d->tick || event_add(d->tick, &tv) != 0) {
         if (d->tick)

@@ -2,6 +2,7 @@
 #include "capgate/gateway.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "capgate/log.h"
 #include "capgate/notify.h"
 #include "capgate/pseudonym.h"
+#include "capgate/router.h"
 #include "capgate/tz.h"
 #include "capgate/worker.h"
 
@@ -37,18 +39,52 @@ struct gateway {
     struct audit_file *old_audit[16];/* replaced by reloads, closed at exit */
     size_t n_old_audit;
     time_t started;
+    struct loop_hooks hooks;         /* what every worker's loop may ask of it */
 };
+
+static void loops_totals(void *owner, struct totals *out);
+static bool loops_ready(void *owner);
+static int reload_from_loop(void *owner, struct loop *caller, char *err, size_t errlen);
+static bool audit_wanted(void *owner);
+static void audit_write(void *owner, json_t *entry);
+static void redis_ready(void *owner);
+static struct loop *queue_owner(void *owner, unsigned tag);
+
+/* Under systemd, the service reads its private copy of a key
+ * (LoadCredential=user.key:/etc/capgate/user.key puts it in
+ * $CREDENTIALS_DIRECTORY under the key file's own name), while the config
+ * names the file an operator's `capgate -t` reads.  Start-up and reloads
+ * only: never on the request path. */
+static const char *credential_or(const char *path, char *buf, size_t size)
+{
+    const char *dir = getenv("CREDENTIALS_DIRECTORY");
+    const char *base = path ? strrchr(path, '/') : NULL;
+    if (!dir || !*dir || !base || !base[1])
+        return path;
+    int n = snprintf(buf, size, "%s/%s", dir, base + 1);
+    return n > 0 && (size_t)n < size && access(buf, R_OK) == 0 ? buf : path;
+}
 
 int gateway_load_support(const struct config *cfg, struct pseudonym **pseudonym,
                          struct tz_db **tz, char *err, size_t errlen)
 {
+    char key_path[4096], previous_path[4096];
     *tz = NULL;
     *pseudonym = NULL;
     if (decision_check_config(cfg, err, errlen) != 0)
         return -1;
-    *pseudonym = pseudonym_load(cfg->key_file, err, errlen);
+    *pseudonym = pseudonym_load(credential_or(cfg->key_file, key_path, sizeof key_path), err,
+                                errlen);
     if (!*pseudonym)
         return -1;
+    if (cfg->previous_key_file &&
+        pseudonym_load_previous(*pseudonym, credential_or(cfg->previous_key_file, previous_path,
+                                                          sizeof previous_path),
+                                err, errlen) != 0) {
+        pseudonym_free(*pseudonym);
+        *pseudonym = NULL;
+        return -1;
+    }
     *tz = tz_db_load(cfg->quiet_hours.zoneinfo_dir, err, errlen);
     if (*tz && cfg->quiet_hours.enabled && !tz_db_find(*tz, cfg->quiet_hours.default_tz)) {
         snprintf(err, errlen, "quiet_hours.default_tz: unknown time zone \"%s\"",
@@ -96,8 +132,15 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
     gw->n = worker_count(cfg);
     gw->limits = connlimit_new(cfg->limits.max_connections, cfg->limits.max_connections_per_ip);
     gw->workers = calloc(gw->n, sizeof *gw->workers);
+    gw->hooks = (struct loop_hooks){ .owner = gw, .ready = loops_ready, .totals = loops_totals,
+                                     .reload = reload_from_loop, .audit_wanted = audit_wanted,
+                                     .audit_write = audit_write, .queue_owner = queue_owner };
     for (unsigned k = 0; gw->workers && k < gw->n; k++) {
-        gw->workers[k] = worker_create(gw, k, gw->n, gw->gen, pseudonym, err, errlen);
+        struct worker_setup ws = { .id = k, .n_workers = gw->n, .gen = gw->gen,
+                                   .pseudonym = pseudonym, .limits = gw->limits,
+                                   .handler = router_dispatch, .hooks = &gw->hooks,
+                                   .redis_ready = redis_ready, .owner = gw };
+        gw->workers[k] = worker_create(&ws, err, errlen);
         if (!gw->workers[k]) {
             gw->n = k;
             gateway_free(gw);
@@ -111,7 +154,7 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
         return NULL;
     }
     if (cfg->redis.fail_open)
-        gateway_redis_ready(gw);   /* failing open, capgate serves without Redis */
+        redis_ready(gw);           /* failing open, capgate serves without Redis */
     for (unsigned k = 0; k < gw->n; k++)
         if (worker_start(gw->workers[k]) != 0) {
             snprintf(err, errlen, "cannot start worker thread %u: %s", k, strerror(errno));
@@ -121,10 +164,17 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
     return gw;
 }
 
-void gateway_redis_ready(struct gateway *gw)
+/* READY=1 once every worker has Redis (from a worker's thread), with a
+ * STATUS= line that says the same, not a stale "UNAVAILABLE". */
+static void redis_ready(void *owner)
 {
-    if (__atomic_exchange_n(&gw->ready_announced, 1, __ATOMIC_ACQ_REL) == 0)
+    struct gateway *gw = owner;
+    if (!loops_ready(gw))
+        return;
+    if (__atomic_exchange_n(&gw->ready_announced, 1, __ATOMIC_ACQ_REL) == 0) {
+        notify_status("%u workers, redis connected", gw->n);
         notify_ready();
+    }
 }
 
 static int refuse(struct gateway *gw, char *err, size_t errlen, const char *why)
@@ -136,12 +186,16 @@ static int refuse(struct gateway *gw, char *err, size_t errlen, const char *why)
     gw->last_reload.ok = false;
     snprintf(gw->last_reload.error, sizeof gw->last_reload.error, "%s", err);
     pthread_mutex_unlock(&gw->lock);
-    log_error("reload refused; the old config keeps serving", "error=\"%s\"", err);
+    log_error("reload refused; the old config keeps serving", "error=%s", err);
+    /* systemctl status shows it (and the periodic line keeps saying it
+     * until a reload succeeds); ExecReload= runs capgate -t first, so that
+     * systemctl reload itself fails on a bad file. */
+    notify_status("reload refused: %s", err);
     notify_ready();
     return -1;
 }
 
-int gateway_reload(struct gateway *gw, struct worker *caller, char *err, size_t errlen)
+static int reload(struct gateway *gw, struct worker *caller, char *err, size_t errlen)
 {
     if (caller) {
         /* A worker must never wait for another reload: that one may be
@@ -174,24 +228,26 @@ int gateway_reload(struct gateway *gw, struct worker *caller, char *err, size_t 
         goto out;
     }
     if (!cfg->auth.enabled && !auth_is_loopback(cfg->listen_host)) {
+        snprintf(err, errlen, "%s:%u: listen: %s is not a loopback address, and there is no auth "
+                              "section: without access control capgate only listens on loopback",
+                 old->path, cfg->listen_line ? cfg->listen_line : 1, cfg->listen);
         pseudonym_free(pseud);
         tz_db_free(tz);
         config_release(cfg);
-        snprintf(err, errlen, "%s: listen: %s is not a loopback address, and there is no auth "
-                              "section: without access control capgate only listens on loopback",
-                 old->path, old->listen);
         rc = refuse(gw, err, errlen, err);
         goto out;
     }
     bool same_key = pseudonym_same_key(pseud, gw->pseudonym);
     pseudonym_free(pseud);
     if (!same_key) {
-        /* Every person's history is keyed by it: a new key would silently
-         * make everyone a stranger.  Rotating it is a restart, on purpose. */
+        /* Every person's history is keyed by it, and every loop holds it
+         * for good: a rotation (privacy.previous_key_file, which keeps
+         * everyone's records) is a restart.  See capgate.yaml(5). */
         tz_db_free(tz);
         config_release(cfg);
         rc = refuse(gw, err, errlen,
-                    "privacy.key_file: holds a different key; restart capgate to change it");
+                    "privacy.key_file or previous_key_file: holds a different key; "
+                    "restart capgate to change it (see privacy.previous_key_file)");
         goto out;
     }
     if (worker_count(cfg) != gw->n)
@@ -235,12 +291,12 @@ int gateway_reload(struct gateway *gw, struct worker *caller, char *err, size_t 
         worker_apply_pending(caller);
     uint64_t deadline = clock_now_us() + APPLY_WAIT_S * 1000000u;
     for (unsigned k = 0; k < gw->n; k++)
-        while (__atomic_load_n(&gw->workers[k]->pending, __ATOMIC_ACQUIRE) &&
-               clock_now_us() < deadline)
+        while (worker_generation_pending(gw->workers[k]) && clock_now_us() < deadline)
             usleep(200);
     generation_release(gw->gen);
     gw->gen = gen;
     log_set_level(cfg->log_level);
+    log_set_format(cfg->log_format);
     connlimit_set(gw->limits, cfg->limits.max_connections, cfg->limits.max_connections_per_ip);
     pthread_mutex_lock(&gw->lock);
     gw->last_reload.at = time(NULL);
@@ -254,6 +310,16 @@ int gateway_reload(struct gateway *gw, struct worker *caller, char *err, size_t 
 out:
     pthread_mutex_unlock(&gw->reload_lock);
     return rc;
+}
+
+int gateway_reload(struct gateway *gw, char *err, size_t errlen)
+{
+    return reload(gw, NULL, err, errlen);
+}
+
+static int reload_from_loop(void *owner, struct loop *caller, char *err, size_t errlen)
+{
+    return reload(owner, worker_of_loop(caller), err, errlen);
 }
 
 void gateway_quiesce(struct gateway *gw)
@@ -272,7 +338,7 @@ void gateway_stop_now(struct gateway *gw)
 void gateway_wait(struct gateway *gw)
 {
     for (unsigned k = 0; k < gw->n; k++)
-        pthread_join(gw->workers[k]->thread, NULL);
+        worker_join(gw->workers[k]);
 }
 
 void gateway_free(struct gateway *gw)
@@ -293,39 +359,36 @@ void gateway_free(struct gateway *gw)
     free(gw);
 }
 
-struct connlimit *gateway_connlimit(struct gateway *gw)
+static bool loops_ready(void *owner)
 {
-    return gw->limits;
-}
-
-bool gateway_ready(struct gateway *gw)
-{
+    struct gateway *gw = owner;
     bool ready = true;
-    for (unsigned k = 0; k < gw->n && ready; k++) {
-        struct worker *w = gw->workers[k];
-        pthread_mutex_lock(&w->stats_lock);
-        ready = w->store && store_ready(w->store);
-        pthread_mutex_unlock(&w->stats_lock);
-    }
+    for (unsigned k = 0; k < gw->n && ready; k++)
+        ready = worker_redis_ready(gw->workers[k]);
     return ready;
 }
 
-bool gateway_audit_wanted(struct gateway *gw)
+/* Tag TAG's queue is served by worker TAG % N (see dispatcher.c). */
+static struct loop *queue_owner(void *owner, unsigned tag)
 {
+    struct gateway *gw = owner;
+    struct worker *w = gw->n ? gw->workers[tag % gw->n] : NULL;
+    return w ? worker_loop(w) : NULL;
+}
+
+static bool audit_wanted(void *owner)
+{
+    struct gateway *gw = owner;
     return __atomic_load_n(&gw->audit, __ATOMIC_ACQUIRE) != NULL;
 }
 
-void gateway_audit(struct gateway *gw, json_t *entry)
+static void audit_write(void *owner, json_t *entry)
 {
+    struct gateway *gw = owner;
     struct audit_file *f = __atomic_load_n(&gw->audit, __ATOMIC_ACQUIRE);
     if (f && entry) {
-        struct timespec ts;
-        struct tm tm;
         char when[40];
-        clock_gettime(CLOCK_REALTIME, &ts);
-        gmtime_r(&ts.tv_sec, &tm);
-        size_t n = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(when + n, sizeof when - n, ".%03ldZ", ts.tv_nsec / 1000000);
+        clock_format_rfc3339_ms(when, sizeof when);
         json_object_set_new(entry, "ts", json_string(when));
         char *line = json_dumps(entry, JSON_COMPACT | JSON_SORT_KEYS);
         if (line) {
@@ -336,7 +399,7 @@ void gateway_audit(struct gateway *gw, json_t *entry)
     json_decref(entry);
 }
 
-uint64_t gateway_audit_dropped(struct gateway *gw)
+static uint64_t audit_dropped(struct gateway *gw)
 {
     uint64_t n = audit_file_dropped(__atomic_load_n(&gw->audit, __ATOMIC_ACQUIRE));
     for (size_t k = 0; k < gw->n_old_audit; k++)
@@ -348,12 +411,17 @@ bool gateway_alive(struct gateway *gw, uint64_t max_age_us)
 {
     uint64_t now = clock_now_us();
     for (unsigned k = 0; k < gw->n; k++)
-        if (now - COUNTER_GET(gw->workers[k]->heartbeat_us) > max_age_us)
+        if (now - worker_heartbeat_us(gw->workers[k]) > max_age_us)
             return false;
     return true;
 }
 
-void gateway_snapshot(struct gateway *gw, struct gateway_snapshot *snap)
+static void loops_totals(void *owner, struct totals *snap)
+{
+    gateway_totals(owner, snap);
+}
+
+void gateway_totals(struct gateway *gw, struct totals *snap)
 {
     memset(snap, 0, sizeof *snap);
     bool ready = true;
@@ -361,10 +429,14 @@ void gateway_snapshot(struct gateway *gw, struct gateway_snapshot *snap)
         worker_read_stats(gw->workers[k], &snap->metrics, &snap->redis, &snap->active,
                           &snap->connections, &ready);
     snap->redis.connected = ready;
+    /* Live, process-wide (the accept policy counts every connection),
+     * where the workers' figures were housekeeping's last sample. */
+    snap->connections = connlimit_total(gw->limits);
     snap->workers = gw->n;
     snap->started = gw->started;
     pthread_mutex_lock(&gw->lock);
     snap->last_reload = gw->last_reload;
     snap->generation = gw->generation;
     pthread_mutex_unlock(&gw->lock);
+    snap->audit_dropped = audit_dropped(gw);
 }

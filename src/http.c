@@ -10,12 +10,14 @@
 
 #include <arpa/inet.h>
 #include <event2/event.h>
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <stdarg.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,16 +39,31 @@ enum request_state {
     REQ_QUEUED,       /* handed to MHD; freed when MHD reports completion */
 };
 
+/* A connection between its start and its close, for the header timeout:
+ * MHD's own connection_timeout is an idle timeout, which a client sending
+ * a byte a second never reaches (slowloris).  Linked on its server while
+ * open; MHD keeps it as the connection's socket context. */
+struct http_conn {
+    struct http_conn *prev, *next;
+    struct MHD_Connection *conn;
+    uint64_t deadline_us;     /* the headers of the next request are due by then */
+};
+
 struct http_server {
     struct event_base *base;
     struct connlimit *limits;
     struct MHD_Daemon *mhd;
     struct event *io;         /* MHD's epoll fd readable */
     struct event *timer;      /* MHD's next timeout */
+    struct event *sweep;      /* closes connections past their header deadline */
+    struct http_conn *conns;  /* every open connection */
+    uint64_t header_timeout_us, idle_timeout_us;
+    bool tls;
     http_handler *handler;
     void *handler_arg;
     size_t max_body;
     unsigned active;          /* requests begun, not completed */
+    unsigned header_timeouts; /* connections closed by the header deadline */
     bool quiesced;
 };
 
@@ -60,10 +77,12 @@ struct http_request {
     size_t len, cap;
     size_t discarded;
     bool too_large;
+    const char *framing;      /* why the framing is refused (static), or NULL */
     uint64_t started_us;
     unsigned status;
     struct MHD_Response *response;
     char user[40];            /* pseudonym, for the access log */
+    const char *route;        /* what the router matched (static), for the access log */
     bool begun;               /* the access handler has seen it */
     char uri[];               /* as the client sent it, query included */
 };
@@ -125,6 +144,77 @@ static bool body_append(struct http_request *req, const char *data, size_t n)
     return true;
 }
 
+/* ---- framing ------------------------------------------------------------
+ *
+ * MHD 0.9.75 is lenient where a proxy in front may read the same bytes
+ * differently (request smuggling, RFC 9112 sections 3.2, 5.1 and 6): it takes
+ * the first of two Content-Length headers, lets Transfer-Encoding: chunked
+ * win over Content-Length, accepts HTTP/1.1 without Host, and reads a body
+ * of any other transfer coding until the client closes.  Every one of those
+ * reaches the access handler with the headers complete, so they are refused
+ * here, as JSON (router.c answers http_framing_error()), and the connection
+ * is closed after the answer: whatever follows on it cannot be framed.
+ * (What MHD refuses itself, before capgate sees the request, is listed in
+ * docs/internals.md, "What libmicrohttpd answers by itself".) */
+
+struct framing_scan {
+    unsigned content_length, transfer_encoding, host;
+    bool chunked;             /* the only Transfer-Encoding is exactly "chunked" */
+    bool bad_name;            /* whitespace inside a header name */
+};
+
+static bool is_token(const char *value, const char *token)
+{
+    size_t n = strlen(token);
+    if (strncasecmp(value, token, n) != 0)
+        return false;
+    for (value += n; *value == ' ' || *value == '\t'; value++)
+        ;
+    return *value == '\0';
+}
+
+static enum MHD_Result framing_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    struct framing_scan *f = cls;
+    (void)kind;
+    if (strpbrk(key, " \t"))
+        f->bad_name = true;      /* "Content-Length : 5" would be another header to MHD */
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        f->content_length++;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encoding++;
+        f->chunked = value && is_token(value, "chunked");
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0) {
+        f->host++;
+    }
+    return MHD_YES;
+}
+
+/* NULL when the request can only be read one way; else why not. */
+static const char *framing_problem(struct MHD_Connection *conn, const char *version)
+{
+    struct framing_scan f = { 0 };
+    bool http10 = strcmp(version, MHD_HTTP_VERSION_1_0) == 0;
+
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_iter, &f);
+    if (f.bad_name)
+        return "whitespace in a header name";
+    if (f.content_length > 1)
+        return "more than one Content-Length header";
+    if (f.transfer_encoding && f.content_length)
+        return "both Transfer-Encoding and Content-Length";
+    if (f.transfer_encoding > 1 || (f.transfer_encoding && !f.chunked))
+        return "the only transfer coding accepted is Transfer-Encoding: chunked";
+    if (f.transfer_encoding && http10)
+        return "Transfer-Encoding in an HTTP/1.0 request";
+    if (f.host > 1)
+        return "more than one Host header";
+    if (!f.host && !http10)
+        return "an HTTP/1.1 request needs a Host header";
+    return NULL;
+}
+
 static enum MHD_Result run_handler(struct http_request *req)
 {
     req->state = REQ_HANDLING;
@@ -144,7 +234,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 {
     struct http_server *srv = cls;
     struct http_request *req = *req_cls;
-    (void)version;
 
     if (!req)
         return MHD_NO;      /* the URI callback could not allocate it */
@@ -157,6 +246,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         req->path = url;
         req->started_us = clock_now_us();
         COUNTER_INC(srv->active);
+        if ((req->framing = framing_problem(conn, version)) != NULL)
+            return run_handler(req);     /* refused at once: the body is never read */
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > srv->max_body) {
@@ -211,8 +302,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 {
     struct http_server *srv = cls;
     struct http_request *req = *req_cls;
-    (void)conn; (void)toe;
+    (void)toe;
 
+    /* The next request on this connection may idle for connection_timeout
+     * and must then bring its headers within header_timeout. */
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct http_conn *hc = ci ? ci->socket_context : NULL;
+    if (hc)
+        hc->deadline_us = clock_now_us() + srv->idle_timeout_us + srv->header_timeout_us;
     if (!req)
         return;
     if (req->response)
@@ -235,6 +333,9 @@ void http_respond(struct http_request *req, unsigned status, const char *content
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
         for (size_t k = 0; headers && headers[k] && headers[k + 1]; k += 2)
             MHD_add_response_header(resp, headers[k], headers[k + 1]);
+        /* Nothing after a request of doubtful framing can be framed either. */
+        if (req->framing)
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     }
     bool was_suspended = req->state == REQ_SUSPENDED;
     req->response = resp;
@@ -254,6 +355,7 @@ void http_respond(struct http_request *req, unsigned status, const char *content
 const char *http_method(const struct http_request *req) { return req->method; }
 const char *http_path(const struct http_request *req) { return req->path; }
 bool http_body_too_large(const struct http_request *req) { return req->too_large; }
+const char *http_framing_error(const struct http_request *req) { return req->framing; }
 uint64_t http_started_us(const struct http_request *req) { return req->started_us; }
 
 void http_note_user(struct http_request *req, const char *pseudonym)
@@ -266,6 +368,16 @@ void http_note_user(struct http_request *req, const char *pseudonym)
 const char *http_noted_user(const struct http_request *req)
 {
     return req->user;
+}
+
+void http_note_route(struct http_request *req, const char *route)
+{
+    req->route = route;
+}
+
+const char *http_noted_route(const struct http_request *req)
+{
+    return req->route ? req->route : "(other)";
 }
 
 const char *http_client_addr(const struct http_request *req, char *buf, size_t len)
@@ -325,6 +437,90 @@ const char *http_body(const struct http_request *req, size_t *len)
     return req->body ? req->body : "";
 }
 
+/* ---- plain HTTP on the TLS port ------------------------------------------
+ *
+ * GnuTLS reads the first bytes of a TLS connection; MHD then logs any failed
+ * handshake as "Error: received handshake message out of context", which
+ * tells an operator nothing.  So the first read of every TLS connection goes
+ * through tls_pull(): a TLS record starts with its type (20..24) and SSLv2's
+ * hello with a byte >= 0x80, while an HTTP request starts with a method in
+ * capitals.  Such a client is answered in plain HTTP (a JSON 400 saying to
+ * use https://), the line logged says so, and MHD's line for that handshake
+ * is dropped.  MHD keeps the socket as GnuTLS's transport (an int), so the
+ * per-connection "first read still to come" mark is a byte per fd. */
+#define TLS_WATCHED_FDS 65536          /* past it, no friendly line: harmless */
+static unsigned char tls_first_read[TLS_WATCHED_FDS];
+static _Thread_local bool tls_plain_http_seen;   /* one MHD_run: this thread's */
+
+static bool looks_like_http(const unsigned char *b, size_t n)
+{
+    if (n == 0 || b[0] < 'A' || b[0] > 'Z')
+        return false;
+    for (size_t k = 1; k < n && k < 8; k++)
+        if (b[k] == ' ')
+            return true;
+        else if (b[k] < 'A' || b[k] > 'Z')
+            return false;
+    return true;
+}
+
+static void answer_plain_http(int fd)
+{
+    static const char answer[] =
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+        "Connection: close\r\nContent-Length: 80\r\n\r\n"
+        "{\"error\":{\"code\":\"bad_request\",\"message\":\"this port speaks TLS: use https://\"}}\n";
+    char drain[4096];
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char addr[INET6_ADDRSTRLEN] = "?";
+
+    /* The rest of the request is read first: closing a socket with unread
+     * bytes resets it, and the client might lose the answer. */
+    while (recv(fd, drain, sizeof drain, MSG_DONTWAIT) > 0)
+        ;
+    if (send(fd, answer, sizeof answer - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+        /* a full or broken socket: the log line is what matters */
+    }
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, addr, sizeof addr);
+        else if (ss.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, addr, sizeof addr);
+    }
+    log_warn_limited("plain HTTP on the TLS port", "client=%s hint=\"clients must use https://\"",
+                     addr);
+}
+
+static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
+{
+    int fd = (int)(intptr_t)ptr;
+    ssize_t n = recv(fd, buf, len, 0);     /* errno is GnuTLS's to read */
+    if (n > 0 && fd >= 0 && fd < TLS_WATCHED_FDS &&
+        __atomic_exchange_n(&tls_first_read[fd], 0, __ATOMIC_RELAXED) &&
+        looks_like_http(buf, (size_t)n)) {
+        answer_plain_http(fd);
+        tls_plain_http_seen = true;
+    }
+    return n;
+}
+
+static void tls_watch(struct MHD_Connection *conn, bool start)
+{
+    const union MHD_ConnectionInfo *fi =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!fi || fi->connect_fd < 0 || fi->connect_fd >= TLS_WATCHED_FDS)
+        return;
+    if (start) {
+        const union MHD_ConnectionInfo *si =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+        if (!si || !si->tls_session)
+            return;
+        gnutls_transport_set_pull_function((gnutls_session_t)si->tls_session, tls_pull);
+    }
+    __atomic_store_n(&tls_first_read[fi->connect_fd], start, __ATOMIC_RELAXED);
+}
+
 /* ---- the server --------------------------------------------------------- */
 
 /* Every worker's listener asks the same process-wide table. */
@@ -339,13 +535,38 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
                           enum MHD_ConnectionNotificationCode toe)
 {
     struct http_server *srv = cls;
+    struct http_conn *hc = *socket_ctx;
+    if (srv->tls)
+        tls_watch(conn, toe == MHD_CONNECTION_NOTIFY_STARTED);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        /* Without memory the connection simply has no header deadline. */
+        if ((hc = calloc(1, sizeof *hc)) != NULL) {
+            hc->conn = conn;
+            hc->deadline_us = clock_now_us() + srv->header_timeout_us;
+            hc->next = srv->conns;
+            if (srv->conns)
+                srv->conns->prev = hc;
+            srv->conns = hc;
+        }
+        *socket_ctx = hc;
+        return;
+    }
     if (toe != MHD_CONNECTION_NOTIFY_CLOSED)
         return;
+    if (hc) {
+        if (hc->prev)
+            hc->prev->next = hc->next;
+        else
+            srv->conns = hc->next;
+        if (hc->next)
+            hc->next->prev = hc->prev;
+        free(hc);
+        *socket_ctx = NULL;
+    }
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (srv->limits && ci && ci->client_addr)
         connlimit_release(srv->limits, ci->client_addr);
-    (void)socket_ctx;
     /* At MHD's own connection limit it stops watching the listening socket
      * and looks again only at its next run: make sure there is one (not
      * while the server is being freed: then io is gone). */
@@ -353,15 +574,57 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         event_active(srv->io, EV_READ, 0);
 }
 
+#define SWEEP_MS 250
+
+/* Once every SWEEP_MS: a connection whose request headers are not all in by
+ * its deadline is shut down.  MHD then reads end-of-file, closes it the
+ * usual way (its callbacks run, its connection slot is released) and the fd
+ * stays MHD's until then, so it cannot be reused under it.  A request whose
+ * headers are in (being handled, suspended, answering) has no deadline. */
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_server *srv = arg;
+    uint64_t now = clock_now_us();
+    unsigned closed = 0;
+    (void)fd; (void)what;
+
+    for (struct http_conn *hc = srv->conns; hc; hc = hc->next) {
+        if (now < hc->deadline_us ||
+            MHD_get_connection_info(hc->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE))
+            continue;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(hc->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci)
+            shutdown(ci->connect_fd, SHUT_RDWR);
+        hc->deadline_us = UINT64_MAX;      /* once */
+        closed++;
+    }
+    if (closed) {
+        COUNTER_ADD(srv->header_timeouts, closed);
+        log_debug("header timeout", "connections=%u", closed);
+        event_active(srv->io, EV_READ, 0);  /* let MHD see the ends now */
+    }
+}
+
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
-    char msg[512], q[600];
+    char msg[512];
     (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
-    log_warn("http", "detail=%s", log_quote(q, sizeof q, msg));
+    /* MHD 0.9.75's words for every failed TLS handshake. */
+    if (strstr(msg, "handshake message out of context")) {
+        if (tls_plain_http_seen) {
+            tls_plain_http_seen = false;       /* already said, in plain words */
+            return;
+        }
+        log_warn_limited("tls handshake failed", "reason=\"no TLS version or cipher in common "
+                         "(TLS 1.0 and 1.1 are refused), or not a TLS client\"");
+        return;
+    }
+    log_warn("http", "detail=%s", msg);
 }
 
 struct http_server *http_server_start(struct event_base *base, const struct http_options *opt,
@@ -395,9 +658,22 @@ struct http_server *http_server_start(struct event_base *base, const struct http
     srv->handler = handler;
     srv->handler_arg = arg;
     srv->max_body = opt->max_body_bytes;
+    srv->header_timeout_us = (uint64_t)(opt->header_timeout_s ? opt->header_timeout_s : 10) * 1000000u;
+    srv->idle_timeout_us = (uint64_t)opt->connection_timeout_s * 1000000u;
 
-    if (opt->tls_cert && opt->tls_key)
+    /* TLS options travel as an MHD_OPTION_ARRAY, empty for plain HTTP. */
+    struct MHD_OptionItem tls[4] = { { MHD_OPTION_END, 0, NULL } };
+    if (opt->tls_cert && opt->tls_key) {
         flags |= MHD_USE_TLS;   /* GnuTLS inside libmicrohttpd */
+        srv->tls = true;
+        tls[0] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)opt->tls_cert };
+        tls[1] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)opt->tls_key };
+        /* MHD's own default is GnuTLS's NORMAL, TLS 1.0 and 1.1 included. */
+        tls[2] = (struct MHD_OptionItem){
+            MHD_OPTION_HTTPS_PRIORITIES, 0,
+            (void *)(opt->tls_priorities ? opt->tls_priorities
+                                         : "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2") };
+    }
     srv->limits = opt->limits;
     srv->mhd = MHD_start_daemon(
         flags, opt->port, on_accept, srv, on_access, srv,
@@ -416,10 +692,7 @@ struct http_server *http_server_start(struct event_base *base, const struct http
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv,
         MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-        /* Ignored without MHD_USE_TLS; NULL ends nothing here. */
-        (opt->tls_cert && opt->tls_key) ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END,
-        opt->tls_cert,
-        MHD_OPTION_HTTPS_MEM_KEY, opt->tls_key,
+        MHD_OPTION_ARRAY, tls,
         MHD_OPTION_END);
     if (!srv->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%u (address in use, or not allowed)",
@@ -430,7 +703,10 @@ struct http_server *http_server_start(struct event_base *base, const struct http
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD);
     srv->io = event_new(base, info->epoll_fd, EV_READ | EV_PERSIST, run_mhd, srv);
     srv->timer = evtimer_new(base, run_mhd, srv);
-    if (!srv->io || !srv->timer || event_add(srv->io, NULL) != 0) {
+    srv->sweep = event_new(base, -1, EV_PERSIST, on_sweep, srv);
+    struct timeval every = { 0, SWEEP_MS * 1000 };
+    if (!srv->io || !srv->timer || !srv->sweep || event_add(srv->io, NULL) != 0 ||
+        event_add(srv->sweep, &every) != 0) {
         snprintf(err, errlen, "cannot watch the HTTP server's events");
         http_server_free(srv);
         return NULL;
@@ -480,6 +756,11 @@ unsigned http_server_active_requests(const struct http_server *srv)
     return COUNTER_GET(srv->active);
 }
 
+unsigned http_server_header_timeouts(const struct http_server *srv)
+{
+    return COUNTER_GET(srv->header_timeouts);
+}
+
 unsigned http_server_connections(const struct http_server *srv)
 {
     const union MHD_DaemonInfo *info =
@@ -497,6 +778,9 @@ void http_server_free(struct http_server *srv)
     if (srv->timer)
         event_free(srv->timer);
     srv->timer = NULL;
+    if (srv->sweep)
+        event_free(srv->sweep);
+    srv->sweep = NULL;
     if (srv->mhd)
         MHD_stop_daemon(srv->mhd);
     free(srv);

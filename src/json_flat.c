@@ -18,7 +18,7 @@ static const char *read_string(const char *p, const char *end, const char **s, s
     const char *q = ++p;
     while (q < end && *q != '"') {
         unsigned char c = (unsigned char)*q;
-        if (c < 0x20 || c >= 0x80 || c == '\\')
+        if (c < 0x20 || c >= 0x7f || c == '\\')   /* DEL (0x7f) is a control character too */
             return NULL;
         q++;
     }

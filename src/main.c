@@ -73,7 +73,7 @@ static void on_reload_signal(evutil_socket_t sig, short what, void *arg)
     char err[CONFIG_ERR_LEN];
     (void)sig; (void)what;
     if (!s->stopping)
-        gateway_reload(s->gw, NULL, err, sizeof err);
+        gateway_reload(s->gw, err, sizeof err);
 }
 
 /* WATCHDOG=1 only while every worker's loop is ticking: a hung loop stops
@@ -93,18 +93,21 @@ static void on_status(evutil_socket_t fd, short what, void *arg)
 {
     struct supervisor *s = arg;
     (void)fd; (void)what;
-    struct gateway_snapshot *snap = calloc(1, sizeof *snap);
+    struct totals *snap = calloc(1, sizeof *snap);
     if (!snap)
         return;
-    gateway_snapshot(s->gw, snap);
+    gateway_totals(s->gw, snap);
     uint64_t d[OUTCOME__COUNT] = { 0 };
     for (int o = 0; o < OUTCOME__COUNT; o++)
         for (int r = 0; r < REASON__COUNT; r++)
             d[o] += snap->metrics.decisions[o][r];
-    notify_status("%u workers, redis %s, config generation %llu; %llu allow, %llu defer, %llu deny",
+    bool refused = snap->last_reload.at && !snap->last_reload.ok;
+    notify_status("%u workers, redis %s, config generation %llu; %llu allow, %llu defer, %llu deny"
+                  "%s%.200s",
                   snap->workers, snap->redis.connected ? "connected" : "UNAVAILABLE",
                   (unsigned long long)snap->generation, (unsigned long long)d[OUTCOME_ALLOW],
-                  (unsigned long long)d[OUTCOME_DEFER], (unsigned long long)d[OUTCOME_DENY]);
+                  (unsigned long long)d[OUTCOME_DEFER], (unsigned long long)d[OUTCOME_DENY],
+                  refused ? "; last reload refused: " : "", refused ? snap->last_reload.error : "");
     free(snap);
 }
 
@@ -162,10 +165,10 @@ int main(int argc, char **argv)
     }
     cfg->generation = 1;
     if (!cfg->auth.enabled && !auth_is_loopback(cfg->listen_host)) {
-        fprintf(stderr, "capgate: %s: listen: %s is not a loopback address, and there is no auth "
-                        "section: without access control capgate only listens on 127.0.0.1 or "
-                        "[::1] (add auth.tokens; `capgate --hash-token` helps)\n",
-                cfg->path, cfg->listen);
+        fprintf(stderr, "capgate: %s:%u: listen: %s is not a loopback address, and there is no "
+                        "auth section: without access control capgate only listens on 127.0.0.1 "
+                        "or [::1] (add auth.tokens; `capgate --hash-token` helps)\n",
+                cfg->path, cfg->listen_line ? cfg->listen_line : 1, cfg->listen);
         tz_db_free(tz);
         pseudonym_free(pseud);
         config_release(cfg);
@@ -179,6 +182,7 @@ int main(int argc, char **argv)
         return 0;
     }
     log_set_level(cfg->log_level);
+    log_set_format(cfg->log_format);
 
     /* A client that hangs up mid-response must not kill the daemon.  (No
      * evthread_use_pthreads(): no loop is touched by another thread, see

@@ -4,6 +4,19 @@
 #include <stdio.h>
 #include <string.h>
 
+const char *const metrics_delivery_outcomes[] = {
+    "delivered",     /* the upstream answered 2xx */
+    "failed",        /* sent at once (send, route) and refused or unanswered */
+    "retried",       /* from the queue, refused: tried again after a backoff */
+    "dead",          /* from the queue, refused max_attempts times */
+    "dropped",       /* from the queue, decided again and denied (opt-out, cap) */
+    "deferred",      /* put in (or back into) the deferred queue */
+    "superseded",    /* a newer message of its collapse_key took its place */
+    "queue_full",    /* not queued: delivery.max_deferred reached */
+    "replayed",      /* a retry of a message already delivered: not sent again */
+    NULL,
+};
+
 static struct decision_count *find(struct decision_count *set, size_t n,
                                    enum decision_outcome o, enum decision_reason r,
                                    const char *rule, const char *channel)
@@ -79,6 +92,42 @@ void metrics_count_delivery(struct metrics *m, const char *channel, const char *
     __atomic_store_n(&m->n_delivery, m->n_delivery + 1, __ATOMIC_RELEASE);
 }
 
+static struct route_latency *route_slot(struct metrics *m, const char *route)
+{
+    /* Most traffic hits one route: try the last one first. */
+    if (m->last_route < m->n_routes && strcmp(m->by_route[m->last_route].route, route) == 0)
+        return &m->by_route[m->last_route];
+    for (size_t k = 0; k < m->n_routes; k++)
+        if (strcmp(m->by_route[k].route, route) == 0) {
+            m->last_route = k;
+            return &m->by_route[k];
+        }
+    return NULL;
+}
+
+void metrics_observe_request(struct metrics *m, const char *route, double seconds)
+{
+    struct route_latency *r = route_slot(m, route);
+    /* The last slot is kept for "(other)" (unless it has one already), so
+     * that overflow has a home. */
+    if (!r && m->n_routes >= METRICS_ROUTES_MAX - 1) {
+        struct route_latency *other = route_slot(m, "(other)");
+        if (m->n_routes == METRICS_ROUTES_MAX)
+            r = other;
+        else if (!other)
+            route = "(other)";
+    }
+    if (!r) {
+        if (m->n_routes == METRICS_ROUTES_MAX)
+            return;   /* not reached: the last slot went to "(other)" */
+        r = &m->by_route[m->n_routes];
+        memset(r, 0, sizeof *r);
+        snprintf(r->route, sizeof r->route, "%s", route);
+        __atomic_store_n(&m->n_routes, m->n_routes + 1, __ATOMIC_RELEASE);
+    }
+    histogram_observe(&r->h, seconds);
+}
+
 void metrics_accumulate(struct metrics *out, const struct metrics *m)
 {
     size_t nd = __atomic_load_n(&m->n_delivery, __ATOMIC_ACQUIRE);
@@ -147,7 +196,22 @@ void metrics_accumulate(struct metrics *out, const struct metrics *m)
         out->http_status[k] += COUNTER_GET(m->http_status[k]);
     for (int k = 0; k < API_ERROR__COUNT; k++)
         out->errors[k] += COUNTER_GET(m->errors[k]);
-    struct histogram h;
-    histogram_read(&m->http_latency, &h);
-    histogram_add(&out->http_latency, &h);
+    size_t nr = __atomic_load_n(&m->n_routes, __ATOMIC_ACQUIRE);
+    for (size_t k = 0; k < nr; k++) {
+        const struct route_latency *c = &m->by_route[k];
+        struct histogram h;
+        histogram_read(&c->h, &h);
+        histogram_add(&out->http_latency, &h);
+        size_t j = 0;
+        while (j < out->n_routes && strcmp(out->by_route[j].route, c->route) != 0)
+            j++;
+        if (j == out->n_routes) {
+            if (j == METRICS_ROUTES_MAX)
+                continue;
+            memset(&out->by_route[j], 0, sizeof out->by_route[j]);
+            memcpy(out->by_route[j].route, c->route, sizeof c->route);
+            out->n_routes++;
+        }
+        histogram_add(&out->by_route[j].h, &h);
+    }
 }

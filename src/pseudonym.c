@@ -13,12 +13,14 @@
 struct pseudonym {
     unsigned char key[crypto_generichash_KEYBYTES];  /* 32 bytes */
     unsigned char seal_key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
+    struct pseudonym *previous;      /* during a key rotation, the key before; else NULL */
 };
 
 /* Largest key file we read: a secret, not a document. */
 #define KEY_FILE_MAX 4096
 
-struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen)
+/* The key in KEY_FILE; WHAT names the setting in errors. */
+static struct pseudonym *load(const char *what, const char *key_file, char *err, size_t errlen)
 {
     unsigned char buf[KEY_FILE_MAX];
     size_t len = 0;
@@ -30,7 +32,7 @@ struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen)
     }
     fd = open(key_file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(err, errlen, "privacy.key_file %s: %s", key_file, strerror(errno));
+        snprintf(err, errlen, "%s %s: %s", what, key_file, strerror(errno));
         return NULL;
     }
     for (;;) {
@@ -38,7 +40,7 @@ struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            snprintf(err, errlen, "privacy.key_file %s: %s", key_file, strerror(errno));
+            snprintf(err, errlen, "%s %s: %s", what, key_file, strerror(errno));
             close(fd);
             sodium_memzero(buf, sizeof buf);
             return NULL;
@@ -49,9 +51,9 @@ struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen)
     close(fd);
     if (len < PSEUDONYM_KEY_MIN) {
         snprintf(err, errlen,
-                 "privacy.key_file %s: holds %zu bytes, needs at least %d random bytes "
+                 "%s %s: holds %zu bytes, needs at least %d random bytes "
                  "(create one with: head -c 32 /dev/urandom > %s)",
-                 key_file, len, PSEUDONYM_KEY_MIN, key_file);
+                 what, key_file, len, PSEUDONYM_KEY_MIN, key_file);
         sodium_memzero(buf, sizeof buf);
         return NULL;
     }
@@ -69,10 +71,47 @@ struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen)
     return p;
 }
 
+struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen)
+{
+    return load("privacy.key_file", key_file, err, errlen);
+}
+
+int pseudonym_load_previous(struct pseudonym *p, const char *key_file, char *err, size_t errlen)
+{
+    struct pseudonym *prev = load("privacy.previous_key_file", key_file, err, errlen);
+    if (!prev)
+        return -1;
+    if (pseudonym_same_key(p, prev)) {
+        /* A "rotation" to the same key would move every person onto itself. */
+        snprintf(err, errlen, "privacy.previous_key_file %s: holds the same key as "
+                              "privacy.key_file", key_file);
+        pseudonym_free(prev);
+        return -1;
+    }
+    pseudonym_free(p->previous);
+    p->previous = prev;
+    return 0;
+}
+
+bool pseudonym_rotating(const struct pseudonym *p)
+{
+    return p->previous != NULL;
+}
+
+bool pseudonym_user_previous(const struct pseudonym *p, const char *id, size_t len,
+                             char out[PSEUDONYM_USER_HEX + 1])
+{
+    if (!p->previous)
+        return false;
+    pseudonym_user(p->previous, id, len, out);
+    return true;
+}
+
 void pseudonym_free(struct pseudonym *p)
 {
     if (!p)
         return;
+    pseudonym_free(p->previous);
     sodium_memzero(p, sizeof *p);
     free(p);
 }
@@ -97,9 +136,9 @@ char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len)
     return out;
 }
 
-char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t *len)
+static char *open_one(const struct pseudonym *p, const char *sealed, size_t slen, size_t *len)
 {
-    size_t slen = strlen(sealed), n;
+    size_t n;
     unsigned char *box = malloc(slen + 1);
     if (!box || sodium_base642bin(box, slen, sealed, slen, NULL, &n, NULL,
                                   sodium_base64_VARIANT_ORIGINAL) != 0 ||
@@ -124,9 +163,26 @@ char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t *len)
     return out;
 }
 
-bool pseudonym_same_key(const struct pseudonym *a, const struct pseudonym *b)
+char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t slen, size_t *len)
+{
+    char *out = open_one(p, sealed, slen, len);
+    /* A message sealed before the rotation still waits in Redis: it opens
+     * with the key it was sealed with. */
+    if (!out && p->previous)
+        out = open_one(p->previous, sealed, slen, len);
+    return out;
+}
+
+static bool same_secret(const struct pseudonym *a, const struct pseudonym *b)
 {
     return sodium_memcmp(a->key, b->key, sizeof a->key) == 0;
+}
+
+bool pseudonym_same_key(const struct pseudonym *a, const struct pseudonym *b)
+{
+    if (!same_secret(a, b) || !a->previous != !b->previous)
+        return false;
+    return !a->previous || same_secret(a->previous, b->previous);
 }
 
 static void keyed_hex(const struct pseudonym *p, unsigned char domain,

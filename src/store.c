@@ -10,7 +10,8 @@
  *
  * Life of a node's connection:
  *   DOWN --reconnect timer--> CONNECTING --connect cb--> HANDSHAKE
- *   (AUTH, SELECT, SCRIPT LOAD each script, pipelined) --last sha--> READY
+ *   (AUTH, SELECT, SCRIPT LOAD each script, TIME, pipelined) --TIME--> READY
+ *   (and, in a cluster, READY --no longer a master--> RETIRING --> DOWN)
  * Any failure, a connect/handshake that exceeds its deadline, or a READY
  * connection that stops answering (SIGSTOP, black-holed port) drops it back
  * to DOWN; the next attempt follows after a backoff of 100 ms doubling up to
@@ -58,8 +59,20 @@
 #define MAX_REDIRECTS  5        /* MOVED + ASK per call */
 #define RETRY_DELAY_MS 20       /* after TRYAGAIN, CLUSTERDOWN, LOADING */
 #define REFRESH_MIN_MS 100      /* between two CLUSTER SLOTS */
+#define CLOCK_REFRESH_MS 2000   /* a READY node's clock is read again after this */
+#define CLOCK_KEEP_MS  5000     /* clock samples older than this are not trusted */
+#define LATE_MARGIN_MAX_MS 100  /* see late_margin_us() */
 
 struct store_call;
+
+/* The life of a node's connection (the comment at the top of this file). */
+enum node_state {
+    NODE_DOWN,        /* no connection (ac is NULL); a reconnect may be due */
+    NODE_CONNECTING,  /* the TCP connect is in progress */
+    NODE_HANDSHAKE,   /* connected: AUTH, SELECT, the SCRIPT LOADs and TIME in flight */
+    NODE_READY,       /* takes calls */
+    NODE_RETIRING,    /* no longer a master: closing once its answers are in */
+};
 
 struct node {
     struct store *st;
@@ -67,10 +80,8 @@ struct node {
     int port;
     char name[CLUSTER_HOST_MAX + 8];   /* host:port, for logs */
     redisAsyncContext *ac;         /* NULL when DOWN */
-    bool connected;                /* the connect callback succeeded */
-    bool ready;                    /* ... and every script is loaded */
+    enum node_state state;
     bool wanted;                   /* reconnect when down */
-    bool retiring;                 /* being disconnected: no longer a master */
     bool down_logged;              /* said once that it is away */
     bool slots_on_connect;         /* ask CLUSTER SLOTS once connected */
     bool handshake_failed;         /* this connection is being dropped */
@@ -82,6 +93,13 @@ struct node {
     unsigned outstanding;          /* hiredis callbacks still owed on this node */
     unsigned abandoned;            /* ... of which the caller already got TIMEOUT */
     uint64_t last_reply_us, last_send_us, ping_sent_us;
+    /* Redis's clock as this gateway sees it: Redis time minus our
+     * monotonic time, in µs (see on_time).  Known once the handshake's TIME
+     * has answered; renewed by the health ping. */
+    int64_t clock_offset_us;
+    uint64_t clock_sampled_us;      /* when the offset kept was measured */
+    uint64_t clock_read_us;         /* the last TIME answer */
+    bool clock_known;
     struct store_call *parked;     /* calls waiting for it to be ready (FIFO) */
     struct store_call *parked_tail;
 };
@@ -119,6 +137,7 @@ struct store {
     bool ready;
     struct event *health_timer;
     struct store_call *delayed;    /* calls waiting out a TRYAGAIN (list) */
+    struct store_call *lost;       /* calls whose connection broke, until their deadline */
 
     unsigned outstanding;          /* hiredis callbacks owed, all nodes */
     unsigned waiting;              /* accepted calls parked or delayed */
@@ -127,7 +146,15 @@ struct store {
     void *state_arg;
 };
 
-enum call_where { CALL_NOWHERE, CALL_SENT, CALL_PARKED, CALL_DELAYED };
+/* Where a call is:
+ *   NOWHERE  being answered or resent
+ *   SENT     given to hiredis; its callback is owed
+ *   PARKED   waiting for its node to be ready (node->parked)
+ *   DELAYED  waiting out a TRYAGAIN (st->delayed, call->retry armed)
+ *   LOST     its connection broke after it was sent: Redis may still run it,
+ *            so it is answered UNAVAILABLE only at its deadline, after which
+ *            Redis refuses it (st->lost) -- a 503 means nothing happened */
+enum call_where { CALL_NOWHERE, CALL_SENT, CALL_PARKED, CALL_DELAYED, CALL_LOST };
 
 /* One script call.  While SENT it lives until hiredis has called back
  * (always exactly once), even when the caller was answered earlier by the
@@ -136,10 +163,12 @@ struct store_call {
     struct store *st;
     struct node *node;              /* SENT to / PARKED on */
     store_cb *cb;
+    void (*after)(void *after_arg, const struct store_reply *late);   /* see store_eval_after */
+    void *after_arg;
     void *arg;
     struct event *timer;            /* the caller's deadline */
     struct event *retry;            /* DELAYED: made on first use */
-    struct store_call *prev, *next; /* node->parked or st->delayed */
+    struct store_call *prev, *next; /* node->parked, st->delayed or st->lost */
     enum call_where where;
     bool answered;
     bool retried_eval;
@@ -148,10 +177,22 @@ struct store_call {
     int slot;                       /* -1: no key */
     size_t script;
     uint64_t sent_us, deadline_us;
-    int argc;                       /* EVALSHA sha nkeys args... */
+    int argc;                       /* EVALSHA sha nkeys args... deadline */
+    char deadline[24];              /* the last argument, set when sent */
     const char **argv;
     size_t *argvlen;
 };
+
+static bool is_ready(const struct node *n)
+{
+    return n->state == NODE_READY;
+}
+
+/* The connect callback succeeded (and the connection has not gone since). */
+static bool is_connected(const struct node *n)
+{
+    return n->state >= NODE_HANDSHAKE;
+}
 
 static void connect_now(struct node *n);
 static void schedule_reconnect(struct node *n);
@@ -177,7 +218,7 @@ static struct node *owner_of(const struct store *st, int slot)
         return st->nodes[0];
     if (slot < 0) {                 /* no key: any ready master */
         for (size_t k = 0; k < st->n_nodes; k++)
-            if (st->nodes[k]->n_slots && st->nodes[k]->ready)
+            if (st->nodes[k]->n_slots && is_ready(st->nodes[k]))
                 return st->nodes[k];
         return NULL;
     }
@@ -210,20 +251,22 @@ static void list_remove(struct store_call **head, struct store_call **tail, stru
     c->prev = c->next = NULL;
 }
 
-/* The delayed list has no tail: calls are pushed at its head. */
-static void delayed_push(struct store *st, struct store_call *c)
+/* The delayed and lost lists have no tail: calls are pushed at the head. */
+static void head_push(struct store_call **head, struct store_call *c)
 {
     c->prev = NULL;
-    c->next = st->delayed;
+    c->next = *head;
     if (c->next)
         c->next->prev = c;
-    st->delayed = c;
+    *head = c;
 }
 
 /* ---- answering calls ---------------------------------------------------- */
 
 static void call_free(struct store_call *call)
 {
+    if (call->after)
+        call->after(call->after_arg, NULL);
     if (call->timer)
         event_free(call->timer);
     if (call->retry)
@@ -273,6 +316,9 @@ static void call_unlink(struct store_call *call)
         list_remove(&st->delayed, NULL, call);
         event_del(call->retry);
         COUNTER_ADD(st->waiting, (unsigned)-1);
+    } else if (call->where == CALL_LOST) {
+        list_remove(&st->lost, NULL, call);
+        COUNTER_ADD(st->waiting, (unsigned)-1);
     }
     call->where = CALL_NOWHERE;
 }
@@ -308,7 +354,8 @@ static size_t flatten(const redisReply *r, struct store_item *items, size_t cap,
     }
 }
 
-static void answer_with_reply(struct store_call *call, const redisReply *r)
+/* R as a store_reply, to FN: the caller's answer, or a late reply to AFTER. */
+static void with_reply(struct store_call *call, const redisReply *r, bool late)
 {
     struct store_item local[64], *items = local;
     struct store_reply out = { .status = STORE_OK };
@@ -322,7 +369,8 @@ static void answer_with_reply(struct store_call *call, const redisReply *r)
         if (n > 64) {
             items = malloc(n * sizeof *items);
             if (!items) {
-                call_answer_status(call, STORE_UNAVAILABLE, "out of memory");
+                if (!late)
+                    call_answer_status(call, STORE_UNAVAILABLE, "out of memory");
                 return;
             }
             size_t m = 0;
@@ -334,9 +382,52 @@ static void answer_with_reply(struct store_call *call, const redisReply *r)
     }
     out.n = n;
     out.items = items;
-    call_answer(call, &out);
+    if (late) {
+        void (*after)(void *, const struct store_reply *) = call->after;
+        call->after = NULL;
+        after(call->after_arg, &out);
+    } else {
+        call_answer(call, &out);
+    }
     if (items != local)
         free(items);
+}
+
+static void answer_with_reply(struct store_call *call, const redisReply *r)
+{
+    with_reply(call, r, false);
+}
+
+/* How many items element POS of a flattened reply spans (0: cut short). */
+static size_t extent(const struct store_item *it, size_t n, size_t pos)
+{
+    if (pos >= n)
+        return 0;
+    if (it[pos].type != STORE_ARRAY)
+        return 1;
+    size_t e = 1;
+    for (long long k = 0; k < it[pos].i; k++) {
+        size_t s = extent(it, n, pos + e);
+        if (!s)
+            return 0;
+        e += s;
+    }
+    return e;
+}
+
+size_t store_reply_element(const struct store_reply *r, size_t pos, struct store_reply *one)
+{
+    size_t e = extent(r->items, r->n, pos);
+    *one = (struct store_reply){ .status = STORE_ERROR, .error = "bad reply" };
+    if (!e)
+        return 0;
+    if (r->items[pos].type == STORE_ERR)
+        one->error = r->items[pos].s;
+    else if (r->items[pos].type == STORE_ARRAY)
+        *one = (struct store_reply){ .status = STORE_OK, .n = e - 1, .items = r->items + pos + 1 };
+    else
+        *one = (struct store_reply){ .status = STORE_OK, .n = 1, .items = r->items + pos };
+    return e;
 }
 
 /* ---- sending ------------------------------------------------------------ */
@@ -397,8 +488,32 @@ static size_t resp_format(char *out, size_t cap, int argc, const char *const *ar
     return (size_t)(p - out);
 }
 
+/* How long before the caller's own deadline Redis stops taking the call:
+ * the answer of a call that ran just in time still has to come back, and a
+ * 503 must mean that nothing happened. */
+static uint64_t late_margin_us(const struct store *st)
+{
+    uint64_t m = (uint64_t)st->cfg.timeout_ms * 1000u / 5;
+    return m < LATE_MARGIN_MAX_MS * 1000u ? m : LATE_MARGIN_MAX_MS * 1000u;
+}
+
+/* The call's last argument: its deadline on N's clock (ms since the epoch).
+ * Every script refuses to act after it ("LATE"), so a call that Redis runs
+ * after the caller was told it failed (a stalled Redis, a slow network)
+ * changes nothing. */
+static void set_deadline(struct node *n, struct store_call *call)
+{
+    uint64_t margin = late_margin_us(n->st);
+    int64_t local = (int64_t)(call->deadline_us > margin ? call->deadline_us - margin : 0);
+    int64_t ms = (local + n->clock_offset_us) / 1000;
+    char *end = put_decimal(call->deadline, ms > 0 ? (size_t)ms : 0);
+    call->argv[call->argc - 1] = call->deadline;
+    call->argvlen[call->argc - 1] = (size_t)(end - call->deadline);
+}
+
 static int send_call(struct node *n, struct store_call *call)
 {
+    set_deadline(n, call);
     if (call->asking) {
         if (redisAsyncCommand(n->ac, on_aux_reply, NULL, "ASKING") != REDIS_OK)
             return -1;
@@ -428,7 +543,7 @@ static void park(struct node *n, struct store_call *call)
 
 static bool node_usable(const struct node *n)
 {
-    return n && !n->retiring;
+    return n && n->state != NODE_RETIRING;
 }
 
 /* (Re)sends CALL to N: at once when N is ready, else parked until it is
@@ -439,7 +554,7 @@ static void send_to(struct store_call *call, struct node *n)
         call_fail(call, STORE_UNAVAILABLE, n ? "node retiring" : "no node for slot");
         return;
     }
-    if (n->ready) {
+    if (is_ready(n)) {
         if (send_call(n, call) != 0)
             call_fail(call, STORE_UNAVAILABLE, "send failed");
         return;
@@ -479,7 +594,7 @@ static void retry_later(struct store_call *call, const char *why)
     }
     struct timeval tv = { 0, RETRY_DELAY_MS * 1000 };
     call->where = CALL_DELAYED;
-    delayed_push(st, call);
+    head_push(&st->delayed, call);
     COUNTER_INC(st->waiting);
     evtimer_add(call->retry, &tv);
 }
@@ -527,7 +642,7 @@ static bool cluster_error(struct store_call *call, struct node *n, const redisRe
 
     if (cluster_parse_redirect(r->str, r->len, &ask, &slot, host, &port) == 0) {
         if (++call->redirects > MAX_REDIRECTS) {
-            log_warn("redis cluster: too many redirects", "redis=%s error=\"%.100s\"",
+            log_warn("redis cluster: too many redirects", "redis=%s error=%.100s",
                      n->name, r->str);
             call_fail(call, STORE_UNAVAILABLE, "too many redirects");
             return true;
@@ -570,12 +685,27 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (r)
         n->last_reply_us = clock_now_us();
     call->where = CALL_NOWHERE;
-    if (call->answered) {               /* timed out earlier: drop the late reply */
+    if (call->answered) {               /* timed out earlier: a late reply */
         n->abandoned--;
+        /* It ran (no LATE, no error) although the caller was told it did
+         * not: the caller may undo it. */
+        if (r && call->after && r->type != REDIS_REPLY_ERROR) {
+            COUNTER_INC(st->stats.late_replies);
+            with_reply(call, r, true);
+        }
         call_free(call);
         return;
     }
     if (!r) {
+        /* The connection broke: the call may have reached Redis, which runs
+         * it unless its deadline has passed.  Saying "unavailable" before
+         * then could be a lie, so the answer waits for the call's timer. */
+        if (!st->closing && clock_now_us() < call->deadline_us) {
+            call->where = CALL_LOST;
+            head_push(&st->lost, call);
+            COUNTER_INC(st->waiting);
+            return;
+        }
         call_answer_status(call, STORE_UNAVAILABLE, "connection lost");
         call_free(call);
         return;
@@ -601,8 +731,12 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         call_free(call);
         return;
     }
-    if (r->type == REDIS_REPLY_ERROR) {
-        log_error("redis script error", "error=\"%.200s\"", r->str);
+    /* Redis 7 puts "ERR " before a script's error_reply('LATE'). */
+    if (r->type == REDIS_REPLY_ERROR && (is_error(r, "LATE") || is_error(r, "ERR LATE"))) {
+        /* Redis ran it past its deadline and did nothing: as a timeout. */
+        call_answer_status(call, STORE_TIMEOUT, "late");
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        log_error("redis script error", "error=%.200s", r->str);
         struct store_reply out = { .status = STORE_ERROR, .error = r->str };
         call_answer(call, &out);
     } else {
@@ -623,8 +757,9 @@ static void on_call_timeout(evutil_socket_t fd, short what, void *arg)
         call_answer_status(call, STORE_TIMEOUT, "timeout");
         return;
     }
+    bool lost = call->where == CALL_LOST;
     call_unlink(call);
-    call_fail(call, STORE_TIMEOUT, "timeout");
+    call_fail(call, lost ? STORE_UNAVAILABLE : STORE_TIMEOUT, lost ? "connection lost" : "timeout");
 }
 
 int store_eval(struct store *st, size_t script, int nkeys, int argc,
@@ -634,9 +769,27 @@ int store_eval(struct store *st, size_t script, int nkeys, int argc,
     return store_eval_held(st, 0, script, nkeys, argc, argv, argvlen, cb, arg);
 }
 
+static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, int argc,
+                const char *const *argv, const size_t *argvlen, store_cb *cb, void *arg,
+                void (*after)(void *, const struct store_reply *), void *after_arg);
+
 int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys, int argc,
                     const char *const *argv, const size_t *argvlen,
                     store_cb *cb, void *arg)
+{
+    return eval(st, held_us, script, nkeys, argc, argv, argvlen, cb, arg, NULL, NULL);
+}
+
+int store_eval_after(struct store *st, size_t script, int nkeys, int argc,
+                     const char *const *argv, const size_t *argvlen, store_cb *cb, void *arg,
+                     void (*after)(void *, const struct store_reply *), void *after_arg)
+{
+    return eval(st, 0, script, nkeys, argc, argv, argvlen, cb, arg, after, after_arg);
+}
+
+static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, int argc,
+                const char *const *argv, const size_t *argvlen, store_cb *cb, void *arg,
+                void (*after)(void *, const struct store_reply *), void *after_arg)
 {
     uint64_t timeout_us = (uint64_t)st->cfg.timeout_ms * 1000u;
     if (held_us >= timeout_us) {
@@ -646,12 +799,14 @@ int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys
     timeout_us -= held_us;
 
     char nkeys_str[20];
-    size_t bytes = 0, total_argc = (size_t)argc + 3;
+    size_t bytes = 0, total_argc = (size_t)argc + 4;
     int slot = nkeys > 0 && argc > 0 ? (int)cluster_key_slot(argv[0], argvlen[0]) : -1;
     struct node *n = owner_of(st, slot);
 
     /* A cluster node that is connecting takes calls (they wait for it). */
-    if (!n || !(n->ready || (st->cluster && n->ac && !n->retiring)) || script >= st->n_scripts ||
+    if (!n || !(is_ready(n) || (st->cluster && (n->state == NODE_CONNECTING ||
+                                                 n->state == NODE_HANDSHAKE))) ||
+        script >= st->n_scripts ||
         st->outstanding + st->waiting >= st->max_pending) {
         COUNTER_INC(st->stats.unavailable);
         return -1;
@@ -696,7 +851,7 @@ int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys
         return -1;
     }
     call->deadline_us = clock_now_us() + timeout_us;
-    if (n->ready) {
+    if (is_ready(n)) {
         if (send_call(n, call) != 0) {
             call_free(call);
             COUNTER_INC(st->stats.unavailable);
@@ -705,6 +860,8 @@ int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys
     } else {
         park(n, call);
     }
+    call->after = after;             /* queued: from here on it runs exactly once */
+    call->after_arg = after_arg;
     struct timeval tv = { (time_t)(timeout_us / 1000000u), (suseconds_t)(timeout_us % 1000000u) };
     evtimer_add(call->timer, &tv);
     COUNTER_INC(st->stats.calls);
@@ -716,11 +873,11 @@ int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys
 static bool compute_ready(const struct store *st)
 {
     if (!st->cluster)
-        return st->nodes[0]->ready;
+        return is_ready(st->nodes[0]);
     if (st->slots_owned < CLUSTER_SLOTS)
         return false;
     for (size_t k = 0; k < st->n_nodes; k++)
-        if (st->nodes[k]->n_slots && !st->nodes[k]->ready)
+        if (st->nodes[k]->n_slots && !is_ready(st->nodes[k]))
             return false;
     return true;
 }
@@ -754,10 +911,10 @@ static void fail_parked(struct node *n, const char *why)
 static void map_failed(struct store *st, const struct node *n, const char *why)
 {
     if (!st->map_warned && st->slots_owned == 0)
-        log_warn("redis cluster: no slot map yet", "redis=%s reason=\"%.100s\" retrying=1",
+        log_warn("redis cluster: no slot map yet", "redis=%s reason=%.100s retrying=1",
                  n->name, why);
     else
-        log_debug("redis cluster: no slot map", "redis=%s reason=\"%.100s\"", n->name, why);
+        log_debug("redis cluster: no slot map", "redis=%s reason=%.100s", n->name, why);
     st->map_warned = true;
     st->refresh_gap_ms = st->refresh_gap_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
                                                                  : st->refresh_gap_ms * 2;
@@ -768,20 +925,19 @@ static void mark_down(struct node *n, const char *why)
     struct store *st = n->st;
     /* Warn when a working connection breaks; while Redis stays away, each
      * failed attempt is only worth a debug line. */
-    if (n->retiring)
+    bool retiring = n->state == NODE_RETIRING;
+    if (retiring)
         log_debug("redis node retired", "redis=%s", n->name);
-    else if (n->ready)
-        log_warn("redis connection lost", "redis=%s reason=\"%s\"", n->name, why);
+    else if (is_ready(n))
+        log_warn("redis connection lost", "redis=%s reason=%s", n->name, why);
     else if (!n->down_logged && n->wanted)
-        log_warn("redis unavailable", "redis=%s reason=\"%s\" retrying=1", n->name, why);
+        log_warn("redis unavailable", "redis=%s reason=%s retrying=1", n->name, why);
     else
-        log_debug("redis connect failed", "redis=%s reason=\"%s\"", n->name, why);
-    if (!n->retiring)
+        log_debug("redis connect failed", "redis=%s reason=%s", n->name, why);
+    if (!retiring)
         n->down_logged = true;
     n->ac = NULL;
-    n->connected = false;
-    n->ready = false;
-    n->retiring = false;
+    n->state = NODE_DOWN;
     n->slots_on_connect = false;
     n->ping_sent_us = 0;
     if (st->closing)
@@ -816,13 +972,13 @@ static void drop_connection(struct node *n, const char *why)
 static void node_ready(struct node *n)
 {
     struct store *st = n->st;
-    n->ready = true;
+    n->state = NODE_READY;
     n->down_logged = false;
     n->backoff_ms = BACKOFF_MIN_MS;
     n->last_reply_us = clock_now_us();
     log_info("redis ready", "redis=%s", n->name);
     /* Calls redirected here while it was connecting go now, in order. */
-    while (n->parked && n->ready) {
+    while (n->parked && is_ready(n)) {
         struct store_call *call = n->parked;
         call_unlink(call);
         if (send_call(n, call) != 0)
@@ -831,22 +987,56 @@ static void node_ready(struct node *n)
     update_ready(st);
 }
 
+/* A TIME answer from N.  Redis read its clock somewhere between our send
+ * and this receipt, so Redis time minus our time now is never ahead of the
+ * true offset: a deadline built on it is early, never late.  The largest
+ * recent sample is the tightest; samples older than CLOCK_KEEP_MS give way,
+ * so a clock that stepped back (a failover to another host) is followed. */
+static bool note_clock(struct node *n, const redisReply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
+        return false;
+    uint64_t now = clock_now_us();
+    int64_t redis_us = strtoll(r->element[0]->str, NULL, 10) * 1000000 +
+                       strtoll(r->element[1]->str, NULL, 10);
+    int64_t sample = redis_us - (int64_t)now;
+    if (!n->clock_known || now - n->clock_sampled_us > CLOCK_KEEP_MS * 1000u ||
+        sample > n->clock_offset_us) {
+        n->clock_offset_us = sample;
+        n->clock_sampled_us = now;
+    }
+    n->clock_read_us = now;
+    n->clock_known = true;
+    return true;
+}
+
 static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct node *n = ac->data;
     struct store *st = n->st;
     const redisReply *r = reply;
-    intptr_t step = (intptr_t)privdata;   /* script index, or -1 AUTH, -2 SELECT */
+    intptr_t step = (intptr_t)privdata;   /* script index, or -1 AUTH, -2 SELECT, -3 TIME */
 
     owe(n, -1);
     if (!r || ac != n->ac || st->closing)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
         if (!n->handshake_failed)       /* the first error says it; the rest follow */
-            log_error("redis handshake failed", "redis=%s step=%s error=\"%.200s\"", n->name,
+            log_error("redis handshake failed", "redis=%s step=%s error=%.200s", n->name,
                       step == -1 ? "auth" : step == -2 ? "select" : "script_load", r->str);
         n->handshake_failed = true;
         redisAsyncDisconnect(ac);
+        return;
+    }
+    if (step == -3) {
+        /* The handshake's last answer: the node is ready once its clock is
+         * known (every call carries a deadline on it). */
+        if (!note_clock(n, r) || n->shas_loaded != st->n_scripts) {
+            redisAsyncDisconnect(ac);
+            return;
+        }
+        node_ready(n);
         return;
     }
     if (step < 0)
@@ -857,8 +1047,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
     }
     memcpy(st->sha[step], r->str, SHA_HEX);
     st->sha[step][SHA_HEX] = '\0';
-    if (++n->shas_loaded == st->n_scripts)
-        node_ready(n);
+    n->shas_loaded++;
 }
 
 static void send_handshake(struct node *n, intptr_t step, int argc, const char **argv)
@@ -886,7 +1075,7 @@ static void on_connect(const redisAsyncContext *cac, int status)
         return;
     }
     log_debug("redis connected", "redis=%s", n->name);
-    n->connected = true;
+    n->state = NODE_HANDSHAKE;
     n->handshake_failed = false;
     char dbs[16];
     if (st->password) {
@@ -899,10 +1088,13 @@ static void on_connect(const redisAsyncContext *cac, int status)
         send_handshake(n, -2, 2, argv);
     }
     n->shas_loaded = 0;
+    n->clock_known = false;         /* another server may keep another time */
     for (size_t k = 0; k < st->n_scripts; k++) {
         const char *argv[] = { "SCRIPT", "LOAD", st->scripts[k] };
         send_handshake(n, (intptr_t)k, 3, argv);
     }
+    const char *time_argv[] = { "TIME" };
+    send_handshake(n, -3, 1, time_argv);
     if (n->slots_on_connect) {
         n->slots_on_connect = false;
         send_cluster_slots(n);
@@ -941,8 +1133,7 @@ static void connect_now(struct node *n)
     }
     ac->data = n;
     n->ac = ac;
-    n->ready = false;
-    n->connected = false;
+    n->state = NODE_CONNECTING;
     n->deadline_us = clock_now_us() + stall_limit_us(st);
     if (redisLibeventAttach(ac, st->base) != REDIS_OK) {
         n->ac = NULL;
@@ -980,6 +1171,7 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *privdata)
     if (reply && ac == n->ac) {
         n->last_reply_us = clock_now_us();
         n->ping_sent_us = 0;
+        note_clock(n, reply);
     }
 }
 
@@ -992,12 +1184,12 @@ static void check_node(struct node *n, uint64_t now)
 
     if (!n->ac)
         return;
-    if (n->retiring) {              /* its last answers are overdue: stop waiting */
+    if (n->state == NODE_RETIRING) {    /* its last answers are overdue: stop waiting */
         if (now - n->last_reply_us > stall_limit_us(st))
             drop_connection(n, "retired node not answering");
         return;
     }
-    if (!n->ready) {
+    if (!is_ready(n)) {
         if (now > n->deadline_us)
             drop_connection(n, "connect timeout");
         return;
@@ -1010,9 +1202,11 @@ static void check_node(struct node *n, uint64_t now)
         drop_connection(n, "ping timeout");
         return;
     }
-    if (!n->ping_sent_us && n->outstanding == 0 &&
-        now - n->last_send_us > IDLE_PING_MS * 1000u) {
-        if (redisAsyncCommand(n->ac, on_ping, NULL, "PING") == REDIS_OK) {
+    /* The ping is a TIME: it also keeps the node's clock fresh, which a busy
+     * connection needs as much as an idle one needs the ping. */
+    if (!n->ping_sent_us && ((n->outstanding == 0 && now - n->last_send_us > IDLE_PING_MS * 1000u) ||
+                             now - n->clock_read_us > CLOCK_REFRESH_MS * 1000u)) {
+        if (redisAsyncCommand(n->ac, on_ping, NULL, "TIME") == REDIS_OK) {
             owe(n, 1);
             n->ping_sent_us = n->last_send_us = now;
         }
@@ -1110,7 +1304,7 @@ static void apply_map(struct store *st, const struct cluster_range *ranges, size
         struct node *n = st->nodes[k];
         masters += n->n_slots > 0;
         n->wanted = n->n_slots > 0 || n->parked != NULL;
-        if (n->wanted && !n->ac && !n->retiring && !evtimer_pending(n->reconnect_timer, NULL))
+        if (n->wanted && !n->ac && !evtimer_pending(n->reconnect_timer, NULL))
             connect_now(n);
     }
     if (changed || (owned < CLUSTER_SLOTS && !st->map_logged_incomplete))
@@ -1122,9 +1316,9 @@ static void apply_map(struct store *st, const struct cluster_range *ranges, size
      * answers are in (their calls get MOVED and go elsewhere). */
     for (size_t k = 0; k < st->n_nodes; k++) {
         struct node *n = st->nodes[k];
-        if (!n->wanted && n->ac && !n->retiring && n != st->refresh_node) {
-            if (n->connected) {
-                n->retiring = true;
+        if (!n->wanted && n->ac && n->state != NODE_RETIRING && n != st->refresh_node) {
+            if (is_connected(n)) {
+                n->state = NODE_RETIRING;
                 n->last_reply_us = clock_now_us();    /* from now, a full stall limit */
                 redisAsyncDisconnect(n->ac);
             } else {                        /* still connecting: no answers to wait for */
@@ -1198,9 +1392,9 @@ static void start_refresh(struct store *st)
     for (int pass = 0; pass < 4 && !pick; pass++)
         for (size_t i = 0; i < n && !pick; i++) {
             struct node *c = st->nodes[(st->refresh_rr + i) % n];
-            if (c->retiring)
+            if (c->state == NODE_RETIRING)
                 continue;
-            if ((pass == 0 && c->ready) || (pass == 1 && c->connected) ||
+            if ((pass == 0 && is_ready(c)) || (pass == 1 && is_connected(c)) ||
                 (pass == 2 && c->ac) || (pass == 3 && !c->ac))
                 pick = c;
         }
@@ -1210,7 +1404,7 @@ static void start_refresh(struct store *st)
     }
     st->refresh_node = pick;
     st->refresh_sent_us = clock_now_us();
-    if (pick->connected) {
+    if (is_connected(pick)) {
         send_cluster_slots(pick);
         return;
     }
@@ -1382,13 +1576,18 @@ void store_free(struct store *st)
         if (n->ac) {
             redisAsyncContext *ac = n->ac;
             n->ac = NULL;
-            n->ready = false;
+            n->state = NODE_DOWN;
             redisAsyncFree(ac);       /* answers every pending call UNAVAILABLE */
         }
         fail_parked(n, "closing");
     }
     while (st->delayed) {
         struct store_call *call = st->delayed;
+        call_unlink(call);
+        call_fail(call, STORE_UNAVAILABLE, "closing");
+    }
+    while (st->lost) {
+        struct store_call *call = st->lost;
         call_unlink(call);
         call_fail(call, STORE_UNAVAILABLE, "closing");
     }
@@ -1429,6 +1628,11 @@ bool store_ready(const struct store *st)
     return __atomic_load_n(&st->ready, __ATOMIC_RELAXED);
 }
 
+void store_count_refused(struct store *st)
+{
+    COUNTER_INC(st->stats.unavailable);
+}
+
 void store_get_stats(const struct store *st, struct store_stats *out)
 {
     /* May run on another worker's thread: every field is loaded atomically. */
@@ -1436,6 +1640,7 @@ void store_get_stats(const struct store *st, struct store_stats *out)
     out->pending = COUNTER_GET(st->outstanding) + COUNTER_GET(st->waiting);
     out->calls = COUNTER_GET(st->stats.calls);
     out->timeouts = COUNTER_GET(st->stats.timeouts);
+    out->late_replies = COUNTER_GET(st->stats.late_replies);
     out->errors = COUNTER_GET(st->stats.errors);
     out->unavailable = COUNTER_GET(st->stats.unavailable);
     out->reconnects = COUNTER_GET(st->stats.reconnects);

@@ -276,7 +276,8 @@ static void xfer_finish(struct xfer *x, struct upstream_response *r)
 
 static void xfer_fail(struct xfer *x, const char *error)
 {
-    struct upstream_response r = { .status = UPSTREAM_FAILED, .error = error };
+    struct upstream_response r = { .status = UPSTREAM_FAILED, .error = error,
+                                   .timed_out = strcmp(error, "timeout") == 0 };
     xfer_finish(x, &r);
 }
 
@@ -315,11 +316,9 @@ static void xfer_done(struct xfer *x, CURLcode rc)
     } else {
         r.status = UPSTREAM_FAILED;
         r.error = failure_reason(x, rc);
-        if (log_current_level >= LOG_LEVEL_DEBUG) {
-            char q[CURL_ERROR_SIZE + 8];
-            log_debug("upstream request failed", "error=\"%s\" detail=%s", r.error,
-                      log_quote(q, sizeof q, x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc)));
-        }
+        r.timed_out = rc == CURLE_OPERATION_TIMEDOUT;
+        log_debug("upstream request failed", "error=%s detail=%s", r.error,
+                  x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
     }
     xfer_finish(x, &r);
 }

@@ -2,6 +2,8 @@
 #include "capgate/worker.h"
 
 #include <errno.h>
+#include <stddef.h>
+#include <pthread.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,13 +15,49 @@
 #include "capgate/counter.h"
 #include "capgate/decide_batch.h"
 #include "capgate/decision.h"
+#include "capgate/delivery.h"
 #include "capgate/dispatcher.h"
-#include "capgate/gateway.h"
 #include "capgate/http.h"
 #include "capgate/log.h"
-#include "capgate/router.h"
 #include "capgate/tz.h"
 #include "capgate/upstream.h"
+
+#define WORKER_RETIRED_MAX 8
+
+struct worker {
+    struct loop loop;                /* what the handlers see (first: worker_of_loop) */
+    struct worker_setup setup;       /* from the gateway */
+    pthread_t thread;
+    struct generation *gen;          /* the config requests start with (loop.cfg is gen->cfg) */
+    struct store *next_store;        /* after a reload, until it is ready */
+    struct http_server *http;
+    struct dispatcher *dispatcher;   /* proxy mode: the deferred queue's share of this loop */
+
+    /* Replaced by a reload, freed once they hold no more work. */
+    struct http_server *old_http[WORKER_RETIRED_MAX];
+    struct store *old_store[WORKER_RETIRED_MAX];
+    time_t old_store_since[WORKER_RETIRED_MAX];
+    struct store_stats retired_redis;    /* counters of freed connections */
+
+    /* Shared with other threads. */
+    pthread_mutex_t stats_lock;      /* guards the store/http pointers for readers */
+    int command_fd;                  /* eventfd: other threads write to wake it */
+    struct event *command;           /* reads command_fd */
+    struct generation *pending;      /* a generation to apply (atomic) */
+    int quiesce_requested;           /* atomic */
+    int stop_now;                    /* atomic */
+    uint64_t shutdown_deadline_us;
+    unsigned connections;            /* published by housekeeping (atomic) */
+    uint64_t heartbeat_us;           /* last housekeeping tick (atomic): watchdog */
+
+    struct event *housekeeping;
+    unsigned audit_trim_next;        /* where the next look for a due tag starts */
+    unsigned audit_trims_in_flight;
+    int64_t audit_keep_ms;           /* the retention the schedule below is for */
+    uint64_t audit_next_us[DECISION_TAGS];   /* when each tag needs trimming next */
+    bool stopping;
+    uint64_t finishing_us;           /* Redis dropped; waiting for HTTP to flush */
+};
 
 #define HOUSEKEEPING_MS 100
 #define FINISH_GRACE_US 500000     /* for the last answers to leave */
@@ -118,10 +156,12 @@ static bool same_http(const struct generation *ga, const struct generation *gb)
     const struct config *a = ga->cfg, *b = gb->cfg;
     const struct cfg_limits *x = &a->limits, *y = &b->limits;
     return same_str(ga->tls_cert, gb->tls_cert) && same_str(ga->tls_key, gb->tls_key) &&
+           same_str(a->tls.priority_string, b->tls.priority_string) &&
            same_str(a->listen_host, b->listen_host) && a->listen_port == b->listen_port &&
            x->max_body_bytes == y->max_body_bytes && x->max_connections == y->max_connections &&
            x->max_connections_per_ip == y->max_connections_per_ip &&
            x->connection_timeout_s == y->connection_timeout_s &&
+           x->header_timeout_s == y->header_timeout_s &&
            x->connection_memory_bytes == y->connection_memory_bytes;
 }
 
@@ -135,30 +175,25 @@ static void on_store_state(void *arg, bool ready)
     if (ready && w->next_store && store_ready(w->next_store)) {
         /* A reload's new connection is ready: it takes over from now on. */
         pthread_mutex_lock(&w->stats_lock);
-        retire_store(w, w->store);
-        w->store = w->next_store;
+        retire_store(w, w->loop.store);
+        w->loop.store = w->next_store;
         w->next_store = NULL;
         pthread_mutex_unlock(&w->stats_lock);
-        log_info("redis switched", "worker=%u generation=%llu", w->id,
-                 (unsigned long long)w->cfg->generation);
+        log_info("redis switched", "worker=%u generation=%llu", w->loop.id,
+                 (unsigned long long)w->loop.cfg->generation);
     }
-    if (ready)
-        gateway_redis_ready(w->gw);
+    if (ready && w->setup.redis_ready)
+        w->setup.redis_ready(w->setup.owner);
 }
 
 static struct store *start_store(struct worker *w, const struct config *cfg,
                                  char *err, size_t errlen)
 {
-    struct store *st = store_create(w->base, &cfg->redis, cfg->limits.max_pending,
+    struct store *st = store_create(w->loop.base, &cfg->redis, cfg->limits.max_pending,
                                     decision_scripts, SCRIPT__COUNT, err, errlen);
     if (st)
         store_on_state(st, on_store_state, w);
     return st;
-}
-
-static unsigned share(unsigned total, unsigned workers)
-{
-    return total == 0 ? 0 : (total + workers - 1) / workers;
 }
 
 static struct http_server *start_http(struct worker *w, const struct generation *gen,
@@ -168,6 +203,7 @@ static struct http_server *start_http(struct worker *w, const struct generation 
     struct http_options opt = {
         .tls_cert = gen->tls_cert,
         .tls_key = gen->tls_key,
+        .tls_priorities = cfg->tls.enabled ? cfg->tls.priority_string : NULL,
         .host = cfg->listen_host,
         .port = cfg->listen_port,
         .max_body_bytes = cfg->limits.max_body_bytes,
@@ -175,11 +211,12 @@ static struct http_server *start_http(struct worker *w, const struct generation 
          * MHD's own are a backstop at the same figures. */
         .max_connections = cfg->limits.max_connections,
         .max_connections_per_ip = 0,
-        .limits = gateway_connlimit(w->gw),
+        .limits = w->setup.limits,
         .connection_timeout_s = cfg->limits.connection_timeout_s,
+        .header_timeout_s = cfg->limits.header_timeout_s,
         .connection_memory_bytes = cfg->limits.connection_memory_bytes,
     };
-    return http_server_start(w->base, &opt, router_dispatch, w, err, errlen);
+    return http_server_start(w->loop.base, &opt, w->setup.handler, &w->loop, err, errlen);
 }
 
 /* Callers hold stats_lock. */
@@ -198,6 +235,7 @@ static void add_stats(struct store_stats *sum, const struct store_stats *s)
 {
     sum->calls += s->calls;
     sum->timeouts += s->timeouts;
+    sum->late_replies += s->late_replies;
     sum->errors += s->errors;
     sum->unavailable += s->unavailable;
     sum->reconnects += s->reconnects;
@@ -233,45 +271,6 @@ static unsigned active_requests(const struct worker *w)
     return n;
 }
 
-static void free_pools(struct worker *w)
-{
-    for (size_t k = 0; k < w->n_pools; k++)
-        upstream_pool_free(w->pools[k].pool);
-    for (size_t k = 0; k < w->n_retired_pools; k++)
-        upstream_pool_free(w->retired_pools[k].pool);
-    w->n_pools = w->n_retired_pools = 0;
-}
-
-struct upstream_pool *worker_upstream(struct worker *w, const struct cfg_channel *ch)
-{
-    unsigned limit = share(ch->upstream.max_connections, w->n_workers);
-    size_t k;
-    for (k = 0; k < w->n_pools; k++)
-        if (strcmp(w->pools[k].channel, ch->name) == 0)
-            break;
-    if (k < w->n_pools && w->pools[k].limit == limit)
-        return w->pools[k].pool;
-    if (k < w->n_pools) {
-        /* A reload changed the bound: new exchanges use a new pool, the old
-         * one finishes what it carries. */
-        if (w->n_retired_pools < sizeof w->retired_pools / sizeof w->retired_pools[0])
-            w->retired_pools[w->n_retired_pools++] = w->pools[k];
-        else
-            upstream_pool_free(w->pools[k].pool);
-        w->pools[k] = w->pools[--w->n_pools];
-    }
-    if (w->n_pools == sizeof w->pools / sizeof w->pools[0])
-        return NULL;
-    struct upstream_pool *p = upstream_pool_new(w->base, limit, 1u << 20);
-    if (!p)
-        return NULL;
-    struct channel_pool *cp = &w->pools[w->n_pools++];
-    snprintf(cp->channel, sizeof cp->channel, "%s", ch->name);
-    cp->limit = limit;
-    cp->pool = p;
-    return p;
-}
-
 /* Ending a worker takes two steps, both from housekeeping: first the Redis
  * connections go, which answers whatever still waits on them (UNAVAILABLE);
  * then, once MHD has sent those answers (or after a short grace), HTTP
@@ -282,12 +281,13 @@ static void drop_stores(struct worker *w)
     /* Outbound deliveries first: their callbacks may still use Redis. */
     dispatcher_free(w->dispatcher);
     w->dispatcher = NULL;
-    free_pools(w);
+    delivery_pools_free(w->loop.upstreams);
+    w->loop.upstreams = NULL;
     pthread_mutex_lock(&w->stats_lock);
-    struct store *stores[2 + WORKER_RETIRED_MAX] = { w->store, w->next_store };
+    struct store *stores[2 + WORKER_RETIRED_MAX] = { w->loop.store, w->next_store };
     for (int k = 0; k < WORKER_RETIRED_MAX; k++)
         stores[2 + k] = w->old_store[k];
-    w->store = w->next_store = NULL;
+    w->loop.store = w->next_store = NULL;
     memset(w->old_store, 0, sizeof w->old_store);
     pthread_mutex_unlock(&w->stats_lock);
     for (size_t k = 0; k < sizeof stores / sizeof stores[0]; k++)
@@ -305,47 +305,75 @@ static void close_http(struct worker *w)
         w->old_http[k] = NULL;
     }
     pthread_mutex_unlock(&w->stats_lock);
-    event_base_loopbreak(w->base);
+    event_base_loopbreak(w->loop.base);
 }
 
 /* ---- audit retention ---------------------------------------------------------- */
 
 /* Decisions only append to the audit streams; age is trimmed here, in the
- * background, so it costs a decision nothing.  Worker ID of N sweeps the
- * tags ID, ID+N, ...: AUDIT_TRIMS_PER_TICK of them per tick, so every tag is
- * visited every 256 / (N * AUDIT_TRIMS_PER_TICK) ticks (6.4 s with one worker)
- * and an entry outlives the retention by at most that much.  Every gateway
- * sharing the Redis does the same; XTRIM is idempotent. */
+ * background, so it costs a decision nothing.  Worker ID of N owns the tags
+ * ID, ID+N, ...  and trims each when it is due: when its oldest entry comes
+ * of age (the script says when), and at least every half retention (to
+ * renew the stream's expiry).  At start every tag is due, a few per tick;
+ * after that an idle gateway makes next to no calls.  Every gateway sharing
+ * the Redis does the same; XTRIM is idempotent. */
 #define AUDIT_TRIMS_PER_TICK 4
+
+struct audit_trim_call {
+    struct worker *w;
+    unsigned tag;
+};
 
 static void on_audit_trimmed(void *arg, const struct store_reply *r)
 {
-    struct worker *w = arg;
+    struct audit_trim_call *c = arg;
+    struct worker *w = c->w;
+    unsigned tag = c->tag;
+    free(c);
     w->audit_trims_in_flight--;
-    if (r->status != STORE_OK)
-        log_debug("audit trim failed", "worker=%u error=\"%s\"", w->id,
+    uint64_t now = clock_now_us();
+    if (r->status != STORE_OK || r->n < 2 || r->items[1].type != STORE_INT) {
+        log_debug("audit trim failed", "worker=%u error=%s", w->loop.id,
                   r->error ? r->error : "?");
+        w->audit_next_us[tag] = now + 1000000u;          /* again in a second */
+        return;
+    }
+    uint64_t half = (uint64_t)decision_audit_keep_ms(w->loop.cfg) * 500u;
+    long long due_ms = r->items[1].i;
+    uint64_t next = due_ms < 0 ? half : (uint64_t)due_ms * 1000u;
+    w->audit_next_us[tag] = now + (next < half ? next : half);
 }
 
 static void trim_audit(struct worker *w)
 {
-    if (!w->cfg->audit.enabled || w->stopping || !store_ready(w->store))
+    if (!w->loop.cfg->audit.enabled || w->stopping || !store_ready(w->loop.store))
         return;
-    while (w->audit_trims_in_flight < AUDIT_TRIMS_PER_TICK) {
-        unsigned tag = w->id + w->audit_trim_next * w->n_workers;
-        if (tag >= DECISION_TAGS) {
-            w->audit_trim_next = 0;
-            tag = w->id;
-        }
-        w->audit_trim_next++;
-        if (tag >= DECISION_TAGS)        /* more workers than tags */
+    int64_t keep = decision_audit_keep_ms(w->loop.cfg);
+    if (keep != w->audit_keep_ms) {              /* started, or a reload changed it */
+        w->audit_keep_ms = keep;
+        memset(w->audit_next_us, 0, sizeof w->audit_next_us);
+    }
+    uint64_t now = clock_now_us();
+    for (unsigned k = 0; k < DECISION_TAGS && w->audit_trims_in_flight < AUDIT_TRIMS_PER_TICK;
+         k++) {
+        unsigned tag = (w->audit_trim_next + k) % DECISION_TAGS;
+        if (tag % w->loop.n_loops != w->loop.id || w->audit_next_us[tag] > now)
+            continue;
+        struct audit_trim_call *c = malloc(sizeof *c);
+        if (!c)
             return;
+        *c = (struct audit_trim_call){ w, tag };
         struct script_args a;
-        decision_audit_trim_args(tag, w->cfg, &a);
-        if (store_eval(w->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen,
-                       on_audit_trimmed, w) != 0)
+        decision_audit_trim_args(tag, w->loop.cfg, &a);
+        w->audit_next_us[tag] = UINT64_MAX;      /* in flight */
+        if (store_eval(w->loop.store, a.script, a.nkeys, a.argc, a.argv, a.argvlen,
+                       on_audit_trimmed, c) != 0) {
+            free(c);
+            w->audit_next_us[tag] = now + 1000000u;
             return;
+        }
         w->audit_trims_in_flight++;
+        w->audit_trim_next = (tag + 1) % DECISION_TAGS;
     }
 }
 
@@ -377,14 +405,7 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
     if (w->http)
         COUNTER_SET(w->connections, http_server_connections(w->http));
     pthread_mutex_unlock(&w->stats_lock);
-    for (size_t k = 0; k < w->n_retired_pools;) {
-        if (upstream_pool_active(w->retired_pools[k].pool) == 0) {
-            upstream_pool_free(w->retired_pools[k].pool);
-            w->retired_pools[k] = w->retired_pools[--w->n_retired_pools];
-        } else {
-            k++;
-        }
-    }
+    delivery_pools_sweep(w->loop.upstreams);
 
     trim_audit(w);
 
@@ -394,7 +415,7 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
             __atomic_load_n(&w->stop_now, __ATOMIC_RELAXED)) {
             if (active)
                 log_warn("shutdown timeout: answering the rest as unavailable",
-                         "worker=%u unfinished=%u", w->id, active);
+                         "worker=%u unfinished=%u", w->loop.id, active);
             drop_stores(w);
             w->finishing_us = clock_now_us();
         }
@@ -415,7 +436,7 @@ static void wake(struct worker *w)
     uint64_t one = 1;
     /* Only fails when the counter would overflow: it is then readable anyway. */
     if (write(w->command_fd, &one, sizeof one) < 0 && errno != EAGAIN)
-        log_error("cannot wake a worker", "worker=%u errno=%d", w->id, errno);
+        log_error_errno("cannot wake a worker", "worker=%u", w->loop.id);
 }
 
 void worker_apply_pending(struct worker *w)
@@ -424,21 +445,21 @@ void worker_apply_pending(struct worker *w)
     char err[CONFIG_ERR_LEN];
     if (!gen)
         return;
-    const struct config *old = w->cfg, *cfg = gen->cfg;
+    const struct config *old = w->loop.cfg, *cfg = gen->cfg;
     struct http_server *http = NULL;
     struct store *store = NULL;
 
     if (!same_http(w->gen, gen) && !w->stopping) {
         http = start_http(w, gen, err, sizeof err);
         if (!http)
-            log_error("reload: new listener failed; keeping the old one", "worker=%u error=\"%s\"",
-                      w->id, err);
+            log_error("reload: new listener failed; keeping the old one", "worker=%u error=%s",
+                      w->loop.id, err);
     }
     if (!same_redis(old, cfg)) {
         store = start_store(w, cfg, err, sizeof err);
         if (!store)
             log_error("reload: new Redis connection failed; keeping the old one",
-                      "worker=%u error=\"%s\"", w->id, err);
+                      "worker=%u error=%s", w->loop.id, err);
     }
     pthread_mutex_lock(&w->stats_lock);
     if (http) {
@@ -455,12 +476,12 @@ void worker_apply_pending(struct worker *w)
     }
     struct generation *prev = w->gen;
     w->gen = gen;
-    w->cfg = gen->cfg;
-    w->tz = gen->tz;
+    w->loop.cfg = gen->cfg;
+    w->loop.tz = gen->tz;
     pthread_mutex_unlock(&w->stats_lock);
     generation_release(prev);   /* requests in flight hold their own config */
     log_debug("generation applied", "worker=%u generation=%llu new_listener=%d new_redis=%d",
-              w->id, (unsigned long long)cfg->generation, http != NULL, store != NULL);
+              w->loop.id, (unsigned long long)cfg->generation, http != NULL, store != NULL);
 }
 
 static void on_command(evutil_socket_t fd, short what, void *arg)
@@ -509,7 +530,7 @@ void worker_read_stats(struct worker *w, struct metrics *m, struct store_stats *
                        unsigned *active, unsigned *connections, bool *redis_ready)
 {
     struct store_stats s;
-    metrics_accumulate(m, &w->metrics);
+    metrics_accumulate(m, &w->loop.metrics);
     pthread_mutex_lock(&w->stats_lock);
     add_stats(redis, &w->retired_redis);
     for (int k = 0; k < WORKER_RETIRED_MAX; k++)
@@ -521,8 +542,8 @@ void worker_read_stats(struct worker *w, struct metrics *m, struct store_stats *
         store_get_stats(w->next_store, &s);
         add_stats(redis, &s);
     }
-    if (w->store) {
-        store_get_stats(w->store, &s);
+    if (w->loop.store) {
+        store_get_stats(w->loop.store, &s);
         add_stats(redis, &s);
         redis->pending += s.pending;
         if (s.last_rtt_ms > 0)
@@ -538,40 +559,41 @@ void worker_read_stats(struct worker *w, struct metrics *m, struct store_stats *
 
 /* ---- life ------------------------------------------------------------------------ */
 
-struct worker *worker_create(struct gateway *gw, unsigned id, unsigned n_workers,
-                             struct generation *gen, const struct pseudonym *pseudonym,
-                             char *err, size_t errlen)
+struct worker *worker_create(const struct worker_setup *setup, char *err, size_t errlen)
 {
     struct worker *w = calloc(1, sizeof *w);
     if (!w) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    w->gw = gw;
-    w->id = id;
-    w->n_workers = n_workers ? n_workers : 1;
+    struct generation *gen = setup->gen;
+    w->setup = *setup;
+    w->loop.id = setup->id;
+    w->loop.n_loops = setup->n_workers ? setup->n_workers : 1;
+    w->loop.hooks = setup->hooks;
     w->gen = generation_retain(gen);
-    w->cfg = gen->cfg;
-    w->tz = gen->tz;
-    w->pseudonym = pseudonym;
+    w->loop.cfg = gen->cfg;
+    w->loop.tz = gen->tz;
+    w->loop.pseudonym = setup->pseudonym;
     w->command_fd = -1;
     pthread_mutex_init(&w->stats_lock, NULL);
-    w->base = event_base_new();
+    w->loop.base = event_base_new();
     w->command_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!w->base || w->command_fd < 0) {
+    if (!w->loop.base || w->command_fd < 0) {
         snprintf(err, errlen, "cannot create an event loop");
         worker_free(w);
         return NULL;
     }
-    w->store = start_store(w, w->cfg, err, errlen);
-    if (w->store)
+    w->loop.store = start_store(w, w->loop.cfg, err, errlen);
+    if (w->loop.store)
         w->http = start_http(w, gen, err, errlen);
-    w->housekeeping = event_new(w->base, -1, EV_PERSIST, on_housekeeping, w);
-    w->command = event_new(w->base, w->command_fd, EV_READ | EV_PERSIST, on_command, w);
-    w->dispatcher = dispatcher_new(w);
-    w->decide_batch = decide_batch_new(w->base, &w->store);
-    if (!w->store || !w->http || !w->housekeeping || !w->command || !w->dispatcher ||
-        !w->decide_batch) {
+    w->housekeeping = event_new(w->loop.base, -1, EV_PERSIST, on_housekeeping, w);
+    w->command = event_new(w->loop.base, w->command_fd, EV_READ | EV_PERSIST, on_command, w);
+    w->loop.upstreams = delivery_pools_new(w->loop.base, w->loop.n_loops);
+    w->dispatcher = dispatcher_new(&w->loop);
+    w->loop.batch = decide_batch_new(w->loop.base, &w->loop.store);
+    if (!w->loop.store || !w->http || !w->housekeeping || !w->command || !w->dispatcher ||
+        !w->loop.batch || !w->loop.upstreams) {
         worker_free(w);
         return NULL;
     }
@@ -585,13 +607,46 @@ struct worker *worker_create(struct gateway *gw, unsigned id, unsigned n_workers
 static void *run(void *arg)
 {
     struct worker *w = arg;
-    event_base_dispatch(w->base);
+    event_base_dispatch(w->loop.base);
     return NULL;
 }
 
 int worker_start(struct worker *w)
 {
     return pthread_create(&w->thread, NULL, run, w) == 0 ? 0 : -1;
+}
+
+void worker_join(struct worker *w)
+{
+    pthread_join(w->thread, NULL);
+}
+
+struct worker *worker_of_loop(struct loop *l)
+{
+    return (struct worker *)((char *)l - offsetof(struct worker, loop));
+}
+
+struct loop *worker_loop(struct worker *w)
+{
+    return &w->loop;
+}
+
+bool worker_generation_pending(const struct worker *w)
+{
+    return __atomic_load_n(&w->pending, __ATOMIC_ACQUIRE) != NULL;
+}
+
+bool worker_redis_ready(struct worker *w)
+{
+    pthread_mutex_lock(&w->stats_lock);
+    bool ready = w->loop.store && store_ready(w->loop.store);
+    pthread_mutex_unlock(&w->stats_lock);
+    return ready;
+}
+
+uint64_t worker_heartbeat_us(const struct worker *w)
+{
+    return COUNTER_GET(w->heartbeat_us);
 }
 
 void worker_free(struct worker *w)
@@ -604,10 +659,10 @@ void worker_free(struct worker *w)
         http_server_free(w->old_http[k]);
     }
     dispatcher_free(w->dispatcher);
-    free_pools(w);
+    delivery_pools_free(w->loop.upstreams);
     store_free(w->next_store);
-    store_free(w->store);
-    decide_batch_free(w->decide_batch);   /* after the stores: they answer its calls */
+    store_free(w->loop.store);
+    decide_batch_free(w->loop.batch);   /* after the stores: they answer its calls */
     http_server_free(w->http);
     if (w->housekeeping)
         event_free(w->housekeeping);
@@ -615,8 +670,8 @@ void worker_free(struct worker *w)
         event_free(w->command);
     if (w->command_fd >= 0)
         close(w->command_fd);
-    if (w->base)
-        event_base_free(w->base);
+    if (w->loop.base)
+        event_base_free(w->loop.base);
     generation_release(__atomic_exchange_n(&w->pending, NULL, __ATOMIC_ACQ_REL));
     generation_release(w->gen);
     pthread_mutex_destroy(&w->stats_lock);

@@ -20,19 +20,20 @@
 #   $PREFIX/lib/tmpfiles.d/capgate.conf         0644 (owners and modes of
 #                                               /etc/capgate)
 #
-# The installed configuration reads the key from where systemd's
-# LoadCredential= puts it (/run/credentials/capgate.service/user.key).  The
-# key itself (/etc/capgate/user.key) is never created or touched here.
+# The installed configuration names the key as an operator sees it
+# (/etc/capgate/user.key), so `capgate -t -c /etc/capgate/capgate.yaml`
+# works as root; the service reads systemd's private copy of the same file
+# (LoadCredential=, $CREDENTIALS_DIRECTORY/user.key) instead.  The key itself
+# is never created or touched here.
 set -eu
 
 DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/usr/local}
 BINARY=${BINARY:-build/capgate}
 
-# The unit's path before rewriting, and where the daemon reads its key
-# under systemd (see systemd/capgate.service).
+# The unit's path before rewriting, and the key the example config names.
 UNIT_BIN=/usr/local/bin/capgate
-CREDENTIAL_KEY=/run/credentials/capgate.service/user.key
+KEY=/etc/capgate/user.key
 
 die() {
     printf 'install.sh: %s\n' "$*" >&2
@@ -76,10 +77,9 @@ install -D -m 0644 "$tmp/capgate.8.gz" "$DESTDIR$PREFIX/share/man/man8/capgate.8
 install -D -m 0644 "$tmp/capgate.yaml.5.gz" "$DESTDIR$PREFIX/share/man/man5/capgate.yaml.5.gz"
 
 # ---- configuration -------------------------------------------------------
-sed "s#^\([[:space:]]*key_file:[[:space:]]*\).*\$#\1\"$(sed_escape "$CREDENTIAL_KEY")\"#" \
-    "$top/conf/capgate.yaml" > "$tmp/capgate.yaml"
-grep -q "^[[:space:]]*key_file:[[:space:]]*\"$CREDENTIAL_KEY\"" "$tmp/capgate.yaml" ||
-    die "conf/capgate.yaml has no privacy.key_file line to point at $CREDENTIAL_KEY"
+cp "$top/conf/capgate.yaml" "$tmp/capgate.yaml"
+grep -q "^[[:space:]]*key_file:[[:space:]]*\"$KEY\"" "$tmp/capgate.yaml" ||
+    die "conf/capgate.yaml's privacy.key_file is not $KEY, which the unit's LoadCredential= reads"
 confdir=$DESTDIR/etc/capgate
 if [ ! -d "$confdir" ]; then
     install -d -m 0750 "$confdir"

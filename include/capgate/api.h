@@ -1,22 +1,17 @@
 /*
  * api: the endpoint handlers, one file per family (api_decide.c,
- * api_consent.c, api_status.c).  Each takes a request whose body is
- * complete and answers it exactly once, now or from a store callback.
+ * api_consent.c, api_status.c, ...).  Each takes its loop and a request
+ * whose body is complete, reads the body with its parser (requests.h: pure,
+ * fuzzed), calls an owner (decide, the store, delivery) and answers exactly
+ * once, now or from a callback.
  */
 #ifndef CAPGATE_API_H
 #define CAPGATE_API_H
 
-#include <jansson.h>
-
-struct worker;
+struct loop;
 struct http_request;
 
-/* The request's body as a JSON object holding no field outside FIELDS
- * (NULL-terminated).  NULL after answering 400 (invalid_json or
- * invalid_field): the handler just returns. */
-json_t *api_body(struct worker *w, struct http_request *req, const char *const *fields);
-
-typedef void api_handler(struct worker *w, struct http_request *req);
+typedef void api_handler(struct loop *l, struct http_request *req);
 
 api_handler api_decide;     /* POST /v1/decide */
 api_handler api_release;    /* POST /v1/release */
@@ -31,10 +26,12 @@ api_handler api_users_erase;/* POST /v1/users/erase */
 api_handler api_audit;      /* GET /v1/audit */
 api_handler api_send;       /* POST /v1/send (proxy mode) */
 api_handler api_dead_letters; /* GET /v1/admin/dead-letters */
+api_handler api_rotation_report; /* GET /v1/admin/rotation */
+api_handler api_rotation_mark;   /* POST /v1/admin/rotation/mark */
 
 struct cfg_route;
 /* A request to a transparent route (any method). */
-void api_route(struct worker *w, struct http_request *req, const struct cfg_route *route);
+void api_route(struct loop *l, struct http_request *req, const struct cfg_route *route);
 api_handler api_metrics;    /* GET /metrics (Prometheus text 0.0.4) */
 api_handler api_admin_reload; /* POST /v1/admin/reload */
 

@@ -14,15 +14,25 @@
 #include "capgate/config.h"
 
 enum auth_result {
-    AUTH_OK,            /* *scopes filled */
-    AUTH_MISSING,       /* no Authorization: Bearer header */
+    AUTH_OK,            /* scopes filled */
+    AUTH_MISSING,       /* no token */
     AUTH_INVALID,       /* a token that matches none */
 };
 
-/* HEADER: the Authorization header or NULL.  Without an auth section every
- * request has every scope. */
-enum auth_result auth_check(const struct config *cfg, const char *header, unsigned *scopes,
-                            const char **token_name);
+struct auth_outcome {
+    unsigned scopes;
+    const char *name;   /* the token's name in the config (AUTH_OK) */
+    char tag[9];        /* the first 8 hex digits of the presented token's SHA-256,
+                           for logs: never the token ("" when none was presented) */
+};
+
+/* HEADER: the Authorization header ("Bearer <token>") or NULL. */
+enum auth_result auth_check(const struct config *cfg, const char *header,
+                            struct auth_outcome *out);
+/* TOKEN: the token itself (X-Capgate-Token on a route), or NULL.  Without an
+ * auth section every request has every scope. */
+enum auth_result auth_check_token(const struct config *cfg, const char *token,
+                                  struct auth_outcome *out);
 
 /* SHA-256 of TOKEN as 64 lowercase hex digits + NUL. */
 void auth_hash_token(const char *token, size_t len, char out[65]);

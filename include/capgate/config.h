@@ -18,6 +18,7 @@
 
 #define CAP_LIMIT_MAX 1000
 #define CAP_NAME_MAX 64
+#define CONFIG_NAME_MAX 32   /* channel and category names */
 
 /* Proxy mode: where a channel's allowed messages are forwarded. */
 struct cfg_upstream {
@@ -41,16 +42,24 @@ struct cfg_delivery {
     int64_t max_backoff_ms; /* default 10m */
     int max_deferred;       /* messages waiting, default 1000000 */
     int64_t lease_ms;       /* a claimed message is someone's for this long, default 30s */
+    int64_t sweep_ms;       /* every queue looked at this often at least, default 120s */
 };
 
-/* Transparent mode: a path proxied as-is to a channel's upstream. */
+/* Transparent mode: a path proxied as-is to a channel's upstream.  Where a
+ * value is read: "json:/pointer" (a pointer may say "*" for every element
+ * of an array), "header:Name" or "form:Name" (an urlencoded body). */
+#define ROUTE_USERS_MAX 8
+#define ROUTE_REPLAY_HEADERS_MAX 16
 struct cfg_route {
     char *path;
     char *channel;
-    char *user;             /* "json:/pointer" or "header:Name" */
-    char *campaign;         /* optional, same forms */
+    char **users;           /* every spec naming recipients, in order (1..ROUTE_USERS_MAX) */
+    size_t n_users;
+    char *campaign;         /* optional */
     char *message_id;
     char *category;         /* optional */
+    char **replay_headers;  /* the upstream's headers a replay repeats (e.g. X-Message-Id) */
+    size_t n_replay_headers;
 };
 
 struct cfg_category {
@@ -97,6 +106,9 @@ struct cfg_tls {
     bool enabled;
     char *cert_file;     /* PEM */
     char *key_file;      /* PEM */
+    int min_version;     /* 12 or 13 (TLS 1.2, 1.3), default 12 */
+    char *priorities;    /* GnuTLS priority string as written, default "NORMAL" */
+    char *priority_string; /* what MHD is given: priorities, versions from min_version */
 };
 
 /* A tighter cap for people who ignore what they get. */
@@ -157,13 +169,17 @@ struct cfg_redis {
 struct cfg_limits {
     size_t max_body_bytes;          /* default 65536 */
     unsigned max_connections;       /* default 4096 */
-    unsigned max_connections_per_ip;/* default 0 = unlimited */
+    unsigned max_connections_per_ip;/* 0 = unlimited; default 0 on loopback,
+                                       else max_connections / 16 */
     unsigned connection_timeout_s;  /* idle timeout, default 30 */
+    unsigned header_timeout_s;      /* a request's headers are due within it, default 10 */
     size_t connection_memory_bytes; /* per connection, default 16384 */
     unsigned max_pending;           /* requests waiting on Redis, default 10000 */
+    unsigned max_recipients;        /* of one proxied request, default 1000 */
 };
 
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
+enum log_format { LOG_FORMAT_LOGFMT, LOG_FORMAT_JSON };
 
 struct config {
     uint64_t generation;     /* set by the caller that installs it */
@@ -173,9 +189,11 @@ struct config {
     char *listen;            /* as written, e.g. "127.0.0.1:8425" */
     char *listen_host;       /* numeric IPv4/IPv6 address */
     uint16_t listen_port;
+    unsigned listen_line;           /* where listen was set (0: the default), for errors */
 
     struct cfg_redis redis;
     char *key_file;          /* privacy.key_file */
+    char *previous_key_file; /* privacy.previous_key_file, or NULL: no rotation */
     int64_t retention_ms;    /* privacy.retention, default 400d: bounds every
                                 record that is not an active suppression */
     struct cfg_auth auth;
@@ -195,6 +213,7 @@ struct config {
     int64_t idempotency_ms;  /* replay horizon, default 1d */
     struct cfg_limits limits;
     enum log_level log_level;/* default info */
+    enum log_format log_format; /* default logfmt */
     bool access_log;         /* one logfmt line per request, default false */
     unsigned shutdown_timeout_s; /* drain time on SIGTERM, default 10 */
     int workers;             /* event loops (threads); 0 = one per CPU */

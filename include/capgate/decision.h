@@ -29,7 +29,7 @@ struct tz_zone;
 
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
-    SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM,
+    SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM, SCRIPT_ROTATE,
     SCRIPT__COUNT
 };
 
@@ -44,7 +44,7 @@ enum decision_outcome { OUTCOME_ALLOW, OUTCOME_DEFER, OUTCOME_DENY, OUTCOME__COU
 
 enum decision_reason {
     REASON_OK, REASON_OPTED_OUT, REASON_CONSENT_REQUIRED, REASON_QUIET_HOURS,
-    REASON_CAP, REASON_SUPPRESSED, REASON_STORE_UNAVAILABLE, REASON__COUNT
+    REASON_CAP, REASON_SUPPRESSED, REASON_SUPERSEDED, REASON_STORE_UNAVAILABLE, REASON__COUNT
 };
 
 const char *decision_outcome_name(enum decision_outcome o);
@@ -57,6 +57,8 @@ struct enqueue {
     int priority;                            /* 0..9 */
     const char *collapse;                    /* collapse_key, or NULL */
     bool from_queue;                         /* the dispatcher deciding the queued copy */
+    bool first_answer;                       /* a route: a replay returns the upstream's
+                                                first answer, when one was kept */
 };
 
 struct decide_input {
@@ -79,6 +81,8 @@ struct decision {
     int rule;                 /* index into cfg->caps, -1 none, RULE_FATIGUE */
     int64_t retry_after_s;    /* defer (and deny past max_defer): rounded up */
     bool replay;
+    bool resend;              /* proxy mode: a replay whose delivery was never
+                                 acknowledged: forward it again (at least once) */
     int count;                /* sends the deciding rule counted */
     int queued;               /* proxy mode: 1 queued, 2 refused (queue full) */
     bool superseded;          /* proxy mode: an older message of its collapse key went */
@@ -112,8 +116,15 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
 /* Returns 0, or -1 when the reply is not what decide.lua returns. */
 int decision_decide_result(const struct store_reply *r, const struct config *cfg,
                            struct decision *out);
+/* A replay's kept first answer (sealed) in R, if it carries one. */
+bool decision_first_answer(const struct store_reply *r, const char **s, size_t *len);
 
 void decision_release_args(const struct config *cfg, const char *user, const char *message,
+                           struct script_args *out);
+/* Proxy mode: the upstream refused a message being forwarded.  Releases the
+ * send and takes the message out of the queue, where it waited under a lease
+ * (decide.lua), in one step: nothing will deliver it. */
+void decision_abandon_args(const struct config *cfg, const char *user, const char *message,
                            struct script_args *out);
 
 /* Consent and the signals that act on it (consent.lua). */
@@ -129,8 +140,11 @@ void decision_erase_args(const struct config *cfg, const char *user, struct scri
 /* Tag TAG's audit entries after stream id AFTER ("0-0": all), at most COUNT. */
 void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
                               struct script_args *out);
+/* How long an audit entry lives: the audit retention, never beyond privacy's. */
+int64_t decision_audit_keep_ms(const struct config *cfg);
 /* Drops tag TAG's audit entries older than the audit retention (background
- * work: the decision scripts only append).  Only when auditing is on. */
+ * work: the decision scripts only append).  Only when auditing is on.  The
+ * reply: {removed, ms until the oldest entry left is due, -1 for none}. */
 void decision_audit_trim_args(unsigned tag, const struct config *cfg, struct script_args *a);
 
 /* The dispatcher (claim.lua / finish.lua).  MEMBER: "<P>:<M>". */
@@ -141,6 +155,10 @@ void decision_finish_args(const struct config *cfg, const char *member,
                           enum finish_action action, int64_t retry_in_ms,
                           const char *dead_summary, struct script_args *out);
 void decision_dead_list_args(unsigned tag, unsigned most, struct script_args *out);
+/* FINISH_ACK that also keeps the upstream's first answer (ANSWER, LEN bytes,
+ * sealed; not copied: it must outlive the store call) for idempotency_window. */
+void decision_ack_args(const struct config *cfg, const char *member, const char *answer,
+                       size_t len, struct script_args *out);
 /* The queue member of a person's message: "<P>:<M>" into OUT[50]. */
 void decision_member(const char *user, const char *message, char out[50]);
 
@@ -161,6 +179,15 @@ const char *decision_category_by_id(const struct config *cfg, unsigned id);
 bool decision_cap_counts(const struct cfg_cap *cap, const struct send_record *r);
 /* Returns 1 released, 0 nothing to release, -1 bad reply. */
 int decision_release_result(const struct store_reply *r);
+
+/* A pseudonym key rotation (rotate.lua): MODE is "take", "put" or "drop"
+ * for USER's records; put and drop carry what take read (DATA[0..6): sends,
+ * consent, engagement and their PTTLs; referenced, not copied: they must
+ * outlive the store call's start).  "mark" and "report" use the rotation
+ * set of tag TAG (USER NULL). */
+void decision_rotate_args(const struct config *cfg, const char *mode, const char *user,
+                          unsigned tag, const char *const *data, const size_t *lens,
+                          struct script_args *out);
 
 /* CHANNEL / CATEGORY: a configured name or "*"; OPT_IN: the state. */
 void decision_consent_args(const struct config *cfg, const char *user, const char *channel,

@@ -1,9 +1,8 @@
 /*
  * delivery: a message on its way to a campaign API.  The same "blob"
  * describes it whether it goes at once (POST /v1/send, a route) or waits in
- * the deferred queue (then it is stored in Redis as is): what to send, to
- * which channel, and for whom (the pseudonym; the raw recipient only inside
- * the payload).
+ * the deferred queue (then it is stored in Redis as is, sealed): what to
+ * send, to which channel, and for whom.
  */
 #ifndef CAPGATE_DELIVERY_H
 #define CAPGATE_DELIVERY_H
@@ -13,6 +12,7 @@
 #include <stddef.h>
 
 #include "capgate/config.h"
+#include "capgate/store.h"
 #include "capgate/upstream.h"
 
 struct message {
@@ -29,21 +29,75 @@ struct message {
     json_t *headers;           /* route: [[name, value], ...] as received (filtered) */
 };
 
-/* Builds the blob of a /v1/send message (PAYLOAD: the JSON text to post) or
- * of a routed request.  Returns a malloc'ed string, NULL on error. */
-/* SEAL: the routed request's headers (which may carry the raw recipient)
- * are stored sealed with it (see pseudonym_seal). */
+/* Builds the blob of a /v1/send message or of a routed request: the whole
+ * message (payload or body, headers, description) sealed with SEAL (see
+ * pseudonym_seal), because it names the recipient.  Returns a malloc'ed
+ * string, NULL on error.  delivery_parse reads LEN bytes of one (not
+ * NUL-terminated, as Redis hands it) into OUT; 0 or -1. */
 struct pseudonym;
 char *delivery_blob(const struct message *m, const struct pseudonym *seal);
 int delivery_parse(const char *blob, size_t len, struct message *out,
                    const struct pseudonym *seal);
 void delivery_clear(struct message *m);
 
-/* Sends M to its channel's upstream.  Returns what upstream_send returns. */
-int delivery_forward(struct upstream_pool *pool, const struct config *cfg,
+/* One loop's outbound HTTP: a libcurl pool per channel, each with this
+ * loop's share (of N_LOOPS) of the upstream's max_connections. */
+struct event_base;
+struct delivery_pools;
+struct delivery_pools *delivery_pools_new(struct event_base *base, unsigned n_loops);
+/* Frees the pools a reload replaced once they carry nothing (housekeeping). */
+void delivery_pools_sweep(struct delivery_pools *p);
+/* Callbacks still owed run now, with UPSTREAM_FAILED. */
+void delivery_pools_free(struct delivery_pools *p);
+
+/* Sends M to its channel's upstream.  0 when sent (CB will run), -1 when it
+ * cannot be (no upstream, no pool; CB will not run). */
+int delivery_forward(struct delivery_pools *pools, const struct config *cfg,
                      const struct message *m, upstream_cb *cb, void *arg);
 
 /* Hop-by-hop and capgate's own headers are not forwarded (RFC 9110 7.6.1). */
 bool delivery_hop_by_hop(const char *name);
+
+/* ---- after the upstream answered: the message in the queue ----------------
+
+ * A message being forwarded waits in the queue under a lease (decide.lua).
+ * USER and MESSAGE are the pseudonyms it was decided with. */
+struct store;
+/* The upstream's 2xx: the message leaves the queue.  FIRST_ANSWER (sealed,
+ * LEN bytes; NULL: none) is kept for replays (a route's).  Fire and forget:
+ * a lost ack only means one more delivery when the lease runs out. */
+void delivery_ack(struct store *st, const struct config *cfg, const char *user,
+                  const char *message, const char *first_answer, size_t len);
+/* A refusal: the send is released and the message leaves the queue, in one
+ * step; CB tells whether that was done (STORE_OK) -- if not, the message is
+ * still queued and will be delivered.  As store_eval: 0, or -1 (CB will
+ * not run). */
+int delivery_abandon(struct store *st, const struct config *cfg, const char *user,
+                     const char *message, store_cb *cb, void *arg);
+
+/* ---- the upstream's answer, for the caller and for replays ---------------- */
+
+/* R's headers fit to pass on: name, value pairs into OUT (NULL-terminated,
+ * at most MAX entries with the NULL), their names malloc'ed into OWNED
+ * (free each; *N_OWNED set).  Hop-by-hop headers and Date go (the daemon
+ * writes its own); Content-Type goes into *CONTENT_TYPE (NULL: none). */
+size_t delivery_pass_headers(const struct upstream_response *r, const char **out, size_t max,
+                             char **owned, size_t *n_owned, const char **content_type);
+
+/* The first answer kept for replays: status, the headers named in KEEP (N),
+ * the body up to DELIVERY_ANSWER_BODY_MAX bytes, sealed.  Malloc'ed. */
+#define DELIVERY_ANSWER_BODY_MAX 2048
+char *delivery_answer_seal(const struct upstream_response *r, char *const *keep, size_t n,
+                           const struct pseudonym *seal);
+struct kept_answer {
+    json_t *root;                    /* owns what follows */
+    long status;
+    json_t *headers;                 /* [[name, value], ...] */
+    char *body;
+    size_t body_len;
+};
+int delivery_answer_open(const char *sealed, size_t len, const struct pseudonym *seal,
+                         struct kept_answer *out);
+void delivery_answer_clear(struct kept_answer *a);
 
 #endif

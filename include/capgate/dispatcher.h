@@ -2,8 +2,8 @@
  * dispatcher: delivers deferred messages when they are due.
  *
  * The queue is one sorted set per hash tag (256), so no key is hot and a
- * Redis Cluster spreads it.  Each worker serves the tags t with
- * t % workers == its id; every gateway serves all tags, and the lease taken
+ * Redis Cluster spreads it.  Each loop serves the tags t with
+ * t % loops == its id; every gateway serves all tags, and the lease taken
  * by claim.lua keeps two gateways from delivering one message at once.  A
  * due message is decided again (consent or caps may have changed): allowed
  * -> forwarded (2xx: acknowledged; else released and retried with
@@ -13,10 +13,10 @@
 #ifndef CAPGATE_DISPATCHER_H
 #define CAPGATE_DISPATCHER_H
 
-struct worker;
+struct loop;
 struct dispatcher;
 
-struct dispatcher *dispatcher_new(struct worker *w);
+struct dispatcher *dispatcher_new(struct loop *l);
 /* Stop claiming (shutdown); deliveries in flight go on. */
 void dispatcher_quiesce(struct dispatcher *d);
 unsigned dispatcher_active(const struct dispatcher *d);

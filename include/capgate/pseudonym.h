@@ -25,14 +25,26 @@ struct pseudonym;
 struct pseudonym *pseudonym_load(const char *key_file, char *err, size_t errlen);
 void pseudonym_free(struct pseudonym *p);
 
-/* Small secrets kept in Redis for a while (a routed request's headers may
- * hold the raw recipient): XChaCha20-Poly1305 with a key derived from the
- * key file.  seal returns malloc'ed base64; open returns malloc'ed bytes
- * (NUL-terminated, *LEN set) or NULL when tampered with or not ours. */
+/* Secrets kept in Redis for a while (a message waiting to be delivered
+ * names its recipient): XChaCha20-Poly1305 with a key derived from the key
+ * file.  seal returns malloc'ed base64; open takes SLEN bytes of it and
+ * returns malloc'ed bytes (NUL-terminated, *LEN set) or NULL when tampered
+ * with or not ours (open also tries the previous key, during a rotation). */
 char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len);
-char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t *len);
+char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t slen, size_t *len);
 
-/* True when A and B were loaded from the same secret. */
+/* A key rotation: the key in KEY_FILE (privacy.previous_key_file) is kept
+ * beside P's own, so that what was stored under it can still be found and
+ * moved (rotation.h), and what it sealed opened.  0, or -1 with ERR (also
+ * when it is P's own key). */
+int pseudonym_load_previous(struct pseudonym *p, const char *key_file, char *err, size_t errlen);
+bool pseudonym_rotating(const struct pseudonym *p);
+/* The pseudonym ID had under the previous key into OUT; false when there is
+ * no previous key (OUT untouched). */
+bool pseudonym_user_previous(const struct pseudonym *p, const char *id, size_t len,
+                             char out[PSEUDONYM_USER_HEX + 1]);
+
+/* True when A and B were loaded from the same secrets (current and previous). */
 bool pseudonym_same_key(const struct pseudonym *a, const struct pseudonym *b);
 
 /* User id -> 32 lowercase hex digits + NUL into OUT[PSEUDONYM_USER_HEX + 1]. */

@@ -52,10 +52,17 @@ struct store_reply {
 
 typedef void store_cb(void *arg, const struct store_reply *reply);
 
+/* Element POS of an array reply R (a script that answers for several
+ * callers) as a reply of its own in ONE: an error element is STORE_ERROR
+ * (.error), an array is unwrapped as the store unwraps a top-level one.
+ * Returns how many items it spans, 0 when R is cut short there. */
+size_t store_reply_element(const struct store_reply *r, size_t pos, struct store_reply *one);
+
 struct store_stats {
     bool connected;          /* connected, authenticated and scripts loaded */
     unsigned pending;        /* calls waiting on Redis (timed-out ones too) */
     uint64_t calls, timeouts, errors, unavailable, reconnects;
+    uint64_t late_replies;   /* timed out, yet Redis ran them (handed to AFTER) */
     double last_rtt_ms;      /* of the latest answer */
     struct histogram rtt;    /* every answered script call */
 };
@@ -75,6 +82,15 @@ void store_free(struct store *st);
 int store_eval(struct store *st, size_t script, int nkeys, int argc,
                const char *const *argv, const size_t *argvlen,
                store_cb *cb, void *arg);
+/* As store_eval, and AFTER(AFTER_ARG, late) runs exactly once when the call
+ * is done (if it was queued): LATE is NULL, or -- when the caller was told
+ * the call failed (a timeout) and Redis ran it all the same (its reply came
+ * late: Redis stalled after running it) -- the reply, so that the caller
+ * can undo what a 503 said did not happen. */
+int store_eval_after(struct store *st, size_t script, int nkeys, int argc,
+                     const char *const *argv, const size_t *argvlen, store_cb *cb, void *arg,
+                     void (*after)(void *after_arg, const struct store_reply *late),
+                     void *after_arg);
 /* As store_eval, for a caller that held the arguments back HELD_US before
  * calling (decide_batch): the call gets what is left of redis.timeout_ms, so
  * the caller's own promise (an answer within timeout_ms) holds.  Returns -2,
@@ -91,5 +107,9 @@ bool store_is_cluster(const struct store *st);
  * (from inside the loop; not from store_create). */
 void store_on_state(struct store *st, void (*cb)(void *arg, bool ready), void *arg);
 void store_get_stats(const struct store *st, struct store_stats *out);
+/* A caller that refused a call itself, having seen !store_ready() or its
+ * own bound (decide_batch), counts it here: stats.unavailable is then every
+ * call refused for want of Redis, whoever said no. */
+void store_count_refused(struct store *st);
 
 #endif

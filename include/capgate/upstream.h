@@ -17,6 +17,7 @@
 #ifndef CAPGATE_UPSTREAM_H
 #define CAPGATE_UPSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct event_base;
@@ -40,6 +41,7 @@ struct upstream_response {
     enum upstream_status status;
     long http_status;                /* UPSTREAM_OK */
     const char *error;               /* UPSTREAM_FAILED: a short reason */
+    bool timed_out;                  /* UPSTREAM_FAILED: no answer within timeout_ms */
     const char *body;                /* NUL-terminated too */
     size_t body_len;
     const char *const *headers;      /* "Name: value" of the final response, no status line */

@@ -12,13 +12,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "capgate/reply.h"
+#include "capgate/api_error.h"
 
 struct field_error {
     enum api_error code;
-    const char *field;        /* static, or a key of the parsed object */
+    const char *field;        /* static, or FIELD_NAME (an unknown field's key) */
+    char field_name[64];
     char message[160];
 };
+
+/* Fills E; returns -1 (for "return validate_fail(...)"). */
+int validate_fail(struct field_error *e, enum api_error code, const char *field,
+                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* BODY must be one JSON object in UTF-8 (duplicate keys refused).
  * Returns a new reference, or NULL with E filled. */
@@ -31,6 +36,13 @@ int validate_known_fields(json_t *obj, const char *const *allowed, struct field_
  * else 0 with *OUT = NULL.  *OUT points into OBJ. */
 int validate_string(json_t *obj, const char *key, bool required, size_t min, size_t max,
                     const char **out, size_t *len, struct field_error *e);
+
+/* validate_string for text that travels on (message ids, campaigns, keys):
+ * control characters are refused too. */
+int validate_text(json_t *obj, const char *key, bool required, size_t min, size_t max,
+                  const char **out, size_t *len, struct field_error *e);
+/* True when S (LEN bytes) holds a control character (C0, DEL) or a NUL. */
+bool validate_has_control(const char *s, size_t len);
 
 /* Optional boolean (default false).  0 or -1. */
 int validate_bool(json_t *obj, const char *key, bool *out, struct field_error *e);

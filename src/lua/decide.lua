@@ -51,21 +51,36 @@
 --          spells it out for readers): one field costs Redis a third of seven pairs.
 --
 -- Proxy mode (POST /v1/send, routes, the dispatcher) adds: a deferred message
--- is queued in the same atomic step, so an accepted message is never lost:
--- KEYS[5] the tag's queue: sorted set, score = deliver-at ms, member = "<P>:<M>"
--- KEYS[6] the message: hash blob (what to deliver), prio, attempts, collapse
+-- is queued in the same atomic step, so an accepted message is never lost;
+-- and so is an allowed one, which the gateway forwards at once: it waits in
+-- the queue under a lease until the upstream's 2xx is acknowledged, so that
+-- if its gateway dies meanwhile another one delivers it (the "outbox"):
+-- KEYS[5] the tag's queue: sorted set, score = deliver-at ms (or, forwarding,
+--         the lease's end), member = "<P>:<M>"
+-- KEYS[6] the message: hash blob (what to deliver, sealed), prio, attempts, collapse
 -- KEYS[7] the collapse index "<P>:<collapse hash>" -> member (or any key of the
 --         tag when there is no collapse_key)
--- ARGV[7] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>"
+-- KEYS[8] (routes) the first answer the upstream gave this message, sealed
+--         (kept by finish.lua's ack): a replay returns it, so a client retry
+--         gets the upstream's own answer again
+-- ARGV[7] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>|<lease ms>"
 -- ARGV[8] the blob   ARGV[9] the member
+-- A message that a newer one of its collapse key replaced leaves a marker,
+-- cg:{T}:x:<member>, for as long as it could have waited: a client retry of
+-- it is told so (reason superseded) and changes nothing.
+-- ARGV[#ARGV] the gateway's deadline on Redis's clock (ms; added by store.c):
+--         a call that runs after it changes nothing and answers LATE.
 --
 -- Returns the answer packed in one string (one reply object for the gateway
 -- to parse instead of ten): outcome (1) | reason (1) | rule (2) |
---          retry ms (6, signed) | replay (1) | count (4) |
+--          retry ms (6, signed) | replay (1: 0 no, 1 yes, 2 yes but its
+--          delivery was never acknowledged: forward it again) | count (4) |
 --          queued (1: 0 no, 1 yes, 2 queue full) | superseded (1: 0/1) |
 --          n_shadow (1), then n_shadow x (rule (2) | would (1))
 --   outcome 0 allow, 1 defer, 2 deny
---   reason  0 ok, 1 opted_out, 2 consent_required, 3 quiet_hours, 4 cap, 5 suppressed
+--   reason  0 ok, 1 opted_out, 2 consent_required, 3 quiet_hours, 4 cap, 5 suppressed,
+--           6 superseded
+-- With KEYS[8], a replay whose first answer is kept returns {packed, answer}.
 --   rule    the deciding cap's index + 1 (256: fatigue), 0 when no cap decided
 --   count   sends counted by the deciding cap
 --   shadow  caps in shadow mode that would have decided: rule, 1 defer / 2 deny
@@ -111,9 +126,10 @@ local function answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_ke
     end
     local oname = outcome == 0 and 'allow' or outcome == 1 and 'defer' or 'deny'
     local rsn = reason == 0 and 'ok' or reason == 4 and 'cap' or reason == 3 and 'quiet_hours'
-                or reason == 1 and 'opted_out' or reason == 2 and 'consent_required' or 'suppressed'
+                or reason == 1 and 'opted_out' or reason == 2 and 'consent_required'
+                or reason == 6 and 'superseded' or 'suppressed'
     local entry = ARGV[ao + 6] .. '|' .. oname .. '|' .. rsn .. '|' .. rname ..
-                  '|' .. counted .. '|' .. (replay == 1 and '1' or '') .. '|' .. hits
+                  '|' .. counted .. '|' .. (replay > 0 and '1' or '') .. '|' .. hits
     -- MAXLEN bounds the length; age is trimmed, and the expiry renewed, by
     -- the gateways' background sweep (audit_trim.lua).  Only a stream this
     -- call creates gets its expiry here.
@@ -125,7 +141,7 @@ local function answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_ke
   -- A deferral in proxy mode queues the message, or refuses it when full.
   local queued, superseded = 0, 0
   if outcome == 1 and nkeys >= 7 then
-    local max, ttl, prio, collapse = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)$')
+    local max, ttl, prio, collapse = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)|')
     local member = ARGV[ao + 9]
     local replacing = collapse == '1' and call('EXISTS', KEYS[ko + 7]) == 1
     if not replacing and not call('ZSCORE', KEYS[ko + 5], member) and
@@ -135,9 +151,11 @@ local function answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_ke
       if collapse == '1' then
         local old = call('GET', KEYS[ko + 7])
         if old and old ~= member then
-          -- The newer message replaces the older one of the same collapse key.
+          -- The newer message replaces the older one of the same collapse key;
+          -- a retry of the older one will be told so (the marker).
           call('ZREM', KEYS[ko + 5], old)
           call('DEL', string.sub(KEYS[ko + 6], 1, #KEYS[ko + 6] - #member) .. old)
+          call('SET', string.sub(KEYS[ko + 5], 1, #KEYS[ko + 5] - 1) .. 'x:' .. old, '1', 'PX', ttl)
           superseded = 1
         end
         call('SET', KEYS[ko + 7], member, 'PX', ttl)
@@ -205,9 +223,31 @@ local function decide(ko, ao, nkeys, now, s)
     local since = rnow - idem
     for i = 1, n, 5 do
       if s[i + 1] == msg and s[i] > since then
-        return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 0, 0, 0, 0, 1, 0)
+        local replay = 1
+        -- Proxy mode: allowed before, but no upstream 2xx was acknowledged
+        -- (its gateway died, or the answer is still on its way): the
+        -- gateway forwards it again, under a new lease.  At least once; the
+        -- upstream sees the same Idempotency-Key.
+        if nkeys >= 7 and from_queue == 0 and not dry and call('EXISTS', KEYS[ko + 6]) == 1 then
+          local lease = string.match(ARGV[ao + 7], '|(%d+)$')
+          call('ZADD', KEYS[ko + 5], now + tonumber(lease), ARGV[ao + 9])
+          replay = 2
+        end
+        local packed = answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 0, 0, 0, 0, replay, 0)
+        if replay == 1 and nkeys >= 8 then
+          local first = call('GET', KEYS[ko + 8])
+          if first then return {packed, first} end
+        end
+        return packed
       end
     end
+  end
+
+  -- Proxy mode: a retry of a message that a newer one of its collapse key
+  -- replaced changes nothing.
+  if nkeys >= 7 and from_queue == 0 and string.match(ARGV[ao + 7], '^%d+|%d+|%d+|(%d)|') == '1' and
+     call('EXISTS', string.sub(KEYS[ko + 5], 1, #KEYS[ko + 5] - 1) .. 'x:' .. ARGV[ao + 9]) == 1 then
+    return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 2, 6, 0, 0, 0, 0)
   end
 
   -- 2./3. Consent: the most specific record wins.
@@ -318,11 +358,20 @@ local function decide(ko, ao, nkeys, now, s)
 
   -- 6. Allowed: record the send (unless this was a dry run).
   if not dry then
-    -- Proxy mode: sent now, so a copy waiting in the queue (a client retry of
-    -- a deferred message) must not go out a second time.
-    -- (Not when this is the dispatcher deciding the queued copy itself.)
-    if nkeys >= 7 and from_queue == 0 and call('ZREM', KEYS[ko + 5], ARGV[ao + 9]) == 1 then
-      call('DEL', KEYS[ko + 6])
+    -- Proxy mode: the gateway forwards it now.  Until it acknowledges the
+    -- upstream's 2xx the message waits in the queue under a lease, so that
+    -- if the gateway dies another one takes it over, as it would a deferred
+    -- one.  A copy already waiting there (a client retry of a deferred
+    -- message) becomes this one: it does not go out a second time.  (The
+    -- dispatcher deciding a queued copy holds its lease already.)
+    if nkeys >= 7 and from_queue == 0 then
+      local _, ttl, prio, collapse, lease = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)|(%d+)$')
+      if collapse == '1' and call('GET', KEYS[ko + 7]) == ARGV[ao + 9] then
+        call('DEL', KEYS[ko + 7])      -- no longer waiting: nothing to replace
+      end
+      call('HSET', KEYS[ko + 6], 'blob', ARGV[ao + 8], 'prio', prio, 'collapse', '')
+      call('PEXPIRE', KEYS[ko + 6], ttl)
+      call('ZADD', KEYS[ko + 5], now + tonumber(lease), ARGV[ao + 9])
     end
     -- Records are oldest first, so the ones that no longer matter (and those
     -- beyond MAX_SENDS) are a prefix: keep the rest as they are, append one.
@@ -378,8 +427,9 @@ local function decide(ko, ao, nkeys, now, s)
   return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 0, 0, 0, 0, 0, 0)
 end
 
--- A call is one decision (KEYS and ARGV as above) or a batch: ARGV[1] is
--- '*' (a person is 8 bytes, never that), then the 6 arguments of each
+-- A call is one decision (KEYS and ARGV as above), a group ('#', below), or
+-- a batch: ARGV[1] is '*' (a person is 8 bytes, never that), then the 6
+-- arguments of each
 -- decision in turn; KEYS the 4 keys of each (no proxy mode in a batch).
 -- A gateway worker sends the decisions it read in one loop turn as one
 -- batch (single-node Redis only: src/decide_batch.c), so they share the
@@ -390,8 +440,24 @@ end
 local t = redis.call('TIME')
 local us = tonumber(t[2])
 local now = tonumber(t[1]) * 1000 + (us - us % 1000) / 1000
+-- The gateway's deadline (its last argument, on Redis's clock, see store.c):
+-- past it the gateway has answered 503, so the call must change nothing.
+if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE') end
 -- S: room for 4 sends at once.
 local sends = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+if ARGV[1] == '#' then
+  -- A group of decisions of any shape (a route's recipients, proxy mode):
+  -- ARGV[2] packs each one's key count and argument count, a byte each;
+  -- the keys of each follow one another in KEYS, the arguments in ARGV[3..].
+  local sizes, out, ko, ao = ARGV[2], {}, 0, 2
+  for i = 1, #sizes - 1, 2 do
+    local nk, na = string.byte(sizes, i, i + 1)
+    local ok, res = pcall(decide, ko, ao, nk, now, sends)
+    out[#out + 1] = ok and res or redis.error_reply(type(res) == 'table' and res.err or tostring(res))
+    ko, ao = ko + nk, ao + na
+  end
+  return out
+end
 if ARGV[1] ~= '*' then
   return decide(0, 0, #KEYS, now, sends)
 end

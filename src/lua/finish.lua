@@ -4,6 +4,8 @@
 -- ARGV[2] member   ARGV[3] retry: next attempt at (ms from now)
 -- ARGV[4] dead: a JSON summary for the dead-letter list   ARGV[5] dead: list length kept
 -- ARGV[6] dead: how long the message itself is kept for inspection (ms)
+-- ack, with KEYS[4]: ARGV[7] the upstream's first answer (sealed), kept for
+-- ARGV[8] ms so that a client's retry gets it again (see decide.lua)
 -- Returns the attempts made so far.
 local action, member = ARGV[1], ARGV[2]
 local attempts = tonumber(redis.call('HGET', KEYS[2], 'attempts') or 0)
@@ -17,6 +19,9 @@ if action == 'ack' or action == 'drop' then
   redis.call('ZREM', KEYS[1], member)
   forget_collapse()
   redis.call('DEL', KEYS[2])
+  if action == 'ack' and #KEYS >= 4 then
+    redis.call('SET', KEYS[4], ARGV[7], 'PX', tonumber(ARGV[8]))
+  end
 elseif action == 'retry' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -40,6 +40,10 @@
 #include "capgate/pseudonym.h"
 #include "capgate/store.h"
 
+/* Every script call carries the caller's deadline on Redis's clock as its
+ * last argument (src/store.c); a load generator has none: one far ahead. */
+#define NO_DEADLINE "999999999999999"
+
 #define WINDOW 2000   /* calls in flight: Redis never waits for us */
 
 struct spec {
@@ -104,8 +108,8 @@ static void build(const struct spec *sp, size_t spec_index, const char *tag, uns
 
 static int send_call(const struct script_args *a)
 {
-    const char *argv[SCRIPT_ARGS_MAX + 3];
-    size_t len[SCRIPT_ARGS_MAX + 3];
+    const char *argv[SCRIPT_ARGS_MAX + 4];
+    size_t len[SCRIPT_ARGS_MAX + 4];
     char nkeys[16];
     snprintf(nkeys, sizeof nkeys, "%d", a->nkeys);
     argv[0] = "EVALSHA"; len[0] = 7;
@@ -115,7 +119,9 @@ static int send_call(const struct script_args *a)
         argv[3 + k] = a->argv[k];
         len[3 + k] = a->argvlen[k];
     }
-    return redisAppendCommandArgv(rc, a->argc + 3, argv, len) == REDIS_OK ? 0 : -1;
+    argv[3 + a->argc] = NO_DEADLINE;    /* the store's last argument (see below) */
+    len[3 + a->argc] = strlen(NO_DEADLINE);
+    return redisAppendCommandArgv(rc, a->argc + 4, argv, len) == REDIS_OK ? 0 : -1;
 }
 
 /* A reply as store.c hands it to decision_*_result(): top-level array unwrapped. */
@@ -239,8 +245,8 @@ static void bench_reply(redisAsyncContext *ac, void *reply, void *privdata)
 static void bench_send(redisAsyncContext *ac, struct bench *b)
 {
     struct script_args a;
-    const char *argv[SCRIPT_ARGS_MAX + 3];
-    size_t len[SCRIPT_ARGS_MAX + 3];
+    const char *argv[SCRIPT_ARGS_MAX + 4];
+    size_t len[SCRIPT_ARGS_MAX + 4];
     char nkeys[16];
     unsigned long i = b->first + next_rand(&b->rng) % b->people;
     size_t k = (size_t)(next_rand(&b->rng) % b->nspecs);
@@ -255,8 +261,10 @@ static void bench_send(redisAsyncContext *ac, struct bench *b)
         argv[3 + n] = a.argv[n];
         len[3 + n] = a.argvlen[n];
     }
+    argv[3 + a.argc] = NO_DEADLINE;
+    len[3 + a.argc] = strlen(NO_DEADLINE);
     /* hiredis formats the command at once: A may go out of scope. */
-    if (redisAsyncCommandArgv(ac, bench_reply, b, a.argc + 3, argv, len) != REDIS_OK) {
+    if (redisAsyncCommandArgv(ac, bench_reply, b, a.argc + 4, argv, len) != REDIS_OK) {
         b->failed = 1;
         event_base_loopbreak(b->base);
         return;

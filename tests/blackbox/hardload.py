@@ -404,9 +404,8 @@ class AofRedis(h.Redis):
         log = open(self.log_path, "ab")
         try:
             p = subprocess.Popen(
-                [h.REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-                 "--daemonize", "no", "--dir", self.dir, "--loglevel", "notice"],
+                h.rp.redis_argv(port, self.dir, "--appendonly", "yes", "--appendfsync",
+                                "everysec", "--loglevel", "notice"),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir)
         finally:

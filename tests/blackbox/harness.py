@@ -30,6 +30,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,13 +38,15 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
+import redisproto as rp  # noqa: E402
 
 # Set by run.py (--binary); a default so that modules can be imported alone.
 BINARY = os.environ.get("CAPGATE_BINARY", os.path.join(REPO, "build", "capgate"))
 # CAPGATE_WRAP="valgrind --leak-check=full ..." runs every daemon under a tool
 # (make test-valgrind); its reports in stderr fail the test (SANITIZER_MARKERS).
 WRAP = os.environ.get("CAPGATE_WRAP", "").split()
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_SERVER = rp.REDIS_SERVER
 
 HTTP_TIMEOUT = 5.0
 HEALTH_TIMEOUT = 5.0
@@ -243,13 +246,7 @@ def failure_context(max_lines=25):
 # Small utilities
 # --------------------------------------------------------------------------
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+free_port = rp.free_port
 
 
 def uid(prefix="user"):
@@ -297,6 +294,39 @@ def decide_together(g, asks, before=None):
     return [raw_answer(sock) for sock in socks]
 
 
+def parallel(fn, items, workers=50):
+    """FN over ITEMS on WORKERS threads; the first WORKERS calls are released
+    together (so that they really race)."""
+    import concurrent.futures
+    n = min(workers, len(items))
+    go = threading.Event()
+    lock = threading.Lock()
+    arrived = [0]
+
+    def run(item):
+        with lock:
+            arrived[0] += 1
+            if arrived[0] >= n:
+                go.set()
+        go.wait(5)
+        return fn(item)
+    with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(run, items))
+
+
+def summary(rs):
+    """Decide answers counted by (decision, reason, rule), errors by status and code."""
+    import collections
+    c = collections.Counter()
+    for r in rs:
+        if r.status == 200 and isinstance(r.body, dict):
+            c[(r.body.get("decision"), r.body.get("reason"), r.body.get("rule"))] += 1
+        else:
+            err = r.body.get("error", {}).get("code") if isinstance(r.body, dict) else str(r.body)[:60]
+            c[("http", r.status, err)] += 1
+    return dict(c)
+
+
 def mid(prefix="msg"):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:12])
 
@@ -321,88 +351,12 @@ def wait_until(fn, timeout, interval=0.05, what="condition"):
 
 
 # --------------------------------------------------------------------------
-# RESP client
+# RESP client (tests/lib/redisproto.py, shared with the benchmark)
 # --------------------------------------------------------------------------
 
-class RedisError(Exception):
-    pass
-
-
-def _resp_encode(args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if isinstance(a, bytes):
-            b = a
-        elif isinstance(a, str):
-            b = a.encode()
-        else:
-            b = str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-def _resp_read(f):
-    line = f.readline()
-    if not line:
-        raise ConnectionError("redis closed the connection")
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("truncated RESP line %r" % line)
-    t, rest = line[:1], line[1:-2]
-    if t == b"+":
-        return rest.decode()
-    if t == b"-":
-        return RedisError(rest.decode(errors="replace"))
-    if t == b":":
-        return int(rest)
-    if t == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)
-        if len(data) != n + 2:
-            raise ConnectionError("truncated bulk string")
-        return data[:-2]
-    if t == b"*":
-        n = int(rest)
-        if n < 0:
-            return None
-        return [_resp_read(f) for _ in range(n)]
-    raise ConnectionError("bad RESP type byte %r" % t)
-
-
-class RedisConn:
-    """A persistent RESP connection (for many commands, e.g. a key dump)."""
-
-    def __init__(self, port, host="127.0.0.1", timeout=5.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.f = self.sock.makefile("rb")
-
-    def cmd(self, *args):
-        self.sock.sendall(_resp_encode(args))
-        r = _resp_read(self.f)
-        if isinstance(r, RedisError):
-            raise r
-        return r
-
-    def close(self):
-        try:
-            self.f.close()
-        finally:
-            self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-
-
-def redis_cmd(port, *args, timeout=5.0):
-    """One command on a fresh connection; returns the parsed reply (bytes
-    for bulk strings, str for status replies, int, list, None).  A Redis
-    error reply raises RedisError."""
-    with RedisConn(port, timeout=timeout) as c:
-        return c.cmd(*args)
+RedisError = rp.RedisError
+RedisConn = rp.RedisConn
+redis_cmd = rp.redis_cmd
 
 
 def _flatten(v):
@@ -472,10 +426,8 @@ class Redis:
         log = open(self.log_path, "ab")
         try:
             p = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--daemonize", "no",
-                 "--dir", self.dir, "--enable-debug-command", "local",
-                 "--loglevel", "warning"],
+                rp.redis_argv(port, self.dir, "--enable-debug-command", "local",
+                              "--loglevel", "warning"),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir)
         finally:
@@ -487,25 +439,16 @@ class Redis:
         if self.proc is not None and self.proc.poll() is None:
             raise HarnessError("redis already running")
         fixed = self.port is not None
-        last_err = None
         for _attempt in range(8 if fixed else 3):
             port = self.port if fixed else free_port()
             p = self._spawn(port)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                if p.poll() is not None:
-                    break
-                try:
-                    if redis_cmd(port, "PING", timeout=0.5) == "PONG":
-                        self.proc, self.port = p, port
-                        return self
-                except (OSError, ConnectionError, RedisError) as e:
-                    last_err = e
-                time.sleep(0.03)
+            if rp.wait_for_ping(port, p):
+                self.proc, self.port = p, port
+                return self
             _kill_proc(p)
-            last_err = "redis-server exited rc=%s: %s" % (p.returncode, self.log()[-500:])
             time.sleep(0.2)
-        raise HarnessError("could not start redis-server on port %s: %s" % (self.port, last_err))
+        raise HarnessError("could not start redis-server on port %s: %s"
+                           % (self.port, self.log()[-500:]))
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

@@ -195,6 +195,24 @@ def test_check_validates_key_file():
     h.check("key_file" in err, "stderr does not mention key_file:\n%s" % err)
 
 
+def test_check_empty_file_says_so():
+    for text in ("", "\n\n", "# just a comment\n"):
+        rc, out, err = h.run_cli(["-t", "-c", _write(text)])
+        h.check(rc == 1 and ":1: the file is empty" in err,
+                "an empty file (%r): rc=%s %s" % (text, rc, err))
+
+
+def test_check_non_loopback_listen_without_auth_names_its_line():
+    text = h.DEFAULT_CONFIG_TEXT
+    lines = text.splitlines()
+    k = next(i for i, l in enumerate(lines) if l.startswith("listen:"))
+    lines[k] = 'listen: "192.0.2.1:8080"'
+    path = _write("\n".join(lines) + "\n")
+    rc, out, err = h.run_cli(["-t", "-c", path])
+    h.check(rc == 1 and (":%d: listen: " % (k + 1)) in err and "not a loopback" in err,
+            "want file:%d: listen: ..., got rc=%s %s" % (k + 1, rc, err))
+
+
 def test_start_unknown_key_fails():
     path = _write(h.DEFAULT_CONFIG_TEXT + "bogus_option: 1\n")
     rc, err = _expect_start_failure(path, "unknown key")

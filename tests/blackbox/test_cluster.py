@@ -7,7 +7,6 @@ its promoted replica.  The failover test prints its figures.
 """
 
 import collections
-import concurrent.futures
 import itertools
 import threading
 import time
@@ -29,35 +28,6 @@ def gateway(c, timeout_ms=250, key_file=None, seeds=2):
     h.wait_until(lambda: g.get("/readyz").status == 200, 10, what="/readyz 200 (cluster map + "
                  "every master ready)")
     return g
-
-
-def parallel(fn, items, workers=50):
-    """fn over ITEMS on WORKERS threads, the first WORKERS released together."""
-    n = min(workers, len(items))
-    go = threading.Event()
-    lock = threading.Lock()
-    arrived = [0]
-
-    def run(item):
-        with lock:
-            arrived[0] += 1
-            if arrived[0] >= n:
-                go.set()
-        go.wait(5)
-        return fn(item)
-    with concurrent.futures.ThreadPoolExecutor(workers) as ex:
-        return list(ex.map(run, items))
-
-
-def summary(rs):
-    c = collections.Counter()
-    for r in rs:
-        if r.status == 200 and isinstance(r.body, dict):
-            c[(r.body.get("decision"), r.body.get("reason"))] += 1
-        else:
-            err = r.body.get("error", {}).get("code") if isinstance(r.body, dict) else str(r.body)[:60]
-            c[("http", r.status, err)] += 1
-    return dict(c)
 
 
 _taglen = {}
@@ -151,10 +121,10 @@ def test_200_concurrent_decides_one_person_cap_5():
     c = the_cluster()
     g = gateway(c)
     u = h.uid("conc")
-    rs = parallel(lambda i: g.decide(u, "email", "c-%d" % i), list(range(200)))
-    h.check(all(r.status == 200 for r in rs), "every answer 200: %s" % summary(rs))
+    rs = h.parallel(lambda i: g.decide(u, "email", "c-%d" % i), list(range(200)))
+    h.check(all(r.status == 200 for r in rs), "every answer 200: %s" % h.summary(rs))
     n = sum(allowed(r) for r in rs)
-    h.check(n == CAP, "exactly %d allow out of 200, got %d: %s" % (CAP, n, summary(rs)))
+    h.check(n == CAP, "exactly %d allow out of 200, got %d: %s" % (CAP, n, h.summary(rs)))
     print("    one gateway: %d allow of 200" % n)
 
 
@@ -165,12 +135,12 @@ def test_three_gateways_200_concurrent_decides_one_person():
     g3 = gateway(c, key_file=g1.key_file, seeds=3)
     gws = [g1, g2, g3]
     u = h.uid("three")
-    rs = parallel(lambda i: gws[i % 3].decide(u, "email", "m-%d" % i), list(range(200)))
-    h.check(all(r.status == 200 for r in rs), "every answer 200: %s" % summary(rs))
+    rs = h.parallel(lambda i: gws[i % 3].decide(u, "email", "m-%d" % i), list(range(200)))
+    h.check(all(r.status == 200 for r in rs), "every answer 200: %s" % h.summary(rs))
     n = sum(allowed(r) for r in rs)
     by_gw = [sum(allowed(r) for r in rs[k::3]) for k in range(3)]
     h.check(n == CAP, "exactly %d allow out of 200 over 3 gateways, got %d: %s"
-            % (CAP, n, summary(rs)))
+            % (CAP, n, h.summary(rs)))
     print("    three gateways: %d allow of 200 (per gateway %s)" % (n, by_gw))
 
 
@@ -291,7 +261,7 @@ def test_moved_while_a_slot_migrates_under_load():
     during = sum(1 for t, _, _ in results if t0 <= t <= t1)
     during_in = sum(1 for t, u, _ in results if t0 <= t <= t1 and u in inside)
     slowest = max(r.elapsed for _, _, r in results)
-    h.check(all(r.status == 200 for r in rs), "no errors while the slot moved: %s" % summary(rs))
+    h.check(all(r.status == 200 for r in rs), "no errors while the slot moved: %s" % h.summary(rs))
     per = collections.Counter(u for _, u, _ in results)
     allows = collections.Counter(u for _, u, r in results if allowed(r))
     wrong = {u: (allows[u], per[u]) for u in people if allows[u] != min(CAP, per[u])}
@@ -301,7 +271,7 @@ def test_moved_while_a_slot_migrates_under_load():
     print("    MOVED under load: %d decides (%d started during the %.0f ms migration, %d of "
           "them for the slot's people; slowest answer %.0f ms), slot %d moved %d -> %d, %s"
           % (len(rs), during, (t1 - t0) * 1000, during_in, slowest * 1000, slot, src, dst,
-             summary(rs)))
+             h.summary(rs)))
 
 
 def test_cluster_with_password():

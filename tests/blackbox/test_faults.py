@@ -74,6 +74,36 @@ def test_redis_paused_answers_within_timeout():
     allow_again(g, timeout=5.0)
 
 
+def redis_timeouts(g):
+    text = g.get("/metrics").raw.decode()
+    m = re.search(r"^capgate_redis_timeouts_total (\d+)$", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def test_a_call_redis_runs_too_late_is_a_timeout_not_an_error():
+    """Redis busy for 220 ms (a script of its own): a decide sent meanwhile
+    runs past the deadline it carries (timeout_ms less a margin) but comes
+    back before the gateway's own timer.  The script did nothing (LATE):
+    that is a timeout, not "redis script error" in the journal."""
+    g = h.Gateway()
+    h.expect_decision(g.decide(h.uid("fault"), "email"), "allow", "ok")
+    busy = ("local t = redis.call('TIME') local t0 = t[1] * 1e6 + t[2] "
+            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - t0 > 220000 return 1")
+    u = h.uid("fault")
+    before = redis_timeouts(g)
+    t = threading.Thread(target=lambda: g.redis.cmd("EVAL", busy, "0"))
+    t.start()
+    time.sleep(0.01)
+    r = g.decide(u, "email", "late-1")
+    t.join()
+    expect_unavailable(r, limit=SLOW_LIMIT)
+    h.check(redis_timeouts(g) > before, "not counted as a timeout")
+    h.check("redis script error" not in g.logs(), "a late call logged as a script error:\n"
+            + g.logs()[-2000:])
+    # It changed nothing: the same message is decided afresh, not a replay.
+    h.expect_decision(g.decide(u, "email", "late-1"), "allow", "ok", replay=False)
+
+
 def test_max_pending_bounds_decisions_waiting_on_redis():
     # limits.max_pending counts decisions, also when a worker sends several
     # as one Redis call: past it, a decision is refused at once, not queued.

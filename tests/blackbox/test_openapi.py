@@ -2,7 +2,7 @@
 
   * The spec is well formed: OpenAPI 3.0.3, every $ref resolves, only the
     JSON Schema subset openapi_check.py knows, examples valid.
-  * Every route of src/router.c and every error code of src/reply.c (with
+  * Every route of src/router.c and every error code of src/api_error.c (with
     its status) is in the spec, and everything the spec describes exists.
   * Access control: each operation's `x-scope` and `security` are the
     scope column of src/router.c's route table (open routes: `security:
@@ -28,6 +28,7 @@ Every endpoint the spec describes must be routed and is checked live.
 import datetime
 import hashlib
 import json
+import time
 import os
 import re
 
@@ -37,7 +38,7 @@ from upstream_server import FakeUpstream
 
 SPEC_PATH = os.path.join(h.REPO, "docs", "openapi.yaml")
 ROUTER_C = os.path.join(h.REPO, "src", "router.c")
-REPLY_C = os.path.join(h.REPO, "src", "reply.c")
+REPLY_C = os.path.join(h.REPO, "src", "api_error.c")
 
 # Described in the spec ahead of the daemon: {(path, method)} not yet in
 # router.c (their live check is skipped while the gateway answers 404), and
@@ -279,7 +280,7 @@ def scoped_operations():
 
 def reply_codes():
     codes = re.findall(r'\[API_\w+\]\s*=\s*\{\s*"(\w+)"\s*,\s*(\d+)\s*\}', _read(REPLY_C))
-    h.check(codes, "no error codes found in src/reply.c (table format changed?)")
+    h.check(codes, "no error codes found in src/api_error.c (table format changed?)")
     return [(c, int(s)) for c, s in codes]
 
 
@@ -497,14 +498,14 @@ def test_every_error_code_is_in_the_spec():
     enum = oc.deref(spec(), {"$ref": "#/components/schemas/ErrorCode"}).get("enum") or []
     documented = documented_error_codes()
     for code, status in reply_codes():
-        h.check(code in enum, "src/reply.c has error code %r; components.schemas.ErrorCode "
+        h.check(code in enum, "src/api_error.c has error code %r; components.schemas.ErrorCode "
                 "does not list it" % code)
         h.check((status, code) in documented,
-                "src/reply.c answers %r with %d; no response documented with status %d "
+                "src/api_error.c answers %r with %d; no response documented with status %d "
                 "carries that code" % (code, status, status))
     known = {c for c, _s in reply_codes()}
     for code in enum:
-        h.check(code in known, "docs/openapi.yaml documents error code %r, which src/reply.c "
+        h.check(code in known, "docs/openapi.yaml documents error code %r, which src/api_error.c "
                 "does not have" % code)
     # The generic Error schema and the per-status ones agree.
     for status, code in documented:
@@ -668,11 +669,16 @@ def test_send_responses():
     # one with the same collapse_key supersedes it.
     ok_post(g, P, _send_body(u))
     n += 1
-    r = ok_post(g, P, _send_body(u, collapse_key="digest", priority=3), status=202)
+    older = _send_body(u, collapse_key="digest", priority=3)
+    r = ok_post(g, P, older, status=202)
     send_decision(r, "defer", "cap", rule="email-daily")
     h.check(r.body["retry_after"] >= 1 and "superseded" not in r.body, "deferred: %r" % (r.body,), r)
     r = ok_post(g, P, _send_body(u, collapse_key="digest", priority=9), status=202)
     h.check(r.body.get("superseded") is True, "not superseded: %r" % (r.body,), r)
+    # 409: a retry of the replaced one; it never goes.
+    r = ok_post(g, P, older, status=409)
+    h.check(r.body["reason"] == "superseded" and r.body["superseded"] is True,
+            "superseded retry: %r" % (r.body,), r)
     # 202: quiet hours (push).
     r = ok_post(g, P, _send_body(h.uid("oa"), "push", tz="UTC"), status=202)
     send_decision(r, "defer", "quiet_hours")
@@ -733,12 +739,26 @@ def test_send_responses():
     too_large(g, P)
 
 
+def route_answer(r, status, code=None):
+    """A transparent route's own answer: an error, or every recipient's
+    outcome (RouteOutcomes), as the spec's components describe them."""
+    h.expect_status(r, status)
+    sp = spec()
+    if code is not None:
+        h.expect_error(r, status, code)
+        errs = oc.validate(sp, {"$ref": "#/components/schemas/Error"}, r.body)
+        h.check(not errs, "a route's error does not match Error: %s" % errs, r)
+        return r
+    errs = oc.validate(sp, {"$ref": "#/components/schemas/RouteOutcomes"}, r.body)
+    h.check(not errs, "a route's own answer does not match RouteOutcomes: %s" % errs, r)
+    return r
+
+
 def test_send_route_responses():
-    """A transparent route: an upstream 2xx comes back as it came; every
-    other answer is one of POST /v1/send's."""
+    """A transparent route: the upstream's answer comes back as it came;
+    capgate's own answers are RouteOutcomes or errors."""
     g = gw()
     up = g.upstream
-    P = "/v1/send"
     R = ROUTE["path"]
     u = h.uid("oa")
 
@@ -757,7 +777,8 @@ def test_send_route_responses():
     campaign_key = {"X-Custom": "kept", "Authorization": "Bearer campaign-api-key"}
     body, r = route("rt-1", campaign="autumn", extra=campaign_key)
     h.expect_status(r, 200)
-    h.check(r.header("X-Upstream") == "yes" and r.body.get("ok") is True,
+    h.check(r.header("X-Upstream") == "yes" and r.body.get("ok") is True
+            and r.header("X-Capgate-Allowed") == "1" and r.header("X-Capgate-Denied") == "0",
             "the upstream's answer does not come back as it came", r)
     q = up.requests[-1]
     h.check(q.body == body and q.query == {"page": ["1"]} and q.header("X-Custom") == "kept"
@@ -765,36 +786,48 @@ def test_send_route_responses():
             and q.header("Authorization") == "Bearer campaign-api-key",
             "forwarded as %r (headers %r)" % (q, q.headers))
     n = len(up.requests)
-    # A replay is capgate's own 200 (not the upstream's answer): not forwarded.
+    # A replay is the upstream's first answer again, not forwarded.
+    first = r
+    time.sleep(0.2)                       # the ack (with the kept answer) is on its way
     _b, r = route("rt-1", campaign="autumn", extra=campaign_key)
-    send_decision(conform(r, P, "post", 200), "allow", "ok", rule=False, replay=True)
-    h.check(r.header("X-Upstream") is None and "upstream_status" not in r.body,
-            "a replay looks forwarded", r)
-    # Refusals are capgate's own, as documented for POST /v1/send.
+    h.expect_status(r, 200)
+    h.check(r.header("X-Capgate-Replay") == "true" and r.body == first.body,
+            "a replay is not the first answer", r)
+    h.check(len(up.requests) == n, "a replay was forwarded")
+    # Refusals are capgate's own.
     _b, r = route("rt-2", token=None)
-    e = error(r, P, "post", 401, "unauthorized").body["error"]
+    e = route_answer(r, 401, "unauthorized").body["error"]
     h.check("X-Capgate-Token" in e["message"], "the 401 of a route does not say to send "
             "X-Capgate-Token", r)
     _b, r = route("rt-2", token=None, extra={"Authorization": "Bearer " + TOKENS["send"]})
-    error(r, P, "post", 401, "unauthorized")
+    route_answer(r, 401, "unauthorized")
     _b, r = route("rt-2", token=TOKENS["consent"])
-    error(r, P, "post", 403, "forbidden")
+    route_answer(r, 403, "forbidden")
     _b, r = route("rt-2", campaign="autumn")
-    send_decision(conform(r, P, "post", 429), "deny", "cap", rule="campaign-once")
+    r = route_answer(r, 429)
+    h.check(r.body["decision"] == "deny" and r.body["recipients"][0]["rule"] == "campaign-once"
+            and r.body["recipients"][0]["recipient"] == "/personalizations/0/to/0/email",
+            "the cap and where the recipient stood", r)
     _b, r = route(None)
-    error(r, P, "post", 400, "missing_field", "message_id")
+    route_answer(r, 400, "missing_field")
     _b, r = route("rt-3", to=None)
-    error(r, P, "post", 400, "missing_field", "user")
+    route_answer(r, 400, "missing_field")
     h.check(len(up.requests) == n, "a refused request was forwarded: %r" % up.requests[n:])
     _b, r = route("rt-4", method="PUT")
     h.expect_status(r, 200)
     h.check(up.requests[-1].method == "PUT", "the method was not kept: %r" % up.requests[-1])
     _b, r = route("rt-5")
-    send_decision(conform(r, P, "post", 202), "defer", "cap", rule="email-daily")
+    r = route_answer(r, 202)
+    h.check(r.body["decision"] == "defer" and r.body["recipients"][0]["rule"] == "email-daily",
+            "deferred by the daily cap", r)
     try:
         up.set_mode("fail")
         _b, r = route("rt-6", to=h.uid("oa"))
-        error(r, P, "post", 502, "upstream_failed")
+        h.expect_status(r, 500)               # the upstream's own refusal, as it came
+        h.check(r.header("X-Capgate-Released") == "true", "released", r)
+        up.set_mode("close")
+        _b, r = route("rt-7", to=h.uid("oa"))
+        route_answer(r, 502, "upstream_failed")
     finally:
         up.set_mode("normal")
 
@@ -1234,6 +1267,26 @@ def test_reload_responses():
             f.write(good)
     method_not_allowed(g, P, "GET", ["POST"])
     too_large(g, P)
+
+
+def test_rotation_responses():
+    g = h.Gateway(overrides={"limits": {"max_body_bytes": MAX_BODY}})
+    R, M = "/v1/admin/rotation", "/v1/admin/rotation/mark"
+    error(g.post(M, b""), M, "post", 400, "invalid_field")
+    key_b = h.write_key_file(h.mkdtemp("capgate-oa-"))
+    rot = h.Gateway(redis=g.redis, key_file=key_b,
+                    overrides={"limits": {"max_body_bytes": MAX_BODY},
+                               "privacy": {"key_file": "{key_file}",
+                                           "previous_key_file": g.key_file}})
+    conform(rot.post(M, b""), M, "post", 200)
+    r = conform(rot.get(R), R, "get", 200)
+    h.check(r.body["rotating"] is True, "rotating is not true during a rotation", r)
+    method_not_allowed(rot, R, "POST", ["GET", "HEAD"])
+    method_not_allowed(rot, M, "GET", ["POST"])
+    too_large(rot, M)
+    rot.redis.kill()
+    error(rot.get(R), R, "get", 503, "store_unavailable")
+    error(rot.post(M, b""), M, "post", 503, "store_unavailable")
 
 
 def test_every_documented_response_was_exercised():

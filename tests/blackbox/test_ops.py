@@ -230,6 +230,45 @@ def test_sd_notify_lifecycle_and_watchdog():
         ns.close()
 
 
+def test_a_refused_reload_is_visible_to_systemd():
+    """A bad config at SIGHUP: RELOADING=1, then STATUS=reload refused: ...
+    before READY=1, and the periodic STATUS= line keeps saying it; the unit
+    checks the file with capgate -t before it signals."""
+    ns = NotifySocket()
+    try:
+        g = h.Gateway(env={"NOTIFY_SOCKET": ns.path})
+        ns.wait_for("READY=1")
+        upto = []
+        for m in ns.messages:
+            upto.extend(x for x in m.split("\n") if x)
+            if "READY=1" in m:
+                break
+        status = [x for x in upto if x.startswith("STATUS=")]
+        h.check(status and "UNAVAILABLE" not in status[-1],
+                "the STATUS= line at READY=1 says Redis is unavailable: %r" % upto)
+        with open(g.config_path) as f:
+            good = f.read()
+        with open(g.config_path, "w") as f:
+            f.write(good + "\nnot_a_key: 1\n")
+        ns.messages.clear()
+        g.send_signal(signal.SIGHUP)
+        ns.wait_for("reload refused: ")
+        ns.wait_for("READY=1")
+        msgs = [m for m in ns.messages if "STATUS=" in m or "READY=1" in m]
+        at = next(k for k, m in enumerate(msgs) if "reload refused" in m)
+        h.check(any("READY=1" in m for m in msgs[at:]) and "not_a_key" in msgs[at],
+                "reload refused (naming the error) before READY=1: %r" % msgs)
+        ns.messages.clear()
+        ns.wait_for("last reload refused: ", timeout=8)
+        h.expect_status(g.get("/healthz"), 200)
+    finally:
+        ns.close()
+    unit = open(os.path.join(h.REPO, "systemd", "capgate.service")).read()
+    reloads = [l for l in unit.splitlines() if l.startswith("ExecReload=")]
+    h.check(len(reloads) == 2 and " -t " in reloads[0] and "kill -HUP" in reloads[1],
+            "ExecReload= checks the config before it signals: %r" % reloads)
+
+
 def test_ready_waits_for_redis():
     ns = NotifySocket()
     try:

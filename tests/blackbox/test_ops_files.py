@@ -34,6 +34,7 @@ CONFIG_C = os.path.join(REPO, "src", "config.c")
 CONFIG_H = os.path.join(REPO, "include", "capgate", "config.h")
 INSTALL = os.path.join(REPO, "tools", "install.sh")
 CREDENTIAL_KEY = "/run/credentials/capgate.service/user.key"
+OPERATOR_KEY = "/etc/capgate/user.key"
 MAX_EXPOSURE = 2.0
 
 
@@ -230,6 +231,7 @@ def test_capgate_8_sections():
         h.check(s in sig, "SIGNALS does not mention %s" % s)
     h.check("NOTIFY_SOCKET" in out, "ENVIRONMENT does not mention NOTIFY_SOCKET")
     h.check(CREDENTIAL_KEY in out, "FILES does not mention %s" % CREDENTIAL_KEY)
+    h.check("single-threaded" not in out, "capgate(8) says single-threaded; it has workers")
     # The options the binary knows are the ones the page describes.
     rc, usage, uerr = h.run_cli(["-h"])
     for opt in re.findall(r"^\s+(-\w)\b", usage, re.M):
@@ -474,21 +476,37 @@ def test_install_script_tree():
     h.check(score <= MAX_EXPOSURE, "installed unit scores %.1f %s" % (score, verdict))
     h.check(_read(P("usr/lib/sysusers.d/capgate.conf")) == _read(SYSUSERS), "sysusers differs")
     h.check(_read(P("usr/lib/tmpfiles.d/capgate.conf")) == _read(TMPFILES), "tmpfiles differs")
-    # Config: the example, reading its key from the systemd credential.
+    # Config: the example as it is, naming the key as an operator sees it,
+    # so that `capgate -t` works outside the service.
     conf = _read(P("etc/capgate/capgate.yaml"))
-    h.check(re.search(r'^\s*key_file:\s*"%s"\s*$' % re.escape(CREDENTIAL_KEY), conf, re.M),
-            "installed config does not read the key from %s" % CREDENTIAL_KEY)
-    h.check(re.sub(r"(?m)^(\s*key_file:).*$", r"\1", conf) ==
-            re.sub(r"(?m)^(\s*key_file:).*$", r"\1", _read(CONF)),
-            "installed config differs from conf/capgate.yaml beyond key_file")
-    # ... which the daemon accepts, given a key at that path's place.
+    h.check(conf == _read(CONF), "installed config differs from conf/capgate.yaml")
+    h.check(re.search(r'^\s*key_file:\s*"%s"\s*$' % re.escape(OPERATOR_KEY), conf, re.M),
+            "installed config does not name %s" % OPERATOR_KEY)
     d = h.mkdtemp("capgate-instconf-")
     key = h.write_key_file(d)
     cfg = os.path.join(d, "capgate.yaml")
     with open(cfg, "w") as f:
-        f.write(conf.replace(CREDENTIAL_KEY, key))
+        f.write(conf.replace(OPERATOR_KEY, key))
     rc, out, err = h.run_cli(["-t", "-c", cfg])
-    h.check(rc == 0, "capgate -t refuses the installed config: %s" % err)
+    h.check(rc == 0, "capgate -t (an operator, the key at its place) refuses it: %s" % err)
+    # Under the unit: no /etc/capgate/user.key readable, the credential of
+    # that name in $CREDENTIALS_DIRECTORY is read instead.
+    creds = h.mkdtemp("capgate-creds-")
+    os.rename(key, os.path.join(creds, "user.key"))
+    with open(cfg, "w") as f:
+        f.write(conf.replace(OPERATOR_KEY, "/nonexistent/capgate/user.key"))
+    rc, out, err = h.run_cli(["-t", "-c", cfg])
+    h.check(rc != 0 and "user.key" in err, "without the credential the key is missing: %s" % err)
+    saved = os.environ.get("CREDENTIALS_DIRECTORY")
+    os.environ["CREDENTIALS_DIRECTORY"] = creds
+    try:
+        rc, out, err = h.run_cli(["-t", "-c", cfg])
+    finally:
+        if saved is None:
+            os.environ.pop("CREDENTIALS_DIRECTORY", None)
+        else:
+            os.environ["CREDENTIALS_DIRECTORY"] = saved
+    h.check(rc == 0, "capgate -t under the unit (the key as a credential) refuses it: %s" % err)
 
 
 def test_install_script_keeps_existing_config():
@@ -546,3 +564,12 @@ def test_install_script_is_posix_sh():
     if cb:
         rc, out, err = _run([cb, INSTALL])
         h.check(rc == 0, "checkbashisms tools/install.sh:\n%s%s" % (out, err))
+
+
+def test_man_pages_have_a_date_and_agree_with_the_daemon():
+    """.TH's date is a date mandoc and groff can read (YYYY-MM-DD)."""
+    for page in ("capgate.8", "capgate.yaml.5"):
+        text = _read(os.path.join(h.REPO, "docs", page))
+        th = next(l for l in text.splitlines() if l.startswith(".TH "))
+        m = re.match(r'\.TH \S+ \d+ "?(\d{4}-\d{2}-\d{2})"? ', th)
+        h.check(m, "%s: .TH has no YYYY-MM-DD date: %r" % (page, th))

@@ -4,6 +4,7 @@ priority, several gateways, kill -9."""
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -34,15 +35,15 @@ def proxy_config(up, caps=None, delivery=None, routes=None, **extra):
 ENV = {"CAPGATE_TEST_MAIL_TOKEN": "mail-secret-123"}
 
 
-def gateway(up, redis=None, **kw):
-    return h.Gateway(overrides=proxy_config(up, **kw), redis=redis, env=ENV)
+def gateway(up, redis=None, key_file=None, **kw):
+    return h.Gateway(overrides=proxy_config(up, **kw), redis=redis, key_file=key_file, env=ENV)
 
 
-def send(g, user, channel="email", payload=None, **fields):
+def send(g, user, channel="email", payload=None, timeout=h.HTTP_TIMEOUT, **fields):
     body = {"user": user, "channel": channel, "message_id": fields.pop("message_id", h.mid()),
             "payload": payload if payload is not None else {"to": user, "subject": "hi"}}
     body.update(fields)
-    return g.post("/v1/send", body)
+    return g.post("/v1/send", body, timeout=timeout)
 
 
 def test_forward_on_allow():
@@ -74,7 +75,7 @@ def test_release_on_upstream_failure():
     up.set_mode("stall", seconds=3)
     t0 = time.monotonic()
     r = send(g, u)
-    h.expect_status(r, 502)
+    h.expect_error(r, 504, "upstream_timeout")
     h.check(time.monotonic() - t0 < 1.6, "a stalled upstream fails within timeout_ms")
     up.set_mode("normal")
     # The two failures did not use up the 1-per-3s cap.
@@ -205,6 +206,12 @@ def test_queue_full_is_503():
     g = gateway(up, delivery={"max_deferred": 256})   # one per tag
     u = h.uid()
     h.expect_status(send(g, u), 200)
+    # The allowed one waits in the queue (the outbox) until its ack lands,
+    # which the answer does not wait for.
+    def queued():
+        return sum(g.redis.cmd("ZCARD", k) for k in g.redis.keys()
+                   if (k.decode() if isinstance(k, bytes) else k).endswith(":q"))
+    h.wait_until(lambda: queued() == 0, 5, what="the allowed send acknowledged")
     h.expect_status(send(g, u), 202)
     r = send(g, u)
     h.expect_error(r, 503, "queue_full")
@@ -214,7 +221,9 @@ def test_two_gateways_share_the_queue():
     up = FakeUpstream().start()
     redis = h.start_redis()
     g1 = gateway(up, redis=redis)
-    g2 = gateway(up, redis=redis)
+    # One key file: gateways in front of one Redis must see the same people
+    # (and open each other's sealed messages).
+    g2 = gateway(up, redis=redis, key_file=g1.key_file)
     users = [h.uid() for _ in range(30)]
     for k, u in enumerate(users):
         g = g1 if k % 2 else g2
@@ -240,7 +249,7 @@ def test_kill_9_loses_nothing():
     g.proc.send_signal(signal.SIGKILL)
     g.proc.wait(5)
     up.set_mode("normal")
-    g2 = gateway(up, redis=redis)
+    g2 = gateway(up, redis=redis, key_file=g.key_file)
     up.wait_for(40, timeout=20)
     time.sleep(1)
     keys = up.count_by_key()
@@ -347,3 +356,204 @@ def test_show_lists_and_erase_removes_waiting_messages():
     h.check(u not in repr(h.redis_dump(g.redis.port)), "the payload naming the person is gone")
     time.sleep(4)
     h.check(up.count_by_key() == {"w1": 1}, "w2 never sent after erasure: %r" % up.count_by_key())
+
+
+# --------------------------------------------------------------------------
+# Issue 12: nothing accepted is lost, no answer lies, nothing readable held
+# --------------------------------------------------------------------------
+
+def test_allowed_send_of_a_dead_gateway_is_taken_over():
+    """An allowed message whose gateway dies while the upstream works on it
+    is delivered by another gateway (at least once), as a deferred one is."""
+    up = FakeUpstream().start()
+    redis = h.start_redis()
+    g1 = gateway(up, redis=redis)
+    u = h.uid()
+    up.set_mode("stall", seconds=None)      # the forward hangs: no 2xx yet
+    t = threading.Thread(target=lambda: send(g1, u, message_id="dies-1", timeout=10))
+    t.daemon = True
+    t.start()
+    h.wait_until(lambda: up.count_by_key().get("dies-1"), 5, what="the forward reached the upstream")
+    g1.proc.send_signal(signal.SIGKILL)
+    g1.proc.wait(5)
+    up.set_mode("normal")
+    t_normal = time.monotonic()
+    g2 = gateway(up, redis=redis, key_file=g1.key_file)
+    # The lease is 2 s: the dispatcher takes the message over after it.
+    h.wait_until(lambda: any(q.header("Idempotency-Key") == "dies-1" and q.time > t_normal
+                             for q in up.requests), 10, what="the message delivered again")
+    time.sleep(1.5)
+    again = [q for q in up.requests if q.header("Idempotency-Key") == "dies-1" and q.time > t_normal]
+    h.check(len(again) == 1, "delivered once more, then acknowledged: %d" % len(again))
+    h.wait_until(lambda: g2.get("/status").body["proxy"]["deferred_depth"] == 0, 5,
+                 what="an empty queue")
+
+
+def test_retry_of_an_unacknowledged_send_is_forwarded_again():
+    """A client retry of an allowed message whose upstream 2xx was never
+    recorded is forwarded again (not told replay:true); once acknowledged,
+    a retry is a replay and nothing goes out."""
+    up = FakeUpstream().start()
+    redis = h.start_redis()
+    g1 = gateway(up, redis=redis)
+    u = h.uid()
+    up.set_mode("stall", seconds=None)
+    t = threading.Thread(target=lambda: send(g1, u, message_id="retry-1", timeout=10))
+    t.daemon = True
+    t.start()
+    h.wait_until(lambda: up.count_by_key().get("retry-1"), 5, what="the forward reached the upstream")
+    g1.proc.send_signal(signal.SIGKILL)
+    g1.proc.wait(5)
+    up.set_mode("normal")
+    g2 = gateway(up, redis=redis, key_file=g1.key_file)
+    r = send(g2, u, message_id="retry-1")
+    h.expect_status(r, 200)
+    h.check(r.body.get("upstream_status") == 200 and r.body["replay"] is True,
+            "forwarded again, and said to be a replay: %r" % (r.body,))
+    h.check(up.count_by_key().get("retry-1") == 2, "two forwards: %r" % up.count_by_key())
+    time.sleep(0.3)
+    r = send(g2, u, message_id="retry-1")
+    h.expect_status(r, 200)
+    h.check(r.body["replay"] is True and "upstream_status" not in r.body,
+            "acknowledged: a replay, not forwarded: %r" % (r.body,))
+    time.sleep(3)     # past the lease: the dispatcher must not deliver it either
+    h.check(up.count_by_key().get("retry-1") == 2, "no third delivery: %r" % up.count_by_key())
+
+
+def test_upstream_refusal_releases_and_unqueues():
+    """An upstream refusal is 502 and the send released: nothing delivers it
+    later (it waited in the queue while it was forwarded)."""
+    up = FakeUpstream(mode="fail").start()
+    g = gateway(up)
+    u = h.uid()
+    r = send(g, u, message_id="refused-1")
+    h.expect_status(r, 502)
+    up.set_mode("normal")
+    time.sleep(3)
+    h.check(up.count_by_key() == {"refused-1": 1}, "not delivered later: %r" % up.count_by_key())
+    h.check(g.get("/status").body["proxy"]["deferred_depth"] == 0, "an empty queue")
+
+
+def _sends_held(redis):
+    """Every sends-bucket field and queue member in Redis (what a decision
+    or a send leaves behind)."""
+    held = []
+    for e in redis.dump():
+        k = e["key"] if isinstance(e["key"], str) else e["key"].decode()
+        if ":s" in k or k.endswith(":q") or ":d:" in k or k.endswith(":a"):
+            held.append((k, e["values"]))
+    return held
+
+
+def test_answers_503_in_a_redis_stall_change_nothing():
+    """Redis frozen: every decide and send gets 503, and when Redis wakes
+    up and runs the calls it was sent, they change nothing (the scripts
+    check the gateway's deadline on Redis's clock)."""
+    up = FakeUpstream().start()
+    redis = h.start_redis()
+    g = gateway(up, redis=redis)
+    u = h.uid()
+    h.expect_status(send(g, u, message_id="first"), 200)     # uses up the 1-per-3s cap
+    time.sleep(0.3)
+    before = _sends_held(redis)
+    redis.pause()
+    try:
+        people = [h.uid() for _ in range(40)]
+        rs = [g.decide(p, "push", message_id="stalled-%d" % k) for k, p in enumerate(people)]
+        capped = send(g, u, message_id="second")            # would be deferred
+    finally:
+        redis.resume()
+    h.check(all(r.status == 503 for r in rs), "every decide 503: %r" % sorted({r.status for r in rs}))
+    h.expect_error(capped, 503, "store_unavailable")
+    time.sleep(1.5)
+    after = _sends_held(redis)
+    h.check(after == before, "a 503 took effect in Redis: %r" % ([x for x in after if x not in before],))
+    for k, p in enumerate(people[:5]):
+        r = g.decide(p, "push", message_id="stalled-%d" % k, dry_run=True)
+        h.expect_decision(r, "allow", replay=False)
+    time.sleep(3.5)
+    h.check(up.count_by_key() == {"first": 1}, "the 503 send was never delivered: %r" % up.count_by_key())
+
+
+def readable(data):
+    """DATA and whatever its base64 runs decode to: base64 hides nothing."""
+    import base64
+    import re
+    out = [data]
+    for run in re.findall(rb"[A-Za-z0-9+/]{12,}={0,2}", data):
+        for cut in range(4):
+            piece = run[cut:]
+            piece = piece[:len(piece) - len(piece) % 4]
+            try:
+                out.append(base64.b64decode(piece))
+            except ValueError:
+                pass
+    return b"\n".join(out)
+
+
+def test_deferred_messages_hold_no_raw_identifier_in_redis_or_aof():
+    """Deferred /v1/send payloads and route bodies name their recipient:
+    Redis, its AOF and what a backup would copy hold them sealed only."""
+    import hardload
+    up = FakeUpstream().start()
+    redis = hardload.AofRedis()
+    routes = [{"path": "/v3/mail/send", "channel": "email",
+               "user": "json:/personalizations/0/to/0/email",
+               "message_id": "header:Idempotency-Key"}]
+    g = gateway(up, redis=redis, routes=routes,
+                caps=[{"name": "email-1h", "channel": "email", "limit": 1, "window": "1h",
+                       "on_exceed": "defer"}])
+    who = "dora-%s@example.com" % os.urandom(3).hex()
+    phone = "+4915%08d" % (int.from_bytes(os.urandom(3), "big") % 10 ** 8)
+    h.expect_status(send(g, who, payload={"to": who, "sms": phone, "subject": "one"}), 200)
+    h.expect_status(send(g, who, payload={"to": who, "sms": phone, "subject": "two"}), 202)
+    body = json.dumps({"personalizations": [{"to": [{"email": who}]}], "subject": "x",
+                       "content": [{"type": "text/plain", "value": "call " + phone}]}).encode()
+    r = g.post("/v3/mail/send", body, headers={"Content-Type": "application/json",
+                                               "Idempotency-Key": "route-def-1"})
+    h.expect_status(r, 202)
+    redis.cmd("BGREWRITEAOF")
+    time.sleep(1.5)
+    dump = readable(b"".join(v for e in redis.dump() for v in [e["key"] if isinstance(e["key"], bytes) else e["key"].encode()] + e["values"]))
+    for secret in (who.encode(), phone.encode()):
+        h.check(secret not in dump, "raw identifier readable in Redis: %r" % secret)
+    aof = b""
+    for root, _dirs, files in os.walk(redis.dir):
+        for f in files:
+            if "appendonly" in f or f.endswith(".aof") or f.endswith(".rdb"):
+                with open(os.path.join(root, f), "rb") as fh:
+                    aof += fh.read()
+    h.check(len(aof) > 0, "no AOF written")
+    aof = readable(aof)
+    for secret in (who.encode(), phone.encode()):
+        h.check(secret not in aof, "raw identifier readable in the AOF: %r" % secret)
+
+
+def test_every_road_reaches_the_audit_file():
+    """audit.file promises every decision: /v1/send, a route and the
+    dispatcher deciding a deferred message again write lines too, each
+    saying which road decided (issue 11: only /v1/decide wrote them)."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="capgate-audit-")
+    path = os.path.join(d, "audit.jsonl")
+    up = FakeUpstream().start()
+    routes = [{"path": "/push/v1/notify", "channel": "push", "user": "header:X-Recipient",
+               "message_id": "header:Idempotency-Key"}]
+    g = gateway(up, routes=routes, audit={"file": path})
+    u = h.uid()
+    h.expect_decision(g.decide(u, "push"), "allow")
+    h.expect_status(send(g, u, message_id="a-1"), 200)
+    h.expect_status(send(g, u, message_id="a-2"), 202)             # deferred, then re-decided
+    h.expect_status(g.post("/push/v1/notify", b"{}", headers={
+        "X-Recipient": "r-" + u, "Idempotency-Key": "a-3", "Content-Type": "application/json"}), 200)
+
+    def lines():
+        with open(path) as f:
+            return [json.loads(l) for l in f if l.strip()]
+    h.wait_until(lambda: sum(1 for x in lines() if x.get("road") == "queue") >= 1, 10,
+                 what="the re-decision's line")
+    roads = [x.get("road") for x in lines() if x["type"] == "decide"]
+    for road in ("decide", "send", "route", "queue"):
+        h.check(road in roads, "no %s line: %r" % (road, roads))
+    h.check(all(x["pseudonym"] != u and re.fullmatch(r"[0-9a-f]{32}", x["pseudonym"])
+                for x in lines()), "pseudonyms only")

@@ -669,3 +669,133 @@ def test_page_minimal_status_then_failing():
     h.check(dom.metric("http-p50") == DASH and dom.metric("http-p99") == DASH,
             "http latency invented: %r %r" % (dom.metric("http-p50"), dom.metric("http-p99")))
     h.check(dom.metric("proxy-deferred-depth") == DASH, "deferred depth invented")
+
+
+# ------------------------------------------------- outage, no data, windows
+
+def screenshot(url, name, budget_ms=6000):
+    """build/artifacts/NAME: the page at URL on a 1280x1000 screen."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    tmp = os.path.join(h.mkdtemp("capgate-shot-"), name)
+    rc, out, err = chromium(url, "--screenshot=" + tmp, "--window-size=1280,1000", "--hide-scrollbars",
+                            budget_ms=budget_ms)
+    h.check(rc == 0 and os.path.isfile(tmp), "chromium --screenshot failed (rc=%s)\nstderr: %s" % (rc, err[-3000:]))
+    dest = os.path.join(ARTIFACTS, name)
+    shutil.copyfile(tmp, dest)
+    with open(dest, "rb") as f:
+        h.check(f.read(8) == PNG_MAGIC, "%s is not a PNG" % dest)
+    return dest
+
+
+def test_page_during_redis_outage():
+    """Redis killed: the header dot turns red and says why (before, only the
+    Redis badge did, the dot stayed green), the Redis card says decisions
+    cannot be checked, and "unavailable" counts the refused decides (it
+    said 0).  build/artifacts/status-page-outage.png."""
+    g = h.Gateway()
+    make_decisions(g)
+    g.redis.kill()
+    h.wait_until(lambda: g.get("/readyz").status == 503, 5, what="the gateway to see Redis gone")
+    refused = sum(g.decide(h.uid("outage"), "email").status == 503 for _ in range(4))
+    h.check(refused == 4, "decides during the outage were not refused: %d of 4" % refused)
+    url = "http://127.0.0.1:%d/status.html" % g.port
+    dom = dump_dom(url, budget_ms=4000)
+    h.check(dom.updated() >= 1, "data-updated=%s" % dom.updated())
+    h.check(not dom.banner_shown(), "the fetch banner is shown although /status answers")
+    dot = dom.by_id("health-dot")
+    h.check(dot.attrs.get("data-health") == "redis-down", "header dot: %r" % dot)
+    h.check("redis-down" in dom.body.attrs.get("class", "").split(), "body class %r: the dot is not red"
+            % dom.body.attrs.get("class"))
+    h.check(dom.metric("health-text") == "Redis disconnected", "header text %r" % dom.metric("health-text"))
+    h.check(dom.value("redis-connected") == "no", "Redis badge %r" % dom.metric("redis-connected"))
+    h.check(not dom.by_id("redis-down").hidden(), "no outage notice in the Redis card")
+    h.check(dom.value("redis-unavailable") >= refused, "unavailable shows %r after %d refused decides"
+            % (dom.value("redis-unavailable"), refused))
+    h.check(dom.value("redis-down-refused") >= refused, "refused count %r" % dom.value("redis-down-refused"))
+    h.check(dom.metric("redis-p99") == DASH, "a Redis p99 %r shown while no call is answered"
+            % dom.metric("redis-p99"))
+    screenshot(url, "status-page-outage.png")
+    # Back: the dot turns green again.
+    g.redis.start()
+    h.wait_until(lambda: g.get("/readyz").status == 200, 10, what="Redis back")
+    dom = dump_dom(url, budget_ms=3000)
+    h.check(dom.by_id("health-dot").attrs.get("data-health") == "ok", "dot after recovery %r"
+            % dom.by_id("health-dot"))
+    h.check(dom.by_id("redis-down").hidden(), "outage notice still shown")
+
+
+def test_page_with_no_data():
+    """A gateway that has decided nothing: no panel claims anything (it said
+    "every decision so far was allow", a Redis p50 of 0.00 ms and "all
+    healthy" upstreams).  build/artifacts/status-page-empty.png."""
+    from upstream_server import FakeUpstream
+    up = FakeUpstream().start()
+    g = h.Gateway(overrides={"channels": {"email": {"upstream": {"url": up.url + "/send", "timeout_ms": 1000}},
+                                          "push": {}, "sms": {"requires_opt_in": True}}})
+    url = "http://127.0.0.1:%d/status.html" % g.port
+    dom = dump_dom(url, budget_ms=4000)
+    h.check(dom.updated() >= 1, "data-updated=%s" % dom.updated())
+    n = dom.by_id("reasons-empty")
+    h.check(not n.hidden() and n.text().strip() == "no decision yet", "reasons card with no data: %r" % n)
+    h.check(dom.by_id("rules-empty").text().strip() == "no rule has decided yet", "rules card")
+    for k in ("total-allow", "total-defer", "total-deny"):
+        h.check(dom.value(k) == 0, "%s = %r" % (k, dom.value(k)))
+    st = g.get("/status").body
+    if st["redis"]["calls"] == 0:
+        for k in ("redis-p50", "redis-p99"):
+            h.check(dom.metric(k) == DASH, "%s shows %r without a single call" % (k, dom.metric(k)))
+    sub = dom.by_id("upstreams-sub").text()
+    h.check("all healthy" not in sub and "no deliveries yet" in sub, "upstreams: %r" % sub)
+    h.check(dom.by_id("health-dot").attrs.get("data-health") == "ok", "dot %r" % dom.by_id("health-dot"))
+    screenshot(url, "status-page-empty.png", budget_ms=4000)
+
+
+def _buckets(fast, slow):
+    """le_ms of the daemon's histogram; FAST samples under 1 ms, SLOW in 10-25 ms."""
+    le = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000, 5000, None]
+    counts = [0] * len(le)
+    counts[3] = fast
+    counts[7] = slow
+    return {"le_ms": le, "counts": counts}
+
+
+def _shifting_status(n):
+    """Ten polls of fast Redis calls (1000 a poll), then only slow ones (20 a
+    poll).  Since start the p99 stays under 1 ms; over the last 10 s it is
+    the slow calls'."""
+    fast = 1000 * min(n, 10)
+    slow = 20 * max(0, n - 10)
+    body = _minimal_status(1)
+    body["uptime_s"] = 5 + 2 * n
+    body["decisions"]["allow"] = 4 * n
+    body["redis"].update({"calls": fast + slow, "rtt_ms": {"p50": 0.6, "p99": 0.99},
+                          "rtt_buckets": _buckets(fast, slow)})
+    body["http"].update({"requests": fast + slow, "latency_ms": {"p50": 0.7, "p99": 0.98},
+                         "latency_buckets": _buckets(fast, slow)})
+    return body
+
+
+def test_latency_quantiles_are_of_the_last_10_seconds():
+    """The p99 shown is of the last 10 s (two polls' buckets subtracted), and
+    the page says so; before, it plotted the since-start p99, which slid
+    towards the bulk of old samples."""
+    stub = StubServer(served_page(), _shifting_status)
+    try:
+        dom = dump_dom(stub.url(), budget_ms=40000)
+        polls = stub.count
+    finally:
+        stub.close()
+    h.check(polls >= 17, "only %d polls" % polls)
+    for k in ("redis-p99", "http-p99"):
+        v = dom.value(k)
+        h.check(isinstance(v, (int, float)) and 10 <= v <= 25, "%s = %r: not the last 10 s's slow calls "
+                "(since start it is under 1 ms)" % (k, v))
+    for k in ("redis-p50", "http-p50"):
+        v = dom.value(k)
+        h.check(isinstance(v, (int, float)) and 10 <= v <= 25, "%s = %r" % (k, v))
+    h.check(dom.metric("redis-window") == "p50/p99 of the last 10 s", "window label %r"
+            % dom.metric("redis-window"))
+    h.check(dom.metric("http-window-k") == "(10 s)", "http window label %r" % dom.metric("http-window-k"))
+    h.check("last 10 s" in dom.chart("redis-latency").attrs.get("aria-label", "") or
+            "last 10 s" in dom.chart("redis-latency").text(), "chart does not say its window: %r"
+            % dom.chart("redis-latency").attrs)

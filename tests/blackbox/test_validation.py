@@ -231,3 +231,54 @@ def test_no_redis_change_for_any_bad_request():
     h.check(g.redis.dbsize() == n0, "DBSIZE changed from %d to %d after bad requests"
             % (n0, g.redis.dbsize()))
     h.check(not any(u.encode() in e["key"] for e in g.redis.dump()), "raw user id in a key")
+
+
+# -- control characters (issue 12.6) -----------------------------------------
+
+def test_control_characters_in_identifiers_are_refused():
+    """A CR/LF in message_id, campaign, collapse_key or a route's extracted
+    values would reach an upstream's headers or a log: 400, nothing changes."""
+    _bad("/v1/decide", _decide_body(message_id="m-1\r\nX-Evil: 1"), 400, "invalid_field",
+         field="message_id")
+    _bad("/v1/decide", _decide_body(campaign="spring\n"), 400, "invalid_field", field="campaign")
+    _bad("/v1/decide", _decide_body(message_id="m\u0000"), 400, "invalid_json")   # jansson: no NUL
+    _bad("/v1/release", {"user": h.uid(), "message_id": "r\r1"}, 400, "invalid_field",
+         field="message_id")
+    _bad("/v1/consent", {"user": h.uid(), "channel": "email", "category": "*", "state": "opt_in",
+                         "source": "form\r\nx"}, 400, "invalid_field", field="source")
+    # A tab or DEL is a control character too; ordinary UTF-8 is not.
+    _bad("/v1/decide", _decide_body(campaign="a\tb"), 400, "invalid_field", field="campaign")
+    _bad("/v1/decide", _decide_body(campaign="a\u007fb"), 400, "invalid_field", field="campaign")
+    # A raw DEL byte in a body the fast reader takes (found by fuzz_request).
+    _bad("/v1/decide", b'{"user":"carol","channel":"email","message_id":"m\x7f1"}', 400,
+         "invalid_field", field="message_id")
+    h.expect_decision(gw().post("/v1/decide", _decide_body(campaign="Frühling – 2027")), "allow")
+
+
+def test_control_characters_on_proxy_roads_are_refused():
+    from upstream_server import FakeUpstream
+    up = FakeUpstream().start()
+    routes = [{"path": "/v3/mail/send", "channel": "email",
+               "user": "json:/personalizations/0/to/0/email",
+               "message_id": "json:/custom_args/id", "campaign": "json:/categories/0"}]
+    g = h.Gateway(overrides={"channels": {"email": {"upstream": {"url": up.url + "/send"}},
+                                          "push": {}, "sms": {}},
+                             "routes": routes, "caps": []})
+    u = h.uid()
+    r = g.post("/v1/send", {"user": u, "channel": "email", "message_id": "s\r\n1",
+                            "payload": {"to": u}})
+    h.expect_error(r, 400, "invalid_field", field="message_id")
+    r = g.post("/v1/send", {"user": u, "channel": "email", "message_id": "s-2",
+                            "collapse_key": "k\n", "payload": {"to": u}})
+    h.expect_error(r, 400, "invalid_field", field="collapse_key")
+
+    def mail(mid, campaign="c"):
+        return json.dumps({"personalizations": [{"to": [{"email": u}]}],
+                           "custom_args": {"id": mid}, "categories": [campaign]}).encode()
+    hdr = {"Content-Type": "application/json"}
+    h.expect_error(g.post("/v3/mail/send", mail("r\r\n1"), headers=hdr), 400, "invalid_field",
+                   field="message_id")
+    h.expect_error(g.post("/v3/mail/send", mail("r-2", "x\ny"), headers=hdr), 400,
+                   "invalid_field", field="campaign")
+    h.check(up.requests == [], "nothing forwarded: %r" % up.requests)
+    h.expect_status(g.post("/v3/mail/send", mail("r-3"), headers=hdr), 200)

@@ -33,6 +33,11 @@ Whatever the mode, some paths answer in their own way:
     /informational      a 103 Early Hints (with a Link header), then the normal answer
     /garbage            send bytes that are not HTTP, then close
     /big/N              200 with a body of N bytes (?chunked: without Content-Length)
+    /empty/N            status N with no body and no Content-Type
+and, when the mode is normal, shaped like real campaign APIs:
+    /sendgrid[...]      SendGrid's v3 mail send: 202, no body, X-Message-Id; 401 with
+                        SendGrid's errors[] unless Authorization is "Bearer SG.<...>"
+    /twilio[...]        Twilio's Messages API: 201, JSON {sid, status, to}
 and the control API (never recorded, never counted as a connection):
     GET  /_control/requests     the records, JSON list
     GET  /_control/stats        {"requests", "connections_total", "connections_open",
@@ -174,7 +179,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if "chunked" in req.query:
                     return self._chunked(200, b"x" * int(parts[1]))
                 return self._send(200, b"x" * int(parts[1]), "application/octet-stream")
+            if parts[0] == "empty" and len(parts) > 1:
+                return self._bare(int(parts[1]))
             name = mode["mode"]
+            if name == "normal" and parts[0] == "sendgrid":
+                return self._sendgrid(req)
+            if name == "normal" and parts[0] == "twilio":
+                return self._json(201, {"sid": "SM%032x" % req.seq, "status": "queued"})
             if name == "fail":
                 return self._json(500, {"error": "injected failure"})
             if name == "status":
@@ -217,6 +228,25 @@ class _Handler(BaseHTTPRequestHandler):
             chunk = data[k:k + piece]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _bare(self, status):
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.wfile.flush()
+
+    def _sendgrid(self, req):
+        auth = req.header("Authorization") or ""
+        if not auth.startswith("Bearer SG."):
+            return self._json(401, {"errors": [{
+                "message": "The provided authorization grant is invalid, expired, or revoked",
+                "field": None, "help": None}]})
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.send_header("X-Message-Id", "sg-%06d-%s" % (req.seq, os.urandom(4).hex()))
+        self.send_header("Access-Control-Allow-Origin", "https://sendgrid.api-docs.io")
+        self.end_headers()
         self.wfile.flush()
 
     def _json(self, status, obj, extra=()):

@@ -1,5 +1,6 @@
 /*
- * fuzz_common.h: fixtures shared by the libFuzzer harnesses (tests/fuzz/).
+ * fuzz_common.h: fixtures shared by the libFuzzer harnesses (tests/fuzz/) and
+ * the unit tests that need a config (tests/unit/).
  *
  * A small config built by hand (as tests/unit/test_decision.c does), the
  * zone table of /usr/share/zoneinfo (loaded once), a pseudonym key made up at

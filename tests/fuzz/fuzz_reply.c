@@ -216,14 +216,14 @@ static void run_open(const char *text, size_t len)
     memcpy(s, text, len);
     s[len] = '\0';
     size_t n = 12345;
-    char *plain = pseudonym_open(fz_pseudonym(), s, &n);
+    char *plain = pseudonym_open(fz_pseudonym(), s, len, &n);
     if (plain) {                 /* forged: should take 2^-128 luck */
         FUZZ_CHECK(n <= len && plain[n] == '\0');
         free(plain);
     }
     char *sealed = pseudonym_seal(fz_pseudonym(), text, len);
     FUZZ_CHECK(sealed);
-    plain = pseudonym_open(fz_pseudonym(), sealed, &n);
+    plain = pseudonym_open(fz_pseudonym(), sealed, strlen(sealed), &n);
     FUZZ_CHECK(plain && n == len && memcmp(plain, text, len) == 0 && plain[n] == '\0');
     free(plain);
     free(sealed);

@@ -1,19 +1,14 @@
 /*
- * fuzz_request: a hostile request body through the checks of
- *   POST /v1/decide   (src/api_decide.c: api_decide)
- *   POST /v1/release  (src/api_decide.c: api_release)
- *   POST /v1/send     (src/api_send.c: api_send + decide_and_send)
- *   a transparent route (src/api_send.c: api_route's extract, JSON pointers)
- * without Redis or HTTP: each handler's validation sequence is replayed here
- * step by step, then what the handler does with the fields (pseudonyms,
- * script arguments, the delivery blob), stopping where it would call Redis.
+ * fuzz_request: a hostile request body through the parsers the handlers
+ * call (src/requests.c) -- decide, release, send, consent, events, users and
+ * a transparent route (JSON pointers and headers) -- without Redis or HTTP,
+ * then what the handlers do with the fields (pseudonyms, script arguments,
+ * the delivery blob), stopping where they would call Redis.
  *
- * Oracles besides the sanitizers: an error always has a message; script
- * arguments stay inside their buffer; a delivery blob parses back to the
- * message it was built from.
- *
- * Keep in step with the handlers: when a handler gains a field or a check,
- * add it here.
+ * Oracles besides the sanitizers: an error always has a message; a parsed
+ * body's fields keep their limits and hold no control characters where
+ * they travel on; script arguments stay inside their buffer; a delivery
+ * blob parses back to the message it was built from.
  */
 #include <jansson.h>
 #include <stdbool.h>
@@ -26,9 +21,9 @@
 #include "capgate/config.h"
 #include "capgate/decision.h"
 #include "capgate/delivery.h"
-#include "capgate/jsonptr.h"
 #include "capgate/pseudonym.h"
 #include "capgate/tz.h"
+#include "capgate/requests.h"
 #include "capgate/validate.h"
 #include "fuzz_common.h"
 
@@ -99,335 +94,255 @@ static void check_blob(const char *blob, const struct message *m)
     delivery_clear(&back);
 }
 
-/* ---- POST /v1/decide (api_decide) -------------------------------------- */
+/* ---- what the handlers do once a body is read ---------------------------- */
 
-#define USER_MAX 256
-#define MESSAGE_ID_MAX 128
-#define CAMPAIGN_MAX 256
-#define TZ_NAME_MAX 64
-
-struct decide_call_copy {      /* the parts of api_decide.c's struct decide_call */
-    char user[PSEUDONYM_USER_HEX + 1];
-    bool dry_run;
-    char channel[33];
-    char message_id[MESSAGE_ID_MAX + 1];
-};
-
-static void run_decide(const char *body, size_t body_len)
+/* decide.c's arguments for a decision (with a message to queue, or not). */
+static void decide_args(const struct req_decide *d, const struct enqueue *q)
 {
-    static const char *const fields[] = { "user", "channel", "category", "campaign",
-                                          "message_id", "tz", "dry_run", NULL };
-    const char *user, *channel, *category, *campaign, *message_id, *tzname;
-    size_t user_len, message_id_len;
-    struct field_error e;
     struct decide_input in;
-    bool dry_run;
-
-    json_t *obj = validate_object(body, body_len, &e);
-    if (!obj) {
-        check_error(&e);
-        return;
-    }
-    if (validate_known_fields(obj, fields, &e) ||
-        validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
-        validate_string(obj, "channel", true, 1, 64, &channel, NULL, &e) ||
-        validate_string(obj, "category", false, 1, 64, &category, NULL, &e) ||
-        validate_string(obj, "campaign", false, 1, CAMPAIGN_MAX, &campaign, NULL, &e) ||
-        validate_string(obj, "message_id", true, 1, MESSAGE_ID_MAX, &message_id,
-                        &message_id_len, &e) ||
-        validate_string(obj, "tz", false, 1, TZ_NAME_MAX, &tzname, NULL, &e) ||
-        validate_bool(obj, "dry_run", &dry_run, &e)) {
-        check_error(&e);
-        json_decref(obj);
-        return;
-    }
-    FUZZ_CHECK(user && user_len >= 1 && user_len <= USER_MAX);
-    FUZZ_CHECK(message_id && message_id_len >= 1 && message_id_len <= MESSAGE_ID_MAX);
     memset(&in, 0, sizeof in);
-    in.channel = config_channel(&cfg, channel);
-    if (!in.channel)
-        goto out;
-    in.category = config_category(&cfg, category ? category : cfg.default_category);
-    if (!in.category)
-        goto out;
-    if (tzname) {
-        in.zone = tz_db_find(fz_tz(), tzname);
-        if (!in.zone)
-            goto out;
-    } else if (cfg.quiet_hours.enabled) {
-        in.zone = tz_db_find(fz_tz(), cfg.quiet_hours.default_tz);
-    }
-    struct decide_call_copy *call = calloc(1, sizeof *call);
-    FUZZ_CHECK(call);
-    call->dry_run = dry_run;
-    snprintf(call->channel, sizeof call->channel, "%s", in.channel->name);
-    memcpy(call->message_id, message_id, message_id_len);
-    pseudonym_user(fz_pseudonym(), user, user_len, in.user);
-    pseudonym_message(fz_pseudonym(), message_id, message_id_len, in.message);
-    memcpy(call->user, in.user, sizeof call->user);
+    pseudonym_user(fz_pseudonym(), d->user, d->user_len, in.user);
+    pseudonym_message(fz_pseudonym(), d->message_id, d->message_id_len, in.message);
     FUZZ_CHECK(strlen(in.user) == PSEUDONYM_USER_HEX && strlen(in.message) == PSEUDONYM_SHORT_HEX);
-    in.campaign = campaign;
-    in.dry_run = dry_run;
-
+    in.channel = d->channel;
+    in.category = d->category;
+    in.campaign = d->campaign;
+    in.dry_run = d->dry_run;
+    in.enqueue = q;
+    in.zone = d->tz ? tz_db_find(fz_tz(), d->tz)
+            : cfg.quiet_hours.enabled ? tz_db_find(fz_tz(), cfg.quiet_hours.default_tz) : NULL;
+    FUZZ_CHECK(!d->tz || in.zone);
     struct script_args args;
     decision_decide_args(&cfg, &in, NOW_S, &args);
     check_args(&args);
+    if (q)
+        FUZZ_CHECK(args.argc > 0 && args.argvlen[args.argc - 2] == q->blob_len);
+}
+
+static void check_decide(const struct req_decide *d)
+{
+    FUZZ_CHECK(d->user && d->user_len >= 1 && d->user_len <= REQ_USER_MAX);
+    FUZZ_CHECK(d->message_id && d->message_id_len >= 1 && d->message_id_len <= REQ_MESSAGE_ID_MAX);
+    FUZZ_CHECK(!validate_has_control(d->message_id, d->message_id_len));
+    FUZZ_CHECK(!d->campaign || !validate_has_control(d->campaign, strlen(d->campaign)));
+    FUZZ_CHECK(d->channel && d->category);
     /* The answer echoes message_id: it must be a string jansson takes. */
-    json_t *echo = json_string(call->message_id);
+    char id[REQ_MESSAGE_ID_MAX + 1];
+    memcpy(id, d->message_id, d->message_id_len);
+    id[d->message_id_len] = '\0';
+    json_t *echo = json_string(id);
     FUZZ_CHECK(echo);
     json_decref(echo);
-    free(call);
-out:
-    json_decref(obj);
 }
 
-/* ---- POST /v1/release (api_release) ------------------------------------ */
-
-static void run_release(const char *body, size_t body_len)
+/* api_send.c's decide_and_send, up to the store call: the message and its blob. */
+static void send_message(struct message *m, const char *user, size_t user_len,
+                         const char *message_id, const struct cfg_channel *ch,
+                         const struct cfg_category *cat, const char *campaign, const char *tz,
+                         int priority, const char *collapse)
 {
-    static const char *const fields[] = { "user", "message_id", NULL };
-    const char *user, *message_id;
-    size_t user_len, message_id_len;
-    char user_hash[PSEUDONYM_USER_HEX + 1], message_hash[PSEUDONYM_SHORT_HEX + 1];
-    struct field_error e;
-
-    json_t *obj = validate_object(body, body_len, &e);
-    if (!obj) {
-        check_error(&e);
-        return;
-    }
-    if (validate_known_fields(obj, fields, &e) ||
-        validate_string(obj, "user", true, 1, USER_MAX, &user, &user_len, &e) ||
-        validate_string(obj, "message_id", true, 1, MESSAGE_ID_MAX, &message_id,
-                        &message_id_len, &e)) {
-        check_error(&e);
-        json_decref(obj);
-        return;
-    }
-    pseudonym_user(fz_pseudonym(), user, user_len, user_hash);
-    pseudonym_message(fz_pseudonym(), message_id, message_id_len, message_hash);
-    json_decref(obj);
-    struct script_args args;
-    decision_release_args(&cfg, user_hash, message_hash, &args);
-    check_args(&args);
-}
-
-/* ---- POST /v1/send (api_send, decide_and_send) ------------------------- */
-
-struct send_copy {             /* the parts of api_send.c's struct send_call */
-    struct message m;
-    char *blob;
-    char user[PSEUDONYM_USER_HEX + 1];
-    char message[PSEUDONYM_SHORT_HEX + 1];
-    char message_id[129];
-    char channel[65], category[65];
-    char *campaign, *tz, *method, *query;
-};
-
-static void send_free(struct send_copy *c)
-{
-    free(c->m.body);
-    json_decref(c->m.headers);
-    free(c->blob);
-    free(c->campaign);
-    free(c->tz);
-    free(c->method);
-    free(c->query);
-    free(c);
-}
-
-/* decide_and_send up to the store call. */
-static void decide_and_send(struct send_copy *c, int priority, const char *collapse,
-                            const char *user, size_t user_len)
-{
-    pseudonym_user(fz_pseudonym(), user, user_len, c->user);
-    pseudonym_message(fz_pseudonym(), c->message_id, strlen(c->message_id), c->message);
-    c->m.user = c->user;
-    c->m.message = c->message;
-    c->m.message_id = c->message_id;
-    c->m.channel = c->channel;
-    c->m.category = c->category;
-    c->m.campaign = c->campaign;
-    c->m.tz = c->tz;
-    c->m.method = c->method ? c->method : "POST";
-    c->m.query = c->query;
-    c->blob = delivery_blob(&c->m, fz_pseudonym());
-    FUZZ_CHECK(c->blob);     /* only out of memory may fail here */
-    check_blob(c->blob, &c->m);
-    struct enqueue q = { .blob = c->blob, .blob_len = strlen(c->blob), .priority = priority,
+    char pu[PSEUDONYM_USER_HEX + 1], pm[PSEUDONYM_SHORT_HEX + 1];
+    pseudonym_user(fz_pseudonym(), user, user_len, pu);
+    pseudonym_message(fz_pseudonym(), message_id, strlen(message_id), pm);
+    m->user = pu;
+    m->message = pm;
+    m->message_id = message_id;
+    m->channel = ch->name;
+    m->category = cat->name;
+    m->campaign = campaign;
+    m->tz = tz;
+    if (!m->method)
+        m->method = "POST";
+    char *blob = delivery_blob(m, fz_pseudonym());
+    FUZZ_CHECK(blob);     /* only out of memory may fail here */
+    check_blob(blob, m);
+    struct req_decide d = { .user = user, .user_len = user_len, .message_id = message_id,
+                            .message_id_len = strlen(message_id), .campaign = campaign, .tz = tz,
+                            .channel = ch, .category = cat };
+    struct enqueue q = { .blob = blob, .blob_len = strlen(blob), .priority = priority,
                          .collapse = collapse };
-    struct decide_input in;
-    memset(&in, 0, sizeof in);
-    memcpy(in.user, c->user, sizeof in.user);
-    memcpy(in.message, c->message, sizeof in.message);
-    in.channel = config_channel(&cfg, c->channel);
-    in.category = config_category(&cfg, c->category);
-    FUZZ_CHECK(in.channel && in.category);
-    in.campaign = c->campaign;
-    in.zone = c->tz ? tz_db_find(fz_tz(), c->tz)
-            : cfg.quiet_hours.enabled ? tz_db_find(fz_tz(), cfg.quiet_hours.default_tz) : NULL;
-    in.enqueue = &q;
-    struct script_args args;
-    decision_decide_args(&cfg, &in, NOW_S, &args);
-    check_args(&args);
-    FUZZ_CHECK(args.argc > 0 && args.argvlen[args.argc - 2] == q.blob_len);
+    decide_args(&d, &q);
+    free(blob);
 }
 
-static void run_send(const char *body, size_t body_len)
+/* ---- the bodies --------------------------------------------------------------- */
+
+static void run_decide(const char *body, size_t len)
 {
-    static const char *const fields[] = { "user", "channel", "category", "campaign", "message_id",
-                                          "tz", "payload", "collapse_key", "priority", NULL };
-    const char *user, *channel, *category, *campaign, *message_id, *tzname, *collapse;
-    size_t user_len;
     struct field_error e;
-
-    json_t *obj = validate_object(body, body_len, &e);
-    if (!obj) {
+    struct req_decide d;
+    if (request_decide(&cfg, fz_tz(), body, len, &d, &e) != 0)
         check_error(&e);
-        return;
+    else {
+        check_decide(&d);
+        decide_args(&d, NULL);
     }
-    if (validate_known_fields(obj, fields, &e) ||
-        validate_string(obj, "user", true, 1, 256, &user, &user_len, &e) ||
-        validate_string(obj, "channel", true, 1, 64, &channel, NULL, &e) ||
-        validate_string(obj, "category", false, 1, 64, &category, NULL, &e) ||
-        validate_string(obj, "campaign", false, 1, 256, &campaign, NULL, &e) ||
-        validate_string(obj, "message_id", true, 1, 128, &message_id, NULL, &e) ||
-        validate_string(obj, "tz", false, 1, 64, &tzname, NULL, &e) ||
-        validate_string(obj, "collapse_key", false, 1, 128, &collapse, NULL, &e))
-        goto invalid;
-    json_t *payload = json_object_get(obj, "payload");
-    if (!payload) {
-        e = (struct field_error){ .code = API_MISSING_FIELD, .field = "payload" };
-        snprintf(e.message, sizeof e.message, "payload is required");
-        goto invalid;
-    }
-    json_t *prio = json_object_get(obj, "priority");
-    if (json_is_null(prio))
-        prio = NULL;
-    if (prio && (!json_is_integer(prio) || json_integer_value(prio) < 0 ||
-                 json_integer_value(prio) > 9)) {
-        e = (struct field_error){ .code = API_INVALID_FIELD, .field = "priority" };
-        snprintf(e.message, sizeof e.message, "priority must be an integer 0..9");
-        goto invalid;
-    }
-    /* The daemon refuses channels without an upstream; "push" and "sms"
-     * have none here, so only "email" goes on. */
-    const struct cfg_channel *ch = config_channel(&cfg, channel);
-    if (!ch || !ch->upstream.enabled ||
-        !config_category(&cfg, category ? category : cfg.default_category) ||
-        (tzname && !tz_db_find(fz_tz(), tzname))) {
-        json_decref(obj);
-        return;
-    }
-    struct send_copy *c = calloc(1, sizeof *c);
-    char *payload_text = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
-    FUZZ_CHECK(c && payload_text);
-    snprintf(c->message_id, sizeof c->message_id, "%s", message_id);
-    snprintf(c->channel, sizeof c->channel, "%s", channel);
-    snprintf(c->category, sizeof c->category, "%s", category ? category : cfg.default_category);
-    c->campaign = campaign ? strdup(campaign) : NULL;
-    c->tz = tzname ? strdup(tzname) : NULL;
-    c->m.body = payload_text;
-    c->m.body_len = strlen(payload_text);
-    char *collapse_copy = collapse ? strdup(collapse) : NULL;
-    int priority = prio ? (int)json_integer_value(prio) : 0;
-    char *user_copy = strndup(user, user_len);
-    json_decref(obj);
-    FUZZ_CHECK(user_copy);
-    decide_and_send(c, priority, collapse_copy, user_copy, user_len);
-    send_free(c);
-    free(user_copy);
-    free(collapse_copy);
-    return;
+    request_free(d.json);
+}
 
-invalid:
-    check_error(&e);
-    json_decref(obj);
+static void run_send(const char *body, size_t len)
+{
+    struct field_error e;
+    struct req_send s;
+    if (request_send(&cfg, fz_tz(), body, len, &s, &e) != 0) {
+        check_error(&e);
+    } else {
+        check_decide(&s.d);
+        FUZZ_CHECK(s.d.channel->upstream.enabled && s.priority >= 0 && s.priority <= 9);
+        FUZZ_CHECK(!s.collapse || !validate_has_control(s.collapse, strlen(s.collapse)));
+        char id[REQ_MESSAGE_ID_MAX + 1];
+        memcpy(id, s.d.message_id, s.d.message_id_len);
+        id[s.d.message_id_len] = '\0';
+        struct message m = { .body = s.payload, .body_len = strlen(s.payload) };
+        send_message(&m, s.d.user, s.d.user_len, id, s.d.channel, s.d.category, s.d.campaign,
+                     s.d.tz, s.priority, s.collapse);
+    }
+    request_send_free(&s);
+}
+
+static void run_people(const char *body, size_t len)
+{
+    struct field_error e;
+    struct req_person p;
+    if (request_release(body, len, &p, &e) != 0) {
+        check_error(&e);
+    } else {
+        char u[PSEUDONYM_USER_HEX + 1], m[PSEUDONYM_SHORT_HEX + 1];
+        pseudonym_user(fz_pseudonym(), p.user, p.user_len, u);
+        pseudonym_message(fz_pseudonym(), p.message_id, p.message_id_len, m);
+        struct script_args args;
+        decision_release_args(&cfg, u, m, &args);
+        check_args(&args);
+    }
+    request_free(p.json);
+    if (request_user(body, len, &p, &e) != 0)
+        check_error(&e);
+    else
+        FUZZ_CHECK(p.user && p.user_len >= 1 && p.user_len <= REQ_USER_MAX);
+    request_free(p.json);
+}
+
+static void run_consent(const char *body, size_t len)
+{
+    struct field_error e;
+    struct req_consent c;
+    if (request_consent(&cfg, body, len, &c, &e) != 0) {
+        check_error(&e);
+    } else {
+        char u[PSEUDONYM_USER_HEX + 1];
+        pseudonym_user(fz_pseudonym(), c.user, c.user_len, u);
+        struct script_args args;
+        decision_consent_args(&cfg, u, c.channel, c.category, c.opt_in, c.source, &args);
+        check_args(&args);
+    }
+    request_free(c.json);
+}
+
+static void run_event(const char *body, size_t len)
+{
+    static const enum consent_kind kinds[] = {
+        [EVENT_UNSUBSCRIBE] = CONSENT_UNSUBSCRIBE, [EVENT_COMPLAINT] = CONSENT_COMPLAINT,
+        [EVENT_BOUNCE] = CONSENT_BOUNCE, [EVENT_ENGAGE] = CONSENT_ENGAGE,
+    };
+    struct field_error e;
+    struct req_event ev;
+    if (request_event(&cfg, body, len, &ev, &e) != 0) {
+        check_error(&e);
+    } else {
+        FUZZ_CHECK(ev.effect[0] && strlen(ev.scope) < sizeof ev.scope);
+        char u[PSEUDONYM_USER_HEX + 1];
+        pseudonym_user(fz_pseudonym(), ev.user, ev.user_len, u);
+        struct script_args args;
+        decision_signal_args(&cfg, u, kinds[ev.kind], ev.scope, false, NULL, ev.detail, &args);
+        check_args(&args);
+    }
+    request_free(ev.json);
 }
 
 /* ---- a transparent route (api_route) ------------------------------------ */
 
-/* api_send.c's extract() for the "json:" form. */
-static bool extract(json_t *body, const char *spec, char *out, size_t size)
+/* The request's headers, taken here from the body's "headers" object when
+ * it has one (names and values are any UTF-8 jansson accepts, as from the
+ * HTTP layer). */
+static const char *body_header(void *ctx, const char *name)
 {
-    const char *v = NULL;
-    if (body) {
-        json_t *j = json_pointer(body, spec + 5);
-        if (json_is_string(j))
-            v = json_string_value(j);
-        else if (json_is_integer(j)) {
-            snprintf(out, size, "%lld", (long long)json_integer_value(j));
-            return true;
-        }
-    }
-    if (!v || !*v || strlen(v) >= size)
-        return false;
-    snprintf(out, size, "%s", v);
-    return true;
+    return json_string_value(json_object_get(json_object_get(ctx, "headers"), name));
 }
 
-/* The request's headers as api_route's keep_header collects them:
- * [[name, value], ...] without the hop-by-hop ones.  Taken here from the
- * body's "headers" object, when it has one (names and values are any
- * UTF-8 jansson accepts, as from the HTTP layer). */
-static json_t *route_headers(const char *body, size_t body_len)
+/* api_route's keep_header: [[name, value], ...] without the hop-by-hop ones. */
+static json_t *route_headers(json_t *doc)
 {
     json_t *arr = json_array();
-    json_t *doc = json_loadb(body, body_len, 0, NULL);
-    json_t *h = json_object_get(doc, "headers");
     const char *name;
     json_t *value;
     json_array_append_new(arr, json_pack("[s, s]", "Content-Type", "application/json"));
-    json_object_foreach(h, name, value) {
+    json_object_foreach(json_object_get(doc, "headers"), name, value) {
         if (json_is_string(value) && !delivery_hop_by_hop(name))
             json_array_append_new(arr, json_pack("[s, s]", name, json_string_value(value)));
     }
-    json_decref(doc);
     return arr;
 }
 
-static void run_route(const char *body, size_t body_len)
+static void run_route(const char *body, size_t len)
 {
-    json_t *json = body_len ? json_loadb(body, body_len, 0, NULL) : NULL;
-    char user[257], message_id[129], campaign[257], category[65];
-    struct {
-        const char *spec;
-        char *out;
-        size_t size;
-        bool required;
-    } want[] = {
-        { "json:/personalizations/0/to/0/email", user, sizeof user, true },
-        { "json:/custom_args/message~1id", message_id, sizeof message_id, true },
-        { "json:/campaign", campaign, sizeof campaign, false },
-        { "json:/category", category, sizeof category, false },
+    static char *users[] = { "json:/personalizations/*/to/*/email",
+                             "json:/personalizations/*/cc/*/email", "header:X-Recipient" };
+    static struct cfg_route route = {
+        .path = "/v3/mail/send", .channel = "email", .users = users, .n_users = 3,
+        .message_id = "header:Idempotency-Key", .campaign = "json:/campaign",
+        .category = "json:/category",
     };
-    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
-        want[k].out[0] = '\0';
-        if (!extract(json, want[k].spec, want[k].out, want[k].size) && want[k].required) {
-            json_decref(json);
-            return;
-        }
-    }
-    json_decref(json);
-    if (category[0] && !config_category(&cfg, category))
+    struct field_error e;
+    struct req_route rr;
+    json_t *doc = len ? json_loadb(body, len, 0, NULL) : NULL;
+    if (request_route(&cfg, &route, body, len, body_header, doc, &rr, &e) != 0) {
+        check_error(&e);
+        json_decref(doc);
         return;
-    struct send_copy *c = calloc(1, sizeof *c);
-    json_t *headers = route_headers(body, body_len);
-    FUZZ_CHECK(c && headers && (c->m.body = malloc(body_len + 1)));
-    memcpy(c->m.body, body, body_len);
-    c->m.body[body_len] = '\0';
-    c->m.body_len = body_len;
-    c->m.route = true;
-    c->m.headers = headers;
-    snprintf(c->message_id, sizeof c->message_id, "%s", message_id);
-    snprintf(c->channel, sizeof c->channel, "%s", "email");
-    snprintf(c->category, sizeof c->category, "%s", category[0] ? category : cfg.default_category);
-    c->campaign = campaign[0] ? strdup(campaign) : NULL;
-    c->method = strdup("POST");
-    c->query = strdup("a=1&b=%20");
-    decide_and_send(c, 0, NULL, user, strlen(user));
-    send_free(c);
+    }
+    FUZZ_CHECK(rr.n >= 1 && rr.n <= cfg.limits.max_recipients && rr.message_id[0] && rr.cat);
+    FUZZ_CHECK(!validate_has_control(rr.message_id, strlen(rr.message_id)));
+    FUZZ_CHECK(!validate_has_control(rr.campaign, strlen(rr.campaign)));
+    /* Each recipient's queued copy, as api_route makes it, and the body cut
+     * to every other recipient (whole personalizations as for the upstream). */
+    bool *keep = calloc(rr.n, sizeof *keep), *sent = calloc(rr.n, sizeof *sent);
+    FUZZ_CHECK(keep && sent);
+    for (size_t k = 0; k < rr.n; k++) {
+        const struct req_recipient *r = &rr.rcpt[k];
+        FUZZ_CHECK(r->id && r->id_len && r->where[0]);
+        memset(keep, 0, rr.n * sizeof *keep);
+        keep[k] = true;
+        size_t olen = len;
+        bool failed;
+        char *alone = request_route_body(&rr, body, len, keep, false, NULL, &olen, &failed);
+        FUZZ_CHECK(!alone || olen <= len);
+        struct message m = { .route = true, .method = "POST", .query = "a=1&b=%20",
+                             .headers = route_headers(doc),
+                             .body_len = alone ? olen : len };
+        FUZZ_CHECK(m.headers && (m.body = malloc(m.body_len + 1)));
+        memcpy(m.body, alone ? alone : body, m.body_len);
+        m.body[m.body_len] = '\0';
+        send_message(&m, r->id, r->id_len, rr.message_id, config_channel(&cfg, "email"),
+                     rr.cat, rr.campaign[0] ? rr.campaign : NULL, NULL, 0, NULL);
+        free(m.body);
+        json_decref(m.headers);
+        free(alone);
+    }
+    for (size_t k = 0; k < rr.n; k++)
+        keep[k] = k % 2 == 1;
+    size_t olen = len;
+    bool failed;
+    char *cut = request_route_body(&rr, body, len, keep, true, sent, &olen, &failed);
+    FUZZ_CHECK(!cut || olen <= len);
+    for (size_t k = 0; cut && k < rr.n; k++)
+        FUZZ_CHECK(!sent[k] || keep[k]);      /* nobody goes who was not kept */
+    free(cut);
+    free(keep);
+    free(sent);
+    request_route_free(&rr);
+    json_decref(doc);
 }
+
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -439,8 +354,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(body);
     memcpy(body, data, size);
     run_decide(body, size);
-    run_release(body, size);
     run_send(body, size);
+    run_people(body, size);
+    run_consent(body, size);
+    run_event(body, size);
     run_route(body, size);
     free(body);
     return 0;

@@ -32,7 +32,7 @@ secs=${1:-${FUZZ_SECONDS:-60}}
 case "$secs" in
     ''|*[!0-9]*) echo "usage: tests/fuzz/run.sh [SECONDS] [HARNESS...]" >&2; exit 2 ;;
 esac
-harnesses=${*:-"fuzz_request fuzz_config fuzz_duration fuzz_jsonptr fuzz_reply fuzz_json_flat"}
+harnesses=${*:-"fuzz_request fuzz_config fuzz_duration fuzz_jsonptr fuzz_reply fuzz_json_flat fuzz_jsonedit"}
 out=build/fuzz
 
 if [ -n "${FUZZ_CC:-}" ]; then
@@ -46,15 +46,16 @@ fi
 # The sources each harness links (the harness itself comes first).
 srcs() {
     case "$1" in
-    fuzz_request) echo src/validate.c src/json_flat.c src/pseudonym.c src/config.c src/decision.c \
-                       src/delivery.c src/jsonptr.c src/tz.c src/upstream.c src/log.c \
-                       build/gen/lua_scripts.c ;;
+    fuzz_request) echo src/requests.c src/validate.c src/json_flat.c src/pseudonym.c src/config.c src/decision.c \
+                       src/delivery.c src/jsonptr.c src/jsonedit.c src/form.c src/tz.c src/upstream.c \
+                       src/store.c src/cluster.c src/histogram.c src/log.c build/gen/lua_scripts.c ;;
     fuzz_config)  echo src/config.c src/decision.c src/tz.c build/gen/lua_scripts.c ;;
     fuzz_duration) echo src/config.c ;;
     fuzz_jsonptr) echo src/jsonptr.c ;;
     fuzz_json_flat) echo src/json_flat.c ;;
+    fuzz_jsonedit) echo src/jsonedit.c src/form.c ;;
     fuzz_reply)   echo src/decision.c src/delivery.c src/pseudonym.c src/config.c src/tz.c \
-                       src/upstream.c src/log.c build/gen/lua_scripts.c ;;
+                       src/upstream.c src/store.c src/cluster.c src/histogram.c src/log.c build/gen/lua_scripts.c ;;
     *) return 1 ;;
     esac
 }
@@ -67,11 +68,12 @@ max_len() {
     fuzz_duration) echo 64 ;;
     fuzz_jsonptr) echo 2048 ;;
     fuzz_json_flat) echo 1024 ;;
+    fuzz_jsonedit) echo 4096 ;;
     fuzz_reply)   echo 4096 ;;
     esac
 }
 
-PKGS="jansson libfyaml libsodium libevent libcurl"
+PKGS="jansson libfyaml libsodium libevent libcurl hiredis gnutls"
 if ! pkg_cflags=$(pkg-config --cflags $PKGS) || ! pkg_libs=$(pkg-config --libs $PKGS); then
     echo "fuzz: pkg-config cannot find $PKGS" >&2
     exit 2

@@ -60,9 +60,49 @@ TEST(hash_is_stable_keyed_and_hex)
     pseudonym_free(k2);
 }
 
+/* A rotation: the previous key gives the old pseudonyms, and what it
+ * sealed still opens; the same key as previous is refused. */
+TEST(previous_key_during_a_rotation)
+{
+    char err[256], a[PSEUDONYM_USER_HEX + 1], b[PSEUDONYM_USER_HEX + 1];
+    char *p = write_key("0123456789abcdef0123456789abcdef", 32);
+    struct pseudonym *old = pseudonym_load(p, err, sizeof err);
+    struct pseudonym *cur = pseudonym_load(p, err, sizeof err);
+    CHECK(old && cur);
+    if (!old || !cur)
+        return;
+    CHECK(pseudonym_load_previous(cur, p, err, sizeof err) == -1);   /* the same key */
+    CHECK(strstr(err, "same key") != NULL);
+    unlink(p);
+    pseudonym_free(cur);
+    p = write_key("2123456789abcdef0123456789abcdef", 32);
+    cur = pseudonym_load(p, err, sizeof err);
+    char *q = write_key("0123456789abcdef0123456789abcdef", 32);
+    CHECK(cur && !pseudonym_rotating(cur) && !pseudonym_user_previous(cur, "x", 1, a));
+    CHECK(pseudonym_load_previous(cur, q, err, sizeof err) == 0);
+    unlink(p);
+    unlink(q);
+    CHECK(pseudonym_rotating(cur));
+    CHECK(pseudonym_user_previous(cur, "alice@example.com", 17, a));
+    pseudonym_user(old, "alice@example.com", 17, b);
+    CHECK_EQ_STR(a, b);
+    pseudonym_user(cur, "alice@example.com", 17, b);
+    CHECK(strcmp(a, b) != 0);
+    char *sealed = pseudonym_seal(old, "hello", 5);
+    size_t n = 0;
+    char *plain = sealed ? pseudonym_open(cur, sealed, strlen(sealed), &n) : NULL;
+    CHECK(plain && n == 5 && memcmp(plain, "hello", 5) == 0);
+    free(plain);
+    free(sealed);
+    CHECK(!pseudonym_same_key(cur, old));
+    pseudonym_free(old);
+    pseudonym_free(cur);
+}
+
 int main(void)
 {
     RUN(short_missing_key_files_are_refused);
     RUN(hash_is_stable_keyed_and_hex);
+    RUN(previous_key_during_a_rotation);
     return unit_done("test_pseudonym");
 }

@@ -1,0 +1,186 @@
+/* Unit tests: the request parsers (src/requests.c), the pure half of every
+ * handler.  The config is the fuzzers' hand-built one. */
+#include "capgate/requests.h"
+#include "../fuzz/fuzz_common.h"
+#include "unit.h"
+
+static struct config cfg;
+
+#define BODY(s) s, strlen(s)
+
+TEST(decide_fast_and_general_paths_agree)
+{
+    struct req_decide a, b;
+    struct field_error e;
+    const char *flat = "{\"user\":\"u1\",\"channel\":\"email\",\"message_id\":\"m1\",\"campaign\":\"c\"}";
+    const char *nested = "{\"user\":\"u\\u0031\",\"channel\":\"email\",\"message_id\":\"m1\",\"campaign\":\"c\"}";
+    CHECK_EQ_INT(request_decide(&cfg, fz_tz(), BODY(flat), &a, &e), 0);
+    CHECK(a.json == NULL);                       /* the flat path built nothing */
+    CHECK_EQ_INT(request_decide(&cfg, fz_tz(), BODY(nested), &b, &e), 0);
+    CHECK(b.json != NULL);
+    CHECK_EQ_INT(a.user_len, b.user_len);
+    CHECK(memcmp(a.user, b.user, a.user_len) == 0);
+    CHECK(a.channel == b.channel && a.category == b.category);
+    CHECK_EQ_STR(a.category->name, "marketing");
+    CHECK_EQ_STR(a.campaign, "c");
+    request_free(b.json);
+}
+
+TEST(decide_errors_name_the_field)
+{
+    struct req_decide d;
+    struct field_error e;
+    CHECK_EQ_INT(request_decide(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"fax\",\"message_id\":\"m\"}"), &d, &e), -1);
+    CHECK_EQ_INT(e.code, API_UNKNOWN_CHANNEL);
+    request_free(d.json);
+    CHECK_EQ_INT(request_decide(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"email\"}"), &d, &e), -1);
+    CHECK_EQ_INT(e.code, API_MISSING_FIELD);
+    CHECK_EQ_STR(e.field, "message_id");
+    request_free(d.json);
+    CHECK_EQ_INT(request_decide(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"email\",\"message_id\":\"m\",\"dryrun\":true}"), &d, &e), -1);
+    CHECK_EQ_INT(e.code, API_INVALID_FIELD);
+    CHECK_EQ_STR(e.field, "dryrun");             /* the error keeps its own copy of the key */
+    request_free(d.json);
+    CHECK_EQ_INT(request_decide(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"email\",\"message_id\":\"m\",\"tz\":\"Mars/Olympus\"}"), &d, &e), -1);
+    CHECK_EQ_STR(e.field, "tz");
+    request_free(d.json);
+}
+
+TEST(control_characters_are_refused_where_they_travel)
+{
+    struct req_decide d;
+    struct field_error e;
+    CHECK_EQ_INT(request_decide(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"email\",\"message_id\":\"a\\r\\nb\"}"), &d, &e), -1);
+    CHECK_EQ_STR(e.field, "message_id");
+    request_free(d.json);
+    /* A user id may hold anything: it is hashed, never sent on. */
+    CHECK_EQ_INT(request_decide(&cfg, fz_tz(), BODY("{\"user\":\"a\\tb\",\"channel\":\"email\",\"message_id\":\"m\"}"), &d, &e), 0);
+    request_free(d.json);
+    struct req_send s;
+    CHECK_EQ_INT(request_send(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"email\",\"message_id\":\"m\",\"collapse_key\":\"k\\u007f\",\"payload\":1}"), &s, &e), -1);
+    CHECK_EQ_STR(e.field, "collapse_key");
+    request_send_free(&s);
+}
+
+TEST(send_needs_an_upstream_and_a_payload)
+{
+    struct req_send s;
+    struct field_error e;
+    CHECK_EQ_INT(request_send(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"push\",\"message_id\":\"m\",\"payload\":{}}"), &s, &e), -1);
+    CHECK_EQ_INT(e.code, API_NO_UPSTREAM);
+    request_send_free(&s);
+    CHECK_EQ_INT(request_send(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"email\",\"message_id\":\"m\"}"), &s, &e), -1);
+    CHECK_EQ_STR(e.field, "payload");
+    request_send_free(&s);
+    CHECK_EQ_INT(request_send(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"email\",\"message_id\":\"m\",\"priority\":10,\"payload\":[]}"), &s, &e), -1);
+    CHECK_EQ_STR(e.field, "priority");
+    request_send_free(&s);
+    CHECK_EQ_INT(request_send(&cfg, fz_tz(), BODY("{\"user\":\"u\",\"channel\":\"email\",\"message_id\":\"m\",\"priority\":9,\"payload\":{\"a\": [1, 2]}}"), &s, &e), 0);
+    CHECK_EQ_STR(s.payload, "{\"a\":[1,2]}");
+    CHECK_EQ_INT(s.priority, 9);
+    request_send_free(&s);
+}
+
+TEST(events_say_what_they_do)
+{
+    struct req_event ev;
+    struct field_error e;
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"unsubscribe\",\"channel\":\"email\",\"campaign\":\"spring\"}"), &ev, &e), 0);
+    CHECK_EQ_INT(ev.kind, EVENT_UNSUBSCRIBE);
+    CHECK_EQ_STR(ev.scope, "email|*");
+    CHECK_EQ_STR(ev.detail, "unsubscribe campaign=spring");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"hard_bounce\"}"), &ev, &e), -1);
+    CHECK_EQ_STR(e.field, "channel");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"spam\"}"), &ev, &e), -1);
+    CHECK_EQ_STR(e.field, "type");
+    request_free(ev.json);
+}
+
+TEST(consent_takes_stars)
+{
+    struct req_consent c;
+    struct field_error e;
+    CHECK_EQ_INT(request_consent(&cfg, BODY("{\"user\":\"u\",\"channel\":\"*\",\"category\":\"*\",\"state\":\"opt_out\",\"source\":\"s\"}"), &c, &e), 0);
+    CHECK(!c.opt_in);
+    request_free(c.json);
+    CHECK_EQ_INT(request_consent(&cfg, BODY("{\"user\":\"u\",\"channel\":\"*\",\"category\":\"*\",\"state\":\"maybe\",\"source\":\"s\"}"), &c, &e), -1);
+    CHECK_EQ_STR(e.field, "state");
+    request_free(c.json);
+}
+
+static const char *headers(void *ctx, const char *name)
+{
+    (void)ctx;
+    return strcmp(name, "Idempotency-Key") == 0 ? "key-1" : NULL;
+}
+
+TEST(route_fields_from_pointers_and_headers)
+{
+    char *users[] = { "json:/to/*" };
+    struct cfg_route route = { .path = "/p", .channel = "email", .users = users, .n_users = 1,
+                               .message_id = "header:Idempotency-Key", .campaign = "json:/c" };
+    struct req_route rr;
+    struct field_error e;
+    const char *ok = "{\"to\":[\"a@example.com\", \"b@example.com\", \"a@example.com\"],\"c\":7}";
+    CHECK_EQ_INT(request_route(&cfg, &route, BODY(ok), headers, NULL, &rr, &e), 0);
+    CHECK_EQ_INT(rr.n, 2);                       /* a person named twice counts once */
+    CHECK_EQ_INT(rr.n_places, 3);
+    CHECK_EQ_STR(rr.rcpt[1].id, "b@example.com");
+    CHECK_EQ_STR(rr.rcpt[1].where, "/to/1");
+    CHECK_EQ_STR(rr.message_id, "key-1");
+    CHECK_EQ_STR(rr.campaign, "7");
+    CHECK_EQ_STR(rr.cat->name, "marketing");
+    bool keep[2] = { false, true }, sent[2];
+    size_t len;
+    bool failed;
+    char *out = request_route_body(&rr, ok, strlen(ok), keep, true, sent, &len, &failed);
+    CHECK_EQ_STR(out, "{\"to\":[\"b@example.com\"],\"c\":7}");   /* both places of a@ go */
+    CHECK(!sent[0] && sent[1] && !failed);
+    free(out);
+    keep[0] = true;
+    CHECK(request_route_body(&rr, ok, strlen(ok), keep, true, sent, &len, &failed) == NULL);
+    CHECK(!failed);                              /* everyone kept: the body as it came */
+    request_route_free(&rr);
+    CHECK_EQ_INT(request_route(&cfg, &route, BODY("{\"to\":[]}"), headers, NULL, &rr, &e), -1);
+    CHECK_EQ_INT(e.code, API_MISSING_FIELD);
+    request_route_free(&rr);
+    CHECK_EQ_INT(request_route(&cfg, &route, BODY("{\"to\":[\"a\"],\"c\":\"x\\ny\"}"), headers, NULL, &rr, &e), -1);
+    CHECK_EQ_INT(e.code, API_INVALID_FIELD);
+    CHECK_EQ_STR(e.field, "campaign");
+    request_route_free(&rr);
+    struct config small = cfg;
+    small.limits.max_recipients = 1;
+    CHECK_EQ_INT(request_route(&small, &route, BODY(ok), headers, NULL, &rr, &e), -1);
+    CHECK_EQ_INT(e.code, API_TOO_MANY_RECIPIENTS);
+    request_route_free(&rr);
+}
+
+TEST(route_recipients_in_form_bodies)
+{
+    char *users[] = { "form:To" };
+    struct cfg_route route = { .path = "/2010-04-01/Accounts/AC1/Messages.json", .channel = "email",
+                               .users = users, .n_users = 1, .message_id = "header:Idempotency-Key" };
+    struct req_route rr;
+    struct field_error e;
+    const char *body = "To=%2B15551234567&From=%2B15550000000&Body=Hi+%F0%9F%91%8B";
+    CHECK_EQ_INT(request_route(&cfg, &route, BODY(body), headers, NULL, &rr, &e), 0);
+    CHECK_EQ_INT(rr.n, 1);
+    CHECK_EQ_STR(rr.rcpt[0].id, "+15551234567");
+    request_route_free(&rr);
+}
+
+int main(void)
+{
+    cfg = fz_config();
+    RUN(decide_fast_and_general_paths_agree);
+    RUN(decide_errors_name_the_field);
+    RUN(control_characters_are_refused_where_they_travel);
+    RUN(send_needs_an_upstream_and_a_payload);
+    RUN(events_say_what_they_do);
+    RUN(consent_takes_stars);
+    RUN(route_fields_from_pointers_and_headers);
+    RUN(route_recipients_in_form_bodies);
+    return unit_done("test_requests");
+}
