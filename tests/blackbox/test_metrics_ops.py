@@ -267,8 +267,13 @@ def _proc_fields(pid):
 
 def test_process_metrics():
     g = h.Gateway()
-    for _ in range(20):
-        g.decide(h.uid("proc"), "email")
+    # Work until the kernel has charged the daemon at least two clock ticks:
+    # twenty decides can take less than one tick on a fast machine, and then
+    # /proc and the metric both say 0 (CI failed on exactly that).
+    deadline = time.time() + 20
+    while _proc_fields(g.proc.pid)["cpu"] < 0.02 and time.time() < deadline:
+        for _ in range(50):
+            g.decide(h.uid("proc"), "email")
     s, types, _ = scrape(g)
     want = {"process_cpu_seconds_total": "counter", "process_resident_memory_bytes": "gauge",
             "process_virtual_memory_bytes": "gauge", "process_start_time_seconds": "gauge",
