@@ -1022,9 +1022,16 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
     if (!r || ac != n->ac || st->closing)
         return;
     if (r->type == REDIS_REPLY_ERROR) {
-        if (!n->handshake_failed)       /* the first error says it; the rest follow */
+        /* The first error says it; the rest follow.  Of AUTH's error only
+         * its code is logged (WRONGPASS, NOAUTH, ERR): a server that does
+         * not know the command answers "unknown command 'AUTH', with args
+         * beginning with: '<the password>'", and that must not reach a log. */
+        if (!n->handshake_failed && step == -1)
+            log_error("redis handshake failed", "redis=%s step=auth error=%.*s", n->name,
+                      (int)strcspn(r->str, " "), r->str);
+        else if (!n->handshake_failed)
             log_error("redis handshake failed", "redis=%s step=%s error=%.200s", n->name,
-                      step == -1 ? "auth" : step == -2 ? "select" : "script_load", r->str);
+                      step == -2 ? "select" : "script_load", r->str);
         n->handshake_failed = true;
         redisAsyncDisconnect(ac);
         return;

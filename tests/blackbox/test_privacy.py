@@ -3,6 +3,7 @@
 import hashlib
 import re
 import signal
+import time
 
 import cluster as cl
 import harness as h
@@ -162,3 +163,91 @@ def test_pseudonyms_depend_on_the_key_file():
     tags3 = {_tag(k) for k in redis.keys()} - {None}
     want = tags1 | {p3[:len(t)] for t in tags1}
     h.check(tags3 == want, "another key file should give the hash tags %r, got %r" % (want, tags3))
+
+
+class _EchoingServer:
+    """A TCP server that answers every RESP command the way a server that
+    does not know it does: "-ERR unknown command 'X', with args beginning
+    with: 'arg1' ..." -- an error text that carries the command's arguments,
+    AUTH's password among them."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import threading
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._client, args=(c,), daemon=True).start()
+
+    def _client(self, c):
+        buf = b""
+        with c:
+            while True:
+                try:
+                    data = c.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while True:   # one complete *N array of $len bulk strings
+                    parts, rest = self._parse(buf)
+                    if parts is None:
+                        break
+                    buf = rest
+                    args = " ".join("'%s'" % p for p in parts[1:])
+                    c.sendall(("-ERR unknown command '%s', with args beginning with: %s\r\n"
+                               % (parts[0], args)).encode())
+
+    @staticmethod
+    def _parse(buf):
+        if not buf.startswith(b"*") or b"\r\n" not in buf:
+            return None, buf
+        head, rest = buf.split(b"\r\n", 1)
+        parts = []
+        for _ in range(int(head[1:])):
+            if b"\r\n" not in rest:
+                return None, buf
+            ln, rest = rest.split(b"\r\n", 1)
+            n = int(ln[1:])
+            if len(rest) < n + 2:
+                return None, buf
+            parts.append(rest[:n].decode("utf-8", "replace"))
+            rest = rest[n + 2:]
+        return parts, rest
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+def test_a_server_that_echoes_auth_never_puts_the_password_in_the_log():
+    # A Redis-speaking server that does not know AUTH (or a proxy in front of
+    # one) echoes its arguments in the error; capgate logs the handshake
+    # failure, and before this fix logged that text whole.
+    srv = _EchoingServer()
+    pw = "pw-echo-%d" % time.time_ns()
+    try:
+        g = h.Gateway(overrides={"redis": {"url": "redis://:%s@127.0.0.1:%d/0" % (pw, srv.port),
+                                           "timeout_ms": 250,
+                                           "on_unavailable": "reject"}}, redis=srv)
+        h.wait_until(lambda: 'msg="redis handshake failed"' in g.logs(), 10,
+                     what="the handshake failure logged")
+        h.check(g.get("/readyz").status == 503, "not ready")
+        logs = g.logs()
+        h.check("step=auth" in logs, "the failing step named")
+        h.check(pw not in logs, "the password echoed by the server is in the log")
+        g.stop()
+    finally:
+        srv.close()
