@@ -203,6 +203,22 @@ static void on_undone(void *arg, const struct store_reply *r)
                          r->error ? r->error : "?");
 }
 
+/* ONE is what Redis answered, late, to the decision of USER's MESSAGE: what
+ * it recorded (a send, a queued message) is released.  Whether it was. */
+static bool undo_one(struct store *st, const struct config *cfg, const char *user,
+                     const char *message, const struct store_reply *one)
+{
+    struct decision d;
+    if (decision_decide_result(one, cfg, &d) != 0)
+        return false;
+    if (!((d.outcome == OUTCOME_ALLOW && !d.replay) ||
+          (d.outcome == OUTCOME_DEFER && d.queued == 1)))
+        return false;
+    struct script_args a;
+    decision_abandon_args(cfg, user, message, &a);
+    return store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_undone, NULL) == 0;
+}
+
 static void undo_after(void *arg, const struct store_reply *late)
 {
     struct undo *u = arg;
@@ -213,23 +229,28 @@ static void undo_after(void *arg, const struct store_reply *late)
         if (u->grouped && !(e = store_reply_element(late, pos, &one)))
             break;
         pos += e;
-        struct decision d;
-        if (decision_decide_result(&one, u->cfg, &d) != 0)
-            continue;
-        if (!((d.outcome == OUTCOME_ALLOW && !d.replay) ||
-              (d.outcome == OUTCOME_DEFER && d.queued == 1)))
-            continue;
-        struct script_args a;
-        decision_abandon_args(u->cfg, u->who[k].user, u->who[k].message, &a);
-        if (store_eval(u->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_undone,
-                       NULL) == 0)
-            undone++;
+        undone += undo_one(u->store, u->cfg, u->who[k].user, u->who[k].message, &one);
     }
     if (late)
         log_warn("a decision answered 503 ran late in Redis; undone", "decisions=%zu undone=%zu",
                  u->n, undone);
     config_release(u->cfg);
     free(u);
+}
+
+/* A batched decision's undo text: "USER MESSAGE", the pseudonyms. */
+void decide_undo_late(void *loop, const char *undo, const struct store_reply *one)
+{
+    struct loop *l = loop;
+    char user[PSEUDONYM_USER_HEX + 1];
+    const char *message = strchr(undo, ' ');
+    if (!l->store || !message || (size_t)(message - undo) != PSEUDONYM_USER_HEX)
+        return;
+    memcpy(user, undo, PSEUDONYM_USER_HEX);
+    user[PSEUDONYM_USER_HEX] = '\0';
+    bool undone = undo_one(l->store, l->cfg, user, message + 1, one);
+    log_warn_limited("a decision answered 503 ran late in Redis; undone", "decisions=1 undone=%d",
+                     undone);
 }
 
 void decide_start(struct decide_op *op, struct loop *l, const struct decide_request *rq,
@@ -252,7 +273,11 @@ void decide_start(struct decide_op *op, struct loop *l, const struct decide_requ
     }
     /* With the other decisions of this loop turn: one Redis call for all
      * (a proxy-mode decision, with its message to queue, goes alone). */
-    if (decide_batch_add(l->batch, &args, op->cfg->limits.max_pending, on_reply, op) != 0)
+    char undo[PSEUDONYM_USER_HEX + 1 + PSEUDONYM_SHORT_HEX + 1];
+    if (!op->dry_run)
+        snprintf(undo, sizeof undo, "%s %s", op->user, op->message);
+    if (decide_batch_add(l->batch, &args, op->cfg->limits.max_pending,
+                         op->dry_run ? NULL : undo, on_reply, op) != 0)
         unavailable(op, "not connected");
 }
 

@@ -5,6 +5,7 @@
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,7 @@ struct pending {
     char *bytes;                   /* its keys and arguments, back to back */
     bool own;                      /* BYTES was allocated (not in the arena) */
     size_t len[PER];
+    char undo[DECIDE_BATCH_UNDO_MAX];   /* "": nothing to undo */
 };
 
 struct batch {
@@ -55,6 +57,8 @@ struct decide_batch {
     unsigned waiting;              /* decisions taken and not yet answered */
     unsigned in_flight;            /* calls sent and not yet answered */
     bool redis_late;               /* the last call answered was a timeout */
+    decide_batch_late_cb *on_late;
+    void *hook_arg;
 };
 
 static struct batch *batch_get(struct decide_batch *b)
@@ -99,13 +103,35 @@ static void batch_answer_all(struct batch *bt, const struct store_reply *r)
 {
     for (size_t k = 0; k < bt->n; k++)
         answer(bt, k, r);
-    batch_free(bt);
 }
 
+/* BT never went out (or never will): answered, and gone. */
 static void batch_fail(struct batch *bt, enum store_status status, const char *error)
 {
     struct store_reply r = { .status = status, .error = error };
     batch_answer_all(bt, &r);
+    batch_free(bt);
+}
+
+/* The store is done with BT's call (see store_eval_after): its decisions
+ * were answered before, and BT can go -- but when Redis ran the call after
+ * it was answered as timed out (LATE), the decisions it recorded are handed
+ * to the owner's hook first, so that the 503 stays true. */
+static void on_call_done(void *arg, const struct store_reply *late)
+{
+    struct batch *bt = arg;
+    struct decide_batch *b = bt->owner;
+    size_t pos = 0;
+    for (size_t k = 0; late && b->on_late && k < bt->n; k++) {
+        struct store_reply one = *late;
+        size_t e = 1;
+        if (bt->n > 1 && !(e = store_reply_element(late, pos, &one)))
+            break;
+        pos += e;
+        if (bt->p[k].undo[0])
+            b->on_late(b->hook_arg, bt->p[k].undo, &one);
+    }
+    batch_free(bt);
 }
 
 /* A call of B's was answered: the batches that waited for it can go. */
@@ -124,7 +150,7 @@ static void on_batch_reply(void *arg, const struct store_reply *r)
     struct batch *bt = arg;
     call_done(bt->owner, r->status);
     if (r->status != STORE_OK) {
-        batch_answer_all(bt, r);
+        batch_answer_all(bt, r);   /* (freed by on_call_done) */
         return;
     }
     size_t pos = 0;
@@ -138,7 +164,6 @@ static void on_batch_reply(void *arg, const struct store_reply *r)
         answer(bt, k, &one);
         pos += e ? e : 1;
     }
-    batch_free(bt);
 }
 
 /* A batch of one went out as a plain call: its reply is the decision's. */
@@ -175,7 +200,8 @@ static void batch_call(struct decide_batch *b, struct batch *bt, struct store *s
 {
     uint64_t now = clock_now_us();
     uint64_t held = b->redis_late && now > bt->opened_us ? now - bt->opened_us : 0;
-    int rc = store_eval_held(st, held, SCRIPT_DECIDE, nkeys, argc, argv, len, cb, bt);
+    int rc = store_eval_held(st, held, SCRIPT_DECIDE, nkeys, argc, argv, len, cb, bt,
+                             on_call_done, bt);
     if (rc == 0)
         b->in_flight++;
     else if (rc == -2)
@@ -232,12 +258,15 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-struct decide_batch *decide_batch_new(struct event_base *base, struct store *const *store)
+struct decide_batch *decide_batch_new(struct event_base *base, struct store *const *store,
+                                      decide_batch_late_cb *on_late, void *hook_arg)
 {
     struct decide_batch *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
     b->store = store;
+    b->on_late = on_late;
+    b->hook_arg = hook_arg;
     b->flush = event_new(base, -1, 0, on_flush, b);
     if (!b->flush) {
         free(b);
@@ -266,8 +295,40 @@ void decide_batch_free(struct decide_batch *b)
     free(b);
 }
 
+/* A Redis Cluster's call of one decision, and what undoes it. */
+struct alone {
+    struct decide_batch *owner;
+    char undo[DECIDE_BATCH_UNDO_MAX];
+};
+
+static void on_alone_done(void *arg, const struct store_reply *late)
+{
+    struct alone *a = arg;
+    if (late && a->owner->on_late)
+        a->owner->on_late(a->owner->hook_arg, a->undo, late);
+    free(a);
+}
+
+static int call_alone(struct decide_batch *b, struct store *st, const struct script_args *a,
+                      const char *undo, store_cb *cb, void *arg)
+{
+    if (!undo || !b->on_late)
+        return store_eval(st, a->script, a->nkeys, a->argc, a->argv, a->argvlen, cb, arg);
+    struct alone *al = malloc(sizeof *al);
+    if (!al)
+        return -1;
+    al->owner = b;
+    snprintf(al->undo, sizeof al->undo, "%s", undo);
+    if (store_eval_after(st, a->script, a->nkeys, a->argc, a->argv, a->argvlen, cb, arg,
+                         on_alone_done, al) != 0) {
+        free(al);
+        return -1;
+    }
+    return 0;
+}
+
 int decide_batch_add(struct decide_batch *b, const struct script_args *a,
-                     unsigned max_pending, store_cb *cb, void *arg)
+                     unsigned max_pending, const char *undo, store_cb *cb, void *arg)
 {
     struct store *st = *b->store;
     if (!st)
@@ -277,7 +338,7 @@ int decide_batch_add(struct decide_batch *b, const struct script_args *a,
         return -1;
     }
     if (store_is_cluster(st) || a->nkeys != KEYS_PER || a->argc != PER)
-        return store_eval(st, a->script, a->nkeys, a->argc, a->argv, a->argvlen, cb, arg);
+        return call_alone(b, st, a, undo, cb, arg);
 
     struct batch *bt = b->tail;
     if (!bt || bt->n == DECIDE_BATCH_MAX) {
@@ -310,6 +371,9 @@ int decide_batch_add(struct decide_batch *b, const struct script_args *a,
     }
     p->cb = cb;
     p->arg = arg;
+    size_t ul = undo ? strnlen(undo, sizeof p->undo - 1) : 0;
+    memcpy(p->undo, undo ? undo : "", ul);
+    p->undo[ul] = '\0';
     bt->n++;
     b->waiting++;
     return 0;

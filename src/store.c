@@ -762,22 +762,23 @@ static void on_call_timeout(evutil_socket_t fd, short what, void *arg)
     call_fail(call, lost ? STORE_UNAVAILABLE : STORE_TIMEOUT, lost ? "connection lost" : "timeout");
 }
 
-int store_eval(struct store *st, size_t script, int nkeys, int argc,
-               const char *const *argv, const size_t *argvlen,
-               store_cb *cb, void *arg)
-{
-    return store_eval_held(st, 0, script, nkeys, argc, argv, argvlen, cb, arg);
-}
-
 static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, int argc,
                 const char *const *argv, const size_t *argvlen, store_cb *cb, void *arg,
                 void (*after)(void *, const struct store_reply *), void *after_arg);
 
+int store_eval(struct store *st, size_t script, int nkeys, int argc,
+               const char *const *argv, const size_t *argvlen,
+               store_cb *cb, void *arg)
+{
+    return eval(st, 0, script, nkeys, argc, argv, argvlen, cb, arg, NULL, NULL);
+}
+
 int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys, int argc,
                     const char *const *argv, const size_t *argvlen,
-                    store_cb *cb, void *arg)
+                    store_cb *cb, void *arg,
+                    void (*after)(void *, const struct store_reply *), void *after_arg)
 {
-    return eval(st, held_us, script, nkeys, argc, argv, argvlen, cb, arg, NULL, NULL);
+    return eval(st, held_us, script, nkeys, argc, argv, argvlen, cb, arg, after, after_arg);
 }
 
 int store_eval_after(struct store *st, size_t script, int nkeys, int argc,

@@ -13,6 +13,7 @@
 
 #include "capgate/clock.h"
 #include "capgate/counter.h"
+#include "capgate/decide.h"
 #include "capgate/decide_batch.h"
 #include "capgate/decision.h"
 #include "capgate/delivery.h"
@@ -591,7 +592,7 @@ struct worker *worker_create(const struct worker_setup *setup, char *err, size_t
     w->command = event_new(w->loop.base, w->command_fd, EV_READ | EV_PERSIST, on_command, w);
     w->loop.upstreams = delivery_pools_new(w->loop.base, w->loop.n_loops);
     w->dispatcher = dispatcher_new(&w->loop);
-    w->loop.batch = decide_batch_new(w->loop.base, &w->loop.store);
+    w->loop.batch = decide_batch_new(w->loop.base, &w->loop.store, decide_undo_late, &w->loop);
     if (!w->loop.store || !w->http || !w->housekeeping || !w->command || !w->dispatcher ||
         !w->loop.batch || !w->loop.upstreams) {
         worker_free(w);

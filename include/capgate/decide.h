@@ -82,4 +82,10 @@ void decide_start(struct decide_op *op, struct loop *l, const struct decide_requ
 void decide_start_group(struct loop *l, size_t n, struct decide_op *const *ops,
                         const struct decide_request *rqs, decide_cb *cb, void *const *args);
 
+/* The loop's decide_batch hook (decide_batch_new's ON_LATE, LOOP its
+ * struct loop): a batched decision answered 503 that Redis ran all the same
+ * is undone -- its send released -- so that the 503 stays true. */
+struct store_reply;
+void decide_undo_late(void *loop, const char *undo, const struct store_reply *one);
+
 #endif

@@ -93,11 +93,14 @@ int store_eval_after(struct store *st, size_t script, int nkeys, int argc,
                      void *after_arg);
 /* As store_eval, for a caller that held the arguments back HELD_US before
  * calling (decide_batch): the call gets what is left of redis.timeout_ms, so
- * the caller's own promise (an answer within timeout_ms) holds.  Returns -2,
+ * the caller's own promise (an answer within timeout_ms) holds.  AFTER as
+ * for store_eval_after (may be NULL).  Returns -2,
  * counting a timeout, when nothing is left (CB will not run). */
 int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys, int argc,
                     const char *const *argv, const size_t *argvlen,
-                    store_cb *cb, void *arg);
+                    store_cb *cb, void *arg,
+                    void (*after)(void *after_arg, const struct store_reply *late),
+                    void *after_arg);
 
 bool store_ready(const struct store *st);
 /* Whether it talks to a Redis Cluster (a call's keys must share one slot). */

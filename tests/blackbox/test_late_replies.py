@@ -98,3 +98,33 @@ def test_a_send_answered_503_that_ran_late_is_undone():
         h.check("undone" in g.logs(), "the undo is not logged")
     finally:
         px.close()
+
+
+def test_a_decide_answered_503_that_ran_late_is_undone():
+    # /v1/decide (no queue: the caller sends): its decisions go out batched,
+    # and an allow answered 503 whose script ran in time must not count
+    # against the person's cap, nor come back as a replay.
+    redis = h.start_redis()
+    px = SlowRepliesProxy(redis.port)
+    try:
+        g = h.Gateway(overrides={"redis": {"url": "redis://127.0.0.1:%d/0" % px.port,
+                                           "timeout_ms": 250}}, redis=redis)
+        h.expect_decision(g.decide(h.uid(), "email"), "allow", "ok")     # a fresh clock sample
+        a = h.uid()
+        px.delay = 0.45
+        r = g.decide(a, "email", message_id="late-decide")
+        time.sleep(0.6)
+        px.delay = 0.0
+        h.expect_error(r, 503, "store_unavailable")
+        time.sleep(1.0)                        # the late answer, and the undo's own call
+        # email-daily is 2 a day: both still allowed if the 503'd one left nothing.
+        r = g.decide(a, "email", message_id="late-decide")
+        h.expect_decision(r, "allow", "ok")
+        h.check(r.body.get("replay") is False, "a 503'd decide came back as a replay: %r"
+                % (r.body,))
+        h.expect_decision(g.decide(a, "email"), "allow", "ok")
+        h.expect_decision(g.decide(a, "email"), "defer", "cap")
+        h.check(late_replies(g) >= 1, "late answers counted: %d" % late_replies(g))
+        h.check("undone" in g.logs(), "the undo is not logged")
+    finally:
+        px.close()

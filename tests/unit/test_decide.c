@@ -171,7 +171,7 @@ int main(void)
     lp.cfg = &cfg;
     lp.tz = fz_tz();
     lp.hooks = &hooks;
-    lp.batch = decide_batch_new(base, &no_store);
+    lp.batch = decide_batch_new(base, &no_store, NULL, NULL);
     RUN(without_redis_it_fails_closed);
     RUN(failing_open_allows_a_waiting_caller_but_not_the_dispatcher);
     RUN(an_answer_is_counted_and_audited_once);

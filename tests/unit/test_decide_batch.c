@@ -103,13 +103,13 @@ TEST(nothing_is_taken_without_a_ready_store)
     memset(&a, 0, sizeof a);
     a.nkeys = KEYS_PER;
     a.argc = PER;
-    CHECK_EQ_INT(decide_batch_add(b, &a, 100, remember, NULL), -1);
+    CHECK_EQ_INT(decide_batch_add(b, &a, 100, NULL, remember, NULL), -1);
 }
 
 int main(void)
 {
     struct event_base *base = event_base_new();
-    b = decide_batch_new(base, &none);
+    b = decide_batch_new(base, &none, NULL, NULL);
     RUN(each_decision_gets_its_own_answer);
     RUN(a_short_reply_fails_the_ones_it_lacks);
     RUN(a_timed_out_call_fails_all_and_marks_redis_late);
