@@ -158,7 +158,7 @@ static void on_batch_reply(void *arg, const struct store_reply *r)
         struct store_reply one;
         size_t e = store_reply_element(r, pos, &one);
         if (e && r->items[pos].type == STORE_ERR)
-            log_error("redis script error", "error=%.200s", r->items[pos].s);
+            log_error_limited("redis script error", "error=%.200s", r->items[pos].s);
         if (!e)
             one.error = "bad batch reply";
         answer(bt, k, &one);

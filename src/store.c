@@ -736,7 +736,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         /* Redis ran it past its deadline and did nothing: as a timeout. */
         call_answer_status(call, STORE_TIMEOUT, "late");
     } else if (r->type == REDIS_REPLY_ERROR) {
-        log_error("redis script error", "error=%.200s", r->str);
+        log_error_limited("redis script error", "error=%.200s", r->str);
         struct store_reply out = { .status = STORE_ERROR, .error = r->str };
         call_answer(call, &out);
     } else {

@@ -279,3 +279,25 @@ def test_timeout_ms_is_honored():
     expect_unavailable(r, limit=0.7 + 0.3)
     h.check(r.elapsed >= 0.6, "503 after %.3fs, before timeout_ms 700 had passed" % r.elapsed, r)
     allow_again(g, timeout=5.0)
+
+
+def test_script_errors_are_logged_without_flooding():
+    # A key of the wrong type makes every decide of that person a script
+    # error (WRONGTYPE).  Each is refused with a 5xx; the log says so at a
+    # bounded rate, not once per request.
+    redis = h.start_redis()
+    g = h.Gateway(redis=redis)
+    u = h.uid("wrongtype")
+    h.expect_decision(g.decide(u, "email"), "allow", "ok")
+    for k in redis.keys():
+        k = k.decode() if isinstance(k, bytes) else k
+        if ":q" not in k and ":audit" not in k:
+            redis.cmd("DEL", k)
+            redis.cmd("SET", k, "not-what-the-script-expects")
+    t0 = time.monotonic()
+    statuses = [g.decide(u, "email").status for _ in range(300)]
+    took = time.monotonic() - t0
+    h.check(all(s >= 500 for s in statuses), "script errors answered %r" % sorted(set(statuses)))
+    n = g.logs().count('msg="redis script error"')
+    h.check(1 <= n <= 2 * (took + 2), "%d script-error lines for 300 failing decides in %.1f s"
+            % (n, took))
