@@ -19,6 +19,7 @@ struct jnode {
     unsigned parent, first, last, next, n;
     size_t start, end;             /* the value's bytes */
     size_t kstart, kend;           /* an object member's key, quotes included (else 0, 0) */
+    unsigned rekey;                /* jdoc_rekey's: the member whose key it is written with */
 };
 
 struct jdoc {
@@ -27,6 +28,7 @@ struct jdoc {
     struct jnode *nodes;
     unsigned n, cap;
     int depth;
+    size_t rekeyed;                /* bytes jdoc_rekey's keys may add to jdoc_text */
 };
 
 /* ---- parsing ------------------------------------------------------------------ */
@@ -52,7 +54,8 @@ static unsigned new_node(struct jdoc *d, enum jtype type, unsigned parent)
     }
     unsigned i = d->n++;
     d->nodes[i] = (struct jnode){ .type = (unsigned char)type, .parent = parent, .first = NONE,
-                                  .last = NONE, .next = NONE, .start = d->pos };
+                                  .last = NONE, .next = NONE, .rekey = NONE,
+                                  .start = d->pos };
     if (parent != NONE) {
         struct jnode *p = &d->nodes[parent];
         if (p->last == NONE)
@@ -498,10 +501,22 @@ unsigned jdoc_parent(const struct jdoc *d, unsigned node)
     return node < d->n && d->nodes[node].parent != NONE ? d->nodes[node].parent : node;
 }
 
+bool jdoc_rekey(struct jdoc *d, unsigned member, unsigned like)
+{
+    if (member >= d->n || like >= d->n || !d->nodes[member].kend || !d->nodes[like].kend)
+        return false;
+    d->nodes[member].rekey = like;
+    d->rekeyed += d->nodes[like].kend - d->nodes[like].kstart;
+    return true;
+}
+
 void jdoc_unmark(struct jdoc *d)
 {
-    for (unsigned k = 0; k < d->n; k++)
+    for (unsigned k = 0; k < d->n; k++) {
         d->nodes[k].removed = false;
+        d->nodes[k].rekey = NONE;
+    }
+    d->rekeyed = 0;
 }
 
 struct buf {
@@ -540,8 +555,13 @@ static void emit(const struct jdoc *d, unsigned node, struct buf *b)
         if (!cn->gone) {
             if (any)
                 put(b, d->text + prev_end, child_start(cn) - prev_end);
-            if (cn->kend)                    /* a member: its key and colon, as they were */
+            if (cn->kend && cn->rekey != NONE) {   /* another member's key, its own colon */
+                const struct jnode *like = &d->nodes[cn->rekey];
+                put(b, d->text + like->kstart, like->kend - like->kstart);
+                put(b, d->text + cn->kend, cn->start - cn->kend);
+            } else if (cn->kend) {           /* a member: its key and colon, as they were */
                 put(b, d->text + cn->kstart, cn->start - cn->kstart);
+            }
             emit(d, c, b);
             any = true;
         }
@@ -561,7 +581,7 @@ char *jdoc_text(const struct jdoc *d, size_t *len)
         j->dirty = false;
         bool all_gone = j->type == J_ARR && j->n > 0;
         for (unsigned c = j->first; c != NONE; c = m->nodes[c].next) {
-            if (m->nodes[c].gone || m->nodes[c].dirty)
+            if (m->nodes[c].gone || m->nodes[c].dirty || m->nodes[c].rekey != NONE)
                 j->dirty = true;
             if (!m->nodes[c].gone)
                 all_gone = false;
@@ -569,7 +589,7 @@ char *jdoc_text(const struct jdoc *d, size_t *len)
         bool member = j->parent != NONE && m->nodes[j->parent].type == J_OBJ;
         j->gone = j->removed || (all_gone && member);
     }
-    char *out = malloc(d->len + 1);
+    char *out = malloc(d->len + d->rekeyed + 1);
     if (!out)
         return NULL;
     struct buf b = { out, 0 };

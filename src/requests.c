@@ -571,6 +571,49 @@ void request_route_free(struct req_route *rr)
     memset(rr, 0, sizeof *rr);
 }
 
+/* A recipient's own copy that keeps it in a personalization's "cc" or
+ * "bcc" would have no "to" left there, and SendGrid refuses that (400
+ * "personalizations.0.to is required"): its array is written under the key
+ * of the first-listed spec's array beside it (the "to"), when that one goes
+ * whole.  Linear: the kept places are few (one person's), each looked up
+ * against all. */
+static void rekey_alone(const struct req_route *rr, struct jdoc *d, const bool *keep)
+{
+    unsigned done[8];                /* holders given a "to" (a person in several) */
+    size_t n_done = 0;
+    for (size_t k = 0; k < rr->n_places; k++) {
+        const struct req_place *p = &rr->place[k];
+        if (!keep[p->recipient] || p->spec == 0 || p->match.n_stars < 2 ||
+            jdoc_removed(d, p->match.node))
+            continue;
+        unsigned arr = jdoc_parent(d, p->match.star[p->match.n_stars - 1]);
+        unsigned holder = jdoc_parent(d, arr);
+        bool seen = false;
+        for (size_t j = 0; j < n_done; j++)
+            seen = seen || done[j] == holder;
+        if (seen || n_done == sizeof done / sizeof done[0])
+            continue;
+        bool first_goes = false, first_stays = false;
+        unsigned first_arr = 0;
+        for (size_t q = 0; q < rr->n_places; q++) {
+            const struct req_place *o = &rr->place[q];
+            if (o->spec != 0 || o->match.n_stars != p->match.n_stars)
+                continue;
+            unsigned oarr = jdoc_parent(d, o->match.star[o->match.n_stars - 1]);
+            if (jdoc_parent(d, oarr) != holder)
+                continue;
+            if (jdoc_emptied(d, oarr)) {
+                first_goes = true;
+                first_arr = oarr;
+            } else {
+                first_stays = true;
+            }
+        }
+        if (first_goes && !first_stays && jdoc_rekey(d, arr, first_arr))
+            done[n_done++] = holder;
+    }
+}
+
 char *request_route_body(const struct req_route *rr, const char *body, size_t len,
                          const bool *keep, bool whole, bool *sent, size_t *outlen,
                          bool *failed)
@@ -636,6 +679,8 @@ char *request_route_body(const struct req_route *rr, const char *body, size_t le
         }
         free(held);
     }
+    if (!whole)
+        rekey_alone(rr, d, keep);
     /* Who is still there: a recipient is sent while one of its places stays. */
     if (sent) {
         for (size_t k = 0; k < rr->n; k++)

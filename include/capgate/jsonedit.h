@@ -55,7 +55,11 @@ bool jdoc_removed(const struct jdoc *d, unsigned node);
 bool jdoc_emptied(const struct jdoc *d, unsigned node);
 /* The parent of NODE (the array or object holding it), or NODE for the root. */
 unsigned jdoc_parent(const struct jdoc *d, unsigned node);
-/* Clears every mark. */
+/* MEMBER (an object's member) is written with LIKE's key (another member's,
+ * its bytes as they are) -- a personalization's "cc" array written as its
+ * "to" when the "to" goes.  False when either is not a member. */
+bool jdoc_rekey(struct jdoc *d, unsigned member, unsigned like);
+/* Clears every mark (and every rekey). */
 void jdoc_unmark(struct jdoc *d);
 
 /* The text without what is marked: an array left empty by the marks goes

@@ -133,7 +133,9 @@ void request_route_free(struct req_route *rr);
  * else a copy with the others' array elements cut out (an array left empty
  * goes with its key; an element a two-"*" pointer's outer "*" went through
  * goes whole when it keeps none of its recipients, or with WHOLE none of
- * its first-listed ones: a personalization without its "to").  SENT[i] (may be NULL) says which
+ * its first-listed ones: a personalization without its "to"; without WHOLE,
+ * one recipient's copy, a kept "cc" or "bcc" array is written under the "to"
+ * key when the "to" beside it goes).  SENT[i] (may be NULL) says which
  * recipients the result still carries.  *FAILED: it cannot be done (a kept
  * body must lose a recipient that no cut can take out, or out of memory). */
 char *request_route_body(const struct req_route *rr, const char *body, size_t len,

@@ -176,6 +176,24 @@ def test_deferred_recipients_are_delivered_alone_later():
             "their own keys: %r" % keys)
 
 
+def test_a_deferred_cc_recipient_is_delivered_alone_with_a_to():
+    """y (a cc) is deferred, x (the to) goes now: y's own copy later names y
+    under "to" -- SendGrid refuses a personalization without one."""
+    up = FakeUpstream().start()
+    caps = [{"name": "one-per-3s", "channel": "email", "limit": 1, "window": "3s",
+             "on_exceed": "defer"}]
+    g = gateway(up, caps)
+    x, y = people(2)
+    h.expect_decision(g.decide(y, "email", message_id="earlier"), "allow")
+    r = post(g, mail([{"to": [{"email": x}], "cc": [{"email": y}]}]), "cc-1")
+    h.expect_status(r, 202)
+    h.check(r.header("X-Capgate-Deferred") == "1", "y later: %r" % (r,))
+    h.wait_until(lambda: deliveries(up, "cc-1-"), 10, what="y delivered")
+    later = json.loads(deliveries(up, "cc-1-")[0].body)
+    h.check(later["personalizations"] == [{"to": [{"email": y}]}],
+            "y's copy: %r" % later["personalizations"])
+
+
 def test_upstream_errors_pass_through_and_release():
     up = FakeUpstream().start()
     g = gateway(up, CAP2)

@@ -157,6 +157,46 @@ TEST(route_fields_from_pointers_and_headers)
     request_route_free(&rr);
 }
 
+/* One recipient's copy, as it waits in the queue: a cc or bcc recipient
+ * whose personalization loses its "to" is written under "to" (SendGrid
+ * refuses a personalization without one); a "to" that stays keeps it. */
+TEST(alone_copy_of_a_cc_recipient_has_a_to)
+{
+    char *users[] = { "json:/p/*/to/*/email", "json:/p/*/cc/*/email", "json:/p/*/bcc/*/email" };
+    struct cfg_route route = { .path = "/p", .channel = "email", .users = users, .n_users = 3,
+                               .message_id = "header:Idempotency-Key" };
+    struct req_route rr;
+    struct field_error e;
+    size_t len;
+    bool failed;
+    const char *b1 = "{\"p\":[{\"to\":[{\"email\":\"a\"}], \"cc\": [{\"email\":\"b\"}],"
+                     "\"bcc\":[{\"email\":\"c\"}]}]}";
+    CHECK_EQ_INT(request_route(&cfg, &route, BODY(b1), headers, NULL, &rr, &e), 0);
+    CHECK_EQ_INT(rr.n, 3);
+    bool keep[3] = { false, true, false };
+    char *out = request_route_body(&rr, b1, strlen(b1), keep, false, NULL, &len, &failed);
+    CHECK_EQ_STR(out, "{\"p\":[{\"to\": [{\"email\":\"b\"}]}]}");
+    free(out);
+    bool keep_c[3] = { false, false, true };
+    out = request_route_body(&rr, b1, strlen(b1), keep_c, false, NULL, &len, &failed);
+    CHECK_EQ_STR(out, "{\"p\":[{\"to\":[{\"email\":\"c\"}]}]}");
+    CHECK(len <= strlen(b1));
+    free(out);
+    bool keep_a[3] = { true, false, false };
+    out = request_route_body(&rr, b1, strlen(b1), keep_a, false, NULL, &len, &failed);
+    CHECK_EQ_STR(out, "{\"p\":[{\"to\":[{\"email\":\"a\"}]}]}");
+    free(out);
+    request_route_free(&rr);
+    /* A "to" that holds something besides recipients stays: the cc stays cc. */
+    const char *b2 = "{\"p\":[{\"to\":[{\"email\":\"a\"},{\"name\":\"x\"}],\"cc\":[{\"email\":\"b\"}]}]}";
+    CHECK_EQ_INT(request_route(&cfg, &route, BODY(b2), headers, NULL, &rr, &e), 0);
+    bool keep2[2] = { false, true };
+    out = request_route_body(&rr, b2, strlen(b2), keep2, false, NULL, &len, &failed);
+    CHECK_EQ_STR(out, "{\"p\":[{\"to\":[{\"name\":\"x\"}],\"cc\":[{\"email\":\"b\"}]}]}");
+    free(out);
+    request_route_free(&rr);
+}
+
 TEST(route_recipients_in_form_bodies)
 {
     char *users[] = { "form:To" };
@@ -182,5 +222,6 @@ int main(void)
     RUN(consent_takes_stars);
     RUN(route_fields_from_pointers_and_headers);
     RUN(route_recipients_in_form_bodies);
+    RUN(alone_copy_of_a_cc_recipient_has_a_to);
     return unit_done("test_requests");
 }
