@@ -172,6 +172,7 @@ struct store_call {
     enum call_where where;
     bool answered;
     bool retried_eval;
+    bool retried_late;             /* sent again after a LATE our clock caused */
     bool asking;                    /* send ASKING first (an ASK redirect) */
     unsigned redirects;
     int slot;                       /* -1: no key */
@@ -606,6 +607,24 @@ static bool is_error(const redisReply *r, const char *prefix)
            (r->len == len || r->str[len] == ' ');
 }
 
+static bool take_clock_sample(struct node *n, int64_t redis_us);
+
+/* A LATE answer's Redis time (ms, read by the script): taken as a clock
+ * sample, as a TIME answer is.  True when it moved N's clock forward --
+ * the call's deadline was early by our doing, not Redis's lateness. */
+static bool late_clock(struct node *n, const redisReply *r)
+{
+    const char *p = strstr(r->str, "LATE ");
+    if (!p)
+        return false;
+    char *end;
+    long long ms = strtoll(p + 5, &end, 10);
+    if (end == p + 5 || ms <= 0)
+        return false;
+    int64_t before = n->clock_offset_us;
+    return take_clock_sample(n, (int64_t)ms * 1000) && n->clock_offset_us > before;
+}
+
 static struct node *node_get(struct store *st, const char *host, int port);
 
 static uint8_t node_index(const struct store *st, const struct node *n)
@@ -731,9 +750,19 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         call_free(call);
         return;
     }
-    /* Redis 7 puts "ERR " before a script's error_reply('LATE'). */
+    /* Redis 7 puts "ERR " before a script's error_reply('LATE <ms>'). */
     if (r->type == REDIS_REPLY_ERROR && (is_error(r, "LATE") || is_error(r, "ERR LATE"))) {
-        /* Redis ran it past its deadline and did nothing: as a timeout. */
+        /* Redis ran it past its deadline and did nothing.  When that is our
+         * clock's doing -- its sample was taken late (a stalled loop while
+         * the handshake's TIME came back, valgrind), so its deadlines fall
+         * early -- the answer's Redis time corrects it, and the call goes
+         * once more with what is left of its time: it changed nothing. */
+        if (!call->retried_late && ac == n->ac && !st->closing && late_clock(n, r) &&
+            clock_now_us() + late_margin_us(st) < call->deadline_us) {
+            call->retried_late = true;
+            if (send_call(n, call) == 0)
+                return;
+        }
         call_answer_status(call, STORE_TIMEOUT, "late");
     } else if (r->type == REDIS_REPLY_ERROR) {
         log_error_limited("redis script error", "error=%.200s", r->str);
@@ -998,16 +1027,23 @@ static bool note_clock(struct node *n, const redisReply *r)
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
         return false;
-    uint64_t now = clock_now_us();
     int64_t redis_us = strtoll(r->element[0]->str, NULL, 10) * 1000000 +
                        strtoll(r->element[1]->str, NULL, 10);
+    take_clock_sample(n, redis_us);
+    n->clock_read_us = clock_now_us();
+    return true;
+}
+
+/* REDIS_US: Redis's clock, read somewhere before now. */
+static bool take_clock_sample(struct node *n, int64_t redis_us)
+{
+    uint64_t now = clock_now_us();
     int64_t sample = redis_us - (int64_t)now;
     if (!n->clock_known || now - n->clock_sampled_us > CLOCK_KEEP_MS * 1000u ||
         sample > n->clock_offset_us) {
         n->clock_offset_us = sample;
         n->clock_sampled_us = now;
     }
-    n->clock_read_us = now;
     n->clock_known = true;
     return true;
 }

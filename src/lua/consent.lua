@@ -15,7 +15,7 @@
 -- Returns the time stored, in ms.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE') end   -- see decide.lua
+if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end   -- see decide.lua
 local kind, retention = ARGV[1], tonumber(ARGV[6])
 
 local function audit(fields)

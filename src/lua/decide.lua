@@ -442,7 +442,9 @@ local us = tonumber(t[2])
 local now = tonumber(t[1]) * 1000 + (us - us % 1000) / 1000
 -- The gateway's deadline (its last argument, on Redis's clock, see store.c):
 -- past it the gateway has answered 503, so the call must change nothing.
-if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE') end
+-- The answer says Redis's time, which corrects a gateway whose view of this
+-- clock was too far behind (store.c: it may then send the call again).
+if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end
 -- S: room for 4 sends at once.
 local sends = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 if ARGV[1] == '#' then

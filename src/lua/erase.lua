@@ -12,7 +12,7 @@
 --          markers kept, [scope, fact] * markers, deferred messages removed}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE') end   -- see decide.lua
+if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end   -- see decide.lua
 local day = now - now % 86400000
 
 local sends = redis.call('HGET', KEYS[1], ARGV[1])

@@ -9,7 +9,7 @@
 -- Returns 1 when a send was removed, 0 when there was none.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE') end   -- see decide.lua
+if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end   -- see decide.lua
 if #KEYS >= 3 then
   local ck = redis.call('HGET', KEYS[3], 'collapse')
   if ck and ck ~= '' and redis.call('GET', ck) == ARGV[3] then

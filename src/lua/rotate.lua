@@ -75,7 +75,7 @@ end
 
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE') end   -- see decide.lua
+if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end   -- see decide.lua
 
 -- This person's three entries of the rotation set.
 local cm, sm, gm = 'c' .. ARGV[3], 's' .. KEYS[1] .. '|' .. ARGV[2], 'g' .. KEYS[3] .. '|' .. ARGV[2]

@@ -128,3 +128,24 @@ def test_a_decide_answered_503_that_ran_late_is_undone():
         h.check("undone" in g.logs(), "the undo is not logged")
     finally:
         px.close()
+
+
+def test_a_clock_sampled_late_does_not_refuse_decides():
+    # The gateway learns Redis's clock from the handshake's TIME.  When that
+    # answer comes back late (a stalled loop, valgrind; here a proxy holds it
+    # back), the gateway's view of Redis's clock is behind and every deadline
+    # it sends falls early: Redis answers LATE and the decide was a 503 until
+    # the next clock sample, two seconds on.  The LATE answer carries Redis's
+    # time: the gateway corrects its clock and sends the call again.
+    redis = h.start_redis()
+    px = SlowRepliesProxy(redis.port)
+    px.delay = 0.4
+    try:
+        g = h.Gateway(overrides={"redis": {"url": "redis://127.0.0.1:%d/0" % px.port,
+                                           "timeout_ms": 250}}, redis=redis)
+        h.wait_until(lambda: g.get("/readyz").status == 200, 10, what="ready")
+        px.delay = 0.0
+        for _ in range(4):                     # one for each worker's connection, and more
+            h.expect_decision(g.decide(h.uid(), "email"), "allow", "ok")
+    finally:
+        px.close()
