@@ -355,9 +355,10 @@ static void trim_audit(struct worker *w)
         memset(w->audit_next_us, 0, sizeof w->audit_next_us);
     }
     uint64_t now = clock_now_us();
+    unsigned start = w->audit_trim_next;     /* (the cursor moves as calls go) */
     for (unsigned k = 0; k < DECISION_TAGS && w->audit_trims_in_flight < AUDIT_TRIMS_PER_TICK;
          k++) {
-        unsigned tag = (w->audit_trim_next + k) % DECISION_TAGS;
+        unsigned tag = (start + k) % DECISION_TAGS;
         if (tag % w->loop.n_loops != w->loop.id || w->audit_next_us[tag] > now)
             continue;
         struct audit_trim_call *c = malloc(sizeof *c);
