@@ -40,6 +40,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,8 @@ struct node {
     bool down_logged;              /* said once that it is away */
     bool slots_on_connect;         /* ask CLUSTER SLOTS once connected */
     bool handshake_failed;         /* this connection is being dropped */
+    bool silent;                   /* stopped answering: takes no calls (see check_node) */
+    uint64_t last_deadline_us;     /* the latest deadline of a call sent on it */
     size_t shas_loaded;
     unsigned n_slots;              /* slots it owns in the map */
     uint64_t deadline_us;          /* connect + handshake must finish by then */
@@ -186,7 +189,7 @@ struct store_call {
 
 static bool is_ready(const struct node *n)
 {
-    return n->state == NODE_READY;
+    return n->state == NODE_READY && !n->silent;
 }
 
 /* The connect callback succeeded (and the connection has not gone since). */
@@ -531,6 +534,8 @@ static int send_call(struct node *n, struct store_call *call)
     call->node = n;
     call->where = CALL_SENT;
     call->sent_us = n->last_send_us = clock_now_us();
+    if (call->deadline_us > n->last_deadline_us)
+        n->last_deadline_us = call->deadline_us;
     return 0;
 }
 
@@ -958,7 +963,7 @@ static void mark_down(struct node *n, const char *why)
     bool retiring = n->state == NODE_RETIRING;
     if (retiring)
         log_debug("redis node retired", "redis=%s", n->name);
-    else if (is_ready(n))
+    else if (n->state == NODE_READY)
         log_warn("redis connection lost", "redis=%s reason=%s", n->name, why);
     else if (!n->down_logged && n->wanted)
         log_warn("redis unavailable", "redis=%s reason=%s retrying=1", n->name, why);
@@ -1003,6 +1008,7 @@ static void node_ready(struct node *n)
 {
     struct store *st = n->st;
     n->state = NODE_READY;
+    n->silent = false;
     n->down_logged = false;
     n->backoff_ms = BACKOFF_MIN_MS;
     n->last_reply_us = clock_now_us();
@@ -1219,6 +1225,13 @@ static void on_ping(redisAsyncContext *ac, void *reply, void *privdata)
     }
 }
 
+/* Whether N's socket holds bytes not read yet (poll, not waiting). */
+static bool answers_waiting(const struct node *n)
+{
+    struct pollfd p = { .fd = n->ac->c.fd, .events = POLLIN };
+    return n->ac->c.fd >= 0 && poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 /* Enforces the connect deadline, notices a connection that stopped
  * answering, and pings an idle one so a dead peer is found before a
  * request needs it. */
@@ -1233,18 +1246,38 @@ static void check_node(struct node *n, uint64_t now)
             drop_connection(n, "retired node not answering");
         return;
     }
-    if (!is_ready(n)) {
+    if (n->state != NODE_READY) {       /* (a silent node is READY, and checked below) */
         if (now > n->deadline_us)
             drop_connection(n, "connect timeout");
         return;
     }
-    if (n->abandoned > 0 && now - n->last_reply_us > stall_limit_us(st)) {
-        drop_connection(n, "not answering");
+    /* Answers already in the socket are not a silent Redis: a Redis that
+     * just woke from a stall has run the calls it held and written their
+     * answers, and a busy loop may check here before it reads them.
+     * Dropping the connection then would throw away the answers of calls
+     * that took effect -- each answered 503 at its deadline, a lie, with
+     * no late answer to undo it by. */
+    bool no_answer = n->abandoned > 0 && now - n->last_reply_us > stall_limit_us(st);
+    bool no_pong = n->ping_sent_us && now - n->ping_sent_us > stall_limit_us(st);
+    if ((no_answer || no_pong) && !answers_waiting(n)) {
+        /* Nor is it dropped while a call sent on it may still run: Redis
+         * reads what a closed connection had sent and runs it, and the
+         * answer is lost with the connection -- the call answered 503 at
+         * its deadline although it took effect.  Until the last deadline
+         * has passed (then every such call is LATE) it takes no calls. */
+        if (now <= n->last_deadline_us) {
+            if (!n->silent) {
+                n->silent = true;
+                update_ready(st);
+            }
+            return;
+        }
+        drop_connection(n, no_answer ? "not answering" : "ping timeout");
         return;
     }
-    if (n->ping_sent_us && now - n->ping_sent_us > stall_limit_us(st)) {
-        drop_connection(n, "ping timeout");
-        return;
+    if (n->silent) {                    /* it answered after all */
+        n->silent = false;
+        update_ready(st);
     }
     /* The ping is a TIME: it also keeps the node's clock fresh, which a busy
      * connection needs as much as an idle one needs the ping. */
