@@ -1,9 +1,11 @@
 /* decide: the one owner of a decision.  See decide.h. */
 #include "capgate/decide.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/decide_batch.h"
 #include "capgate/log.h"
@@ -195,12 +197,51 @@ static struct undo *undo_new(struct loop *l, struct decide_op *const *ops, size_
     return u;
 }
 
+/* One release that undoes a decision, tried again while Redis stalls: a
+ * late answer comes just as Redis wakes, and a stall that follows at once
+ * would otherwise leave the message queued, to be delivered when its lease
+ * runs out -- the 503 a lie.  It is tried while the lease lasts (a quarter
+ * kept back), each try after one that took a while (a timeout), never in a
+ * spin, and not once the store is going. */
+struct undo_try {
+    struct store *store;
+    const struct config *cfg;
+    char user[PSEUDONYM_USER_HEX + 1], message[PSEUDONYM_SHORT_HEX + 1];
+    uint64_t sent_us, until_us;
+};
+
+#define UNDO_RETRY_AFTER_US 50000u   /* a try that failed faster is not retried */
+
+static void on_undone(void *arg, const struct store_reply *r);
+
+static bool undo_send(struct undo_try *t)
+{
+    struct script_args a;
+    decision_abandon_args(t->cfg, t->user, t->message, &a);
+    t->sent_us = clock_now_us();
+    return store_eval(t->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_undone, t) == 0;
+}
+
+static void undo_try_free(struct undo_try *t)
+{
+    config_release(t->cfg);
+    free(t);
+}
+
 static void on_undone(void *arg, const struct store_reply *r)
 {
-    (void)arg;
-    if (r->status != STORE_OK)
-        log_warn_limited("could not undo a decision answered 503", "error=%s",
-                         r->error ? r->error : "?");
+    struct undo_try *t = arg;
+    if (r->status == STORE_OK) {
+        undo_try_free(t);
+        return;
+    }
+    uint64_t now = clock_now_us();
+    if (store_ready(t->store) && now - t->sent_us >= UNDO_RETRY_AFTER_US && now < t->until_us &&
+        undo_send(t))
+        return;
+    log_warn_limited("could not undo a decision answered 503", "error=%s",
+                     r->error ? r->error : "?");
+    undo_try_free(t);
 }
 
 /* ONE is what Redis answered, late, to the decision of USER's MESSAGE: what
@@ -214,9 +255,18 @@ static bool undo_one(struct store *st, const struct config *cfg, const char *use
     if (!((d.outcome == OUTCOME_ALLOW && !d.replay) ||
           (d.outcome == OUTCOME_DEFER && d.queued == 1)))
         return false;
-    struct script_args a;
-    decision_abandon_args(cfg, user, message, &a);
-    return store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_undone, NULL) == 0;
+    struct undo_try *t = malloc(sizeof *t);
+    if (!t)
+        return false;
+    t->store = st;
+    t->cfg = config_retain(cfg);
+    snprintf(t->user, sizeof t->user, "%s", user);
+    snprintf(t->message, sizeof t->message, "%s", message);
+    t->until_us = clock_now_us() + (uint64_t)cfg->delivery.lease_ms * 750u;
+    if (undo_send(t))
+        return true;
+    undo_try_free(t);
+    return false;
 }
 
 static void undo_after(void *arg, const struct store_reply *late)
