@@ -24,6 +24,7 @@ static const struct {
     [API_UPSTREAM_TIMEOUT] = { "upstream_timeout", 504 },
     [API_INTERNAL] = { "internal", 500 },
     [API_BAD_REQUEST] = { "bad_request", 400 },
+    [API_OVER_RATE] = { "over_rate", 429 },
 };
 
 const char *api_error_code(enum api_error e) { return errors[e].code; }

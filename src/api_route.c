@@ -49,6 +49,7 @@ struct rcpt {
     struct decision d;
     char *blob;
     bool forwarded;                   /* in the body that went upstream */
+    bool held;                        /* allowed, but the upstream's rate or pause held it */
     bool collateral;                  /* allowed, but cut with a personalization */
     char old_user[PSEUDONYM_USER_HEX + 1];   /* key rotation: the previous key's pseudonym */
 };
@@ -70,6 +71,10 @@ struct route_call {
     size_t first_answer_len;
     bool released_all;                /* every abandon went through */
     struct upstream_response *up;     /* the upstream's answer while abandons run (a copy) */
+    struct message out;               /* what goes upstream (delivery_send keeps it) */
+    int64_t held_ms;                  /* held back (shape.h): when it may go */
+    enum shape_why held_why;
+    bool held_queued;                 /* ...and the held recipients were queued for it */
     size_t moving;                    /* key rotation: recipients' records still moving */
     bool move_failed;
 };
@@ -117,6 +122,12 @@ static json_t *outcomes(const struct route_call *c)
         if (f == F_UNAVAILABLE) {
             o = json_pack("{s:s, s:s}", "decision", "unavailable", "reason",
                           r->status == DECIDE_UNAVAILABLE ? "store_unavailable" : "queue_full");
+        } else if (r->held) {
+            o = json_pack("{s:s, s:s, s:b, s:I}", "decision", c->held_queued ? "defer" : "deny",
+                          "reason", c->held_why == SHAPE_PAUSED ? "upstream_paused"
+                                    : c->held_why == SHAPE_RATE ? "rate_limited"
+                                                                : "store_unavailable",
+                          "replay", 0, "retry_after", (json_int_t)((c->held_ms + 999) / 1000));
         } else {
             o = json_pack("{s:s, s:s, s:b}", "decision",
                           r->collateral ? "dropped" : decision_outcome_name(r->d.outcome),
@@ -143,7 +154,7 @@ static void count_fates(const struct route_call *c, size_t *sent, size_t *deferr
         enum fate f = fate_of(&c->r[k]);
         if (c->r[k].forwarded)
             (*sent)++;
-        else if (f == F_DEFERRED)
+        else if (f == F_DEFERRED || (c->r[k].held && c->held_queued))
             (*deferred)++;
         else if (f != F_REPLAYED)
             (*denied)++;
@@ -168,6 +179,16 @@ static void reply_nothing_sent(struct route_call *c)
             if (r->d.retry_after_s * 1000 <= c->cfg->max_defer_ms && r->d.retry_after_s > retry)
                 retry = r->d.retry_after_s;
         }
+    }
+    bool held = false;
+    for (size_t k = 0; k < c->rr.n; k++)
+        held |= c->r[k].held;
+    if (held && c->held_queued)
+        deferred = true;
+    else if (held) {
+        capped = true;                   /* over_rate: reject -- 429 with when */
+        if ((c->held_ms + 999) / 1000 > retry)
+            retry = (c->held_ms + 999) / 1000;
     }
     json_t *body = json_pack("{s:s, s:o}", "message_id", c->rr.message_id, "recipients",
                              outcomes(c));
@@ -349,10 +370,72 @@ static void abandon(struct route_call *c, struct rcpt *rc)
     }
 }
 
-static void on_forwarded(void *arg, const struct upstream_response *r)
+/* ---- held back by the upstream's rate or pause (shape.h) ------------------------- */
+
+static void on_held_done(void *arg, const struct store_reply *r)
+{
+    struct rcpt *rc = arg;
+    struct route_call *c = rc->rc;
+    if (r->status != STORE_OK)
+        c->released_all = false;
+    if (--c->pending == 0) {
+        if (!c->released_all) {
+            /* Redis did not take some of it: those copies wait under their
+             * leases and will be delivered -- saying "not sent" would lie. */
+            c->held_queued = true;
+        }
+        reply_nothing_sent(c);
+    }
+}
+
+/* Every forwarded recipient goes back to the queue for the slot (202), or
+ * -- over_rate: reject, or a slot beyond max_defer -- is released (429). */
+static void held(struct route_call *c, const struct forward_result *f)
+{
+    struct loop *l = c->loop;
+    const struct cfg_channel *ch = config_channel(c->cfg, c->route->channel);
+    bool queue = f->r ? ch && ch->upstream.over_rate == OVER_RATE_QUEUE &&
+                        f->held_ms <= c->cfg->max_defer_ms
+                      : f->reserved;
+    c->held_ms = f->held_ms;
+    c->held_why = f->why;
+    c->held_queued = queue;
+    c->released_all = true;
+    c->pending = 1;                      /* held until every call is asked */
+    for (size_t k = 0; k < c->rr.n; k++) {
+        struct rcpt *rc = &c->r[k];
+        if (!rc->forwarded)
+            continue;
+        rc->forwarded = false;
+        rc->held = true;
+        metrics_count_delivery(&l->metrics, c->route->channel,
+                               !queue ? "over_rate" : f->r ? "pushed_back"
+                               : f->why == SHAPE_PAUSED ? "held_paused" : "held_rate");
+        c->pending++;
+        int rcode = queue ? delivery_requeue(l->store, c->cfg, rc->user, rc->message,
+                                             f->held_ms, on_held_done, rc)
+                          : delivery_abandon(l->store, c->cfg, rc->user, rc->message,
+                                             on_held_done, rc);
+        if (rcode != 0) {
+            c->pending--;
+            c->released_all = false;
+        } else if (queue) {
+            loop_queued(l, decision_tag(rc->user), (uint64_t)f->held_ms);
+        }
+    }
+    struct store_reply done = { .status = c->released_all ? STORE_OK : STORE_UNAVAILABLE };
+    on_held_done(&c->r[0], &done);
+}
+
+static void on_forwarded(void *arg, const struct forward_result *fr)
 {
     struct route_call *c = arg;
     struct loop *l = c->loop;
+    if (fr->held_ms > 0) {
+        held(c, fr);
+        return;
+    }
+    const struct upstream_response *r = fr->r;
     bool ok = r->status == UPSTREAM_OK && r->http_status >= 200 && r->http_status < 300;
 
     for (size_t k = 0; k < c->rr.n; k++)
@@ -452,16 +535,20 @@ static void decided_all(struct route_call *c)
             reply_nothing_sent(c);
         return;
     }
-    struct message m = {
+    c->out = (struct message){
         .route = true, .message_id = c->rr.message_id, .channel = c->route->channel,
         .method = c->method, .query = c->query, .headers = c->headers,
         .body = c->sent_body ? c->sent_body : c->body,
         .body_len = c->sent_body ? len : c->body_len,
     };
-    if (delivery_forward(l->upstreams, c->cfg, &m, on_forwarded, c) != 0) {
-        struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "cannot start" };
-        on_forwarded(c, &fail);
-    }
+    unsigned flags = 0;
+    const struct cfg_channel *ch = config_channel(c->cfg, c->route->channel);
+    if (ch && ch->upstream.over_rate == OVER_RATE_QUEUE)
+        flags |= FORWARD_RESERVE;
+    for (size_t k = 0; k < n; k++)
+        if (c->r[k].forwarded && c->r[k].status == DECIDE_FAILED_OPEN)
+            flags |= FORWARD_UNSHAPED;
+    delivery_send(l->upstreams, l->store, c->cfg, &c->out, flags, on_forwarded, c);
 }
 
 static void on_decided(void *arg, const struct decide_result *res)

@@ -143,18 +143,123 @@ static void reply_refused(struct send_call *c, const struct refusal *f, bool rel
     reply_json(l, c->req, api_error_status(code), body);
 }
 
+/* ---- held back by the upstream's rate or pause (shape.h) ------------------------- */
+
+static const char *held_reason(enum shape_why why)
+{
+    return why == SHAPE_RATE ? "rate_limited" : why == SHAPE_PAUSED ? "upstream_paused"
+                                                                    : "store_unavailable";
+}
+
+/* over_rate: reject (or a slot beyond max_defer): released, and 429. */
+static void reply_over_rate(struct send_call *c, int64_t held_ms, enum shape_why why)
+{
+    struct loop *l = c->loop;
+    int64_t s = (held_ms + 999) / 1000;
+    json_t *body = json_pack("{s:s, s:s, s:s, s:b, s:I}", "decision", "deny", "reason",
+                             held_reason(why), "message_id", c->message_id, "replay", 0,
+                             "retry_after", (json_int_t)s);
+    json_object_set_new(body, "error", json_pack("{s:s, s:s}", "code",
+                        api_error_code(API_OVER_RATE), "message",
+                        why == SHAPE_PAUSED ? "the upstream is paused (it pushed back); the "
+                        "send was released: retry after Retry-After"
+                        : "over the upstream's send rate; the send was released: retry after "
+                        "Retry-After"));
+    char after[24];
+    snprintf(after, sizeof after, "%lld", (long long)(s > 0 ? s : 1));
+    const char *const retry[] = { "Retry-After", after, NULL };
+    metrics_count_delivery(&l->metrics, c->channel, "over_rate");
+    COUNTER_INC(l->metrics.errors[API_OVER_RATE]);
+    reply_json_headers(l, c->req, 429, body, retry);
+}
+
 struct abandon_call {
     struct send_call *c;
     struct refusal f;
+    int64_t held_ms;             /* > 0: held back, not refused */
+    enum shape_why why;
 };
 
 static void on_abandoned(void *arg, const struct store_reply *r)
 {
     struct abandon_call *a = arg;
-    reply_refused(a->c, &a->f, r->status == STORE_OK);
+    if (a->held_ms > 0 && r->status == STORE_OK)
+        reply_over_rate(a->c, a->held_ms, a->why);
+    else
+        reply_refused(a->c, &a->f, r->status == STORE_OK);
     call_free(a->c);
     free(a->f.body);
     free(a);
+}
+
+struct requeue_call {
+    struct send_call *c;
+    int64_t held_ms;
+    enum shape_why why;
+    bool pushed_back;
+};
+
+static void on_requeued(void *arg, const struct store_reply *r)
+{
+    struct requeue_call *q = arg;
+    struct send_call *c = q->c;
+    struct loop *l = c->loop;
+    if (r->status != STORE_OK) {
+        struct refusal f = { .error = "held back" };
+        reply_refused(c, &f, false);         /* it waits under its lease: 202 */
+    } else {
+        metrics_count_delivery(&l->metrics, c->channel, q->pushed_back ? "pushed_back" :
+                               q->why == SHAPE_PAUSED ? "held_paused" : "held_rate");
+        loop_queued(l, decision_tag(c->user), (uint64_t)q->held_ms);
+        int64_t s = (q->held_ms + 999) / 1000;
+        json_t *body = json_pack("{s:s, s:s, s:s, s:b}", "decision", "defer", "reason",
+                                 held_reason(q->why), "message_id", c->message_id, "replay", 0);
+        char when[32];
+        clock_format_rfc3339(when, sizeof when, time(NULL) + s);
+        json_object_set_new(body, "deliver_at", json_string(when));
+        json_object_set_new(body, "retry_after", json_integer(s));
+        reply_json(l, c->req, 202, body);
+    }
+    call_free(c);
+    free(q);
+}
+
+/* The upstream's rate (or its pause) holds the message: queued for its
+ * slot (202), or -- over_rate: reject, or a slot beyond max_defer --
+ * released and refused (429).  Either way the answer waits for Redis. */
+static void held(struct send_call *c, const struct forward_result *f)
+{
+    bool queue = f->reserved;
+    const struct cfg_channel *ch = config_channel(c->cfg, c->channel);
+    if (f->r)        /* a pushback: queued unless the caller wants to hear it */
+        queue = ch && ch->upstream.over_rate == OVER_RATE_QUEUE &&
+                f->held_ms <= c->cfg->max_defer_ms;
+    if (queue) {
+        struct requeue_call *q = calloc(1, sizeof *q);
+        if (q) {
+            *q = (struct requeue_call){ .c = c, .held_ms = f->held_ms, .why = f->why,
+                                        .pushed_back = f->r != NULL };
+            if (delivery_requeue(c->loop->store, c->cfg, c->user, c->message, f->held_ms,
+                                 on_requeued, q) == 0)
+                return;
+            struct store_reply fail = { .status = STORE_UNAVAILABLE };
+            on_requeued(q, &fail);
+            return;
+        }
+    }
+    struct abandon_call *a = calloc(1, sizeof *a);
+    if (!a) {
+        struct refusal f0 = { .error = "out of memory" };
+        reply_refused(c, &f0, false);
+        call_free(c);
+        return;
+    }
+    *a = (struct abandon_call){ .c = c, .held_ms = f->held_ms, .why = f->why };
+    snprintf(a->f.error, sizeof a->f.error, "held back");
+    if (delivery_abandon(c->loop->store, c->cfg, c->user, c->message, on_abandoned, a) != 0) {
+        struct store_reply fail = { .status = STORE_UNAVAILABLE };
+        on_abandoned(a, &fail);
+    }
 }
 
 /* Not delivered: the send must not use up the person's allowance, and
@@ -187,9 +292,14 @@ static void abandon(struct send_call *c, const struct upstream_response *r)
     }
 }
 
-static void on_forwarded(void *arg, const struct upstream_response *r)
+static void on_forwarded(void *arg, const struct forward_result *fr)
 {
     struct send_call *c = arg;
+    if (fr->held_ms > 0) {
+        held(c, fr);
+        return;
+    }
+    const struct upstream_response *r = fr->r;
     bool ok = r->status == UPSTREAM_OK && r->http_status >= 200 && r->http_status < 300;
 
     metrics_count_delivery(&c->loop->metrics, c->channel, ok ? "delivered" : "failed");
@@ -253,10 +363,11 @@ static void on_decided(void *arg, const struct decide_result *r)
         metrics_count_delivery(&l->metrics, c->channel, "replayed");
         reply_json(l, c->req, 200, decision_body(c));
     } else if (d->outcome == OUTCOME_ALLOW) {
-        if (delivery_forward(l->upstreams, c->cfg, &c->m, on_forwarded, c) != 0) {
-            struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "cannot start" };
-            on_forwarded(c, &fail);
-        }
+        const struct cfg_channel *ch = config_channel(c->cfg, c->channel);
+        unsigned flags = c->failed_open ? FORWARD_UNSHAPED : 0;
+        if (ch && ch->upstream.over_rate == OVER_RATE_QUEUE)
+            flags |= FORWARD_RESERVE;
+        delivery_send(l->upstreams, l->store, c->cfg, &c->m, flags, on_forwarded, c);
         return;
     } else if (d->outcome == OUTCOME_DEFER) {
         reply_deferred(c);

@@ -383,6 +383,7 @@ _Static_assert(sizeof(enum log_level) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum cap_per) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum cap_action) == sizeof(int), "enum stored as int");
+_Static_assert(sizeof(enum over_rate) == sizeof(int), "enum stored as int");
 /* parse_groups() writes the name through the first member. */
 _Static_assert(offsetof(struct cfg_channel, name) == 0, "name first");
 _Static_assert(offsetof(struct cfg_category, name) == 0, "name first");
@@ -1353,6 +1354,69 @@ static int check_upstream(struct parser *p, void *base, int line)
     return 0;
 }
 
+static int check_rate(struct parser *p, void *base, int line)
+{
+    struct cfg_rate *r = base;
+    (void)p; (void)line;
+    r->enabled = true;
+    if (r->burst == 0)                   /* absent: a tenth of a second's worth */
+        r->burst = r->per_second >= 20 ? r->per_second / 10 : 1;
+    return 0;
+}
+
+static const struct directive rate_table[] = {
+    { .name = "per_second", .type = DT_INT, .flags = D_REQUIRED, FIELD(struct cfg_rate, per_second),
+      .min = 1, .max = 1000000 },
+    { .name = "burst", .type = DT_INT, FIELD(struct cfg_rate, burst), .min = 1, .max = 1000000 },
+    { .name = NULL },
+};
+
+/* pushback.statuses: HTTP statuses that mean "slow down" (absent: 429 and 503). */
+static int parse_pushback_statuses(struct parser *p, void *base, bool present, struct fy_node *v,
+                                   int line)
+{
+    struct cfg_pushback *b = base;
+    if (!present) {
+        b->statuses[0] = 429;
+        b->statuses[1] = 503;
+        b->n_statuses = 2;
+        return 0;
+    }
+    if (is_null(v))
+        return 0;
+    if (check_untagged(p, v, line))
+        return -1;
+    if (!fy_node_is_sequence(v))
+        return fail(p, node_line(v, line), "expected a list of HTTP statuses, got %s", kind_of(v));
+    struct fy_node *item;
+    void *it = NULL;
+    while ((item = fy_node_sequence_iterate(v, &it)) != NULL) {
+        struct scalar s;
+        struct qbuf qb;
+        char *end;
+        if (get_scalar(p, item, line, "an HTTP status", &s))
+            return -1;
+        long code = strtol(s.s, &end, 10);
+        if (!s.plain || *end || end == s.s || code < 400 || code > 599)
+            return fail(p, s.line, "%s: want an HTTP status 400..599", quote(&qb, s.s));
+        if (b->n_statuses == PUSHBACK_STATUSES_MAX)
+            return fail(p, s.line, "too many statuses (max %d)", PUSHBACK_STATUSES_MAX);
+        b->statuses[b->n_statuses++] = (int)code;
+    }
+    return 0;
+}
+
+static const struct directive pushback_table[] = {
+    { .name = "statuses", .type = DT_CUSTOM, .parse = parse_pushback_statuses },
+    { .name = "max_pause", .type = DT_DURATION, FIELD(struct cfg_pushback, max_pause_ms),
+      .min = MS_PER_S, .max = MS_PER_D, .def = "10m" },
+    { .name = NULL },
+};
+
+static const struct choice over_rates[] = {
+    { "queue", OVER_RATE_QUEUE }, { "reject", OVER_RATE_REJECT }, { NULL, 0 },
+};
+
 static const struct directive upstream_table[] = {
     { .name = "url", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_upstream, url),
       .check = check_upstream_url },
@@ -1361,6 +1425,12 @@ static const struct directive upstream_table[] = {
     { .name = "max_connections", .type = DT_INT, FIELD(struct cfg_upstream, max_connections),
       .min = 1, .max = 10000, .def = "64" },
     { .name = "headers", .type = DT_CUSTOM, .parse = parse_upstream_headers },
+    { .name = "rate", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct cfg_upstream, rate), .sub = rate_table, .check = check_rate },
+    { .name = "over_rate", .type = DT_ENUM, ENUM_FIELD(struct cfg_upstream, over_rate),
+      .choices = over_rates, .def = "queue" },
+    { .name = "pushback", .type = DT_SECTION, .off = offsetof(struct cfg_upstream, pushback),
+      .sub = pushback_table },
     { .name = NULL },
 };
 

@@ -68,8 +68,7 @@ static void note_queued(const struct decide_op *op, const struct decision *d)
         due_ms = (uint64_t)op->cfg->delivery.lease_ms;
     else
         return;
-    unsigned tag = (unsigned)strtoul((char[3]){ op->user[0], op->user[1], 0 }, NULL, 16);
-    loop_queued(l, tag, due_ms);
+    loop_queued(l, decision_tag(op->user), due_ms);
 }
 
 /* Answers the op; it may be freed by the callback, so nothing of it is

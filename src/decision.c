@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "capgate/tz.h"
@@ -20,7 +21,13 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_DEAD_LIST] = lua_dead_list,
     [SCRIPT_AUDIT_TRIM] = lua_audit_trim,
     [SCRIPT_ROTATE] = lua_rotate,
+    [SCRIPT_SHAPE] = lua_shape,
 };
+
+unsigned decision_tag(const char *user)
+{
+    return (unsigned)strtoul((char[3]){ user[0], user[1], 0 }, NULL, 16);
+}
 
 static const char *const outcome_names[OUTCOME__COUNT] = { "allow", "defer", "deny" };
 static const char *const reason_names[REASON__COUNT] = {
@@ -709,6 +716,22 @@ void decision_abandon_args(const struct config *cfg, const char *user, const cha
     arg_person(a, user);
     arg_fmt(a, "%u", message_id(message));
     arg_fmt(a, "%s", member);
+}
+
+void decision_requeue_args(const struct config *cfg, const char *user, const char *message,
+                           int64_t in_ms, struct script_args *a)
+{
+    decision_abandon_args(cfg, user, message, a);
+    arg_fmt(a, "%lld", (long long)(in_ms > 0 ? in_ms : 0));
+}
+
+void decision_shape_args(const char *channel, size_t argc, const char *const *argv,
+                         struct script_args *a)
+{
+    args_init(a, SCRIPT_SHAPE, 1);
+    arg_fmt(a, "cg:{u.%s}:up", channel);
+    for (size_t k = 0; k < argc; k++)
+        arg_cstr(a, argv[k]);
 }
 
 int decision_release_result(const struct store_reply *r)

@@ -318,6 +318,88 @@ void delivery_ack(struct store *st, const struct config *cfg, const char *user,
     store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_acked, NULL);
 }
 
+int delivery_requeue(struct store *st, const struct config *cfg, const char *user,
+                     const char *message, int64_t in_ms, store_cb *cb, void *arg)
+{
+    struct script_args a;
+    decision_requeue_args(cfg, user, message, in_ms, &a);
+    return store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, cb, arg);
+}
+
+/* One delivery_send on its way: asked of the shaping, then forwarded. */
+struct send_op {
+    struct delivery_pools *pools;
+    struct store *st;
+    const struct config *cfg;
+    const struct cfg_channel *ch;
+    const struct message *m;
+    unsigned flags;
+    bool probe;
+    forward_cb *cb;
+    void *arg;
+};
+
+static void op_done(struct send_op *op, const struct forward_result *f)
+{
+    forward_cb *cb = op->cb;
+    void *arg = op->arg;
+    free(op);
+    cb(arg, f);
+}
+
+static void on_answered(void *arg, const struct upstream_response *r)
+{
+    struct send_op *op = arg;
+    struct forward_result f = { .r = r };
+    if (shape_wanted(op->ch)) {
+        f.held_ms = shape_answered(op->st, op->cfg, op->ch, op->probe, r);
+        f.why = SHAPE_PAUSED;
+    }
+    op_done(op, &f);
+}
+
+static void forward_now(struct send_op *op)
+{
+    if (delivery_forward(op->pools, op->cfg, op->m, on_answered, op) != 0) {
+        struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "cannot start" };
+        struct forward_result f = { .r = &fail };
+        op_done(op, &f);
+    }
+}
+
+static void on_shaped(void *arg, const struct shape_answer *a)
+{
+    struct send_op *op = arg;
+    if (a->go) {
+        op->probe = a->probe;
+        forward_now(op);
+        return;
+    }
+    struct forward_result f = { .held_ms = a->wait_ms > 0 ? a->wait_ms : 1,
+                                .reserved = a->reserved, .why = a->why };
+    op_done(op, &f);
+}
+
+void delivery_send(struct delivery_pools *pools, struct store *st, const struct config *cfg,
+                   const struct message *m, unsigned flags, forward_cb *cb, void *arg)
+{
+    struct send_op *op = calloc(1, sizeof *op);
+    if (!op) {
+        struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "out of memory" };
+        struct forward_result f = { .r = &fail };
+        cb(arg, &f);
+        return;
+    }
+    *op = (struct send_op){ .pools = pools, .st = st, .cfg = cfg, .m = m, .flags = flags,
+                            .ch = config_channel(cfg, m->channel), .cb = cb, .arg = arg };
+    if (!shape_wanted(op->ch) || (flags & FORWARD_UNSHAPED) || !st) {
+        op->ch = NULL;                   /* and no pushback is noted */
+        forward_now(op);
+        return;
+    }
+    shape_take(st, cfg, op->ch, flags & FORWARD_FROM_QUEUE, flags & FORWARD_RESERVE, on_shaped, op);
+}
+
 int delivery_abandon(struct store *st, const struct config *cfg, const char *user,
                      const char *message, store_cb *cb, void *arg)
 {

@@ -107,17 +107,40 @@ static void on_released(void *arg, const struct store_reply *r)
     (void)arg; (void)r;
 }
 
-static void on_forwarded(void *arg, const struct upstream_response *r)
+static void on_requeued(void *arg, const struct store_reply *r)
+{
+    (void)arg; (void)r;   /* if it failed, the lease runs out and it comes again */
+}
+
+/* The upstream's rate or its pause held it: back in the queue for the
+ * slot it got, its attempts untouched, and its send released (it is
+ * decided again then). */
+static void hold(struct job *j, const struct forward_result *f)
+{
+    struct loop *l = j->d->loop;
+    metrics_count_delivery(&l->metrics, j->m.channel, f->r ? "pushed_back" :
+                           f->why == SHAPE_PAUSED ? "held_paused" : "held_rate");
+    due_in(j->d, j->tag, (uint64_t)f->held_ms);
+    delivery_requeue(l->store, j->cfg, j->m.user, j->m.message, f->held_ms, on_requeued, NULL);
+    job_free(j);
+}
+
+static void on_forwarded(void *arg, const struct forward_result *f)
 {
     struct job *j = arg;
     struct loop *l = j->d->loop;
     const struct cfg_delivery *dl = &j->cfg->delivery;
-    bool ok = r->status == UPSTREAM_OK && r->http_status >= 200 && r->http_status < 300;
+    const struct upstream_response *r = f->r;
 
     if (j->d->freeing) {
         job_free(j);
         return;
     }
+    if (f->held_ms > 0) {
+        hold(j, f);
+        return;
+    }
+    bool ok = r->status == UPSTREAM_OK && r->http_status >= 200 && r->http_status < 300;
     if (ok) {
         /* The window for a second delivery: between the 2xx and this ack.
          * If the gateway dies here, the lease runs out and the message goes
@@ -174,10 +197,8 @@ static void on_redecided(void *arg, const struct decide_result *r)
     case OUTCOME_ALLOW:
         /* Also on a replay: then this gateway (or one that died) allowed it
          * before without the ack -- it may not have gone out: at least once. */
-        if (delivery_forward(l->upstreams, j->cfg, &j->m, on_forwarded, j) != 0) {
-            struct upstream_response fail = { .status = UPSTREAM_FAILED, .error = "cannot start" };
-            on_forwarded(j, &fail);
-        }
+        delivery_send(l->upstreams, l->store, j->cfg, &j->m, FORWARD_FROM_QUEUE | FORWARD_RESERVE,
+                      on_forwarded, j);
         return;
     case OUTCOME_DEFER:
         /* Re-queued by the decision itself, at its new time. */

@@ -14,6 +14,10 @@ const char *const metrics_delivery_outcomes[] = {
     "superseded",    /* a newer message of its collapse_key took its place */
     "queue_full",    /* not queued: delivery.max_deferred reached */
     "replayed",      /* a retry of a message already delivered: not sent again */
+    "held_rate",     /* the upstream's rate held it: queued for its slot */
+    "held_paused",   /* the upstream is paused (pushback): queued for the pause's end */
+    "pushed_back",   /* the upstream answered a pushback status: queued again, paused */
+    "over_rate",     /* over_rate: reject -- refused with 429 instead of queued */
     NULL,
 };
 

@@ -26,6 +26,7 @@ enum api_error {
     API_UPSTREAM_TIMEOUT,    /* 504: the campaign API did not answer within timeout_ms */
     API_INTERNAL,            /* 500 */
     API_BAD_REQUEST,         /* 400: framing a proxy could read another way (http.h) */
+    API_OVER_RATE,           /* 429: over_rate: reject -- the upstream's rate or pause held it */
     API_ERROR__COUNT
 };
 

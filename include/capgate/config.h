@@ -20,6 +20,23 @@
 #define CAP_NAME_MAX 64
 #define CONFIG_NAME_MAX 32   /* channel and category names */
 
+/* An upstream's send rate, for every gateway together (shape.h). */
+struct cfg_rate {
+    bool enabled;           /* the section is present */
+    int per_second;         /* forwards a second, smoothed (GCRA) */
+    int burst;              /* more at once after a quiet spell; default per_second/10, >= 1 */
+};
+
+enum over_rate { OVER_RATE_QUEUE, OVER_RATE_REJECT };
+
+#define PUSHBACK_STATUSES_MAX 8
+/* An upstream's "slow down": these statuses pause it for every gateway. */
+struct cfg_pushback {
+    int statuses[PUSHBACK_STATUSES_MAX];    /* default 429, 503; [] turns it off */
+    size_t n_statuses;
+    int64_t max_pause_ms;   /* default 10m */
+};
+
 /* Proxy mode: where a channel's allowed messages are forwarded. */
 struct cfg_upstream {
     bool enabled;
@@ -28,6 +45,9 @@ struct cfg_upstream {
     unsigned max_connections; /* per gateway, default 64 */
     char **headers;         /* "Name: value", ${VAR} expanded at load */
     size_t n_headers;
+    struct cfg_rate rate;
+    enum over_rate over_rate;   /* a fresh send the rate (or a pause) holds: queued or 429 */
+    struct cfg_pushback pushback;
 };
 
 struct cfg_channel {

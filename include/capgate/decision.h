@@ -30,12 +30,16 @@ struct tz_zone;
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
     SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM, SCRIPT_ROTATE,
+    SCRIPT_SHAPE,
     SCRIPT__COUNT
 };
 
 /* The hash tags: 256, "00".."ff".  Per-tag streams (the audit trail) are
  * read all together by asking each tag. */
 #define DECISION_TAGS 256
+
+/* The hash tag of a person's pseudonym USER (its first two hex digits). */
+unsigned decision_tag(const char *user);
 
 /* The Lua sources, in enum decision_script order, for store_create(). */
 extern const char *const decision_scripts[SCRIPT__COUNT];
@@ -126,6 +130,17 @@ void decision_release_args(const struct config *cfg, const char *user, const cha
  * (decide.lua), in one step: nothing will deliver it. */
 void decision_abandon_args(const struct config *cfg, const char *user, const char *message,
                            struct script_args *out);
+
+/* Proxy mode: a message being forwarded is held back (the upstream's rate,
+ * or its pause: shape.h).  Releases the send, as abandon, but the message
+ * stays queued, due IN_MS from now, its attempts untouched: the dispatcher
+ * decides it again then. */
+void decision_requeue_args(const struct config *cfg, const char *user, const char *message,
+                           int64_t in_ms, struct script_args *out);
+/* An upstream's shaping state (shape.lua): key cg:{u.<CHANNEL>}:up -- its
+ * own slot -- and ARGV[0..ARGC) as given (strings, not copied). */
+void decision_shape_args(const char *channel, size_t argc, const char *const *argv,
+                         struct script_args *out);
 
 /* Consent and the signals that act on it (consent.lua). */
 enum consent_kind { CONSENT_SET, CONSENT_UNSUBSCRIBE, CONSENT_COMPLAINT, CONSENT_BOUNCE,

@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "capgate/config.h"
+#include "capgate/shape.h"
 #include "capgate/store.h"
 #include "capgate/upstream.h"
 
@@ -54,6 +55,35 @@ void delivery_pools_free(struct delivery_pools *p);
  * cannot be (no upstream, no pool; CB will not run). */
 int delivery_forward(struct delivery_pools *pools, const struct config *cfg,
                      const struct message *m, upstream_cb *cb, void *arg);
+
+/* What became of a forward (delivery_send). */
+struct forward_result {
+    const struct upstream_response *r;  /* the upstream's answer; NULL: held, not sent */
+    int64_t held_ms;          /* > 0: held (R NULL), or pushed back (R is the pushback):
+                                 it may go again in this long, without losing an attempt */
+    bool reserved;            /* held: that slot is the message's own */
+    enum shape_why why;       /* held or pushed back: what stops it */
+};
+typedef void forward_cb(void *arg, const struct forward_result *f);
+
+#define FORWARD_FROM_QUEUE 1u     /* the dispatcher's: it waited for its slot */
+#define FORWARD_RESERVE    2u     /* if held: take the slot (the message is queued for it) */
+#define FORWARD_UNSHAPED   4u     /* decided without Redis: the rate cannot be asked either */
+
+/* Sends M to its channel's upstream through the channel's shaping
+ * (shape.h): asked first when the channel has a rate or pushback, and told
+ * the answer.  CB runs exactly once -- later, or at once from inside when
+ * it cannot start (R then says UPSTREAM_FAILED).  M (and CFG) must stay
+ * valid until CB. */
+void delivery_send(struct delivery_pools *pools, struct store *st, const struct config *cfg,
+                   const struct message *m, unsigned flags, forward_cb *cb, void *arg);
+
+/* Held back (shape.h): the send is released and the message stays queued,
+ * due IN_MS from now (decision_requeue_args).  As store_eval: 0, or -1 (CB
+ * will not run); CB's STORE_OK says it was done -- if not, the message is
+ * still queued under its lease, and will be delivered. */
+int delivery_requeue(struct store *st, const struct config *cfg, const char *user,
+                     const char *message, int64_t in_ms, store_cb *cb, void *arg);
 
 /* Hop-by-hop and capgate's own headers are not forwarded (RFC 9110 7.6.1). */
 bool delivery_hop_by_hop(const char *name);

@@ -276,6 +276,8 @@ TABLE_PREFIX = {
     "tls_table": "tls.", "fatigue_table": "fatigue.", "fatigue_cap_table": "fatigue.cap.",
     "audit_table": "audit.", "upstream_table": "channels.name.upstream.",
     "delivery_table": "delivery.", "route_table": "routes[i].",
+    "rate_table": "channels.name.upstream.rate.",
+    "pushback_table": "channels.name.upstream.pushback.",
 }
 
 

@@ -10,6 +10,8 @@ In-process, from a black-box test:
         up.set_mode("garbage")              # bytes that are not HTTP, then close
         up.set_mode("close")                # close without answering
         up.set_mode("status", code=429)     # that status, small JSON body
+        up.set_mode("status", code=429, retry_after="3", times=1)
+                                            # ...with Retry-After, once, then normal
         up.set_mode("normal")               # 200, {"ok": true, ...}, X-Upstream: yes
         up.requests, up.count_by_key(), up.stats(), up.wait_for(3)
 
@@ -188,8 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(201, {"sid": "SM%032x" % req.seq, "status": "queued"})
             if name == "fail":
                 return self._json(500, {"error": "injected failure"})
-            if name == "status":
-                return self._json(mode["code"], {"status": mode["code"]})
+            if name == "status" and fake._take_status_turn():
+                extra = [("Retry-After", mode["retry_after"])] if mode.get("retry_after") else []
+                return self._json(mode["code"], {"status": mode["code"]}, extra=extra)
             if name == "stall":
                 fake._release.wait(mode["seconds"])
                 if fake._stopping:
@@ -397,9 +400,10 @@ class FakeUpstream:
 
     # -- modes --
 
-    def set_mode(self, mode, seconds=None, code=None):
+    def set_mode(self, mode, seconds=None, code=None, retry_after=None, times=None):
         """normal | fail | stall (seconds=None: until release()) | garbage |
-        close | status (code=N)."""
+        close | status (code=N; retry_after: a Retry-After value; times=N: only
+        the next N requests, then normal)."""
         if mode not in MODES:
             raise ValueError("unknown mode %r (one of %s)" % (mode, ", ".join(MODES)))
         m = {"mode": mode}
@@ -410,10 +414,24 @@ class FakeUpstream:
             if code is None or not 100 <= int(code) <= 599:
                 raise ValueError("status mode needs code=100..599")
             m["code"] = int(code)
+            if retry_after is not None:
+                m["retry_after"] = str(retry_after)
+            m["times"] = None if times is None else int(times)
         self.mode = m
         if mode != "stall":
             self._release.set()       # requests still stalled answer now
         return m
+
+    def _take_status_turn(self):
+        """Whether this request gets the status mode's answer (times=N counts down)."""
+        with self._lock:
+            m = self.mode
+            if m.get("times") is None:
+                return True
+            if m["times"] <= 0:
+                return False
+            m["times"] -= 1
+            return True
 
     def release(self):
         """Answers every stalled request now (and later ones at once, until

@@ -1112,6 +1112,61 @@ TEST(lookups_on_edge_cases)
     config_free(NULL);
 }
 
+#define UPSTREAM_YAML \
+    "privacy:\n  key_file: /k\n" \
+    "categories:\n  marketing: {}\n" \
+    "channels:\n  email:\n    upstream:\n      url: \"http://127.0.0.1:1/x\"\n"
+
+TEST(shaping)
+{
+    struct config *cfg = load_ok(UPSTREAM_YAML);
+    CHECK(cfg != NULL);
+    if (cfg) {
+        const struct cfg_upstream *u = &cfg->channels[0].upstream;
+        CHECK(!u->rate.enabled);
+        CHECK_EQ_INT(u->over_rate, OVER_RATE_QUEUE);
+        CHECK_EQ_INT(u->pushback.n_statuses, 2);
+        CHECK_EQ_INT(u->pushback.statuses[0], 429);
+        CHECK_EQ_INT(u->pushback.statuses[1], 503);
+        CHECK_EQ_INT(u->pushback.max_pause_ms, 600000);
+        config_free(cfg);
+    }
+    cfg = load_ok(UPSTREAM_YAML "      rate: { per_second: 100 }\n      over_rate: reject\n"
+                  "      pushback: { statuses: [429, 420], max_pause: 1m }\n");
+    CHECK(cfg != NULL);
+    if (cfg) {
+        const struct cfg_upstream *u = &cfg->channels[0].upstream;
+        CHECK(u->rate.enabled);
+        CHECK_EQ_INT(u->rate.per_second, 100);
+        CHECK_EQ_INT(u->rate.burst, 10);       /* a tenth of a second's worth */
+        CHECK_EQ_INT(u->over_rate, OVER_RATE_REJECT);
+        CHECK_EQ_INT(u->pushback.n_statuses, 2);
+        CHECK_EQ_INT(u->pushback.statuses[1], 420);
+        CHECK_EQ_INT(u->pushback.max_pause_ms, 60000);
+        config_free(cfg);
+    }
+    cfg = load_ok(UPSTREAM_YAML "      rate: { per_second: 2, burst: 5 }\n      pushback: { statuses: [] }\n");
+    CHECK(cfg != NULL);
+    if (cfg) {
+        CHECK_EQ_INT(cfg->channels[0].upstream.rate.burst, 5);
+        CHECK_EQ_INT(cfg->channels[0].upstream.pushback.n_statuses, 0);
+        config_free(cfg);
+    }
+    cfg = load_ok(UPSTREAM_YAML "      rate: { per_second: 3 }\n");
+    CHECK(cfg && cfg->channels[0].upstream.rate.burst == 1);
+    config_free(cfg);
+    CHECK_FAILS(UPSTREAM_YAML "      rate: { per_second: 0 }\n", 9,
+                "channels.email.upstream.rate.per_second: 0 out of range (1..1000000)");
+    CHECK_FAILS(UPSTREAM_YAML "      rate: { burst: 3 }\n", 9,
+                "channels.email.upstream.rate.per_second: missing required key");
+    CHECK_FAILS(UPSTREAM_YAML "      over_rate: drop\n", 9,
+                "channels.email.upstream.over_rate: expected one of queue|reject, got \"drop\"");
+    CHECK_FAILS(UPSTREAM_YAML "      pushback: { statuses: [200] }\n", 9,
+                "channels.email.upstream.pushback.statuses: \"200\": want an HTTP status 400..599");
+    CHECK_FAILS(UPSTREAM_YAML "      pushback: { statuses: 429 }\n", 9,
+                "channels.email.upstream.pushback.statuses: expected a list of HTTP statuses, got a scalar");
+}
+
 int main(void)
 {
     RUN(duration_table);
@@ -1134,5 +1189,6 @@ int main(void)
     RUN(yaml_syntax_errors);
     RUN(missing_file);
     RUN(lookups_on_edge_cases);
+    RUN(shaping);
     return unit_done("test_config");
 }

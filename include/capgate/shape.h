@@ -1,0 +1,63 @@
+/*
+ * shape: the provider's side of a forward.  Caps protect each person; this
+ * protects the campaign API and the sender's reputation, for every gateway
+ * together (the state is in Redis, src/lua/shape.lua, on the upstream's own
+ * slot):
+ *   - a send rate (channels.X.upstream.rate): GCRA, so that no second sees
+ *     more than per_second + burst forwards; a forward the rate holds gets
+ *     the next free slot of a schedule kept beside it, so a backlog comes
+ *     back spread at the rate;
+ *   - pushback (upstream.pushback): an answer of 429 or 503 pauses the
+ *     upstream for its Retry-After (or a doubling backoff), at most
+ *     max_pause; when the pause ends one forward goes alone (the probe),
+ *     and the rest wait for its answer.
+ * A forward costs one more script call when the channel shapes (not a
+ * decide: the person's decision stays one round trip).
+ */
+#ifndef CAPGATE_SHAPE_H
+#define CAPGATE_SHAPE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "capgate/config.h"
+
+struct store;
+struct upstream_response;
+
+/* Whether forwards to CH go through shape_take (a rate, or pushback). */
+bool shape_wanted(const struct cfg_channel *ch);
+
+enum shape_why { SHAPE_RATE, SHAPE_PAUSED, SHAPE_UNAVAILABLE };
+
+struct shape_answer {
+    bool go;                /* forward it now */
+    bool probe;             /* go, as the one probe after a pause: shape_answered says how it went */
+    int64_t wait_ms;        /* held: its slot, from now */
+    bool reserved;          /* held: the slot is its own (else only "not before") */
+    enum shape_why why;     /* held: what holds it (UNAVAILABLE: Redis did not answer) */
+};
+
+typedef void shape_cb(void *arg, const struct shape_answer *a);
+
+/* Asks whether a forward to CH may go now.  FROM_QUEUE: the dispatcher's
+ * (it waited for its slot); else a fresh send, which goes only when no
+ * backlog waits.  RESERVE: when held, take the slot (the message will be
+ * queued for it); else only say when (over_rate: reject).  A slot further
+ * than max_defer is never reserved.  CB runs exactly once, later -- or at
+ * once, from inside, when the store refuses the call. */
+void shape_take(struct store *st, const struct config *cfg, const struct cfg_channel *ch,
+                bool from_queue, bool reserve, shape_cb *cb, void *arg);
+
+/* The upstream answered R to a forward shape_take let go (PROBE as it
+ * said).  A pushback pauses CH for every gateway and returns the pause in
+ * ms (> 0), as asked by Retry-After or the first backoff; a probe's other
+ * answer ends the pause.  Fire and forget.  0: no pushback. */
+int64_t shape_answered(struct store *st, const struct config *cfg, const struct cfg_channel *ch,
+                       bool probe, const struct upstream_response *r);
+
+/* Retry-After's value: delta-seconds or an HTTP-date (RFC 9110 10.2.3), as
+ * ms from NOW_S; -1 when absent or unreadable. */
+int64_t shape_retry_after_ms(const char *value, int64_t now_s);
+
+#endif
