@@ -124,9 +124,7 @@ static json_t *outcomes(const struct route_call *c)
                           r->status == DECIDE_UNAVAILABLE ? "store_unavailable" : "queue_full");
         } else if (r->held) {
             o = json_pack("{s:s, s:s, s:b, s:I}", "decision", c->held_queued ? "defer" : "deny",
-                          "reason", c->held_why == SHAPE_PAUSED ? "upstream_paused"
-                                    : c->held_why == SHAPE_RATE ? "rate_limited"
-                                                                : "store_unavailable",
+                          "reason", shape_reason(c->held_why),
                           "replay", 0, "retry_after", (json_int_t)((c->held_ms + 999) / 1000));
         } else {
             o = json_pack("{s:s, s:s, s:b}", "decision",
@@ -410,7 +408,7 @@ static void held(struct route_call *c, const struct forward_result *f)
         rc->held = true;
         metrics_count_delivery(&l->metrics, c->route->channel,
                                !queue ? "over_rate" : f->r ? "pushed_back"
-                               : f->why == SHAPE_PAUSED ? "held_paused" : "held_rate");
+                               : shape_held_outcome(f->why));
         c->pending++;
         int rcode = queue ? delivery_requeue(l->store, c->cfg, rc->user, rc->message,
                                              f->held_ms, on_held_done, rc)
@@ -537,6 +535,7 @@ static void decided_all(struct route_call *c)
     }
     c->out = (struct message){
         .route = true, .message_id = c->rr.message_id, .channel = c->route->channel,
+        .campaign = c->rr.campaign[0] ? c->rr.campaign : NULL,
         .method = c->method, .query = c->query, .headers = c->headers,
         .body = c->sent_body ? c->sent_body : c->body,
         .body_len = c->sent_body ? len : c->body_len,
@@ -548,7 +547,7 @@ static void decided_all(struct route_call *c)
     for (size_t k = 0; k < n; k++)
         if (c->r[k].forwarded && c->r[k].status == DECIDE_FAILED_OPEN)
             flags |= FORWARD_UNSHAPED;
-    delivery_send(l->upstreams, l->store, c->cfg, &c->out, flags, on_forwarded, c);
+    delivery_send(l->upstreams, l->store, c->cfg, l->tz, &c->out, flags, on_forwarded, c);
 }
 
 static void on_decided(void *arg, const struct decide_result *res)

@@ -145,24 +145,22 @@ static void reply_refused(struct send_call *c, const struct refusal *f, bool rel
 
 /* ---- held back by the upstream's rate or pause (shape.h) ------------------------- */
 
-static const char *held_reason(enum shape_why why)
-{
-    return why == SHAPE_RATE ? "rate_limited" : why == SHAPE_PAUSED ? "upstream_paused"
-                                                                    : "store_unavailable";
-}
-
 /* over_rate: reject (or a slot beyond max_defer): released, and 429. */
 static void reply_over_rate(struct send_call *c, int64_t held_ms, enum shape_why why)
 {
     struct loop *l = c->loop;
     int64_t s = (held_ms + 999) / 1000;
     json_t *body = json_pack("{s:s, s:s, s:s, s:b, s:I}", "decision", "deny", "reason",
-                             held_reason(why), "message_id", c->message_id, "replay", 0,
+                             shape_reason(why), "message_id", c->message_id, "replay", 0,
                              "retry_after", (json_int_t)s);
     json_object_set_new(body, "error", json_pack("{s:s, s:s}", "code",
                         api_error_code(API_OVER_RATE), "message",
                         why == SHAPE_PAUSED ? "the upstream is paused (it pushed back); the "
                         "send was released: retry after Retry-After"
+                        : why == SHAPE_WARMUP ? "the upstream's warm-up ceiling for today is "
+                        "reached; the send was released: retry after Retry-After"
+                        : why == SHAPE_THROTTLE ? "over the campaign's send rate; the send was "
+                        "released: retry after Retry-After"
                         : "over the upstream's send rate; the send was released: retry after "
                         "Retry-After"));
     char after[24];
@@ -208,12 +206,12 @@ static void on_requeued(void *arg, const struct store_reply *r)
         struct refusal f = { .error = "held back" };
         reply_refused(c, &f, false);         /* it waits under its lease: 202 */
     } else {
-        metrics_count_delivery(&l->metrics, c->channel, q->pushed_back ? "pushed_back" :
-                               q->why == SHAPE_PAUSED ? "held_paused" : "held_rate");
+        metrics_count_delivery(&l->metrics, c->channel,
+                               q->pushed_back ? "pushed_back" : shape_held_outcome(q->why));
         loop_queued(l, decision_tag(c->user), (uint64_t)q->held_ms);
         int64_t s = (q->held_ms + 999) / 1000;
         json_t *body = json_pack("{s:s, s:s, s:s, s:b}", "decision", "defer", "reason",
-                                 held_reason(q->why), "message_id", c->message_id, "replay", 0);
+                                 shape_reason(q->why), "message_id", c->message_id, "replay", 0);
         char when[32];
         clock_format_rfc3339(when, sizeof when, time(NULL) + s);
         json_object_set_new(body, "deliver_at", json_string(when));
@@ -367,7 +365,7 @@ static void on_decided(void *arg, const struct decide_result *r)
         unsigned flags = c->failed_open ? FORWARD_UNSHAPED : 0;
         if (ch && ch->upstream.over_rate == OVER_RATE_QUEUE)
             flags |= FORWARD_RESERVE;
-        delivery_send(l->upstreams, l->store, c->cfg, &c->m, flags, on_forwarded, c);
+        delivery_send(l->upstreams, l->store, c->cfg, l->tz, &c->m, flags, on_forwarded, c);
         return;
     } else if (d->outcome == OUTCOME_DEFER) {
         reply_deferred(c);

@@ -19,6 +19,7 @@
  * "channels.sms.requires_opt_in".  The first error wins and loading stops.
  */
 #include "capgate/config.h"
+#include "capgate/tz.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1413,6 +1414,75 @@ static const struct directive pushback_table[] = {
     { .name = NULL },
 };
 
+/* warmup.start: a calendar date, YYYY-MM-DD, or an instant in UTC,
+ * YYYY-MM-DDTHH:MM:SSZ. */
+static int check_warmup_start(struct parser *p, void *base, int line)
+{
+    struct cfg_warmup *w = base;
+    struct qbuf qb;
+    int y, m, d, hh = 0, mm = 0, ss = 0, n = 0;
+    size_t len = strlen(w->start);
+    bool instant = len == 20;
+    if (instant ? sscanf(w->start, "%4d-%2d-%2dT%2d:%2d:%2dZ%n", &y, &m, &d, &hh, &mm, &ss,
+                         &n) != 6 || n != 20
+                : sscanf(w->start, "%4d-%2d-%2d%n", &y, &m, &d, &n) != 3 || n != 10 || len != 10)
+        return fail(p, line, "%s: want a date YYYY-MM-DD or an instant YYYY-MM-DDTHH:MM:SSZ",
+                    quote(&qb, w->start));
+    if (y < 2000 || m < 1 || m > 12 || d < 1 || d > 31 || hh > 23 || mm > 59 || ss > 59 ||
+        (m < 12 ? tz_days_from_civil(y, m + 1, 1) : tz_days_from_civil(y + 1, 1, 1)) <=
+            tz_days_from_civil(y, m, d))
+        return fail(p, line, "%s: no such date", quote(&qb, w->start));
+    w->start_day = tz_days_from_civil(y, m, d);
+    w->start_ms = instant ? (w->start_day * 86400 + hh * 3600 + mm * 60 + ss) * 1000 : -1;
+    return 0;
+}
+
+/* warmup.daily: day N's ceiling, a list of 1..WARMUP_DAYS_MAX counts. */
+static int parse_warmup_daily(struct parser *p, void *base, bool present, struct fy_node *v,
+                              int line)
+{
+    struct cfg_warmup *w = base;
+    if (!present)
+        return fail(p, line, "missing required key");
+    if (check_untagged(p, v, line))
+        return -1;
+    if (is_null(v) || !fy_node_is_sequence(v) || fy_node_sequence_item_count(v) == 0)
+        return fail(p, node_line(v, line), "expected a list of daily ceilings, got %s",
+                    is_null(v) || fy_node_is_sequence(v) ? "none" : kind_of(v));
+    struct fy_node *item;
+    void *it = NULL;
+    while ((item = fy_node_sequence_iterate(v, &it)) != NULL) {
+        struct scalar sc;
+        struct qbuf qb;
+        char *end;
+        if (get_scalar(p, item, line, "a daily ceiling", &sc))
+            return -1;
+        long n = strtol(sc.s, &end, 10);
+        if (!sc.plain || *end || end == sc.s || n < 1 || n > 1000000000)
+            return fail(p, sc.line, "%s: want a count 1..1000000000", quote(&qb, sc.s));
+        if (w->n_daily == WARMUP_DAYS_MAX)
+            return fail(p, sc.line, "too many days (max %d)", WARMUP_DAYS_MAX);
+        w->daily[w->n_daily++] = (int)n;
+    }
+    return 0;
+}
+
+static int check_warmup(struct parser *p, void *base, int line)
+{
+    (void)p; (void)line;
+    ((struct cfg_warmup *)base)->enabled = true;
+    return 0;
+}
+
+static const struct directive warmup_table[] = {
+    { .name = "start", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_warmup, start),
+      .check = check_warmup_start },
+    { .name = "daily", .type = DT_CUSTOM, .flags = D_REQUIRED, .parse = parse_warmup_daily },
+    { .name = "day", .type = DT_DURATION, FIELD(struct cfg_warmup, day_ms),
+      .min = MS_PER_S, .max = MS_PER_D, .def = "1d" },
+    { .name = NULL },
+};
+
 static const struct choice over_rates[] = {
     { "queue", OVER_RATE_QUEUE }, { "reject", OVER_RATE_REJECT }, { NULL, 0 },
 };
@@ -1427,6 +1497,8 @@ static const struct directive upstream_table[] = {
     { .name = "headers", .type = DT_CUSTOM, .parse = parse_upstream_headers },
     { .name = "rate", .type = DT_SECTION, .flags = D_OPTIONAL,
       .off = offsetof(struct cfg_upstream, rate), .sub = rate_table, .check = check_rate },
+    { .name = "warmup", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct cfg_upstream, warmup), .sub = warmup_table, .check = check_warmup },
     { .name = "over_rate", .type = DT_ENUM, ENUM_FIELD(struct cfg_upstream, over_rate),
       .choices = over_rates, .def = "queue" },
     { .name = "pushback", .type = DT_SECTION, .off = offsetof(struct cfg_upstream, pushback),
@@ -1579,6 +1651,59 @@ static const struct directive cap_table[] = {
       .choices = cap_actions, .def = "defer" },
     { .name = "mode", .type = DT_ENUM, ENUM_FIELD(struct cfg_cap, mode),
       .choices = cap_modes, .def = "enforce" },
+    { .name = NULL },
+};
+
+/* ---- throttles[]: a send rate per campaign ---- */
+
+static int check_throttle_name(struct parser *p, void *base, int line)
+{
+    const struct cfg_throttle *t = base;
+    struct qbuf qb;
+    size_t len = strlen(t->name);
+    if (len > CAP_NAME_MAX || strspn(t->name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                      "0123456789_.-") != len)
+        return fail(p, line, "bad throttle name %s (want 1 to %d of A-Z, a-z, 0-9, _, . and -)",
+                    quote(&qb, t->name), CAP_NAME_MAX);
+    for (size_t k = 0; k < p->list_index; k++)
+        if (strcmp(p->cfg->throttles[k].name, t->name) == 0)
+            return fail(p, line, "throttle %s is named twice", quote(&qb, t->name));
+    return 0;
+}
+
+static int check_throttle_channel(struct parser *p, void *base, int line)
+{
+    const struct cfg_throttle *t = base;
+    const struct cfg_channel *ch = t->channel ? config_channel(p->cfg, t->channel) : NULL;
+    struct qbuf qb;
+    if (t->channel && !ch)
+        return fail(p, line, "unknown channel %s", quote(&qb, t->channel));
+    if (ch && !ch->upstream.enabled)
+        return fail(p, line, "channel %s has no upstream", quote(&qb, t->channel));
+    return 0;
+}
+
+static int check_throttle(struct parser *p, void *base, int line)
+{
+    struct cfg_throttle *t = base;
+    (void)p; (void)line;
+    if (t->burst == 0)
+        t->burst = t->per_second >= 20 ? t->per_second / 10 : 1;
+    return 0;
+}
+
+static const struct choice throttle_pers[] = { { "campaign", THROTTLE_PER_CAMPAIGN }, { NULL, 0 } };
+
+static const struct directive throttle_table[] = {
+    { .name = "name", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_throttle, name),
+      .check = check_throttle_name },
+    { .name = "per", .type = DT_ENUM, ENUM_FIELD(struct cfg_throttle, per), .choices = throttle_pers,
+      .def = "campaign" },
+    { .name = "channel", .type = DT_STRING, FIELD(struct cfg_throttle, channel),
+      .check = check_throttle_channel },
+    { .name = "per_second", .type = DT_INT, .flags = D_REQUIRED,
+      FIELD(struct cfg_throttle, per_second), .min = 1, .max = 1000000 },
+    { .name = "burst", .type = DT_INT, FIELD(struct cfg_throttle, burst), .min = 1, .max = 1000000 },
     { .name = NULL },
 };
 
@@ -2211,6 +2336,10 @@ static const struct directive config_table[] = {
     { .name = "caps", .type = DT_LIST, .sub = cap_table, .off = offsetof(struct config, caps),
       .count_off = offsetof(struct config, n_caps), .item_size = sizeof(struct cfg_cap),
       .max = MAX_CAPS, .what = "caps" },
+    { .name = "throttles", .type = DT_LIST, .sub = throttle_table,
+      .off = offsetof(struct config, throttles), .count_off = offsetof(struct config, n_throttles),
+      .item_size = sizeof(struct cfg_throttle), .max = THROTTLES_MAX, .what = "throttles",
+      .check = check_throttle },
     { .name = "quiet_hours", .type = DT_SECTION, .flags = D_OPTIONAL,
       .off = offsetof(struct config, quiet_hours), .sub = quiet_table,
       .check = check_quiet_hours },
@@ -2592,6 +2721,7 @@ void config_free(struct config *cfg)
         struct cfg_upstream *u = &cfg->channels[i].upstream;
         free(cfg->channels[i].name);
         free(u->url);
+        free(u->warmup.start);
         for (size_t h = 0; h < u->n_headers; h++)
             free_secret(u->headers[h]);   /* may hold an API token */
         free(u->headers);
@@ -2607,6 +2737,11 @@ void config_free(struct config *cfg)
         free(cfg->caps[i].category);
     }
     free(cfg->caps);
+    for (size_t i = 0; i < cfg->n_throttles; i++) {
+        free(cfg->throttles[i].name);
+        free(cfg->throttles[i].channel);
+    }
+    free(cfg->throttles);
     for (size_t i = 0; i < cfg->auth.n_tokens; i++) {
         free(cfg->auth.tokens[i].name);
         free(cfg->auth.tokens[i].sha256);

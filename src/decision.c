@@ -725,11 +725,13 @@ void decision_requeue_args(const struct config *cfg, const char *user, const cha
     arg_fmt(a, "%lld", (long long)(in_ms > 0 ? in_ms : 0));
 }
 
-void decision_shape_args(const char *channel, size_t argc, const char *const *argv,
-                         struct script_args *a)
+void decision_shape_args(const char *channel, size_t nsub, const char *const *subkeys,
+                         size_t argc, const char *const *argv, struct script_args *a)
 {
-    args_init(a, SCRIPT_SHAPE, 1);
+    args_init(a, SCRIPT_SHAPE, 1 + (int)nsub);
     arg_fmt(a, "cg:{u.%s}:up", channel);
+    for (size_t k = 0; k < nsub; k++)
+        arg_fmt(a, "cg:{u.%s}:%s", channel, subkeys[k]);
     for (size_t k = 0; k < argc; k++)
         arg_cstr(a, argv[k]);
 }

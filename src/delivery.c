@@ -351,7 +351,7 @@ static void on_answered(void *arg, const struct upstream_response *r)
 {
     struct send_op *op = arg;
     struct forward_result f = { .r = r };
-    if (shape_wanted(op->ch)) {
+    if (shape_wanted(op->cfg, op->ch)) {
         f.held_ms = shape_answered(op->st, op->cfg, op->ch, op->probe, r);
         f.why = SHAPE_PAUSED;
     }
@@ -381,7 +381,8 @@ static void on_shaped(void *arg, const struct shape_answer *a)
 }
 
 void delivery_send(struct delivery_pools *pools, struct store *st, const struct config *cfg,
-                   const struct message *m, unsigned flags, forward_cb *cb, void *arg)
+                   const struct tz_db *tz, const struct message *m, unsigned flags,
+                   forward_cb *cb, void *arg)
 {
     struct send_op *op = calloc(1, sizeof *op);
     if (!op) {
@@ -392,12 +393,13 @@ void delivery_send(struct delivery_pools *pools, struct store *st, const struct 
     }
     *op = (struct send_op){ .pools = pools, .st = st, .cfg = cfg, .m = m, .flags = flags,
                             .ch = config_channel(cfg, m->channel), .cb = cb, .arg = arg };
-    if (!shape_wanted(op->ch) || (flags & FORWARD_UNSHAPED) || !st) {
+    if (!shape_wanted(cfg, op->ch) || (flags & FORWARD_UNSHAPED) || !st) {
         op->ch = NULL;                   /* and no pushback is noted */
         forward_now(op);
         return;
     }
-    shape_take(st, cfg, op->ch, flags & FORWARD_FROM_QUEUE, flags & FORWARD_RESERVE, on_shaped, op);
+    shape_take(st, cfg, tz, op->ch, m->campaign, flags & FORWARD_FROM_QUEUE,
+               flags & FORWARD_RESERVE, on_shaped, op);
 }
 
 int delivery_abandon(struct store *st, const struct config *cfg, const char *user,

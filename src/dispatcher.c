@@ -118,8 +118,8 @@ static void on_requeued(void *arg, const struct store_reply *r)
 static void hold(struct job *j, const struct forward_result *f)
 {
     struct loop *l = j->d->loop;
-    metrics_count_delivery(&l->metrics, j->m.channel, f->r ? "pushed_back" :
-                           f->why == SHAPE_PAUSED ? "held_paused" : "held_rate");
+    metrics_count_delivery(&l->metrics, j->m.channel,
+                           f->r ? "pushed_back" : shape_held_outcome(f->why));
     due_in(j->d, j->tag, (uint64_t)f->held_ms);
     delivery_requeue(l->store, j->cfg, j->m.user, j->m.message, f->held_ms, on_requeued, NULL);
     job_free(j);
@@ -197,7 +197,7 @@ static void on_redecided(void *arg, const struct decide_result *r)
     case OUTCOME_ALLOW:
         /* Also on a replay: then this gateway (or one that died) allowed it
          * before without the ack -- it may not have gone out: at least once. */
-        delivery_send(l->upstreams, l->store, j->cfg, &j->m, FORWARD_FROM_QUEUE | FORWARD_RESERVE,
+        delivery_send(l->upstreams, l->store, j->cfg, l->tz, &j->m, FORWARD_FROM_QUEUE | FORWARD_RESERVE,
                       on_forwarded, j);
         return;
     case OUTCOME_DEFER:

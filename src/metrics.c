@@ -15,7 +15,10 @@ const char *const metrics_delivery_outcomes[] = {
     "queue_full",    /* not queued: delivery.max_deferred reached */
     "replayed",      /* a retry of a message already delivered: not sent again */
     "held_rate",     /* the upstream's rate held it: queued for its slot */
+    "held_throttle", /* a campaign throttle held it: queued for its slot */
+    "held_warmup",   /* the upstream's warm-up ceiling for the day: queued for the next day */
     "held_paused",   /* the upstream is paused (pushback): queued for the pause's end */
+    "held_unavailable", /* Redis did not say whether it may go: queued for a second */
     "pushed_back",   /* the upstream answered a pushback status: queued again, paused */
     "over_rate",     /* over_rate: reject -- refused with 429 instead of queued */
     NULL,

@@ -10,28 +10,83 @@
 #include "capgate/decision.h"
 #include "capgate/log.h"
 #include "capgate/store.h"
+#include "capgate/tz.h"
 #include "capgate/upstream.h"
 
-bool shape_wanted(const struct cfg_channel *ch)
+static bool throttle_applies(const struct cfg_throttle *t, const struct cfg_channel *ch)
 {
-    return ch && ch->upstream.enabled &&
-           (ch->upstream.rate.enabled || ch->upstream.pushback.n_statuses > 0);
+    return !t->channel || strcmp(t->channel, ch->name) == 0;
+}
+
+bool shape_wanted(const struct config *cfg, const struct cfg_channel *ch)
+{
+    if (!ch || !ch->upstream.enabled)
+        return false;
+    const struct cfg_upstream *u = &ch->upstream;
+    if (u->rate.enabled || u->warmup.enabled || u->pushback.n_statuses > 0)
+        return true;
+    for (size_t k = 0; cfg && k < cfg->n_throttles; k++)
+        if (throttle_applies(&cfg->throttles[k], ch))
+            return true;
+    return false;
+}
+
+const char *shape_reason(enum shape_why why)
+{
+    static const char *const names[] = { "rate_limited", "campaign_throttled", "warmup_limit",
+                                         "upstream_paused", "store_unavailable" };
+    return names[why];
+}
+
+const char *shape_held_outcome(enum shape_why why)
+{
+    static const char *const names[] = { "held_rate", "held_throttle", "held_warmup",
+                                         "held_paused", "held_unavailable" };
+    return names[why];
+}
+
+void shape_warmup_arg(const struct config *cfg, const struct tz_db *tz,
+                      const struct cfg_channel *ch, int64_t now_ms, char out[64])
+{
+    const struct cfg_warmup *w = &ch->upstream.warmup;
+    snprintf(out, 64, "-");
+    if (!w->enabled || w->n_daily == 0)
+        return;
+    const struct tz_zone *zone = tz ? tz_db_find(tz, cfg->quiet_hours.default_tz) : NULL;
+    int64_t now_s = now_ms / 1000, day, left_ms;
+    if (w->day_ms == 86400000 && zone && w->start_ms < 0) {
+        /* Calendar days: they start at local midnight. */
+        int64_t next;
+        day = tz_local_day(zone, now_s, &next) - w->start_day;
+        left_ms = next * 1000 - now_ms;
+    } else {
+        /* Days of day_ms from the start: its instant, or its date's midnight. */
+        int64_t start_ms = w->start_ms >= 0 ? w->start_ms :
+                           w->start_day * 86400000 -
+                           (zone ? (int64_t)tz_utc_offset(zone, w->start_day * 86400) * 1000 : 0);
+        int64_t since = now_ms - start_ms;
+        day = since >= 0 ? since / w->day_ms : -((-since + w->day_ms - 1) / w->day_ms);
+        left_ms = start_ms + (day + 1) * w->day_ms - now_ms;
+    }
+    if (day >= (int64_t)w->n_daily)
+        return;                          /* warmed up: no ceiling */
+    snprintf(out, 64, "%lld|%d|%lld", (long long)day, w->daily[day < 0 ? 0 : day],
+             (long long)(left_ms > 0 ? left_ms : 1));
 }
 
 /* The rate as GCRA: T, the emission interval, and tau, the tolerance, in
  * ms.  tau is a burst of one fewer than asked, so that a forward that
  * reaches the upstream up to T late (the network, the loop) still leaves
  * every second with at most per_second + burst. */
-static void rate_params(const struct cfg_upstream *u, char t[32], char tau[32])
+static void rate_params(int per_second, int burst, double *t, double *tau)
 {
-    if (!u->rate.enabled) {
-        snprintf(t, 32, "0");
-        snprintf(tau, 32, "0");
-        return;
-    }
-    double interval = 1000.0 / u->rate.per_second;
-    snprintf(t, 32, "%.6f", interval);
-    snprintf(tau, 32, "%.6f", interval * (u->rate.burst - 1));
+    *t = per_second > 0 ? 1000.0 / per_second : 0;
+    *tau = per_second > 0 ? *t * (burst - 1) : 0;
+}
+
+static void upstream_rate(const struct cfg_upstream *u, double *t, double *tau)
+{
+    rate_params(u->rate.enabled ? u->rate.per_second : 0, u->rate.burst, t, tau);
 }
 
 struct take_call {
@@ -68,25 +123,59 @@ static void on_taken(void *arg, const struct store_reply *r)
         .go = r->items[0].i == 1,
         .wait_ms = r->items[1].i,
         .probe = r->items[2].type == STORE_INT && r->items[2].i == 1,
-        .why = r->items[3].len == 6 && memcmp(r->items[3].s, "paused", 6) == 0 ? SHAPE_PAUSED
-                                                                             : SHAPE_RATE,
+        .why = SHAPE_RATE,
     };
+    static const struct { const char *s; enum shape_why why; } whys[] = {
+        { "paused", SHAPE_PAUSED }, { "warmup", SHAPE_WARMUP }, { "throttle", SHAPE_THROTTLE },
+    };
+    for (size_t k = 0; k < sizeof whys / sizeof whys[0]; k++)
+        if (r->items[3].len == strlen(whys[k].s) && memcmp(r->items[3].s, whys[k].s,
+                                                           r->items[3].len) == 0)
+            a.why = whys[k].why;
     a.reserved = !a.go && reserve && a.wait_ms <= horizon;
     cb(cb_arg, &a);
 }
 
-void shape_take(struct store *st, const struct config *cfg, const struct cfg_channel *ch,
-                bool from_queue, bool reserve, shape_cb *cb, void *arg)
+void shape_take(struct store *st, const struct config *cfg, const struct tz_db *tz,
+                const struct cfg_channel *ch, const char *campaign, bool from_queue,
+                bool reserve, shape_cb *cb, void *arg)
 {
     const struct cfg_upstream *u = &ch->upstream;
-    char t[32], tau[32], probe[24], horizon[24];
-    rate_params(u, t, tau);
+    char probe[24], horizon[24], warmup[64];
+    double rates[1 + THROTTLES_MAX][2];
+    char limits[1 + THROTTLES_MAX][72];
+    char subkeys[THROTTLES_MAX][CAP_NAME_MAX + 200];
+    const char *subs[THROTTLES_MAX];
+    const char *argv[6 + 1 + THROTTLES_MAX];
+    size_t nsub = 0;
+
     snprintf(probe, sizeof probe, "%d", u->timeout_ms);
     snprintf(horizon, sizeof horizon, "%lld", (long long)cfg->max_defer_ms);
-    const char *argv[] = { "take", t, tau, from_queue ? "1" : "0", probe, horizon,
-                           reserve ? "1" : "0" };
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    shape_warmup_arg(cfg, tz, ch, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, warmup);
+    argv[0] = "take";
+    argv[1] = from_queue ? "1" : "0";
+    argv[2] = probe;
+    argv[3] = horizon;
+    argv[4] = reserve ? "1" : "0";
+    argv[5] = warmup;
+    upstream_rate(u, &rates[0][0], &rates[0][1]);
+    for (size_t k = 0; campaign && *campaign && k < cfg->n_throttles; k++) {
+        const struct cfg_throttle *t = &cfg->throttles[k];
+        if (!throttle_applies(t, ch) || nsub == THROTTLES_MAX)
+            continue;
+        snprintf(subkeys[nsub], sizeof subkeys[nsub], "t:%s:%.128s", t->name, campaign);
+        subs[nsub] = subkeys[nsub];
+        rate_params(t->per_second, t->burst, &rates[nsub + 1][0], &rates[nsub + 1][1]);
+        nsub++;
+    }
+    for (size_t k = 0; k <= nsub; k++) {
+        snprintf(limits[k], sizeof limits[k], "%.6f|%.6f", rates[k][0], rates[k][1]);
+        argv[6 + k] = limits[k];
+    }
     struct script_args a;
-    decision_shape_args(ch->name, sizeof argv / sizeof argv[0], argv, &a);
+    decision_shape_args(ch->name, nsub, subs, 6 + 1 + nsub, argv, &a);
     struct take_call *c = malloc(sizeof *c);
     if (!c) {
         held_unavailable(cb, arg);
@@ -169,7 +258,7 @@ int64_t shape_answered(struct store *st, const struct config *cfg, const struct 
         snprintf(first, sizeof first, "%lld", (long long)cfg->delivery.backoff_ms);
         snprintf(most, sizeof most, "%lld", (long long)u->pushback.max_pause_ms);
         const char *argv[] = { "pause", ms, first, most };
-        decision_shape_args(ch->name, 4, argv, &a);
+        decision_shape_args(ch->name, 0, NULL, 4, argv, &a);
         store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_noted, NULL);
         log_warn_limited("upstream pushed back", "channel=%s status=%ld retry_after_ms=%lld",
                          ch->name, r->http_status, (long long)asked);
@@ -179,10 +268,13 @@ int64_t shape_answered(struct store *st, const struct config *cfg, const struct 
         return pause > 0 ? pause : 1;
     }
     if (probe) {
+        double tv, tauv;
         char t[32], tau[32];
-        rate_params(u, t, tau);
+        upstream_rate(u, &tv, &tauv);
+        snprintf(t, sizeof t, "%.6f", tv);
+        snprintf(tau, sizeof tau, "%.6f", tauv);
         const char *argv[] = { "open", t, tau };
-        decision_shape_args(ch->name, 3, argv, &a);
+        decision_shape_args(ch->name, 0, NULL, 3, argv, &a);
         store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_noted, NULL);
         log_info("upstream open again", "channel=%s", ch->name);
     }

@@ -82,6 +82,11 @@ static int is_leap(int64_t y)
  * days_from_civil): exact for any year, no tables, no libc time functions. */
 static int64_t days_from_civil(int64_t y, int m, int d)
 {
+    return tz_days_from_civil(y, m, d);
+}
+
+int64_t tz_days_from_civil(int64_t y, int m, int d)
+{
     y -= m <= 2;
     int64_t era = floor_div(y, 400);
     int64_t yoe = y - era * 400;
@@ -686,4 +691,17 @@ const struct tz_zone *tz_db_find(const struct tz_db *db, const char *name)
         return NULL;
     struct tz_zone *const *z = bsearch(name, db->zones, db->n, sizeof *db->zones, cmp_name);
     return z ? *z : NULL;
+}
+
+int64_t tz_local_day(const struct tz_zone *z, int64_t t, int64_t *next_midnight)
+{
+    int64_t day = floor_div(t + tz_utc_offset(z, t), 86400);
+    /* The instant the next local day starts: its wall-clock midnight at the
+     * offset it has then (a change of offset at midnight moves it). */
+    int64_t next = (day + 1) * 86400 - tz_utc_offset(z, (day + 1) * 86400 - tz_utc_offset(z, t));
+    if (next <= t)
+        next = t + 1;
+    if (next_midnight)
+        *next_midnight = next;
+    return day;
 }

@@ -29,6 +29,19 @@ struct cfg_rate {
 
 enum over_rate { OVER_RATE_QUEUE, OVER_RATE_REJECT };
 
+#define WARMUP_DAYS_MAX 64
+/* A new IP or domain warmed up: day N's ceiling of forwards (shape.h). */
+struct cfg_warmup {
+    bool enabled;           /* the section is present */
+    char *start;            /* "YYYY-MM-DD": day 0, in quiet_hours.default_tz; or an
+                               instant, "YYYY-MM-DDTHH:MM:SSZ": days run from it */
+    int64_t start_day;      /* days since 1970-01-01 of START's date */
+    int64_t start_ms;       /* START as an instant (unix ms), when it is one; else -1 */
+    int daily[WARMUP_DAYS_MAX];   /* day N's ceiling; past the last day: none */
+    size_t n_daily;
+    int64_t day_ms;         /* a day's length: 1d (then days start at local midnight) */
+};
+
 #define PUSHBACK_STATUSES_MAX 8
 /* An upstream's "slow down": these statuses pause it for every gateway. */
 struct cfg_pushback {
@@ -46,6 +59,7 @@ struct cfg_upstream {
     char **headers;         /* "Name: value", ${VAR} expanded at load */
     size_t n_headers;
     struct cfg_rate rate;
+    struct cfg_warmup warmup;
     enum over_rate over_rate;   /* a fresh send the rate (or a pause) holds: queued or 429 */
     struct cfg_pushback pushback;
 };
@@ -55,6 +69,17 @@ struct cfg_channel {
     bool requires_opt_in;
     struct cfg_upstream upstream;
 };
+
+/* A send rate per campaign (throttles[]), counted per upstream. */
+struct cfg_throttle {
+    char *name;
+    char *channel;          /* NULL: every channel's upstream */
+    int per;                /* THROTTLE_PER_CAMPAIGN: the only kind so far */
+    int per_second;
+    int burst;              /* default per_second/10, >= 1 */
+};
+#define THROTTLE_PER_CAMPAIGN 0
+#define THROTTLES_MAX 8
 
 struct cfg_delivery {
     int max_attempts;       /* default 8 */
@@ -227,6 +252,7 @@ struct config {
     struct cfg_category *categories; size_t n_categories;
     char *default_category;  /* must name a category */
     struct cfg_cap *caps;    size_t n_caps;
+    struct cfg_throttle *throttles;  size_t n_throttles;
     struct cfg_quiet_hours quiet_hours;
 
     int64_t max_defer_ms;    /* default 7d */

@@ -138,9 +138,11 @@ void decision_abandon_args(const struct config *cfg, const char *user, const cha
 void decision_requeue_args(const struct config *cfg, const char *user, const char *message,
                            int64_t in_ms, struct script_args *out);
 /* An upstream's shaping state (shape.lua): key cg:{u.<CHANNEL>}:up -- its
- * own slot -- and ARGV[0..ARGC) as given (strings, not copied). */
-void decision_shape_args(const char *channel, size_t argc, const char *const *argv,
-                         struct script_args *out);
+ * own slot -- then cg:{u.<CHANNEL>}:<SUBKEYS[k]> (the same slot: a
+ * campaign throttle's, "t:<throttle>:<campaign>"), and ARGV[0..ARGC) as
+ * given (strings, not copied). */
+void decision_shape_args(const char *channel, size_t nsub, const char *const *subkeys,
+                         size_t argc, const char *const *argv, struct script_args *out);
 
 /* Consent and the signals that act on it (consent.lua). */
 enum consent_kind { CONSENT_SET, CONSENT_UNSUBSCRIBE, CONSENT_COMPLAINT, CONSENT_BOUNCE,

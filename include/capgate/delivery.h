@@ -71,12 +71,14 @@ typedef void forward_cb(void *arg, const struct forward_result *f);
 #define FORWARD_UNSHAPED   4u     /* decided without Redis: the rate cannot be asked either */
 
 /* Sends M to its channel's upstream through the channel's shaping
- * (shape.h): asked first when the channel has a rate or pushback, and told
- * the answer.  CB runs exactly once -- later, or at once from inside when
+ * (shape.h): asked first when the channel shapes (TZ: the warm-up's days),
+ * and told the answer.  CB runs exactly once -- later, or at once from inside when
  * it cannot start (R then says UPSTREAM_FAILED).  M (and CFG) must stay
  * valid until CB. */
+struct tz_db;
 void delivery_send(struct delivery_pools *pools, struct store *st, const struct config *cfg,
-                   const struct message *m, unsigned flags, forward_cb *cb, void *arg);
+                   const struct tz_db *tz, const struct message *m, unsigned flags,
+                   forward_cb *cb, void *arg);
 
 /* Held back (shape.h): the send is released and the message stays queued,
  * due IN_MS from now (decision_requeue_args).  As store_eval: 0, or -1 (CB

@@ -7,6 +7,10 @@
  *     more than per_second + burst forwards; a forward the rate holds gets
  *     the next free slot of a schedule kept beside it, so a backlog comes
  *     back spread at the rate;
+ *   - per-campaign throttles (throttles[]): the same, per campaign, counted
+ *     per upstream (the keys share the upstream's slot: one call);
+ *   - a warm-up (upstream.warmup): day N's ceiling of forwards, the days in
+ *     quiet_hours.default_tz; past it, what waits goes the next day;
  *   - pushback (upstream.pushback): an answer of 429 or 503 pauses the
  *     upstream for its Retry-After (or a doubling backoff), at most
  *     max_pause; when the pause ends one forward goes alone (the probe),
@@ -23,12 +27,19 @@
 #include "capgate/config.h"
 
 struct store;
+struct tz_db;
 struct upstream_response;
 
-/* Whether forwards to CH go through shape_take (a rate, or pushback). */
-bool shape_wanted(const struct cfg_channel *ch);
+/* Whether forwards to CH go through shape_take (a rate, a throttle, a
+ * warm-up or pushback). */
+bool shape_wanted(const struct config *cfg, const struct cfg_channel *ch);
 
-enum shape_why { SHAPE_RATE, SHAPE_PAUSED, SHAPE_UNAVAILABLE };
+enum shape_why { SHAPE_RATE, SHAPE_THROTTLE, SHAPE_WARMUP, SHAPE_PAUSED, SHAPE_UNAVAILABLE };
+/* The reason an answer names: "rate_limited", "campaign_throttled",
+ * "warmup_limit", "upstream_paused", "store_unavailable". */
+const char *shape_reason(enum shape_why why);
+/* Its delivery outcome in /metrics: "held_rate", "held_throttle", ... */
+const char *shape_held_outcome(enum shape_why why);
 
 struct shape_answer {
     bool go;                /* forward it now */
@@ -40,14 +51,22 @@ struct shape_answer {
 
 typedef void shape_cb(void *arg, const struct shape_answer *a);
 
-/* Asks whether a forward to CH may go now.  FROM_QUEUE: the dispatcher's
+/* Asks whether a forward to CH (of CAMPAIGN, NULL: none) may go now; TZ
+ * holds the warm-up's zone.  FROM_QUEUE: the dispatcher's
  * (it waited for its slot); else a fresh send, which goes only when no
  * backlog waits.  RESERVE: when held, take the slot (the message will be
  * queued for it); else only say when (over_rate: reject).  A slot further
  * than max_defer is never reserved.  CB runs exactly once, later -- or at
  * once, from inside, when the store refuses the call. */
-void shape_take(struct store *st, const struct config *cfg, const struct cfg_channel *ch,
-                bool from_queue, bool reserve, shape_cb *cb, void *arg);
+void shape_take(struct store *st, const struct config *cfg, const struct tz_db *tz,
+                const struct cfg_channel *ch, const char *campaign, bool from_queue,
+                bool reserve, shape_cb *cb, void *arg);
+
+/* The warm-up's argument for now (NOW_MS, the wall clock): "<day>|<ceiling>|<ms
+ * until the next day>", or "-" when CH has no warm-up or it is over.  Exposed
+ * for the tests. */
+void shape_warmup_arg(const struct config *cfg, const struct tz_db *tz,
+                      const struct cfg_channel *ch, int64_t now_ms, char out[64]);
 
 /* The upstream answered R to a forward shape_take let go (PROBE as it
  * said).  A pushback pauses CH for every gateway and returns the pause in

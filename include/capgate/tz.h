@@ -31,6 +31,14 @@ size_t tz_db_count(const struct tz_db *db);
 /* "Europe/Paris" -> zone; NULL when unknown.  "UTC" always exists. */
 const struct tz_zone *tz_db_find(const struct tz_db *db, const char *name);
 
+/* Days since 1970-01-01 of the proleptic Gregorian date Y-M-D. */
+int64_t tz_days_from_civil(int64_t y, int m, int d);
+
+/* The local calendar day of unix time T in Z (days since 1970-01-01, as
+ * tz_days_from_civil counts them); *NEXT_MIDNIGHT (if not NULL) the unix
+ * time the next local day starts. */
+int64_t tz_local_day(const struct tz_zone *z, int64_t t, int64_t *next_midnight);
+
 /* Offset of local time from UTC, in seconds, at unix time T. */
 int32_t tz_utc_offset(const struct tz_zone *z, int64_t t);
 

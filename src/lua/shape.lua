@@ -10,19 +10,25 @@
 --   probe   after a pause, one forward goes alone and holds this until its
 --           answer ('open', or 'pause' again) or until it would have timed out
 --   pauses  pushbacks in a row (the backoff doubles with each)
+--   wday, wsent   the warm-up's day and the forwards counted in it
 -- Times are ms (fractions kept: T may be a fraction of a ms).
+-- KEYS[2..] the campaign throttles' hashes (cg:{u.<channel>}:t:<name>:<campaign>,
+-- the same slot): tat and sched, as above.
 --
--- ARGV[1] 'take': ARGV[2] T   ARGV[3] tau   ARGV[4] '1' from the queue (it had
---   its slot), '0' a fresh send (it goes only when no backlog waits)
---   ARGV[5] how long a probe holds (ms)   ARGV[6] the latest slot worth taking
---   (ms from now; later: refused, nothing reserved)   ARGV[7] '1' reserve a
---   slot when held, '0' only say when (over_rate: reject)
---   Returns {go (1/0), ms until its slot, probe (1/0), why: 'rate'|'paused'}
+-- ARGV[1] 'take': ARGV[2] '1' from the queue (it had its slot), '0' a fresh
+--   send (it goes only when no backlog waits)   ARGV[3] how long a probe
+--   holds (ms)   ARGV[4] the latest slot worth reserving (ms from now)
+--   ARGV[5] '1' reserve a slot when held, '0' only say when (over_rate:
+--   reject)   ARGV[6] the warm-up, "<day>|<ceiling>|<ms until the next
+--   day>", or '-'   ARGV[6 + k] KEYS[k]'s rate, "<T>|<tau>" ("0|0": none)
+--   Returns {go (1/0), ms until its slot, probe (1/0),
+--            why: 'rate'|'throttle'|'paused'|'warmup'}
 -- ARGV[1] 'pause': ARGV[2] ms asked (Retry-After; -1: none, back off)
 --   ARGV[3] the first backoff ms   ARGV[4] max pause ms
 --   Returns the ms paused from now.
 -- ARGV[1] 'open': the probe was answered and it was no pushback.  Returns 1.
--- ARGV[1] 'state': returns {now, tat, sched, paused, probe, pauses} (0: unset).
+-- ARGV[1] 'state': returns {now, tat, sched, paused, probe, pauses, wday, wsent}
+-- (0: unset).
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -34,7 +40,7 @@ if action ~= 'state' and now > tonumber(ARGV[#ARGV]) then
 end
 
 local function num(v) return tonumber(v or 0) or 0 end
-local h = redis.call('HMGET', key, 'tat', 'sched', 'paused', 'probe', 'pauses')
+local h = redis.call('HMGET', key, 'tat', 'sched', 'paused', 'probe', 'pauses', 'wday', 'wsent')
 local tat, sched, paused, probe, pauses = num(h[1]), num(h[2]), num(h[3]), num(h[4]), num(h[5])
 
 local function keep(until_ms)
@@ -44,7 +50,7 @@ end
 
 if action == 'state' then
   return {tostring(now), tostring(tat), tostring(sched), tostring(paused), tostring(probe),
-          tostring(pauses)}
+          tostring(pauses), h[6] or '', tostring(num(h[7]))}
 end
 
 if action == 'pause' then
@@ -79,44 +85,85 @@ if action == 'open' then
 end
 
 -- take
-local T, tau = tonumber(ARGV[2]), tonumber(ARGV[3])
-local from_queue, probe_ms, horizon = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
-local reserve = ARGV[7] == '1'
+local from_queue, probe_ms, horizon = ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4])
+local reserve = ARGV[5] == '1'
+local T1 = tonumber(string.match(ARGV[7], '^([^|]+)|'))
 
-local function hold(earliest, why)
-  local slot = math.max(sched, earliest, now)
+-- Held: the slot it gets (reserved in the schedules LIMITERS, when asked).
+local function hold(earliest, why, limiters)
+  local slot = math.max(earliest, now)
+  for _, l in ipairs(limiters or {}) do slot = math.max(slot, l.sched) end
   local wait = slot - now
-  if wait > horizon then
-    return {0, math.ceil(wait), 0, why}
-  end
-  if reserve then
-    redis.call('HSET', key, 'sched', tostring(slot + T))
-    keep(slot + T)
+  if reserve and wait <= horizon then
+    for _, l in ipairs(limiters or {}) do
+      redis.call('HSET', l.key, 'sched', tostring(math.max(l.sched, slot) + l.T))
+      redis.call('PEXPIRE', l.key, math.ceil(slot + l.T - now) + DAY)
+    end
   end
   return {0, math.ceil(wait), 0, why}
 end
 
 if paused > 0 then
   if now < paused then
-    return hold(paused, 'paused')
+    return hold(paused, 'paused', {{key = key, sched = sched, T = T1}})
   end
   if probe > now then
     -- The probe is out: the others wait for its answer, at the rate.
-    return hold(now + T, 'paused')
+    return hold(now + math.max(T1, 1), 'paused', {{key = key, sched = sched, T = T1}})
   end
   redis.call('HSET', key, 'probe', tostring(now + probe_ms))
   keep(now + probe_ms)
   return {1, 0, 1, 'paused'}
 end
 
-if T == 0 then
-  return {1, 0, 0, 'rate'}     -- no rate: only pushback is kept here
+-- Warm-up: the day's ceiling ("<day>|<ceiling>|<ms until the next day>").
+local wday, wsent
+if ARGV[6] ~= '-' then
+  local day, ceiling, left = string.match(ARGV[6], '^(%-?%d+)|(%d+)|(%d+)$')
+  local h2 = redis.call('HMGET', key, 'wday', 'wsent')
+  wday, wsent = day, (h2[1] == day) and tonumber(h2[2] or 0) or 0
+  if wsent >= tonumber(ceiling) then
+    return hold(now + tonumber(left), 'warmup')
+  end
 end
-local earliest = math.max(tat - tau, now)
-if earliest > now or (not from_queue and sched > now) then
-  return hold(earliest, 'rate')
+
+-- The rates: the upstream's (KEYS[1], ARGV[7]) and each throttle's
+-- (KEYS[k], ARGV[6 + k]).  A forward goes when every one of them conforms.
+local limiters, blocked, why = {}, {}, 'rate'
+local latest = now
+for k = 1, #KEYS do
+  local T, tau = string.match(ARGV[6 + k], '^([^|]+)|(.+)$')
+  T, tau = tonumber(T), tonumber(tau)
+  if T > 0 then
+    local l = {key = KEYS[k], T = T, tau = tau}
+    if k == 1 then
+      l.tat, l.sched = tat, sched
+    else
+      local v = redis.call('HMGET', KEYS[k], 'tat', 'sched')
+      l.tat, l.sched = num(v[1]), num(v[2])
+    end
+    local earliest = math.max(l.tat - tau, now)
+    limiters[#limiters + 1] = l
+    if earliest > now or (not from_queue and l.sched > now) then
+      blocked[#blocked + 1] = l
+      local slot = math.max(earliest, l.sched)
+      if slot > latest then
+        latest = slot
+        why = k == 1 and 'rate' or 'throttle'
+      end
+    end
+  end
 end
-local new_tat = math.max(tat, now) + T
-redis.call('HSET', key, 'tat', tostring(new_tat))
-keep(math.max(new_tat, sched))
+if #blocked > 0 then
+  return hold(latest, why, blocked)
+end
+for _, l in ipairs(limiters) do
+  local new_tat = math.max(l.tat, now) + l.T
+  redis.call('HSET', l.key, 'tat', tostring(new_tat))
+  redis.call('PEXPIRE', l.key, math.ceil(math.max(new_tat, l.sched) - now) + DAY)
+end
+if wday then
+  redis.call('HSET', key, 'wday', wday, 'wsent', wsent + 1)
+  keep(now)
+end
 return {1, 0, 0, 'rate'}

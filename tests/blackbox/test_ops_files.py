@@ -278,6 +278,7 @@ TABLE_PREFIX = {
     "delivery_table": "delivery.", "route_table": "routes[i].",
     "rate_table": "channels.name.upstream.rate.",
     "pushback_table": "channels.name.upstream.pushback.",
+    "warmup_table": "channels.name.upstream.warmup.", "throttle_table": "throttles[i].",
 }
 
 

@@ -189,3 +189,61 @@ def test_a_route_held_by_the_rate_queues_each_recipient():
     h.check(len(reqs) == 3, "three forwards: %r" % reqs)
     gaps = [y.time - x.time for x, y in zip(reqs, reqs[1:])]
     h.check(all(gap >= 0.9 for gap in gaps), "one a second: %r" % gaps)
+
+
+def test_a_campaign_throttle_holds_across_gateways():
+    rate, burst, n = 10, 2, 60
+    up = FakeUpstream().start()
+    throttles = [{"name": "campaign-rate", "per": "campaign", "per_second": rate, "burst": burst}]
+    g1, g2 = gateways(up, 2, throttles=throttles)
+    rs = h.parallel(lambda k: send((g1, g2)[k % 2], h.uid(), message_id="th-%d" % k,
+                                   campaign="spring"), range(n), workers=12)
+    # Another campaign and no campaign are not held back by it.
+    others = [send(g1, h.uid(), message_id="other-%d" % k, campaign="fall" if k else None)
+              for k in range(2)]
+    h.check(all(r.status == 200 for r in others), "other campaigns go at once: %r" % others)
+    held = [r for r in rs if r.status == 202]
+    h.check(len(held) >= n - 2 * burst - 2 and
+            all(r.body["reason"] == "campaign_throttled" for r in held),
+            "the campaign is throttled: %r" % h.summary(rs))
+    documented(held[0])
+    h.wait_until(lambda: len([k for k in up.count_by_key() if k.startswith("th-")]) >= n,
+                 n / rate * 3 + 20, interval=0.3, what="the campaign's messages delivered")
+    time.sleep(0.5)
+    keys = up.count_by_key()
+    h.check(all(v == 1 for v in keys.values()), "each once: %r" % keys)
+    times = [q.time for q in up.requests if q.header("Idempotency-Key").startswith("th-")]
+    most = busiest_second(times)
+    h.check(most <= rate + burst, "no second above per_second + burst: %d" % most)
+    achieved = (n - burst) / (max(times) - min(times))
+    print("  busiest second %d, drained at %.1f/s (throttle %d)" % (most, achieved, rate))
+    if not SLOW:
+        h.check(achieved >= 0.9 * rate, "drains near the throttle: %.1f/s" % achieved)
+
+
+def test_the_warmup_ceiling_holds_for_each_day():
+    up = FakeUpstream().start()
+    start = int(time.time())
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+    day = 3.0
+    g1, g2 = gateways(up, 2, upstream={"warmup": {"start": stamp, "daily": [5, 8], "day": "3s"}})
+    h.check(time.time() < start + day - 1, "the sends fit in day 0")
+    rs = [send((g1, g2)[k % 2], h.uid(), message_id="wu-%d" % k) for k in range(20)]
+    codes = [r.status for r in rs]
+    h.check(codes.count(200) == 5, "day 0's ceiling: 5 go at once: %r" % codes)
+    held = [r for r in rs if r.status == 202]
+    h.check(len(held) == 15 and all(r.body["reason"] == "warmup_limit" and
+                                    r.body["retry_after"] <= day + 1 for r in held),
+            "the rest wait for the next day: %r" % held[:2])
+    documented(held[0])
+    h.wait_until(lambda: len(up.count_by_key()) >= 20, 20, interval=0.2, what="all 20 delivered")
+    time.sleep(0.3)
+    keys = up.count_by_key()
+    h.check(len(keys) == 20 and all(v == 1 for v in keys.values()), "each once: %r" % keys)
+    wall = time.time() - time.monotonic()
+    per_day = {}
+    for q in up.requests:
+        d = int((q.time + wall - start) // day)
+        per_day[d] = per_day.get(d, 0) + 1
+    h.check(per_day.get(0) == 5 and per_day.get(1) == 8 and per_day.get(2) == 7,
+            "5 on day 0, 8 on day 1, the rest once warmed up: %r" % per_day)

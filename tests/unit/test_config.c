@@ -1167,6 +1167,56 @@ TEST(shaping)
                 "channels.email.upstream.pushback.statuses: expected a list of HTTP statuses, got a scalar");
 }
 
+TEST(warmup_and_throttles)
+{
+    struct config *cfg = load_ok(UPSTREAM_YAML
+        "      warmup: { start: \"2026-12-01\", daily: [500, 1000, 2000] }\n"
+        "throttles:\n"
+        "  - { name: campaign-rate, per: campaign, per_second: 50 }\n"
+        "  - { name: mail-only, channel: email, per_second: 5, burst: 2 }\n");
+    CHECK(cfg != NULL);
+    if (cfg) {
+        const struct cfg_warmup *w = &cfg->channels[0].upstream.warmup;
+        CHECK(w->enabled);
+        CHECK_EQ_INT(w->start_day, 20788);       /* 2026-12-01 */
+        CHECK_EQ_INT(w->start_ms, -1);
+        CHECK_EQ_INT(w->n_daily, 3);
+        CHECK_EQ_INT(w->daily[2], 2000);
+        CHECK_EQ_INT(w->day_ms, 86400000);
+        CHECK_EQ_INT(cfg->n_throttles, 2);
+        CHECK_EQ_STR(cfg->throttles[0].name, "campaign-rate");
+        CHECK(cfg->throttles[0].channel == NULL);
+        CHECK_EQ_INT(cfg->throttles[0].per_second, 50);
+        CHECK_EQ_INT(cfg->throttles[0].burst, 5);
+        CHECK_EQ_STR(cfg->throttles[1].channel, "email");
+        CHECK_EQ_INT(cfg->throttles[1].burst, 2);
+        config_free(cfg);
+    }
+    cfg = load_ok(UPSTREAM_YAML
+        "      warmup: { start: \"2026-12-03T10:00:00Z\", daily: [5], day: 3s }\n");
+    CHECK(cfg && cfg->channels[0].upstream.warmup.start_ms == (20790LL * 86400 + 36000) * 1000);
+    CHECK(cfg && cfg->channels[0].upstream.warmup.day_ms == 3000);
+    config_free(cfg);
+    CHECK_FAILS(UPSTREAM_YAML "      warmup: { start: \"2026-02-30\", daily: [5] }\n", 9,
+                "channels.email.upstream.warmup.start: \"2026-02-30\": no such date");
+    CHECK_FAILS(UPSTREAM_YAML "      warmup: { start: \"1 Dec\", daily: [5] }\n", 9,
+                "channels.email.upstream.warmup.start: \"1 Dec\": want a date YYYY-MM-DD or an "
+                "instant YYYY-MM-DDTHH:MM:SSZ");
+    CHECK_FAILS(UPSTREAM_YAML "      warmup: { start: \"2026-12-01\", daily: [] }\n", 9,
+                "channels.email.upstream.warmup.daily: expected a list of daily ceilings, got none");
+    CHECK_FAILS(UPSTREAM_YAML "      warmup: { start: \"2026-12-01\", daily: [0] }\n", 9,
+                "channels.email.upstream.warmup.daily: \"0\": want a count 1..1000000000");
+    CHECK_FAILS(UPSTREAM_YAML "      warmup: { start: \"2026-12-01\" }\n", 9,
+                "channels.email.upstream.warmup.daily: missing required key");
+    CHECK_FAILS(UPSTREAM_YAML "throttles:\n  - { name: a, per_second: 5, channel: sms }\n", 10,
+                "throttles[0].channel: unknown channel \"sms\"");
+    CHECK_FAILS(UPSTREAM_YAML "throttles:\n  - { name: a, per_second: 5 }\n"
+                "  - { name: a, per_second: 6 }\n", 11,
+                "throttles[1].name: throttle \"a\" is named twice");
+    CHECK_FAILS(UPSTREAM_YAML "throttles:\n  - { name: a, per: person, per_second: 5 }\n", 10,
+                "throttles[0].per: expected one of campaign, got \"person\"");
+}
+
 int main(void)
 {
     RUN(duration_table);
@@ -1190,5 +1240,6 @@ int main(void)
     RUN(missing_file);
     RUN(lookups_on_edge_cases);
     RUN(shaping);
+    RUN(warmup_and_throttles);
     return unit_done("test_config");
 }
