@@ -16,14 +16,14 @@ SLOW = bool(h.WRAP) or bool(os.environ.get("CAPGATE_SANITIZED"))
 _spec = []
 
 
-def documented(r, path="/v1/send"):
+def documented(r, path="/v1/send", method="post"):
     """R must be an answer docs/openapi.yaml describes (a route's own: RouteOutcomes)."""
     if not _spec:
         _spec.append(oc.load_spec(os.path.join(h.REPO, "docs", "openapi.yaml")))
     if path is None:
         errs = oc.validate(_spec[0], {"$ref": "#/components/schemas/RouteOutcomes"}, r.body)
     else:
-        errs = oc.check_response(_spec[0], path, "post", r.status, r.header("Content-Type"),
+        errs = oc.check_response(_spec[0], path, method, r.status, r.header("Content-Type"),
                                  r.body, r.headers)
     h.check(not errs, "answer does not match docs/openapi.yaml:\n    " + "\n    ".join(errs), r)
 
@@ -46,6 +46,14 @@ def gateways(up, n, **kw):
     rest = [h.Gateway(overrides=shaping_config(up, **kw), redis=redis, key_file=first.key_file,
                       env=ENV) for _ in range(n - 1)]
     return [first] + rest
+
+
+def shaping(g, channel="email"):
+    r = g.get("/status")
+    h.expect_status(r, 200)
+    documented(r, "/status", "get")
+    ups = {u["channel"]: u for u in r.body["proxy"]["upstreams"]}
+    return ups[channel].get("shaping")
 
 
 def busiest_second(times):
@@ -76,6 +84,9 @@ def test_rate_holds_across_three_gateways_and_a_backlog_drains_at_the_rate():
     h.check(all(r.body["reason"] == "rate_limited" and r.body["deliver_at"] for r in held),
             "held by the rate, with its slot: %r" % held[:3])
     documented(held[0])
+    st = shaping(gs[1])
+    h.check(st["rate"]["per_second"] == rate and st["rate"]["backlog_s"] > 1,
+            "/status shows the rate and its backlog: %r" % st)
     h.check(len(held) > n / 2, "a backlog formed (%d of %d held; sent in %.1fs)" % (len(held), n, took))
     h.wait_until(lambda: len(up.count_by_key()) >= n, n / rate * 3 + 30, interval=0.5,
                  what="every message delivered")
@@ -129,6 +140,9 @@ def test_pushback_pauses_every_gateway_then_one_probe_then_all_once():
     h.check(r.body["reason"] == "upstream_paused" and r.body["retry_after"] >= 3,
             "the pushed-back message is queued for the pause: %r" % (r.body,))
     t_pushback = up.requests[-1].time
+    st = shaping(g2)
+    h.check(st["state"] == "paused" and st["paused_until"] and st["pushbacks"] == 1,
+            "/status on the other gateway shows the pause: %r" % st)
     # The probe answers slowly: nothing else may reach the upstream meanwhile.
     up.set_mode("stall", seconds=0.6)
     for k in range(1, 11):
@@ -146,6 +160,8 @@ def test_pushback_pauses_every_gateway_then_one_probe_then_all_once():
     h.check(len(after) >= 2 and after[1] >= after[0] + 0.5,
             "the probe went alone (next %.2fs after it)" % (after[1] - after[0]))
     keys = up.count_by_key()
+    st = shaping(g1)
+    h.check(st["state"] == "open" and st["pushbacks"] == 0, "open again: %r" % st)
     h.check(keys.get("pb-0") == 2 and all(keys.get("pb-%d" % k) == 1 for k in range(1, 11)),
             "every message delivered once (pb-0: its pushback and its delivery): %r" % keys)
 
@@ -236,6 +252,9 @@ def test_the_warmup_ceiling_holds_for_each_day():
                                     r.body["retry_after"] <= day + 1 for r in held),
             "the rest wait for the next day: %r" % held[:2])
     documented(held[0])
+    st = shaping(g2)
+    h.check(st["warmup"] == {"warming_up": True, "day": 0, "ceiling": 5, "sent": 5},
+            "/status shows today's ceiling and use: %r" % st)
     h.wait_until(lambda: len(up.count_by_key()) >= 20, 20, interval=0.2, what="all 20 delivered")
     time.sleep(0.3)
     keys = up.count_by_key()

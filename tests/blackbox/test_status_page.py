@@ -559,7 +559,13 @@ def _full_status(n):
         "proxy": {"deferred_depth": 42 + n, "dead_letters": 3,
                   "upstreams": [
                       {"channel": "email", "url": "https://mailer:s3cr3t@mail.internal/send",
-                       "ok": 10, "failed": 2, "last_status": 503},
+                       "ok": 10, "failed": 2, "last_status": 503,
+                       "shaping": {"state": "paused", "pushbacks": 2,
+                                   "paused_until": "2024-05-01T10:05:30Z",
+                                   "rate": {"per_second": 100, "burst": 20, "use": 1.0,
+                                            "backlog_s": 12.4},
+                                   "warmup": {"warming_up": True, "day": 2, "ceiling": 2000,
+                                              "sent": 1500}}},
                       {"channel": "push", "url": "http://push.internal/v1", "ok": 55, "failed": 0,
                        "last_status": 200}]},
         "config": {"generation": 7, "path": "/etc/capgate/capgate.yaml",
@@ -619,6 +625,11 @@ def test_page_shows_every_field_escaped():
     h.check([r.attrs.get("data-channel") for r in rows] == ["email", "push"], "upstream rows %r" % rows)
     h.check([r.attrs.get("data-health") for r in rows] == ["bad", "ok"], "upstream health %r"
             % [r.attrs.get("data-health") for r in rows])
+    states = [n for n in dom.root.find_all(lambda n: n.attrs.get("data-field") == "state")]
+    h.check([n.attrs.get("data-value") for n in states] == ["paused", ""], "states %r" % states)
+    text = states[0].text()
+    h.check("paused until 10:05:30" in text and "rate 100% of 100/s" in text and "12 s queued" in text
+            and "1,500 of 2,000 today" in text, "the email upstream's shaping: %r" % text)
 
     h.check(dom.value("config-generation") == 7, "generation")
     h.check(dom.value("reload-state") == "failed", "reload state %r" % dom.metric("reload-state"))
