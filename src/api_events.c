@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "capgate/api.h"
+#include "capgate/breaker.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
@@ -27,6 +28,9 @@ struct event_call {
     char type[16];
     char effect[200];
     char user[PSEUDONYM_USER_HEX + 1];
+    bool counts;                       /* the campaign breaker counts it (breaker.h) */
+    enum breaker_kind breaker_kind;
+    char campaign[REQ_CAMPAIGN_MAX + 1];
     struct script_args args;   /* built at once (it copies the request's words), sent once the
                                   person's records are under the current key (rotation.h) */
 };
@@ -40,6 +44,8 @@ static void on_recorded(void *arg, const struct store_reply *r)
                     "the store is unavailable; the event was not recorded, retry later");
     } else {
         COUNTER_INC(l->metrics.signals);
+        if (call->counts)
+            breaker_count(l->breaker, call->campaign, call->breaker_kind);
         if (loop_audit_wanted(l))
             loop_audit(l, json_pack("{s:s, s:s, s:s, s:s}", "type", "signal",
                                                  "pseudonym", call->user, "event", call->type,
@@ -103,6 +109,9 @@ void api_events(struct loop *l, struct http_request *req)
                          &call->args);
     char old_p[PSEUDONYM_USER_HEX + 1];
     bool rotating = pseudonym_user_previous(l->pseudonym, ev.user, ev.user_len, old_p);
+    call->counts = ev.kind == EVENT_COMPLAINT || ev.kind == EVENT_UNSUBSCRIBE;
+    call->breaker_kind = ev.kind == EVENT_COMPLAINT ? BREAKER_COMPLAINT : BREAKER_UNSUBSCRIBE;
+    snprintf(call->campaign, sizeof call->campaign, "%s", ev.campaign ? ev.campaign : "");
     request_free(ev.json);
     if (rotating ? rotation_move(l, old_p, call->user, on_moved, call) != 0 : record(call) != 0)
         refuse(call);

@@ -1707,6 +1707,53 @@ static const struct directive throttle_table[] = {
     { .name = NULL },
 };
 
+/* ---- breaker: the campaign circuit breaker ---- */
+
+static int check_rate_fraction(struct parser *p, const char *text, double *out, int line)
+{
+    struct qbuf qb;
+    char *end;
+    double v = strtod(text, &end);
+    if (*end || end == text || !(v > 0 && v <= 1))
+        return fail(p, line, "%s: want a fraction above 0, at most 1 (0.003 is 0.3%%)",
+                    quote(&qb, text));
+    *out = v;
+    return 0;
+}
+
+static int check_complaint_rate(struct parser *p, void *base, int line)
+{
+    struct cfg_breaker *b = base;
+    return check_rate_fraction(p, b->complaint_rate_s, &b->complaint_rate, line);
+}
+
+static int check_unsubscribe_rate(struct parser *p, void *base, int line)
+{
+    struct cfg_breaker *b = base;
+    return check_rate_fraction(p, b->unsubscribe_rate_s, &b->unsubscribe_rate, line);
+}
+
+static int check_breaker(struct parser *p, void *base, int line)
+{
+    (void)p; (void)line;
+    ((struct cfg_breaker *)base)->enabled = true;
+    return 0;
+}
+
+static const struct directive breaker_table[] = {
+    { .name = "window", .type = DT_DURATION, FIELD(struct cfg_breaker, window_ms),
+      .min = MS_PER_M, .max = 30 * MS_PER_D, .def = "1d" },
+    { .name = "min_sends", .type = DT_INT, FIELD(struct cfg_breaker, min_sends),
+      .min = 1, .max = 1000000000, .def = "1000" },
+    { .name = "complaint_rate", .type = DT_STRING, FIELD(struct cfg_breaker, complaint_rate_s),
+      .def = "0.003", .check = check_complaint_rate },
+    { .name = "unsubscribe_rate", .type = DT_STRING, FIELD(struct cfg_breaker, unsubscribe_rate_s),
+      .def = "0.02", .check = check_unsubscribe_rate },
+    { .name = "mode", .type = DT_ENUM, ENUM_FIELD(struct cfg_breaker, mode), .choices = cap_modes,
+      .def = "enforce" },
+    { .name = NULL },
+};
+
 /* quiet_hours.end: an empty window is almost surely a typo. */
 static int check_quiet_end(struct parser *p, void *base, int line)
 {
@@ -2340,6 +2387,8 @@ static const struct directive config_table[] = {
       .off = offsetof(struct config, throttles), .count_off = offsetof(struct config, n_throttles),
       .item_size = sizeof(struct cfg_throttle), .max = THROTTLES_MAX, .what = "throttles",
       .check = check_throttle },
+    { .name = "breaker", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct config, breaker), .sub = breaker_table, .check = check_breaker },
     { .name = "quiet_hours", .type = DT_SECTION, .flags = D_OPTIONAL,
       .off = offsetof(struct config, quiet_hours), .sub = quiet_table,
       .check = check_quiet_hours },
@@ -2742,6 +2791,8 @@ void config_free(struct config *cfg)
         free(cfg->throttles[i].channel);
     }
     free(cfg->throttles);
+    free(cfg->breaker.complaint_rate_s);
+    free(cfg->breaker.unsubscribe_rate_s);
     for (size_t i = 0; i < cfg->auth.n_tokens; i++) {
         free(cfg->auth.tokens[i].name);
         free(cfg->auth.tokens[i].sha256);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "capgate/breaker.h"
 #include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/decide_batch.h"
@@ -116,6 +117,8 @@ static void on_reply(void *arg, const struct store_reply *r)
     const struct decision *d = &res.decision;
     note_queued(op, d);
     count(op, d);
+    if (d->outcome == OUTCOME_ALLOW && !d->replay && !op->dry_run)
+        breaker_count(op->loop->breaker, op->campaign, BREAKER_SEND);
     audit_line(op, d);
     log_debug("decision", "user=%s road=%s decision=%s reason=%s rule=%s retry_after=%lld replay=%d",
               op->user, road_names[op->road], decision_outcome_name(d->outcome),
@@ -142,6 +145,7 @@ static void prepare(struct decide_op *op, struct loop *l, const struct decide_re
     memcpy(op->message, rq->message, sizeof op->message);
     snprintf(op->channel, sizeof op->channel, "%s", rq->channel->name);
     snprintf(op->category, sizeof op->category, "%s", rq->category->name);
+    snprintf(op->campaign, sizeof op->campaign, "%s", rq->campaign ? rq->campaign : "");
 
     struct decide_input in;
     memset(&in, 0, sizeof in);
@@ -302,11 +306,29 @@ void decide_undo_late(void *loop, const char *undo, const struct store_reply *on
                      undone);
 }
 
+/* The breaker paused the op's campaign: denied here, without Redis (the
+ * dispatcher sees the reason and keeps the message waiting).  Whether it
+ * answered. */
+static bool answered_paused(struct decide_op *op)
+{
+    if (!breaker_paused(op->loop->breaker, op->campaign))
+        return false;
+    struct decide_result res = { .status = DECIDE_OK };
+    res.decision = (struct decision){ .outcome = OUTCOME_DENY, .reason = REASON_CAMPAIGN_PAUSED,
+                                      .rule = -1 };
+    count(op, &res.decision);
+    audit_line(op, &res.decision);
+    finish(op, &res);
+    return true;
+}
+
 void decide_start(struct decide_op *op, struct loop *l, const struct decide_request *rq,
                   decide_cb *cb, void *arg)
 {
     struct script_args args;
     prepare(op, l, rq, cb, arg, &args);
+    if (answered_paused(op))
+        return;
     if (op->queues) {
         /* Alone, as decide_batch would send it, and undone if it ran late. */
         struct undo *u = l->store ? undo_new(l, &op, 1, false) : NULL;
@@ -453,7 +475,8 @@ void decide_start_group(struct loop *l, size_t n, struct decide_op *const *ops,
             m = 0;
         }
         prepare(ops[k], l, &rqs[k], cb, args[k], &sa[m]);
-        chunk[m++] = ops[k];
+        if (!answered_paused(ops[k]))
+            chunk[m++] = ops[k];
     }
     if (m)
         send_group(l, chunk, sa, m);

@@ -22,6 +22,7 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_AUDIT_TRIM] = lua_audit_trim,
     [SCRIPT_ROTATE] = lua_rotate,
     [SCRIPT_SHAPE] = lua_shape,
+    [SCRIPT_BREAKER] = lua_breaker,
 };
 
 unsigned decision_tag(const char *user)
@@ -32,7 +33,7 @@ unsigned decision_tag(const char *user)
 static const char *const outcome_names[OUTCOME__COUNT] = { "allow", "defer", "deny" };
 static const char *const reason_names[REASON__COUNT] = {
     "ok", "opted_out", "consent_required", "quiet_hours", "cap", "suppressed", "superseded",
-    "store_unavailable"
+    "store_unavailable", "campaign_paused"
 };
 
 const char *decision_outcome_name(enum decision_outcome o)
@@ -732,6 +733,17 @@ void decision_shape_args(const char *channel, size_t nsub, const char *const *su
     arg_fmt(a, "cg:{u.%s}:up", channel);
     for (size_t k = 0; k < nsub; k++)
         arg_fmt(a, "cg:{u.%s}:%s", channel, subkeys[k]);
+    for (size_t k = 0; k < argc; k++)
+        arg_cstr(a, argv[k]);
+}
+
+void decision_breaker_args(const char *campaign, size_t argc, const char *const *argv,
+                           struct script_args *a)
+{
+    args_init(a, SCRIPT_BREAKER, 3);
+    arg_fmt(a, "cg:{b}:state");
+    arg_fmt(a, "cg:{b}:known");
+    arg_fmt(a, "cg:{b}:c:%s", campaign);
     for (size_t k = 0; k < argc; k++)
         arg_cstr(a, argv[k]);
 }

@@ -23,6 +23,8 @@
 #define TICK_MS 100
 #define TAGS_PER_TICK 16
 #define BATCH 32
+/* A queued message of a paused campaign is looked at again this often. */
+#define CAMPAIGN_PAUSED_RECHECK_MS 10000
 
 /* A queue is claimed from when something in it is due, not polled: the
  * claim says when its next message is due, this loop's decisions say when
@@ -205,6 +207,15 @@ static void on_redecided(void *arg, const struct decide_result *r)
         metrics_count_delivery(&l->metrics, j->m.channel, "deferred");
         break;
     default:
+        if (dec->reason == REASON_CAMPAIGN_PAUSED) {
+            /* Its campaign is paused (breaker.h): it waits, to be decided
+             * again after a resume. */
+            metrics_count_delivery(&l->metrics, j->m.channel, "held_campaign_paused");
+            due_in(j->d, j->tag, CAMPAIGN_PAUSED_RECHECK_MS);
+            delivery_requeue(l->store, j->cfg, j->m.user, j->m.message, CAMPAIGN_PAUSED_RECHECK_MS,
+                             on_requeued, NULL);
+            break;
+        }
         /* Opted out, or a deny cap, meanwhile: it does not go. */
         finish(j, FINISH_DROP, 0, NULL);
         metrics_count_delivery(&l->metrics, j->m.channel, "dropped");

@@ -19,6 +19,7 @@ const char *const metrics_delivery_outcomes[] = {
     "held_warmup",   /* the upstream's warm-up ceiling for the day: queued for the next day */
     "held_paused",   /* the upstream is paused (pushback): queued for the pause's end */
     "held_unavailable", /* Redis did not say whether it may go: queued for a second */
+    "held_campaign_paused", /* from the queue, its campaign paused (breaker): waits 10 s more */
     "pushed_back",   /* the upstream answered a pushback status: queued again, paused */
     "over_rate",     /* over_rate: reject -- refused with 429 instead of queued */
     NULL,

@@ -697,3 +697,15 @@ char *request_route_body(const struct req_route *rr, const char *body, size_t le
     (void)len;
     return out;
 }
+
+/* ---- POST /v1/admin/campaigns/resume ---------------------------------------- */
+
+int request_resume(const char *body, size_t len, struct req_resume *out, struct field_error *e)
+{
+    static const char *const fields[] = { "campaign", NULL };
+    memset(out, 0, sizeof *out);
+    json_t *obj = out->json = body_object(body, len, fields, e);
+    if (!obj)
+        return -1;
+    return validate_text(obj, "campaign", true, 1, REQ_CAMPAIGN_MAX, &out->campaign, NULL, e);
+}

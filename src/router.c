@@ -29,6 +29,8 @@ static const struct route routes[] = {
     { "/v1/audit",        "GET",  SCOPE_ADMIN,   api_audit },
     { "/v1/admin/reload", "POST", SCOPE_ADMIN,   api_admin_reload },
     { "/v1/admin/dead-letters", "GET", SCOPE_ADMIN, api_dead_letters },
+    { "/v1/admin/campaigns", "GET", SCOPE_ADMIN, api_campaigns },
+    { "/v1/admin/campaigns/resume", "POST", SCOPE_ADMIN, api_campaigns_resume },
     { "/v1/admin/rotation", "GET",  SCOPE_ADMIN, api_rotation_report },
     { "/v1/admin/rotation/mark", "POST", SCOPE_ADMIN, api_rotation_mark },
     { "/status",          "GET",  SCOPE_ADMIN,   api_status },

@@ -144,7 +144,7 @@ void shape_take(struct store *st, const struct config *cfg, const struct tz_db *
     char probe[24], horizon[24], warmup[64];
     double rates[1 + THROTTLES_MAX][2];
     char limits[1 + THROTTLES_MAX][72];
-    char subkeys[THROTTLES_MAX][CAP_NAME_MAX + 200];
+    char subkeys[THROTTLES_MAX][CAP_NAME_MAX + 300];
     const char *subs[THROTTLES_MAX];
     const char *argv[6 + 1 + THROTTLES_MAX];
     size_t nsub = 0;
@@ -165,7 +165,7 @@ void shape_take(struct store *st, const struct config *cfg, const struct tz_db *
         const struct cfg_throttle *t = &cfg->throttles[k];
         if (!throttle_applies(t, ch) || nsub == THROTTLES_MAX)
             continue;
-        snprintf(subkeys[nsub], sizeof subkeys[nsub], "t:%s:%.128s", t->name, campaign);
+        snprintf(subkeys[nsub], sizeof subkeys[nsub], "t:%s:%.256s", t->name, campaign);
         subs[nsub] = subkeys[nsub];
         rate_params(t->per_second, t->burst, &rates[nsub + 1][0], &rates[nsub + 1][1]);
         nsub++;

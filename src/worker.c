@@ -17,6 +17,7 @@
 #include "capgate/decide_batch.h"
 #include "capgate/decision.h"
 #include "capgate/delivery.h"
+#include "capgate/breaker.h"
 #include "capgate/dispatcher.h"
 #include "capgate/http.h"
 #include "capgate/log.h"
@@ -282,6 +283,8 @@ static void drop_stores(struct worker *w)
     /* Outbound deliveries first: their callbacks may still use Redis. */
     dispatcher_free(w->dispatcher);
     w->dispatcher = NULL;
+    breaker_free(w->loop.breaker);
+    w->loop.breaker = NULL;
     delivery_pools_free(w->loop.upstreams);
     w->loop.upstreams = NULL;
     pthread_mutex_lock(&w->stats_lock);
@@ -593,8 +596,10 @@ struct worker *worker_create(const struct worker_setup *setup, char *err, size_t
     w->command = event_new(w->loop.base, w->command_fd, EV_READ | EV_PERSIST, on_command, w);
     w->loop.upstreams = delivery_pools_new(w->loop.base, w->loop.n_loops);
     w->dispatcher = dispatcher_new(&w->loop);
+    w->loop.breaker = breaker_new(&w->loop);
     w->loop.batch = decide_batch_new(w->loop.base, &w->loop.store, decide_undo_late, &w->loop);
     if (!w->loop.store || !w->http || !w->housekeeping || !w->command || !w->dispatcher ||
+        !w->loop.breaker ||
         !w->loop.batch || !w->loop.upstreams) {
         worker_free(w);
         return NULL;
@@ -661,6 +666,7 @@ void worker_free(struct worker *w)
         http_server_free(w->old_http[k]);
     }
     dispatcher_free(w->dispatcher);
+    breaker_free(w->loop.breaker);
     delivery_pools_free(w->loop.upstreams);
     store_free(w->next_store);
     store_free(w->loop.store);

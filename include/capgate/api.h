@@ -26,6 +26,8 @@ api_handler api_users_erase;/* POST /v1/users/erase */
 api_handler api_audit;      /* GET /v1/audit */
 api_handler api_send;       /* POST /v1/send (proxy mode) */
 api_handler api_dead_letters; /* GET /v1/admin/dead-letters */
+api_handler api_campaigns;    /* GET /v1/admin/campaigns */
+api_handler api_campaigns_resume; /* POST /v1/admin/campaigns/resume */
 api_handler api_rotation_report; /* GET /v1/admin/rotation */
 api_handler api_rotation_mark;   /* POST /v1/admin/rotation/mark */
 

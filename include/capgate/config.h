@@ -130,6 +130,17 @@ struct cfg_cap {
     enum cap_mode mode;  /* shadow: evaluated and reported, never blocks */
 };
 
+/* The campaign circuit breaker (breaker.h). */
+struct cfg_breaker {
+    bool enabled;           /* the section is present */
+    int64_t window_ms;      /* rolling window, default 1d */
+    int min_sends;          /* a campaign's sends in the window before it can trip, default 1000 */
+    char *complaint_rate_s, *unsubscribe_rate_s;   /* as written */
+    double complaint_rate;  /* complaints / sends, default 0.003 */
+    double unsubscribe_rate;/* unsubscribes / sends, default 0.02 */
+    enum cap_mode mode;     /* shadow: report would_pause, pause nothing */
+};
+
 /* Access control: who may call what.  Scopes are bits. */
 #define SCOPE_SEND    1u   /* decide, send, release, events */
 #define SCOPE_CONSENT 2u   /* consent, users/show, users/erase */
@@ -253,6 +264,7 @@ struct config {
     char *default_category;  /* must name a category */
     struct cfg_cap *caps;    size_t n_caps;
     struct cfg_throttle *throttles;  size_t n_throttles;
+    struct cfg_breaker breaker;
     struct cfg_quiet_hours quiet_hours;
 
     int64_t max_defer_ms;    /* default 7d */

@@ -23,6 +23,8 @@
 
 struct loop;
 
+#define DECIDE_CAMPAIGN_MAX 256      /* REQ_CAMPAIGN_MAX */
+
 /* Who asks: the audit.file line says so, and only a caller that waits
  * (not the dispatcher) is ever answered "allow" when failing open. */
 enum decide_road { DECIDE_API, DECIDE_SEND, DECIDE_ROUTE, DECIDE_QUEUE };
@@ -69,6 +71,7 @@ struct decide_op {
     char user[PSEUDONYM_USER_HEX + 1];
     char message[PSEUDONYM_SHORT_HEX + 1];
     char channel[CONFIG_NAME_MAX + 1], category[CONFIG_NAME_MAX + 1];
+    char campaign[DECIDE_CAMPAIGN_MAX + 1];   /* "" none */
 };
 
 void decide_start(struct decide_op *op, struct loop *l, const struct decide_request *rq,

@@ -30,7 +30,7 @@ struct tz_zone;
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
     SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM, SCRIPT_ROTATE,
-    SCRIPT_SHAPE,
+    SCRIPT_SHAPE, SCRIPT_BREAKER,
     SCRIPT__COUNT
 };
 
@@ -48,7 +48,9 @@ enum decision_outcome { OUTCOME_ALLOW, OUTCOME_DEFER, OUTCOME_DENY, OUTCOME__COU
 
 enum decision_reason {
     REASON_OK, REASON_OPTED_OUT, REASON_CONSENT_REQUIRED, REASON_QUIET_HOURS,
-    REASON_CAP, REASON_SUPPRESSED, REASON_SUPERSEDED, REASON_STORE_UNAVAILABLE, REASON__COUNT
+    REASON_CAP, REASON_SUPPRESSED, REASON_SUPERSEDED, REASON_STORE_UNAVAILABLE,
+    REASON_CAMPAIGN_PAUSED,          /* the campaign breaker paused its campaign (breaker.h) */
+    REASON__COUNT
 };
 
 const char *decision_outcome_name(enum decision_outcome o);
@@ -143,6 +145,12 @@ void decision_requeue_args(const struct config *cfg, const char *user, const cha
  * given (strings, not copied). */
 void decision_shape_args(const char *channel, size_t nsub, const char *const *subkeys,
                          size_t argc, const char *const *argv, struct script_args *out);
+
+/* The campaign breaker (breaker.lua, slot {b}): its state, its known
+ * campaigns and CAMPAIGN's counts ("" for the calls about every campaign),
+ * then ARGV[0..ARGC) as given (not copied). */
+void decision_breaker_args(const char *campaign, size_t argc, const char *const *argv,
+                           struct script_args *out);
 
 /* Consent and the signals that act on it (consent.lua). */
 enum consent_kind { CONSENT_SET, CONSENT_UNSUBSCRIBE, CONSENT_COMPLAINT, CONSENT_BOUNCE,

@@ -30,6 +30,7 @@ struct store;
 struct pseudonym;
 struct tz_db;
 struct decide_batch;
+struct breaker;
 struct delivery_pools;
 struct loop;
 
@@ -60,6 +61,7 @@ struct loop {
     struct store *store;             /* the loop's Redis connection */
     struct decide_batch *batch;      /* decisions of a loop turn, one Redis call */
     struct delivery_pools *upstreams;    /* proxy mode: outbound HTTP, a pool per channel */
+    struct breaker *breaker;         /* the campaign breaker's counts and paused campaigns */
     struct metrics metrics;          /* written here only; read by any (counter.h) */
     const struct loop_hooks *hooks;
     /* When this loop's dispatcher claims from each of its tags next

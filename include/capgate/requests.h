@@ -142,6 +142,13 @@ char *request_route_body(const struct req_route *rr, const char *body, size_t le
                          const bool *keep, bool whole, bool *sent, size_t *outlen,
                          bool *failed);
 
+/* POST /v1/admin/campaigns/resume: {"campaign"}. */
+struct req_resume {
+    const char *campaign;
+    json_t *json;
+};
+int request_resume(const char *body, size_t len, struct req_resume *out, struct field_error *e);
+
 /* Lets go of a parsed body's JSON (any of the structs' JSON member). */
 static inline void request_free(json_t *json)
 {

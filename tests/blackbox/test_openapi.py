@@ -1237,6 +1237,39 @@ def test_dead_letters_responses():
     h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)
 
 
+def test_campaigns_responses():
+    g = ready(h.Gateway(overrides={
+        "limits": {"max_body_bytes": MAX_BODY},
+        "breaker": {"window": "1h", "min_sends": 5, "complaint_rate": "0.5"},
+    }))
+    P, R = "/v1/admin/campaigns", "/v1/admin/campaigns/resume"
+    r = conform(g.get(P), P, "get", 200)
+    h.check(r.body["campaigns"] == [] and r.body["breaker"]["min_sends"] == 5, "empty", r)
+    for k in range(5):
+        g.decide(h.uid("oa"), "email", campaign="oa-spring")
+    h.wait_until(lambda: g.get(P).body["campaigns"], 5, what="the campaign counted")
+    r = conform(g.get(P), P, "get", 200)
+    h.check(r.body["campaigns"][0]["campaign"] == "oa-spring" and
+            r.body["campaigns"][0]["state"] == "open", "listed open", r)
+    head_like_get(g, P)
+    method_not_allowed(g, P, "POST", ["GET", "HEAD"])
+    r = conform(g.post(R, {"campaign": "oa-spring"}), R, "post", 200)
+    h.check(r.body == {"campaign": "oa-spring", "resumed": False}, "not paused: %r" % (r.body,), r)
+    error(g.post(R, {}), R, "post", 400, "missing_field", "campaign")
+    error(g.post(R, {"campaign": 7}), R, "post", 400, "invalid_field", "campaign")
+    error(g.post(R, {"campaign": "x", "extra": 1}), R, "post", 400, "invalid_field", "extra")
+    error(g.post(R, b"{"), R, "post", 400, "invalid_json")
+    error(g.post(R, {"campaign": "x" * MAX_BODY}), R, "post", 413, "body_too_large")
+    method_not_allowed(g, R, "GET", ["POST"])
+    g.redis.kill()
+    for r, path, m in ((g.get(P), P, "get"), (g.post(R, {"campaign": "oa-spring"}), R, "post")):
+        r = error(r, path, m, 503, "store_unavailable")
+        h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)
+    none = ready(h.Gateway())
+    r = conform(none.get(P), P, "get", 200)
+    h.check(r.body == {"breaker": None, "campaigns": []}, "no breaker", r)
+
+
 def test_reload_responses():
     g = h.Gateway(overrides={"limits": {"max_body_bytes": MAX_BODY}})
     P = "/v1/admin/reload"

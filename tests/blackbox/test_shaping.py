@@ -266,3 +266,79 @@ def test_the_warmup_ceiling_holds_for_each_day():
         per_day[d] = per_day.get(d, 0) + 1
     h.check(per_day.get(0) == 5 and per_day.get(1) == 8 and per_day.get(2) == 7,
             "5 on day 0, 8 on day 1, the rest once warmed up: %r" % per_day)
+
+
+BREAKER = {"window": "1h", "min_sends": 20, "complaint_rate": "0.1", "unsubscribe_rate": "0.5"}
+
+
+def _spike(gs, campaign, complaints=3):
+    for k in range(20):
+        h.expect_status(send(gs[k % 2], h.uid(), message_id="%s-%d" % (campaign, k),
+                             campaign=campaign), 200)
+    time.sleep(0.6)                    # the sends' counts reach Redis (every 250 ms)
+    for k in range(complaints):
+        h.expect_status(gs[0].post("/v1/events", {"user": h.uid(), "type": "complaint",
+                                                  "campaign": campaign}), 200)
+    return time.monotonic()
+
+
+def test_a_complaint_spike_pauses_the_campaign_on_every_gateway_and_resume_reopens_it():
+    up = FakeUpstream().start()
+    g1, g2 = gateways(up, 2, breaker=BREAKER)
+    t0 = _spike((g1, g2), "spike")
+
+    def paused(g):
+        r = send(g, h.uid(), campaign="spike")
+        return r.status == 403 and r.body["reason"] == "campaign_paused"
+    h.wait_until(lambda: paused(g1) and paused(g2), 3, interval=0.05,
+                 what="the campaign paused on both gateways")
+    took = time.monotonic() - t0
+    print("  paused on both gateways %.2fs after the complaints" % took)
+    h.check(took < 1.0, "paused within a second: %.2fs" % took)
+    h.expect_status(send(g2, h.uid(), campaign="other"), 200)     # other campaigns go
+    time.sleep(0.4)                    # its count reaches Redis
+    r = g2.get("/v1/admin/campaigns")
+    h.expect_status(r, 200)
+    documented(r, "/v1/admin/campaigns", "get")
+    c = {x["campaign"]: x for x in r.body["campaigns"]}
+    h.check(c["spike"]["state"] == "paused" and c["spike"]["complaints"] == 3 and
+            c["spike"]["sends"] >= 20 and c["spike"]["why"].startswith("complaint_rate="),
+            "listed as paused with its rates: %r" % c.get("spike"))
+    h.check(c["other"]["state"] == "open", "the other campaign is open: %r" % c.get("other"))
+    r = g1.post("/v1/admin/campaigns/resume", {"campaign": "spike"})
+    documented(r, "/v1/admin/campaigns/resume")
+    h.check(r.status == 200 and r.body == {"campaign": "spike", "resumed": True}, "resumed: %r" % (r,))
+    h.wait_until(lambda: send(g2, h.uid(), campaign="spike").status == 200, 2, interval=0.1,
+                 what="the campaign open again on the other gateway")
+    h.expect_status(send(g1, h.uid(), campaign="spike"), 200)
+    r = g1.post("/v1/admin/campaigns/resume", {"campaign": 5})
+    h.expect_error(r, 400, "invalid_field")
+
+
+def test_a_queued_message_of_a_paused_campaign_waits():
+    up = FakeUpstream().start()
+    caps = [{"name": "email-2s", "channel": "email", "limit": 1, "window": "2s",
+             "on_exceed": "defer"}]
+    g1, g2 = gateways(up, 2, breaker=BREAKER, caps=caps)
+    person = h.uid()
+    h.expect_status(send(g1, person, message_id="q-first"), 200)
+    r = send(g1, person, message_id="q-waits", campaign="spike")
+    h.expect_status(r, 202)
+    _spike((g1, g2), "spike")
+    time.sleep(4)                      # its time came while the campaign was paused
+    h.check("q-waits" not in up.count_by_key(), "not delivered while paused")
+    h.expect_status(g1.post("/v1/admin/campaigns/resume", {"campaign": "spike"}), 200)
+    h.wait_until(lambda: "q-waits" in up.count_by_key(), 45, interval=0.5,
+                 what="delivered after the resume")
+
+
+def test_shadow_mode_pauses_nothing():
+    up = FakeUpstream().start()
+    g1, g2 = gateways(up, 2, breaker=dict(BREAKER, mode="shadow"))
+    _spike((g1, g2), "spike")
+    time.sleep(1.2)
+    h.expect_status(send(g2, h.uid(), campaign="spike"), 200)
+    r = g1.get("/v1/admin/campaigns")
+    c = {x["campaign"]: x for x in r.body["campaigns"]}
+    h.check(c["spike"]["state"] == "would_pause", "reported as would_pause: %r" % c.get("spike"))
+    h.check(r.body["breaker"]["mode"] == "shadow", "the mode is shown: %r" % (r.body,))

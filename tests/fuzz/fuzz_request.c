@@ -259,6 +259,24 @@ static void run_event(const char *body, size_t len)
     request_free(ev.json);
 }
 
+/* ---- POST /v1/admin/campaigns/resume (api_campaigns) -------------------- */
+
+static void run_resume(const char *body, size_t len)
+{
+    struct field_error e;
+    struct req_resume rr;
+    if (request_resume(body, len, &rr, &e) != 0) {
+        check_error(&e);
+    } else {
+        FUZZ_CHECK(rr.campaign && *rr.campaign && strlen(rr.campaign) <= REQ_CAMPAIGN_MAX);
+        const char *argv[] = { "resume", rr.campaign };
+        struct script_args args;
+        decision_breaker_args(rr.campaign, 2, argv, &args);
+        check_args(&args);
+    }
+    request_free(rr.json);
+}
+
 /* ---- a transparent route (api_route) ------------------------------------ */
 
 /* The request's headers, taken here from the body's "headers" object when
@@ -358,6 +376,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     run_people(body, size);
     run_consent(body, size);
     run_event(body, size);
+    run_resume(body, size);
     run_route(body, size);
     free(body);
     return 0;
