@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "capgate/api.h"
+#include "capgate/breaker.h"
 #include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/decide.h"
@@ -453,6 +454,7 @@ static void on_forwarded(void *arg, const struct forward_result *fr)
                                              c->route->n_replay_headers, l->pseudonym);
             delivery_ack(l->store, c->cfg, rc->user, rc->message, kept ? NULL : first,
                          !kept && first ? strlen(first) : 0);
+            breaker_count(l->breaker, c->rr.campaign, BREAKER_SEND);
             kept = true;
         }
         free(first);

@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "capgate/api.h"
+#include "capgate/breaker.h"
 #include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/decide.h"
@@ -309,6 +310,7 @@ static void on_forwarded(void *arg, const struct forward_result *fr)
     }
     if (!c->failed_open)
         delivery_ack(c->loop->store, c->cfg, c->user, c->message, NULL, 0);
+    breaker_count(c->loop->breaker, c->campaign, BREAKER_SEND);
     json_t *body = decision_body(c);
     json_object_set_new(body, "upstream_status", json_integer(r->http_status));
     reply_json(c->loop, c->req, 200, body);

@@ -117,7 +117,10 @@ static void on_reply(void *arg, const struct store_reply *r)
     const struct decision *d = &res.decision;
     note_queued(op, d);
     count(op, d);
-    if (d->outcome == OUTCOME_ALLOW && !d->replay && !op->dry_run)
+    /* The breaker counts sends: here those the caller makes itself; in
+     * proxy mode the upstream's 2xx (a message held back and decided again
+     * would count twice here). */
+    if (op->road == DECIDE_API && d->outcome == OUTCOME_ALLOW && !d->replay && !op->dry_run)
         breaker_count(op->loop->breaker, op->campaign, BREAKER_SEND);
     audit_line(op, d);
     log_debug("decision", "user=%s road=%s decision=%s reason=%s rule=%s retry_after=%lld replay=%d",

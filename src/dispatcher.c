@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "capgate/breaker.h"
 #include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/counter.h"
@@ -149,6 +150,7 @@ static void on_forwarded(void *arg, const struct forward_result *f)
          * again with the same Idempotency-Key. */
         finish(j, FINISH_ACK, 0, NULL);
         metrics_count_delivery(&l->metrics, j->m.channel, "delivered");
+        breaker_count(l->breaker, j->m.campaign, BREAKER_SEND);
         job_free(j);
         return;
     }

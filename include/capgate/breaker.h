@@ -3,8 +3,8 @@
  * a sender whose complaint rate passes 0.3 %; a campaign that draws
  * complaints or unsubscribes is paused before it costs the domain.
  *
- * Per campaign, Redis (src/lua/breaker.lua, slot {b}) keeps its allowed
- * sends and the complaint / unsubscribe events that name it over a
+ * Per campaign, Redis (src/lua/breaker.lua, slot {b}) keeps its sends
+ * (those the upstream accepted; for /v1/decide, the allowed decisions) and the complaint / unsubscribe events that name it over a
  * rolling breaker.window.  Each loop counts what it saw and hands it to
  * Redis every 250 ms (one call per campaign); the call that crosses a
  * threshold (at least min_sends, then complaint_rate or unsubscribe_rate)

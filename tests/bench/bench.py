@@ -3,6 +3,7 @@
 
     python3 tests/bench/bench.py BUILD_DIR              everything (run.sh)
     python3 tests/bench/bench.py --callgrind BUILD_DIR  only the callgrind part
+    python3 tests/bench/bench.py --shaping BUILD_DIR    only the cost and accuracy of shaping
     python3 tests/bench/bench.py --redis-callgrind BUILD_DIR
                                         Redis's instructions per decide call
 
@@ -1031,6 +1032,77 @@ routes:
 """
 
 
+# Shaping (channels.<name>.upstream.rate / pushback): every channel forwarding
+# to bench/upstream, with SHAPE spliced into each upstream mapping.
+SHAPED_CHANNELS = """\
+  email: {{ upstream: {{ url: "http://127.0.0.1:{port}/email", {shape} }} }}
+  push: {{ upstream: {{ url: "http://127.0.0.1:{port}/push", {shape} }} }}
+  sms: {{ requires_opt_in: true, upstream: {{ url: "http://127.0.0.1:{port}/sms", {shape} }} }}"""
+UNSHAPED = "pushback: { statuses: [] }"
+UNREACHABLE_RATE = "rate: { per_second: 1000000, burst: 100000 }"
+SHAPE_ACCURACY_RATE = 200
+
+
+def shaping_part(rep, capgate, upstream_bin, tmp, rport):
+    """The cost of shaping: POST /v1/send with no shaping at all next to a
+    rate set above what the machine can reach (one more script call per
+    forward), runs alternating.  Then the accuracy of a rate set below it:
+    the upstream's arrivals per second while wrk offers far more, on a
+    Redis of its own (the backlog it leaves is thrown away with it)."""
+    up = Upstream(upstream_bin, tmp)
+    gws = {}
+    try:
+        for name, shape in (("unshaped", UNSHAPED), ("shaped", UNREACHABLE_RATE)):
+            gws[name] = Capgate(capgate, tmp, rport, name="capgate-" + name,
+                                channels=SHAPED_CHANNELS.format(port=up.port, shape=shape))
+            run_wrk(gws[name].port, "/v1/send", WARMUP, latency=False, payload=True)
+        runs = {"unshaped": [], "shaped": []}
+        for i in range(RUNS):
+            for name in ("unshaped", "shaped"):
+                note("shaping run %d/%d: %s" % (i + 1, RUNS, name))
+                runs[name].append(measure_send_run(gws[name], up))
+    finally:
+        for g in gws.values():
+            g.stop()
+    u = median([r["rps"] for r in runs["unshaped"]])
+    sh = median([r["rps"] for r in runs["shaped"]])
+    rep.fig("send_rps_unshaped", u, "(median of %d: %s; pushback: { statuses: [] }, no rate)" %
+            (RUNS, " ".join("%.0f" % r["rps"] for r in runs["unshaped"])), fmt="{:.0f}")
+    rep.fig("send_rps_shaped", sh, "(median of %d: %s; rate 1000000/s: shape.lua on every "
+            "forward)" % (RUNS, " ".join("%.0f" % r["rps"] for r in runs["shaped"])), fmt="{:.0f}")
+    rep.fig("shaping_cost_ratio", sh / u if u else None, "(shaped / unshaped /v1/send throughput)",
+            fmt="{:.2f}")
+    rep.fig("shaped_cpu_us_per_send", median([r["cpu_us"] for r in runs["shaped"]]),
+            "(unshaped %.1f)" % median([r["cpu_us"] for r in runs["unshaped"]]))
+
+    rproc, rport2, rconn = start_redis(tmp, "redis-shape")
+    gw = None
+    try:
+        gw = Capgate(capgate, tmp, rport2, name="capgate-rate",
+                     channels=SHAPED_CHANNELS.format(
+                         port=up.port, shape="rate: { per_second: %d, burst: %d }" %
+                         (SHAPE_ACCURACY_RATE, SHAPE_ACCURACY_RATE // 10)))
+        box = {}
+        t = threading.Thread(target=lambda: box.update(
+            run_wrk(gw.port, "/v1/send", SECONDS + 2, latency=False, payload=True)))
+        t.start()
+        time.sleep(2.0)                # past the first burst
+        c0, t0 = up.count(), time.monotonic()
+        time.sleep(SECONDS - 1.0)
+        c1, t1 = up.count(), time.monotonic()
+        t.join()
+        got = (c1 - c0) / (t1 - t0)
+        rep.fig("shaped_rate_accuracy", got / SHAPE_ACCURACY_RATE,
+                "(%.1f forwards/s reached the upstream for a rate of %d/s, while wrk offered "
+                "%.0f sends/s)" % (got, SHAPE_ACCURACY_RATE, box.get("rps", 0)), fmt="{:.3f}")
+    finally:
+        if gw:
+            gw.stop()
+        rconn.close()
+        stop(rproc)
+        stop(up.proc)
+
+
 def route_batch_part(rep, capgate, upstream_bin, tmp, rport):
     """One keep-alive connection posting SendGrid-shaped batches of 1, 100
     and 1000 new recipients each, one request after the other: how long a
@@ -1297,6 +1369,10 @@ def main_bench(build):
         rep.targets.append(("send_errors", False))
         rep.fail("send_rps", e)
     try:
+        shaping_part(rep, capgate, upstream_bin, tmp, rport)
+    except (BenchError, OSError, ValueError, KeyError) as e:
+        rep.fail("shaping_cost_ratio", e)
+    try:
         route_batch_part(rep, capgate, upstream_bin, tmp, rport)
     except (BenchError, OSError, ValueError, KeyError, http.client.HTTPException) as e:
         rep.targets.append(("route_batch", False))
@@ -1483,8 +1559,11 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     args = sys.argv[1:]
-    only_callgrind = only_redis = False
-    if args and args[0] == "--callgrind":
+    only_callgrind = only_redis = only_shaping = False
+    if args and args[0] == "--shaping":
+        only_shaping = True
+        args = args[1:]
+    elif args and args[0] == "--callgrind":
         only_callgrind = True
         args = args[1:]
     elif args and args[0] == "--redis-callgrind":
@@ -1496,6 +1575,16 @@ def main():
     build = args[0]
     TMP = tempfile.mkdtemp(prefix="capgate-bench-")
     try:
+        if only_shaping:
+            rep = Report()
+            rproc, rport, rconn = start_redis(TMP, "redis")
+            try:
+                shaping_part(rep, os.path.join(build, "capgate"),
+                             os.path.join(build, "bench", "upstream"), TMP, rport)
+            finally:
+                rconn.close()
+                stop(rproc)
+            return 1 if rep.failures else 0
         if only_redis:
             rep = Report()
             redis_callgrind_part(rep, build, TMP)

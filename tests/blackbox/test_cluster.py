@@ -390,3 +390,36 @@ def test_master_killed_replica_promoted():
         r = g.decide(u, "email")
         h.check(r.status == 200, "answers after the failover", r)
     h.check(g.get("/readyz").status == 200, "ready again")
+
+
+def test_shaping_and_the_breaker_on_a_cluster():
+    """The upstream's rate, its pushback and the campaign breaker keep their
+    state on slots of their own: on a cluster too, two gateways share them."""
+    from upstream_server import FakeUpstream
+    from test_shaping import busiest_second
+    c = the_cluster()
+    up = FakeUpstream().start()
+    ov = {"redis": {"url": None, "cluster": c.seeds(2), "timeout_ms": 250}, "caps": [],
+          "channels": {"email": {"upstream": {"url": up.url + "/send", "timeout_ms": 2000,
+                                              "rate": {"per_second": 20, "burst": 2}}}},
+          "delivery": {"lease": "5s", "backoff": "200ms"},
+          "breaker": {"window": "1h", "min_sends": 5, "complaint_rate": "0.1"}}
+    g1 = h.Gateway(overrides=ov, redis=c)
+    g2 = h.Gateway(overrides=ov, redis=c, key_file=g1.key_file)
+    for g in (g1, g2):
+        h.wait_until(lambda: g.get("/readyz").status == 200, 10, what="/readyz 200")
+    body = lambda k: {"user": h.uid(), "channel": "email", "message_id": "cl-%d" % k,
+                      "campaign": "cl-camp", "payload": {"n": k}}
+    rs = [(g1, g2)[k % 2].post("/v1/send", body(k)) for k in range(40)]
+    h.check(all(r.status in (200, 202) for r in rs), "forwarded or queued: %r" % h.summary(rs))
+    h.check(sum(r.status == 202 for r in rs) > 20, "the rate held most: %r" % h.summary(rs))
+    h.wait_until(lambda: len(up.count_by_key()) >= 40, 20, what="all 40 delivered")
+    h.check(busiest_second([q.time for q in up.requests]) <= 22, "at most 22 in a second")
+    time.sleep(0.5)                    # the sends' counts reach Redis
+    for k in range(5):                 # 5 of 40 sends: above 0.1
+        h.expect_status(g1.post("/v1/events", {"user": h.uid(), "type": "complaint",
+                                               "campaign": "cl-camp"}), 200)
+    h.wait_until(lambda: g2.post("/v1/send", body(99)).status == 403, 3, interval=0.1,
+                 what="the campaign paused on the other gateway")
+    st = g2.get("/status").body["proxy"]["upstreams"][0]["shaping"]
+    h.check(st["state"] == "open" and st["rate"]["per_second"] == 20, "/status: %r" % st)
