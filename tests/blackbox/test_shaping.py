@@ -294,7 +294,8 @@ def test_a_complaint_spike_pauses_the_campaign_on_every_gateway_and_resume_reope
                  what="the campaign paused on both gateways")
     took = time.monotonic() - t0
     print("  paused on both gateways %.2fs after the complaints" % took)
-    h.check(took < 1.0, "paused within a second: %.2fs" % took)
+    # (Under a sanitizer the loop runs a few times slower: the bound grows with it.)
+    h.check(took < (2.5 if SLOW else 1.0), "paused within a second: %.2fs" % took)
     h.expect_status(send(g2, h.uid(), campaign="other"), 200)     # other campaigns go
     time.sleep(0.4)                    # its count reaches Redis
     r = g2.get("/v1/admin/campaigns")
