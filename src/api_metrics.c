@@ -16,6 +16,7 @@
 #include "capgate/store.h"
 #include "capgate/loop.h"
 #include "capgate/procstat.h"
+#include "capgate/shape.h"
 
 struct text {
     char *buf;
@@ -130,6 +131,157 @@ static void gauge(struct text *t, const char *name, const char *text, double v)
 {
     help(t, name, "gauge", text);
     put(t, "%s %.17g\n", name, v);
+}
+
+static void reply_metrics(struct loop *l, struct http_request *req, struct text *t)
+{
+    if (t->failed || !t->buf) {
+        free(t->buf);
+        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
+        return;
+    }
+    reply_text(l, req, 200, "text/plain; version=0.0.4; charset=utf-8", t->buf, t->len, NULL);
+    free(t->buf);
+}
+
+/* ---- each shaped upstream's state, from Redis (as /status shows it) ------ */
+
+struct upstreams_call {
+    struct loop *loop;
+    struct http_request *req;
+    const struct config *cfg;       /* retained: CHANNELS point into it */
+    struct text t;
+    size_t n, pending;
+    const struct cfg_channel **channels;
+    struct shape_state *states;
+};
+
+struct upstream_ask {
+    struct upstreams_call *call;
+    size_t k;
+};
+
+/* A gauge family over the shaped upstreams: VALUE(state) per channel, for
+ * those KNOWN says (a number Redis did not give is left out, not 0). */
+static void upstream_gauge(struct upstreams_call *c, const char *name, const char *text,
+                           bool (*known)(const struct cfg_channel *, const struct shape_state *),
+                           double (*value)(const struct shape_state *))
+{
+    char lb[80];
+    bool any = false;
+    for (size_t k = 0; k < c->n; k++) {
+        if (!known(c->channels[k], &c->states[k]))
+            continue;
+        if (!any)
+            help(&c->t, name, "gauge", text);
+        any = true;
+        put(&c->t, "%s{upstream=\"%s\"} %.17g\n", name, label(c->channels[k]->name, lb, sizeof lb),
+            value(&c->states[k]));
+    }
+}
+
+static bool answered(const struct cfg_channel *ch, const struct shape_state *s)
+{
+    (void)ch;
+    return s->state != SHAPE_UNKNOWN;
+}
+static bool rated(const struct cfg_channel *ch, const struct shape_state *s)
+{
+    return answered(ch, s) && ch->upstream.rate.enabled;
+}
+static bool warming(const struct cfg_channel *ch, const struct shape_state *s)
+{
+    return answered(ch, s) && s->warming_up;
+}
+static double paused_until(const struct shape_state *s) { return s->paused_until_ms / 1000.0; }
+static double rate_use(const struct shape_state *s) { return s->rate_use; }
+static double queued(const struct shape_state *s) { return (double)s->queued; }
+static double backlog(const struct shape_state *s) { return s->backlog_s; }
+static double ceiling(const struct shape_state *s) { return s->warmup_ceiling; }
+static double sent(const struct shape_state *s) { return s->warmup_sent; }
+
+static void upstreams_done(struct upstreams_call *c)
+{
+    if (--c->pending > 0)
+        return;
+    char lb[80];
+    static const enum shape_state_kind kinds[] = { SHAPE_OPEN, SHAPE_IS_PAUSED, SHAPE_PROBING,
+                                                   SHAPE_UNKNOWN };
+    help(&c->t, "capgate_upstream_state", "gauge",
+         "1 for the state each shaped upstream is in, for every gateway (unknown: Redis did not "
+         "answer).");
+    for (size_t k = 0; k < c->n; k++)
+        for (size_t s = 0; s < sizeof kinds / sizeof kinds[0]; s++)
+            put(&c->t, "capgate_upstream_state{upstream=\"%s\",state=\"%s\"} %d\n",
+                label(c->channels[k]->name, lb, sizeof lb), shape_state_name(kinds[s]),
+                c->states[k].state == kinds[s]);
+    upstream_gauge(c, "capgate_upstream_paused_until_timestamp_seconds",
+                   "Unix time the upstream's last pushback pause ends (0: none).", answered,
+                   paused_until);
+    upstream_gauge(c, "capgate_upstream_rate_use_ratio",
+                   "Share of the upstream's burst allowance in use (1: sends wait for the rate).",
+                   rated, rate_use);
+    upstream_gauge(c, "capgate_upstream_queued",
+                   "Sends holding a slot of the upstream's rate ahead (its queue).", rated, queued);
+    upstream_gauge(c, "capgate_upstream_backlog_seconds",
+                   "How far ahead of now the upstream's schedule of held sends runs.", rated,
+                   backlog);
+    upstream_gauge(c, "capgate_upstream_warmup_ceiling",
+                   "Today's warm-up ceiling of the upstream (while it warms up).", warming, ceiling);
+    upstream_gauge(c, "capgate_upstream_warmup_sent",
+                   "Forwards counted against today's warm-up ceiling.", warming, sent);
+    reply_metrics(c->loop, c->req, &c->t);
+    config_release(c->cfg);
+    free(c->channels);
+    free(c->states);
+    free(c);
+}
+
+static void on_upstream_state(void *arg, const struct shape_state *s)
+{
+    struct upstream_ask *a = arg;
+    a->call->states[a->k] = *s;
+    struct upstreams_call *c = a->call;
+    free(a);
+    upstreams_done(c);
+}
+
+/* Replies T (taken) once each shaped upstream's state is appended. */
+static void reply_with_upstreams(struct loop *l, struct http_request *req, struct text *t)
+{
+    const struct config *cfg = l->cfg;
+    size_t n = 0;
+    for (size_t k = 0; k < cfg->n_channels; k++)
+        n += shape_wanted(cfg, &cfg->channels[k]);
+    struct upstreams_call *c = n ? calloc(1, sizeof *c) : NULL;
+    if (c) {
+        c->channels = calloc(n, sizeof *c->channels);
+        c->states = calloc(n, sizeof *c->states);
+    }
+    if (!c || !c->channels || !c->states) {
+        if (c) {
+            free(c->channels);
+            free(c->states);
+            free(c);
+        }
+        reply_metrics(l, req, t);
+        return;
+    }
+    *c = (struct upstreams_call){ .loop = l, .req = req, .cfg = config_retain(cfg), .t = *t,
+                                  .channels = c->channels, .states = c->states, .pending = 1 };
+    for (size_t k = 0; k < cfg->n_channels; k++)
+        if (shape_wanted(cfg, &cfg->channels[k]))
+            c->channels[c->n++] = &cfg->channels[k];
+    for (size_t k = 0; k < c->n; k++) {
+        c->states[k].state = SHAPE_UNKNOWN;
+        struct upstream_ask *a = malloc(sizeof *a);
+        if (!a)
+            continue;
+        *a = (struct upstream_ask){ .call = c, .k = k };
+        c->pending++;
+        shape_state(l->store, cfg, l->tz, c->channels[k], on_upstream_state, a);
+    }
+    upstreams_done(c);
 }
 
 void api_metrics(struct loop *l, struct http_request *req)
@@ -262,14 +414,7 @@ void api_metrics(struct loop *l, struct http_request *req)
           "Unix time of the last reload attempt (0: none).", (double)snap->last_reload.at);
     free(snap);
     process_metrics(&t);
-
-    if (t.failed || !t.buf) {
-        free(t.buf);
-        reply_error(l, req, API_INTERNAL, NULL, "out of memory");
-        return;
-    }
-    reply_text(l, req, 200, "text/plain; version=0.0.4; charset=utf-8", t.buf, t.len, NULL);
-    free(t.buf);
+    reply_with_upstreams(l, req, &t);
 }
 
 void api_admin_reload(struct loop *l, struct http_request *req)

@@ -541,6 +541,7 @@ static void decided_all(struct route_call *c)
         .method = c->method, .query = c->query, .headers = c->headers,
         .body = c->sent_body ? c->sent_body : c->body,
         .body_len = c->sent_body ? len : c->body_len,
+        .priority = c->rr.cat->priority,
     };
     unsigned flags = 0;
     const struct cfg_channel *ch = config_channel(c->cfg, c->route->channel);
@@ -739,7 +740,7 @@ static void decide_recipients(struct route_call *c)
     for (size_t k = 0; k < n; k++) {
         struct rcpt *r = &c->r[k];
         qs[k] = (struct enqueue){ .blob = r->blob, .blob_len = strlen(r->blob),
-                                  .first_answer = true };
+                                  .priority = c->rr.cat->priority, .first_answer = true };
         rqs[k] = (struct decide_request){ .channel = ch, .category = c->rr.cat,
                                           .campaign = c->rr.campaign[0] ? c->rr.campaign : NULL,
                                           .enqueue = &qs[k], .road = DECIDE_ROUTE };

@@ -437,6 +437,7 @@ static void decide_and_send(struct loop *l, struct send_call *c, const struct cf
     c->m.tz = c->tz;
     c->m.method = c->method ? c->method : "POST";
     c->m.query = c->query;
+    c->m.priority = priority;
     c->blob = delivery_blob(&c->m, l->pseudonym);
     if (!c->blob) {
         reply_error(l, c->req, API_INTERNAL, NULL, "out of memory");

@@ -110,16 +110,6 @@ struct state_ask {
     const struct cfg_channel *ch;
 };
 
-static double item_number(const struct store_item *it)
-{
-    char buf[64];
-    if (it->type != STORE_STR || it->len == 0 || it->len >= sizeof buf)
-        return 0;
-    memcpy(buf, it->s, it->len);
-    buf[it->len] = '\0';
-    return strtod(buf, NULL);
-}
-
 static void status_done(struct status_call *c)
 {
     if (--c->pending > 0)
@@ -129,58 +119,33 @@ static void status_done(struct status_call *c)
     free(c);
 }
 
-static void on_state(void *arg, const struct store_reply *r)
+static void on_state(void *arg, const struct shape_state *st)
 {
     struct state_ask *a = arg;
-    struct status_call *c = a->call;
     const struct cfg_upstream *u = &a->ch->upstream;
-    json_t *sh;
-    if (r->status != STORE_OK || r->n < 8) {
-        sh = json_pack("{s:s}", "state", "unknown");
-    } else {
-        double now = item_number(&r->items[0]), tat = item_number(&r->items[1]);
-        double sched = item_number(&r->items[2]), paused = item_number(&r->items[3]);
-        double probe = item_number(&r->items[4]);
-        int pauses = (int)item_number(&r->items[5]);
-        const char *state = paused > now ? "paused" : paused > 0 ? "probing" : "open";
-        sh = json_pack("{s:s, s:i}", "state", state, "pushbacks", pauses);
+    json_t *sh = json_pack("{s:s}", "state", shape_state_name(st->state));
+    if (st->state != SHAPE_UNKNOWN) {
+        json_object_set_new(sh, "pushbacks", json_integer(st->pushbacks));
         char at[32];
-        if (paused > 0) {
-            clock_format_rfc3339(at, sizeof at, (time_t)((paused + 999) / 1000));
+        if (st->paused_until_ms > 0) {
+            clock_format_rfc3339(at, sizeof at, (time_t)((st->paused_until_ms + 999) / 1000));
             json_object_set_new(sh, "paused_until", json_string(at));
         }
-        if (paused > 0 && probe > now)
+        if (st->probe_out)
             json_object_set_new(sh, "probe_out", json_true());
-        if (u->rate.enabled) {
-            double t = 1000.0 / u->rate.per_second, tau = t * (u->rate.burst - 1);
-            double use = (tat - now) / (tau + t);
-            json_object_set_new(sh, "rate", json_pack("{s:i, s:i, s:f, s:f}", "per_second",
-                                u->rate.per_second, "burst", u->rate.burst,
-                                "use", use < 0 ? 0.0 : use > 1 ? 1.0 : use,
-                                "backlog_s", sched > now ? (sched - now) / 1000 : 0.0));
-        }
-        if (u->warmup.enabled) {
-            char arg2[64], day[24] = "";
-            int ceiling = 0;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            shape_warmup_arg(c->cfg, c->loop->tz, a->ch,
-                             (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, arg2);
-            json_t *w;
-            if (strcmp(arg2, "-") == 0 || sscanf(arg2, "%23[-0-9]|%d|", day, &ceiling) != 2) {
-                w = json_pack("{s:b}", "warming_up", 0);
-            } else {
-                const struct store_item *wd = &r->items[6];
-                bool today = wd->type == STORE_STR && wd->len == strlen(day) &&
-                             memcmp(wd->s, day, wd->len) == 0;
-                w = json_pack("{s:b, s:i, s:i, s:i}", "warming_up", 1, "day", atoi(day),
-                              "ceiling", ceiling, "sent",
-                              today ? (int)item_number(&r->items[7]) : 0);
-            }
-            json_object_set_new(sh, "warmup", w);
-        }
+        if (u->rate.enabled)
+            json_object_set_new(sh, "rate", json_pack("{s:i, s:i, s:f, s:f, s:I}", "per_second",
+                                u->rate.per_second, "burst", u->rate.burst, "use", st->rate_use,
+                                "backlog_s", st->backlog_s, "queued", (json_int_t)st->queued));
+        if (u->warmup.enabled)
+            json_object_set_new(sh, "warmup", st->warming_up
+                ? json_pack("{s:b, s:I, s:i, s:i}", "warming_up", 1, "day",
+                            (json_int_t)st->warmup_day, "ceiling", st->warmup_ceiling, "sent",
+                            st->warmup_sent)
+                : json_pack("{s:b}", "warming_up", 0));
     }
     json_object_set_new(a->upstream, "shaping", sh);
+    struct status_call *c = a->call;
     free(a);
     status_done(c);
 }
@@ -208,15 +173,8 @@ static void reply_with_shaping(struct loop *l, struct http_request *req, json_t 
         if (!a)
             continue;
         *a = (struct state_ask){ .call = c, .upstream = u, .ch = ch };
-        const char *argv[] = { "state" };
-        struct script_args sa;
-        decision_shape_args(ch->name, 0, NULL, 1, argv, &sa);
         c->pending++;
-        if (!l->store || store_eval(l->store, sa.script, sa.nkeys, sa.argc, sa.argv, sa.argvlen,
-                                    on_state, a) != 0) {
-            struct store_reply fail = { .status = STORE_UNAVAILABLE };
-            on_state(a, &fail);
-        }
+        shape_state(l->store, cfg, l->tz, ch, on_state, a);
     }
     status_done(c);
 }

@@ -1524,6 +1524,8 @@ static const struct directive category_table[] = {
       FIELD(struct cfg_category, ignores_opt_out), .def = "false" },
     { .name = "requires_opt_in", .type = DT_BOOL,
       FIELD(struct cfg_category, requires_opt_in), .def = "false" },
+    { .name = "priority", .type = DT_INT, FIELD(struct cfg_category, priority),
+      .min = 0, .max = 9, .def = "0" },
     { .name = NULL },
 };
 

@@ -398,7 +398,7 @@ void delivery_send(struct delivery_pools *pools, struct store *st, const struct 
         forward_now(op);
         return;
     }
-    shape_take(st, cfg, tz, op->ch, m->campaign, flags & FORWARD_FROM_QUEUE,
+    shape_take(st, cfg, tz, op->ch, m->campaign, m->priority, flags & FORWARD_FROM_QUEUE,
                flags & FORWARD_RESERVE, on_shaped, op);
 }
 

@@ -253,6 +253,7 @@ static void start_job(struct dispatcher *d, unsigned tag, const char *member, si
         job_free(j);
         return;
     }
+    j->m.priority = priority;
     struct enqueue q = { .blob = j->blob, .blob_len = blen, .priority = priority,
                          .from_queue = true };
     struct decide_request rq = { .channel = ch, .category = cat, .campaign = j->m.campaign,

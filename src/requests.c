@@ -171,9 +171,9 @@ int request_send(const struct config *cfg, const struct tz_db *tz, const char *b
     if (prio && (!json_is_integer(prio) || json_integer_value(prio) < 0 ||
                  json_integer_value(prio) > 9))
         return validate_fail(e, API_INVALID_FIELD, "priority", "priority must be an integer 0..9");
-    out->priority = prio ? (int)json_integer_value(prio) : 0;
     if (decide_resolve(cfg, tz, &ds, d, e) != 0)
         return -1;
+    out->priority = prio ? (int)json_integer_value(prio) : d->category->priority;
     if (!d->channel->upstream.enabled)
         return validate_fail(e, API_NO_UPSTREAM, "channel",
                     "channel has no upstream: use /v1/decide, or configure channels.%s.upstream",

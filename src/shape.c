@@ -1,6 +1,7 @@
 /* shape: an upstream's send rate and pushback, shared.  See shape.h. */
 #include "capgate/shape.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,7 +138,7 @@ static void on_taken(void *arg, const struct store_reply *r)
 }
 
 void shape_take(struct store *st, const struct config *cfg, const struct tz_db *tz,
-                const struct cfg_channel *ch, const char *campaign, bool from_queue,
+                const struct cfg_channel *ch, const char *campaign, int priority, bool from_queue,
                 bool reserve, shape_cb *cb, void *arg)
 {
     const struct cfg_upstream *u = &ch->upstream;
@@ -146,7 +147,8 @@ void shape_take(struct store *st, const struct config *cfg, const struct tz_db *
     char limits[1 + THROTTLES_MAX][72];
     char subkeys[THROTTLES_MAX][CAP_NAME_MAX + 300];
     const char *subs[THROTTLES_MAX];
-    const char *argv[6 + 1 + THROTTLES_MAX];
+    const char *argv[7 + 1 + THROTTLES_MAX];
+    char prio[4];
     size_t nsub = 0;
 
     snprintf(probe, sizeof probe, "%d", u->timeout_ms);
@@ -160,6 +162,8 @@ void shape_take(struct store *st, const struct config *cfg, const struct tz_db *
     argv[3] = horizon;
     argv[4] = reserve ? "1" : "0";
     argv[5] = warmup;
+    snprintf(prio, sizeof prio, "%d", priority < 0 ? 0 : priority > 9 ? 9 : priority);
+    argv[6] = prio;
     upstream_rate(u, &rates[0][0], &rates[0][1]);
     for (size_t k = 0; campaign && *campaign && k < cfg->n_throttles; k++) {
         const struct cfg_throttle *t = &cfg->throttles[k];
@@ -172,10 +176,10 @@ void shape_take(struct store *st, const struct config *cfg, const struct tz_db *
     }
     for (size_t k = 0; k <= nsub; k++) {
         snprintf(limits[k], sizeof limits[k], "%.6f|%.6f", rates[k][0], rates[k][1]);
-        argv[6 + k] = limits[k];
+        argv[7 + k] = limits[k];
     }
     struct script_args a;
-    decision_shape_args(ch->name, nsub, subs, 6 + 1 + nsub, argv, &a);
+    decision_shape_args(ch->name, nsub, subs, 7 + 1 + nsub, argv, &a);
     struct take_call *c = malloc(sizeof *c);
     if (!c) {
         held_unavailable(cb, arg);
@@ -279,4 +283,93 @@ int64_t shape_answered(struct store *st, const struct config *cfg, const struct 
         log_info("upstream open again", "channel=%s", ch->name);
     }
     return 0;
+}
+
+/* ---- the state, for /status and /metrics ---------------------------------- */
+
+const char *shape_state_name(enum shape_state_kind k)
+{
+    static const char *const names[] = { "open", "paused", "probing", "unknown" };
+    return names[k];
+}
+
+struct state_call {
+    const struct config *cfg;       /* retained */
+    const struct tz_db *tz;
+    const struct cfg_channel *ch;
+    shape_state_cb *cb;
+    void *arg;
+};
+
+static double item_number(const struct store_item *it)
+{
+    char buf[64];
+    if (it->type != STORE_STR || it->len == 0 || it->len >= sizeof buf)
+        return 0;
+    memcpy(buf, it->s, it->len);
+    buf[it->len] = '\0';
+    return strtod(buf, NULL);
+}
+
+static void on_state(void *arg, const struct store_reply *r)
+{
+    struct state_call *c = arg;
+    struct shape_state s = { .state = SHAPE_UNKNOWN };
+    const struct cfg_upstream *u = &c->ch->upstream;
+    if (r->status == STORE_OK && r->n >= 8) {
+        double now = item_number(&r->items[0]), tat = item_number(&r->items[1]);
+        double sched = item_number(&r->items[2]), paused = item_number(&r->items[3]);
+        double probe = item_number(&r->items[4]);
+        s.state = paused > now ? SHAPE_IS_PAUSED : paused > 0 ? SHAPE_PROBING : SHAPE_OPEN;
+        s.paused_until_ms = (int64_t)paused;
+        s.probe_out = paused > 0 && probe > now;
+        s.pushbacks = (int)item_number(&r->items[5]);
+        if (u->rate.enabled) {
+            double t, tau;
+            upstream_rate(u, &t, &tau);
+            double use = (tat - now) / (tau + t);
+            s.rate_use = use < 0 ? 0 : use > 1 ? 1 : use;
+            if (sched > now)
+                s.queued = (int64_t)ceil((sched - now) / t);
+        }
+        s.backlog_s = sched > now ? (sched - now) / 1000 : 0;
+        if (u->warmup.enabled) {
+            char w[64], day[24];
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            shape_warmup_arg(c->cfg, c->tz, c->ch, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+                             w);
+            if (strcmp(w, "-") != 0 && sscanf(w, "%23[-0-9]|%d|", day, &s.warmup_ceiling) == 2) {
+                const struct store_item *wd = &r->items[6];
+                s.warming_up = true;
+                s.warmup_day = strtoll(day, NULL, 10);
+                if (wd->type == STORE_STR && wd->len == strlen(day) &&
+                    memcmp(wd->s, day, wd->len) == 0)
+                    s.warmup_sent = (int)item_number(&r->items[7]);
+            }
+        }
+    }
+    c->cb(c->arg, &s);
+    config_release(c->cfg);
+    free(c);
+}
+
+void shape_state(struct store *st, const struct config *cfg, const struct tz_db *tz,
+                 const struct cfg_channel *ch, shape_state_cb *cb, void *arg)
+{
+    struct state_call *c = malloc(sizeof *c);
+    if (!c) {
+        struct shape_state s = { .state = SHAPE_UNKNOWN };
+        cb(arg, &s);
+        return;
+    }
+    *c = (struct state_call){ .cfg = config_retain(cfg), .tz = tz, .ch = ch, .cb = cb,
+                              .arg = arg };
+    const char *argv[] = { "state" };
+    struct script_args a;
+    decision_shape_args(ch->name, 0, NULL, 1, argv, &a);
+    if (!st || store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_state, c) != 0) {
+        struct store_reply fail = { .status = STORE_UNAVAILABLE };
+        on_state(c, &fail);
+    }
 }

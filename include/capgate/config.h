@@ -113,6 +113,7 @@ struct cfg_category {
     bool exempt_from_quiet_hours;
     bool ignores_opt_out;
     bool requires_opt_in;
+    int priority;        /* 0..9: a send's queue priority when it names none */
 };
 
 enum cap_per { CAP_PER_USER, CAP_PER_CAMPAIGN };

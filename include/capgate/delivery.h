@@ -28,6 +28,7 @@ struct message {
     char *body;                /* decoded */
     size_t body_len;
     json_t *headers;           /* route: [[name, value], ...] as received (filtered) */
+    int priority;              /* 0..9, as queued: not in the blob (the queue holds it) */
 };
 
 /* Builds the blob of a /v1/send message or of a routed request: the whole

@@ -50,7 +50,7 @@ struct req_send {
     struct req_decide d;
     char *payload;                   /* malloc'ed compact JSON text */
     const char *collapse;            /* NULL when absent */
-    int priority;                    /* 0..9 (0 when absent) */
+    int priority;                    /* 0..9 (the category's when absent) */
 };
 int request_send(const struct config *cfg, const struct tz_db *tz, const char *body,
                  size_t len, struct req_send *out, struct field_error *e);

@@ -54,12 +54,15 @@ typedef void shape_cb(void *arg, const struct shape_answer *a);
 /* Asks whether a forward to CH (of CAMPAIGN, NULL: none) may go now; TZ
  * holds the warm-up's zone.  FROM_QUEUE: the dispatcher's
  * (it waited for its slot); else a fresh send, which goes only when no
- * backlog waits.  RESERVE: when held, take the slot (the message will be
+ * backlog of its PRIORITY (0..9) or higher waits, and a held one's slot
+ * comes after those only: a receipt overtakes a newsletter backlog, whose
+ * overtaken messages take new slots at its end when they come due.
+ * RESERVE: when held, take the slot (the message will be
  * queued for it); else only say when (over_rate: reject).  A slot further
  * than max_defer is never reserved.  CB runs exactly once, later -- or at
  * once, from inside, when the store refuses the call. */
 void shape_take(struct store *st, const struct config *cfg, const struct tz_db *tz,
-                const struct cfg_channel *ch, const char *campaign, bool from_queue,
+                const struct cfg_channel *ch, const char *campaign, int priority, bool from_queue,
                 bool reserve, shape_cb *cb, void *arg);
 
 /* The warm-up's argument for now (NOW_MS, the wall clock): "<day>|<ceiling>|<ms
@@ -74,6 +77,26 @@ void shape_warmup_arg(const struct config *cfg, const struct tz_db *tz,
  * answer ends the pause.  Fire and forget.  0: no pushback. */
 int64_t shape_answered(struct store *st, const struct config *cfg, const struct cfg_channel *ch,
                        bool probe, const struct upstream_response *r);
+
+/* An upstream's state as every gateway sees it (/status, /metrics). */
+enum shape_state_kind { SHAPE_OPEN, SHAPE_IS_PAUSED, SHAPE_PROBING, SHAPE_UNKNOWN };
+struct shape_state {
+    enum shape_state_kind state;      /* UNKNOWN: Redis did not answer */
+    int64_t paused_until_ms;          /* unix ms; 0: not paused */
+    bool probe_out;
+    int pushbacks;                    /* in a row */
+    double rate_use;                  /* 0..1 of the burst allowance (with a rate) */
+    double backlog_s;                 /* how far the schedule runs ahead */
+    int64_t queued;                   /* slots reserved ahead (with a rate): its queue */
+    bool warming_up;                  /* with a warm-up, before its last day */
+    int64_t warmup_day;
+    int warmup_ceiling, warmup_sent;  /* today's */
+};
+typedef void shape_state_cb(void *arg, const struct shape_state *s);
+/* Reads CH's state (one script call); CB runs exactly once, maybe from inside. */
+void shape_state(struct store *st, const struct config *cfg, const struct tz_db *tz,
+                 const struct cfg_channel *ch, shape_state_cb *cb, void *arg);
+const char *shape_state_name(enum shape_state_kind k);
 
 /* Retry-After's value: delta-seconds or an HTTP-date (RFC 9110 10.2.3), as
  * ms from NOW_S; -1 when absent or unreadable. */

@@ -6,6 +6,15 @@
 --   sched   the next free slot of the schedule: a message the rate holds is
 --           given the slot max(sched, when the rate frees), and sched moves
 --           by T, so a backlog comes back spread at the rate, not all at once
+--   sched1 .. sched9   the same for the messages of priority 1..9 and above:
+--           a held message of priority p takes its slot after the backlog of
+--           priority >= p only (and moves every schedule of priority <= p
+--           past it), so a receipt overtakes a newsletter backlog.  The
+--           newsletter whose slot it took is held again when it comes due
+--           (a queued message yields while a higher priority's slots are
+--           ahead) and takes a new slot at its backlog's end: one more call
+--           per overtaken message, and the rate still holds.
+--           sched >= sched1 >= ... >= sched9
 --   paused  the upstream pushed back (429, 503): nothing goes before this
 --   probe   after a pause, one forward goes alone and holds this until its
 --           answer ('open', or 'pause' again) or until it would have timed out
@@ -20,7 +29,8 @@
 --   holds (ms)   ARGV[4] the latest slot worth reserving (ms from now)
 --   ARGV[5] '1' reserve a slot when held, '0' only say when (over_rate:
 --   reject)   ARGV[6] the warm-up, "<day>|<ceiling>|<ms until the next
---   day>", or '-'   ARGV[6 + k] KEYS[k]'s rate, "<T>|<tau>" ("0|0": none)
+--   day>", or '-'   ARGV[7] the message's priority (0..9)
+--   ARGV[7 + k] KEYS[k]'s rate, "<T>|<tau>" ("0|0": none)
 --   Returns {go (1/0), ms until its slot, probe (1/0),
 --            why: 'rate'|'throttle'|'paused'|'warmup'}
 -- ARGV[1] 'pause': ARGV[2] ms asked (Retry-After; -1: none, back off)
@@ -40,7 +50,11 @@ if action ~= 'state' and now > tonumber(ARGV[#ARGV]) then
 end
 
 local function num(v) return tonumber(v or 0) or 0 end
-local h = redis.call('HMGET', key, 'tat', 'sched', 'paused', 'probe', 'pauses', 'wday', 'wsent')
+-- The schedules, of priority 0 ('sched') to 9.
+local SCHED = {'sched'}
+for q = 1, 9 do SCHED[q + 1] = 'sched' .. q end
+local h = redis.call('HMGET', key, 'tat', 'sched', 'paused', 'probe', 'pauses', 'wday', 'wsent',
+                     unpack(SCHED, 2))
 local tat, sched, paused, probe, pauses = num(h[1]), num(h[2]), num(h[3]), num(h[4]), num(h[5])
 
 local function keep(until_ms)
@@ -87,7 +101,27 @@ end
 -- take
 local from_queue, probe_ms, horizon = ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4])
 local reserve = ARGV[5] == '1'
-local T1 = tonumber(string.match(ARGV[7], '^([^|]+)|'))
+local prio = tonumber(ARGV[7])
+local T1 = tonumber(string.match(ARGV[8], '^([^|]+)|'))
+
+-- A limiter (the upstream's hash, or a throttle's): its tat and schedules;
+-- sched is the end of the backlog of this priority and above, higher that
+-- of the priorities above it.
+local function limiter(k, T)
+  local l = {key = k, T = T, scheds = {}}
+  local v, first = h, 8
+  if k == key then
+    l.scheds[1] = sched
+  else
+    v, first = redis.call('HMGET', k, 'tat', unpack(SCHED)), 3
+    l.scheds[1] = num(v[2])
+  end
+  l.tat = num(v[1])
+  for q = 2, 10 do l.scheds[q] = num(v[first + q - 2]) end
+  l.sched, l.higher = l.scheds[prio + 1], 0
+  for q = prio + 2, 10 do l.higher = math.max(l.higher, l.scheds[q]) end
+  return l
+end
 
 -- Held: the slot it gets (reserved in the schedules LIMITERS, when asked).
 local function hold(earliest, why, limiters)
@@ -96,8 +130,15 @@ local function hold(earliest, why, limiters)
   local wait = slot - now
   if reserve and wait <= horizon then
     for _, l in ipairs(limiters or {}) do
-      redis.call('HSET', l.key, 'sched', tostring(math.max(l.sched, slot) + l.T))
-      redis.call('PEXPIRE', l.key, math.ceil(slot + l.T - now) + DAY)
+      local after, set = slot + l.T, {}
+      for q = 1, prio + 1 do
+        if l.scheds[q] < after then
+          set[#set + 1] = SCHED[q]
+          set[#set + 1] = tostring(after)
+        end
+      end
+      if #set > 0 then redis.call('HSET', l.key, unpack(set)) end
+      redis.call('PEXPIRE', l.key, math.ceil(math.max(after, l.scheds[1]) - now) + DAY)
     end
   end
   return {0, math.ceil(wait), 0, why}
@@ -105,11 +146,11 @@ end
 
 if paused > 0 then
   if now < paused then
-    return hold(paused, 'paused', {{key = key, sched = sched, T = T1}})
+    return hold(paused, 'paused', {limiter(key, T1)})
   end
   if probe > now then
     -- The probe is out: the others wait for its answer, at the rate.
-    return hold(now + math.max(T1, 1), 'paused', {{key = key, sched = sched, T = T1}})
+    return hold(now + math.max(T1, 1), 'paused', {limiter(key, T1)})
   end
   redis.call('HSET', key, 'probe', tostring(now + probe_ms))
   keep(now + probe_ms)
@@ -128,23 +169,20 @@ if ARGV[6] ~= '-' then
 end
 
 -- The rates: the upstream's (KEYS[1], ARGV[7]) and each throttle's
--- (KEYS[k], ARGV[6 + k]).  A forward goes when every one of them conforms.
+-- (KEYS[k], ARGV[7 + k]).  A forward goes when every one of them conforms.
 local limiters, blocked, why = {}, {}, 'rate'
 local latest = now
 for k = 1, #KEYS do
-  local T, tau = string.match(ARGV[6 + k], '^([^|]+)|(.+)$')
+  local T, tau = string.match(ARGV[7 + k], '^([^|]+)|(.+)$')
   T, tau = tonumber(T), tonumber(tau)
   if T > 0 then
-    local l = {key = KEYS[k], T = T, tau = tau}
-    if k == 1 then
-      l.tat, l.sched = tat, sched
-    else
-      local v = redis.call('HMGET', KEYS[k], 'tat', 'sched')
-      l.tat, l.sched = num(v[1]), num(v[2])
-    end
+    local l = limiter(KEYS[k], T)
     local earliest = math.max(l.tat - tau, now)
     limiters[#limiters + 1] = l
-    if earliest > now or (not from_queue and l.sched > now) then
+    -- A fresh send waits behind the backlog of its priority and above; a
+    -- queued one yields to the slots taken by higher priorities (see sched1).
+    if earliest > now or (not from_queue and l.sched > now) or
+       (from_queue and l.higher > now) then
       blocked[#blocked + 1] = l
       local slot = math.max(earliest, l.sched)
       if slot > latest then
@@ -160,7 +198,7 @@ end
 for _, l in ipairs(limiters) do
   local new_tat = math.max(l.tat, now) + l.T
   redis.call('HSET', l.key, 'tat', tostring(new_tat))
-  redis.call('PEXPIRE', l.key, math.ceil(math.max(new_tat, l.sched) - now) + DAY)
+  redis.call('PEXPIRE', l.key, math.ceil(math.max(new_tat, l.scheds[1]) - now) + DAY)
 end
 if wday then
   redis.call('HSET', key, 'wday', wday, 'wsent', wsent + 1)

@@ -312,7 +312,12 @@ def busy_gateway():
     and a reload behind it: every family has samples.  Returns (g, a user)."""
     up = FakeUpstream().start()
     g = h.Gateway(overrides={
-        "channels": {"email": {"upstream": {"url": up.url + "/send", "timeout_ms": 1000}},
+        "channels": {"email": {"upstream": {
+            "url": up.url + "/send", "timeout_ms": 1000,
+            # Shaped (far above what the test sends): the upstream gauges have samples.
+            "rate": {"per_second": 100000, "burst": 1000},
+            "warmup": {"start": time.strftime("%Y-%m-%d", time.gmtime()),
+                       "daily": [100000, 200000]}}},
                      "push": {}, "sms": {"requires_opt_in": True}},
         "caps": [{"name": "email-1", "channel": "email", "limit": 1, "window": "1d",
                   "on_exceed": "defer"},
@@ -342,7 +347,8 @@ def test_promtool_accepts_the_whole_output():
     g, u = busy_gateway()
     _, types, text = scrape(g)
     for fam in ("capgate_deliveries_total", "capgate_shadow_hits_total",
-                "capgate_http_request_duration_seconds", "process_open_fds"):
+                "capgate_http_request_duration_seconds", "process_open_fds",
+                "capgate_upstream_state", "capgate_upstream_warmup_ceiling"):
         h.check(fam in types, "family %s missing" % fam)
     h.check('route="/api/mail"' in text, "the configured route is not a route label")
     p = subprocess.run([tool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
@@ -421,7 +427,7 @@ def test_alert_rules_check_and_unit_tests():
         else:
             cur = None
     exprs = [" ".join(e) for e in exprs]
-    h.check(len(exprs) == 9, "expected 9 expressions in the rules file, parsed %d" % len(exprs))
+    h.check(len(exprs) == 10, "expected 10 expressions in the rules file, parsed %d" % len(exprs))
     # Recording rules' own names (capgate:...) are not exported metrics.
     g, _ = busy_gateway()
     _, _, mtext = scrape(g)

@@ -3,6 +3,7 @@ every gateway, over_rate: reject, and pushback (429 / 503 pause the
 upstream for every gateway, then one probe)."""
 
 import os
+import re
 import time
 
 import harness as h
@@ -56,6 +57,20 @@ def shaping(g, channel="email"):
     return ups[channel].get("shaping")
 
 
+def upstream_gauges(g, upstream="email"):
+    """capgate_upstream_* samples of /metrics for UPSTREAM: {name or
+    name:state: value}."""
+    r = g.get("/metrics")
+    h.expect_status(r, 200)
+    out = {}
+    for line in r.raw.decode().splitlines():
+        m = re.match(r'^(capgate_upstream_\w+)\{upstream="%s"(?:,state="(\w+)")?\} (\S+)$'
+                     % re.escape(upstream), line)
+        if m:
+            out[m.group(1) + (":" + m.group(2) if m.group(2) else "")] = float(m.group(3))
+    return out
+
+
 def busiest_second(times):
     """The most arrivals in any half-open window of one second."""
     times = sorted(times)
@@ -88,6 +103,11 @@ def test_rate_holds_across_three_gateways_and_a_backlog_drains_at_the_rate():
     h.check(st["rate"]["per_second"] == rate and st["rate"]["backlog_s"] > 1,
             "/status shows the rate and its backlog: %r" % st)
     h.check(len(held) > n / 2, "a backlog formed (%d of %d held; sent in %.1fs)" % (len(held), n, took))
+    m = upstream_gauges(gs[2])
+    h.check(m.get("capgate_upstream_state:open") == 1 and m["capgate_upstream_queued"] > 100 and
+            m["capgate_upstream_backlog_seconds"] > 1 and
+            0.5 <= m["capgate_upstream_rate_use_ratio"] <= 1,
+            "/metrics shows the upstream's queue and rate use: %r" % m)
     h.wait_until(lambda: len(up.count_by_key()) >= n, n / rate * 3 + 30, interval=0.5,
                  what="every message delivered")
     time.sleep(1.0)
@@ -143,6 +163,11 @@ def test_pushback_pauses_every_gateway_then_one_probe_then_all_once():
     st = shaping(g2)
     h.check(st["state"] == "paused" and st["paused_until"] and st["pushbacks"] == 1,
             "/status on the other gateway shows the pause: %r" % st)
+    m = upstream_gauges(g2)
+    h.check(m.get("capgate_upstream_state:paused") == 1 and
+            m.get("capgate_upstream_state:open") == 0 and
+            m["capgate_upstream_paused_until_timestamp_seconds"] > time.time() + 1,
+            "/metrics on the other gateway shows the pause: %r" % m)
     # The probe answers slowly: nothing else may reach the upstream meanwhile.
     up.set_mode("stall", seconds=0.6)
     for k in range(1, 11):
@@ -183,6 +208,45 @@ def test_pushback_without_retry_after_backs_off_and_reject_mode_says_429():
     up.set_mode("status", code=429, times=1)
     r = send(g, h.uid(), message_id="bo-2")
     h.expect_error(r, 502, "upstream_failed")
+
+
+def test_higher_priority_sends_overtake_a_rate_held_backlog():
+    """Receipts (a category of priority 9) and a send that says priority 9
+    overtake 40 newsletters the rate holds; the rate still holds and every
+    message goes once."""
+    rate, n = 10, 40
+    up = FakeUpstream().start()
+    categories = {"marketing": {}, "receipts": {"exempt_from_caps": True, "priority": 9}}
+    g1, g2 = gateways(up, 2, upstream={"rate": {"per_second": rate, "burst": 1}},
+                      categories=categories, default_category="marketing")
+    for k in range(n):
+        r = send((g1, g2)[k % 2], h.uid(), message_id="nl-%d" % k)
+        h.check(r.status in (200, 202), "accepted: %r" % (r,))
+    urgent = []
+    for k in range(4):
+        r = send((g1, g2)[k % 2], h.uid(), message_id="rc-%d" % k, category="receipts")
+        urgent.append(r)
+    urgent.append(send(g1, h.uid(), message_id="rc-4", priority=9))
+    sent_at = time.monotonic()
+    h.check(all(r.status in (200, 202) for r in urgent), "accepted: %r" % urgent)
+    h.wait_until(lambda: len(up.count_by_key()) >= n + 5, n / rate * 3 + 20, interval=0.3,
+                 what="everything delivered")
+    time.sleep(0.5)
+    keys = up.count_by_key()
+    h.check(len(keys) == n + 5 and all(v == 1 for v in keys.values()), "each once: %r" % keys)
+    order = [q.header("Idempotency-Key") for q in sorted(up.requests, key=lambda q: q.time)]
+    last_urgent = max(order.index("rc-%d" % k) for k in range(5))
+    at = {q.header("Idempotency-Key"): q.time for q in up.requests}
+    late = max(at["rc-%d" % k] for k in range(5)) - sent_at
+    print("  positions %r, at %r" % ([order.index("rc-%d" % k) for k in range(5)],
+          ["%.2f" % (at["rc-%d" % k] - sent_at) for k in range(5)]))
+    print("  the last receipt went %.2fs after it was sent, %d-th of %d (the backlog was %.1fs)"
+          % (late, last_urgent + 1, n + 5, n / rate))
+    h.check(last_urgent < n / 2, "the urgent five overtook most of the backlog: %r" % order)
+    h.check(late < 1.5 if not SLOW else late < n / rate, "receipts went within a second or so: "
+            "%.2fs" % late)
+    most = busiest_second([q.time for q in up.requests])
+    h.check(most <= rate + 1, "no second above per_second + burst: %d" % most)
 
 
 def test_a_route_held_by_the_rate_queues_each_recipient():

@@ -43,9 +43,9 @@ static struct cfg_channel fz_channels[] = {
     { .name = "sms", .requires_opt_in = true },
 };
 static struct cfg_category fz_categories[] = {
-    { "marketing", false, false, false, false },
-    { "transactional", true, true, true, false },
-    { "health", false, false, false, true },
+    { "marketing", false, false, false, false, 0 },
+    { "transactional", true, true, true, false, 9 },
+    { "health", false, false, false, true, 0 },
 };
 static struct cfg_cap fz_caps[] = {
     { "email-daily", "email", NULL, CAP_PER_USER, 2, 86400000, CAP_DEFER, CAP_ENFORCE },

@@ -1167,6 +1167,23 @@ TEST(shaping)
                 "channels.email.upstream.pushback.statuses: expected a list of HTTP statuses, got a scalar");
 }
 
+/* A category's default queue priority (a send's own "priority" wins). */
+TEST(category_priority)
+{
+    struct config *cfg = load_ok(MIN_YAML "  receipts: { priority: 9 }\n"
+                                          "default_category: marketing\n");
+    CHECK(cfg != NULL);
+    if (cfg) {
+        CHECK_EQ_INT(config_category(cfg, "marketing")->priority, 0);
+        CHECK_EQ_INT(config_category(cfg, "receipts")->priority, 9);
+        config_free(cfg);
+    }
+    CHECK_FAILS(MIN_YAML "  receipts: { priority: 10 }\ndefault_category: marketing\n", 8,
+                "categories.receipts.priority: 10 out of range (0..9)");
+    CHECK_FAILS(MIN_YAML "  receipts: { priority: high }\ndefault_category: marketing\n", 8,
+                "categories.receipts.priority: expected an integer, got \"high\"");
+}
+
 TEST(warmup_and_throttles)
 {
     struct config *cfg = load_ok(UPSTREAM_YAML
@@ -1240,6 +1257,7 @@ int main(void)
     RUN(missing_file);
     RUN(lookups_on_edge_cases);
     RUN(shaping);
+    RUN(category_priority);
     RUN(warmup_and_throttles);
     return unit_done("test_config");
 }

@@ -8,9 +8,9 @@
 static struct cfg_channel channels[] = { { .name = "email" }, { .name = "push" },
                                         { .name = "sms", .requires_opt_in = true } };
 static struct cfg_category categories[] = {
-    { "marketing", false, false, false, false },
-    { "transactional", true, true, true, false },
-    { "health", false, false, false, true },
+    { "marketing", false, false, false, false, 0 },
+    { "transactional", true, true, true, false, 0 },
+    { "health", false, false, false, true, 0 },
 };
 static struct cfg_cap caps[] = {
     { "email-daily", "email", NULL, CAP_PER_USER, 2, 86400000, CAP_DEFER, CAP_ENFORCE },
