@@ -563,7 +563,7 @@ def _full_status(n):
                        "shaping": {"state": "paused", "pushbacks": 2,
                                    "paused_until": "2024-05-01T10:05:30Z",
                                    "rate": {"per_second": 100, "burst": 20, "use": 1.0,
-                                            "backlog_s": 12.4},
+                                            "backlog_s": 12.4, "queued": 1240},
                                    "warmup": {"warming_up": True, "day": 2, "ceiling": 2000,
                                               "sent": 1500}}},
                       {"channel": "push", "url": "http://push.internal/v1", "ok": 55, "failed": 0,
@@ -628,7 +628,7 @@ def test_page_shows_every_field_escaped():
     states = [n for n in dom.root.find_all(lambda n: n.attrs.get("data-field") == "state")]
     h.check([n.attrs.get("data-value") for n in states] == ["paused", ""], "states %r" % states)
     text = states[0].text()
-    h.check("paused until 10:05:30" in text and "rate 100% of 100/s" in text and "12 s queued" in text
+    h.check("paused until 10:05:30" in text and "rate 100% of 100/s" in text and "1,240 queued, 12 s ahead" in text
             and "1,500 of 2,000 today" in text, "the email upstream's shaping: %r" % text)
 
     h.check(dom.value("config-generation") == 7, "generation")
