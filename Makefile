@@ -48,7 +48,7 @@ DEB_PKGS := build-essential pkg-config libevent-dev libmicrohttpd-dev libhiredis
             libjansson-dev libfyaml-dev libsodium-dev libsystemd-dev libcurl4-openssl-dev \
             libgnutls28-dev \
             redis-server python3 tzdata \
-            wrk curl chromium valgrind libfyaml-utils man-db groff-base systemd openssl \
+            wrk curl chromium chromium-driver valgrind libfyaml-utils man-db groff-base systemd openssl \
             nginx-light lintian
 
 .PHONY: all deps run test check unit test-valgrind clean install bench lint-openapi deb test-deb

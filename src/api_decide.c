@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "capgate/api.h"
 #include "capgate/config.h"
@@ -21,6 +22,7 @@
 #include "capgate/requests.h"
 #include "capgate/rotation.h"
 #include "capgate/store.h"
+#include "capgate/token.h"
 
 /* S as the inside of a JSON string (quotes, backslashes and control
  * characters escaped; UTF-8 passes through, jansson already checked it). */
@@ -75,7 +77,7 @@ static void answer(struct decide_call *call, const struct config *cfg, const str
     /* The hot path's answer is written directly: the names come from the
      * config ([A-Za-z0-9_.-]) and fixed tables, only message_id needs
      * escaping -- a JSON library here cost a fifth of a decision's CPU. */
-    char body[1024 + 8 * (CAP_NAME_MAX + 40)], id[6 * REQ_MESSAGE_ID_MAX + 1];
+    char body[1024 + 8 * (CAP_NAME_MAX + 40) + UNSUBSCRIBE_URL_MAX], id[6 * REQ_MESSAGE_ID_MAX + 1];
     size_t n = 0;
     n = put(body, n, sizeof body, "{\"decision\":\"");
     n = put(body, n, sizeof body, decision_outcome_name(d->outcome));
@@ -97,6 +99,16 @@ static void answer(struct decide_call *call, const struct config *cfg, const str
     n = put(body, n, sizeof body, ",\"message_id\":\"");
     n = put(body, n, sizeof body, json_escape(id, sizeof id, call->message_id));
     n = put(body, n, sizeof body, d->replay ? "\",\"replay\":true" : "\",\"replay\":false");
+    /* The base URL has no character JSON would escape (config.c) and the
+     * token is URL-safe base64. */
+    char url[UNSUBSCRIBE_URL_MAX];
+    if (d->outcome == OUTCOME_ALLOW && cfg->public.enabled &&
+        token_link(call->loop->pseudonym, cfg, call->op.user, call->op.channel,
+                   call->op.category, time(NULL), url, sizeof url) == 0) {
+        n = put(body, n, sizeof body, ",\"unsubscribe_url\":\"");
+        n = put(body, n, sizeof body, url);
+        n = put(body, n, sizeof body, "\"");
+    }
     if (call->dry_run)
         n = put(body, n, sizeof body, ",\"dry_run\":true");
     for (size_t k = 0; k < d->n_shadow; k++) {
@@ -109,7 +121,8 @@ static void answer(struct decide_call *call, const struct config *cfg, const str
     n = put(body, n, sizeof body, d->n_shadow ? "]}\n" : "}\n");
     /* Sized for the worst case (SHADOW_MAX names of CAP_NAME_MAX); if that
      * ever changes, truncate rather than write past the buffer. */
-    _Static_assert(sizeof body > 200 + SHADOW_MAX * (CAP_NAME_MAX + 40) + 6 * REQ_MESSAGE_ID_MAX,
+    _Static_assert(sizeof body > 200 + SHADOW_MAX * (CAP_NAME_MAX + 40) + 6 * REQ_MESSAGE_ID_MAX +
+                                 UNSUBSCRIBE_URL_MAX + 20,
                    "decide answer buffer too small");
     reply_text(call->loop, call->req, 200, "application/json", body, n, NULL);
 }

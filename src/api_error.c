@@ -25,6 +25,7 @@ static const struct {
     [API_INTERNAL] = { "internal", 500 },
     [API_BAD_REQUEST] = { "bad_request", 400 },
     [API_OVER_RATE] = { "over_rate", 429 },
+    [API_NO_PUBLIC] = { "no_public_listener", 400 },
 };
 
 const char *api_error_code(enum api_error e) { return errors[e].code; }

@@ -38,6 +38,7 @@
 #include "capgate/reply.h"
 #include "capgate/requests.h"
 #include "capgate/store.h"
+#include "capgate/token.h"
 #include "capgate/upstream.h"
 
 struct send_call {
@@ -95,6 +96,11 @@ static json_t *decision_body(const struct send_call *c)
     if (rule)
         json_object_set_new(o, "rule", json_string(rule));
     json_object_set_new(o, "replay", json_boolean(d->replay));
+    char url[UNSUBSCRIBE_URL_MAX];
+    if (d->outcome == OUTCOME_ALLOW && c->cfg->public.enabled &&
+        token_link(c->loop->pseudonym, c->cfg, c->user, c->channel, c->category, time(NULL), url,
+                   sizeof url) == 0)
+        json_object_set_new(o, "unsubscribe_url", json_string(url));
     return o;
 }
 

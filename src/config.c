@@ -811,12 +811,12 @@ static enum host_port_error host_port(const char *s, size_t len, bool port_requi
     return parse_port(after + 1, (size_t)(end - after - 1), port) == 0 ? HP_OK : HP_PORT;
 }
 
-/* listen: host:port with a numeric host, never resolved through DNS, so
- * that the daemon binds exactly what the file says. */
-static int check_listen(struct parser *p, void *base, int line)
+/* A listener's host:port with a numeric host, never resolved through DNS,
+ * so that the daemon binds exactly what the file says: into *HOST_OUT
+ * (canonical, malloc'ed) and *PORT_OUT. */
+static int parse_listen(struct parser *p, int line, const char *s, char **host_out,
+                        uint16_t *port_out)
 {
-    struct config *cfg = base;
-    const char *s = cfg->listen;
     char host[256], canon[INET6_ADDRSTRLEN];
     unsigned char addr[sizeof(struct in6_addr)];
     int port = 0;
@@ -854,10 +854,18 @@ static int check_listen(struct parser *p, void *base, int line)
         inet_ntop(AF_INET, addr, canon, sizeof canon);
     else
         return fail(p, line, "bad address %s (%s)", quote(&qb, s), form);
-    free(cfg->listen_host);
-    if ((cfg->listen_host = strdup(canon)) == NULL)
+    free(*host_out);
+    if ((*host_out = strdup(canon)) == NULL)
         return fail(p, line, "out of memory");
-    cfg->listen_port = (uint16_t)port;
+    *port_out = (uint16_t)port;
+    return 0;
+}
+
+static int check_listen(struct parser *p, void *base, int line)
+{
+    struct config *cfg = base;
+    if (parse_listen(p, line, cfg->listen, &cfg->listen_host, &cfg->listen_port) != 0)
+        return -1;
     cfg->listen_line = line;
     return 0;
 }
@@ -2009,6 +2017,58 @@ static int check_tls_priorities(struct parser *p, void *base, int line)
     return 0;
 }
 
+static int check_public_listen(struct parser *p, void *base, int line)
+{
+    struct cfg_public *pub = base;
+    return parse_listen(p, line, pub->listen, &pub->listen_host, &pub->listen_port);
+}
+
+/* base_url: what goes before /u/<token> in every link (no trailing '/',
+ * no query or fragment: the token ends the URL). */
+static int check_public_base_url(struct parser *p, void *base, int line)
+{
+    struct cfg_public *pub = base;
+    char *u = pub->base_url;
+    struct qbuf qb;
+    size_t n = strlen(u);
+    while (n > 0 && u[n - 1] == '/')
+        u[--n] = '\0';
+    bool scheme = strncmp(u, "https://", 8) == 0 || strncmp(u, "http://", 7) == 0;
+    const char *host = scheme ? strstr(u, "//") + 2 : u;
+    if (!scheme || !*host || *host == '/' || strpbrk(u, "?# \"<>\\") || n > 200)
+        return fail(p, line, "bad URL %s (want http:// or https://, a host, an optional path, "
+                             "no query, at most 200 characters)", quote(&qb, pub->base_url));
+    return 0;
+}
+
+static int check_public(struct parser *p, void *base, int line)
+{
+    struct cfg_public *pub = base;
+    struct config *cfg = (struct config *)((char *)base - offsetof(struct config, public));
+    (void)line;
+    if (cfg->listen_host && strcmp(cfg->listen_host, pub->listen_host) == 0 &&
+        cfg->listen_port == pub->listen_port)
+        return fail(p, line, "public.listen is the API's listen address: the public pages "
+                             "need a listener of their own");
+    pub->enabled = true;
+    return 0;
+}
+
+static const struct directive public_table[] = {
+    { .name = "base_url", .type = DT_STRING, .flags = D_REQUIRED,
+      FIELD(struct cfg_public, base_url), .check = check_public_base_url },
+    { .name = "listen", .type = DT_STRING, .flags = D_REQUIRED,
+      FIELD(struct cfg_public, listen), .check = check_public_listen },
+    { .name = "token_ttl", .type = DT_DURATION, FIELD(struct cfg_public, token_ttl_ms),
+      .min = MS_PER_D, .max = 3660 * MS_PER_D, .def = "180d" },
+    { .name = "organisation", .type = DT_STRING, FIELD(struct cfg_public, organisation) },
+    { .name = "max_connections", .type = DT_INT, FIELD(struct cfg_public, max_connections),
+      .min = 1, .max = 100000, .def = "1000" },
+    { .name = "max_connections_per_ip", .type = DT_INT,
+      FIELD(struct cfg_public, max_connections_per_ip), .min = 1, .max = 10000, .def = "16" },
+    { .name = NULL },
+};
+
 static const struct directive tls_table[] = {
     { .name = "cert_file", .type = DT_STRING, .flags = D_REQUIRED,
       FIELD(struct cfg_tls, cert_file), .check = check_tls_cert },
@@ -2407,6 +2467,8 @@ static const struct directive config_table[] = {
       .off = offsetof(struct config, auth), .sub = auth_table, .check = check_auth },
     { .name = "tls", .type = DT_SECTION, .flags = D_OPTIONAL,
       .off = offsetof(struct config, tls), .sub = tls_table, .check = check_tls },
+    { .name = "public", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct config, public), .sub = public_table, .check = check_public },
     { .name = "fatigue", .type = DT_SECTION, .flags = D_OPTIONAL,
       .off = offsetof(struct config, fatigue), .sub = fatigue_table, .check = check_fatigue },
     { .name = "audit", .type = DT_SECTION, .off = offsetof(struct config, audit),
@@ -2756,6 +2818,10 @@ void config_free(struct config *cfg)
     free(cfg->path);
     free(cfg->listen);
     free(cfg->listen_host);
+    free(cfg->public.base_url);
+    free(cfg->public.listen);
+    free(cfg->public.listen_host);
+    free(cfg->public.organisation);
 
     free_secret(cfg->redis.url);    /* still the raw URL if loading failed */
     free(cfg->redis.host);

@@ -23,6 +23,7 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_ROTATE] = lua_rotate,
     [SCRIPT_SHAPE] = lua_shape,
     [SCRIPT_BREAKER] = lua_breaker,
+    [SCRIPT_PREFS] = lua_prefs,
 };
 
 unsigned decision_tag(const char *user)
@@ -800,6 +801,12 @@ static void person_keys(struct script_args *a, const struct config *cfg, const c
 void decision_show_args(const struct config *cfg, const char *user, struct script_args *a)
 {
     person_keys(a, cfg, user, SCRIPT_SHOW);
+}
+
+void decision_prefs_args(const char *user, struct script_args *a)
+{
+    args_init(a, SCRIPT_PREFS, 1);
+    arg_consent_key(a, user);
 }
 
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *a)

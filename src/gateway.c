@@ -12,6 +12,7 @@
 #include "capgate/auth.h"
 #include "capgate/clock.h"
 #include "capgate/connlimit.h"
+#include "capgate/public.h"
 #include "capgate/counter.h"
 #include "capgate/decision.h"
 #include "capgate/http.h"
@@ -35,6 +36,7 @@ struct gateway {
     uint64_t generation;             /* guarded by lock */
     int ready_announced;             /* atomic */
     struct connlimit *limits;
+    struct connlimit *public_limits;   /* public.listen's, apart: its clients are anyone */
     struct audit_file *audit;        /* atomic pointer; NULL: no file */
     struct audit_file *old_audit[16];/* replaced by reloads, closed at exit */
     size_t n_old_audit;
@@ -131,6 +133,8 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
     pthread_mutex_init(&gw->lock, NULL);
     gw->n = worker_count(cfg);
     gw->limits = connlimit_new(cfg->limits.max_connections, cfg->limits.max_connections_per_ip);
+    gw->public_limits = connlimit_new(cfg->public.enabled ? cfg->public.max_connections : 1,
+                                      cfg->public.enabled ? cfg->public.max_connections_per_ip : 1);
     gw->workers = calloc(gw->n, sizeof *gw->workers);
     gw->hooks = (struct loop_hooks){ .owner = gw, .ready = loops_ready, .totals = loops_totals,
                                      .reload = reload_from_loop, .audit_wanted = audit_wanted,
@@ -139,6 +143,8 @@ struct gateway *gateway_start(struct config *cfg, struct pseudonym *pseudonym,
         struct worker_setup ws = { .id = k, .n_workers = gw->n, .gen = gw->gen,
                                    .pseudonym = pseudonym, .limits = gw->limits,
                                    .handler = router_dispatch, .hooks = &gw->hooks,
+                                   .public_limits = gw->public_limits,
+                                   .public_handler = public_dispatch,
                                    .redis_ready = redis_ready, .owner = gw };
         gw->workers[k] = worker_create(&ws, err, errlen);
         if (!gw->workers[k]) {
@@ -298,6 +304,9 @@ static int reload(struct gateway *gw, struct worker *caller, char *err, size_t e
     log_set_level(cfg->log_level);
     log_set_format(cfg->log_format);
     connlimit_set(gw->limits, cfg->limits.max_connections, cfg->limits.max_connections_per_ip);
+    if (cfg->public.enabled)
+        connlimit_set(gw->public_limits, cfg->public.max_connections,
+                      cfg->public.max_connections_per_ip);
     pthread_mutex_lock(&gw->lock);
     gw->last_reload.at = time(NULL);
     gw->last_reload.ok = true;
@@ -352,6 +361,7 @@ void gateway_free(struct gateway *gw)
     pseudonym_free(gw->pseudonym);
     audit_file_close(gw->audit);
     connlimit_free(gw->limits);
+    connlimit_free(gw->public_limits);
     for (size_t k = 0; k < gw->n_old_audit; k++)
         audit_file_close(gw->old_audit[k]);
     pthread_mutex_destroy(&gw->reload_lock);

@@ -13,6 +13,7 @@
 struct pseudonym {
     unsigned char key[crypto_generichash_KEYBYTES];  /* 32 bytes */
     unsigned char seal_key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
+    unsigned char token_key[crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
     struct pseudonym *previous;      /* during a key rotation, the key before; else NULL */
 };
 
@@ -67,6 +68,8 @@ static struct pseudonym *load(const char *what, const char *key_file, char *err,
     /* A separate key for sealing, so the hash key never encrypts anything. */
     crypto_generichash(p->seal_key, sizeof p->seal_key, (const unsigned char *)"capgate seal", 12,
                        p->key, sizeof p->key);
+    crypto_generichash(p->token_key, sizeof p->token_key, (const unsigned char *)"capgate token",
+                       13, p->key, sizeof p->key);
     sodium_memzero(buf, sizeof buf);
     return p;
 }
@@ -171,6 +174,57 @@ char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t slen,
     if (!out && p->previous)
         out = open_one(p->previous, sealed, slen, len);
     return out;
+}
+
+#define TOKEN_NONCE crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define TOKEN_TAG crypto_aead_xchacha20poly1305_ietf_ABYTES
+#define TOKEN_PLAIN_MAX 512
+
+size_t pseudonym_seal_token(const struct pseudonym *p, const void *plain, size_t len, char *out,
+                            size_t outlen)
+{
+    unsigned char box[TOKEN_NONCE + TOKEN_PLAIN_MAX + TOKEN_TAG];
+    if (len > TOKEN_PLAIN_MAX)
+        return 0;
+    size_t n = TOKEN_NONCE + len + TOKEN_TAG;
+    if (sodium_base64_encoded_len(n, sodium_base64_VARIANT_URLSAFE_NO_PADDING) > outlen)
+        return 0;
+    randombytes_buf(box, TOKEN_NONCE);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(box + TOKEN_NONCE, NULL, plain, len, NULL, 0, NULL,
+                                               box, p->token_key);
+    sodium_bin2base64(out, outlen, box, n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    return strlen(out);
+}
+
+static int open_token(const struct pseudonym *p, const char *token, size_t tlen, void *plain,
+                      size_t max)
+{
+    unsigned char box[TOKEN_NONCE + TOKEN_PLAIN_MAX + TOKEN_TAG];
+    size_t n;
+    const char *end;
+    if (sodium_base642bin(box, sizeof box, token, tlen, NULL, &n, &end,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+        end != token + tlen || n < TOKEN_NONCE + TOKEN_TAG || n - TOKEN_NONCE - TOKEN_TAG > max)
+        return -1;
+    unsigned long long plen;
+    if (crypto_aead_xchacha20poly1305_ietf_decrypt(plain, &plen, NULL, box + TOKEN_NONCE,
+                                                   n - TOKEN_NONCE, NULL, 0, box,
+                                                   p->token_key) != 0)
+        return -1;
+    return (int)plen;
+}
+
+int pseudonym_open_token(const struct pseudonym *p, const char *token, size_t tlen, void *plain,
+                         size_t max, bool *previous)
+{
+    *previous = false;
+    if (tlen > 4 * (sizeof(unsigned char[TOKEN_NONCE + TOKEN_PLAIN_MAX + TOKEN_TAG]) / 3) + 4)
+        return -1;
+    int n = open_token(p, token, tlen, plain, max);
+    /* A link sent before the rotation still works while it lasts. */
+    if (n < 0 && p->previous && (n = open_token(p->previous, token, tlen, plain, max)) >= 0)
+        *previous = true;
+    return n;
 }
 
 static bool same_secret(const struct pseudonym *a, const struct pseudonym *b)

@@ -709,3 +709,34 @@ int request_resume(const char *body, size_t len, struct req_resume *out, struct 
         return -1;
     return validate_text(obj, "campaign", true, 1, REQ_CAMPAIGN_MAX, &out->campaign, NULL, e);
 }
+
+/* ---- POST /v1/unsubscribe-links ------------------------------------------- */
+
+int request_unsubscribe_link(const struct config *cfg, const char *body, size_t len,
+                             struct req_link *out, struct field_error *e)
+{
+    static const char *const fields[] = { "user", "channel", "category", NULL };
+    memset(out, 0, sizeof *out);
+    json_t *obj = out->json = body_object(body, len, fields, e);
+    if (!obj)
+        return -1;
+    if (validate_string(obj, "user", true, 1, REQ_USER_MAX, &out->user, &out->user_len, e) ||
+        validate_string(obj, "channel", false, 1, CONFIG_NAME_MAX, &out->channel, NULL, e) ||
+        validate_string(obj, "category", false, 1, CONFIG_NAME_MAX, &out->category, NULL, e))
+        return -1;
+    if (!out->channel || strcmp(out->channel, "*") == 0)
+        out->channel = "";
+    else if (!config_channel(cfg, out->channel))
+        return validate_fail(e, API_UNKNOWN_CHANNEL, "channel",
+                             "channel must be a configured channel, \"*\" or absent");
+    if (!out->category || strcmp(out->category, "*") == 0)
+        out->category = "";
+    else if (!config_category(cfg, out->category))
+        return validate_fail(e, API_UNKNOWN_CATEGORY, "category",
+                             "category must be a configured category, \"*\" or absent");
+    if (!cfg->public.enabled)
+        return validate_fail(e, API_NO_PUBLIC, NULL,
+                             "no public listener is configured: set public.base_url and "
+                             "public.listen");
+    return 0;
+}

@@ -24,6 +24,7 @@ static const struct route routes[] = {
     { "/v1/send",         "POST", SCOPE_SEND,    api_send },
     { "/v1/events",       "POST", SCOPE_SEND,    api_events },
     { "/v1/consent",      "POST", SCOPE_CONSENT, api_consent },
+    { "/v1/unsubscribe-links", "POST", SCOPE_SEND, api_unsubscribe_links },
     { "/v1/users/show",   "POST", SCOPE_CONSENT, api_users_show },
     { "/v1/users/erase",  "POST", SCOPE_CONSENT, api_users_erase },
     { "/v1/audit",        "GET",  SCOPE_ADMIN,   api_audit },

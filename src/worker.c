@@ -33,6 +33,7 @@ struct worker {
     struct generation *gen;          /* the config requests start with (loop.cfg is gen->cfg) */
     struct store *next_store;        /* after a reload, until it is ready */
     struct http_server *http;
+    struct http_server *public_http; /* public.listen, when configured */
     struct dispatcher *dispatcher;   /* proxy mode: the deferred queue's share of this loop */
 
     /* Replaced by a reload, freed once they hold no more work. */
@@ -221,6 +222,44 @@ static struct http_server *start_http(struct worker *w, const struct generation 
     return http_server_start(w->loop.base, &opt, w->setup.handler, &w->loop, err, errlen);
 }
 
+static bool same_public(const struct generation *ga, const struct generation *gb)
+{
+    const struct cfg_public *a = &ga->cfg->public, *b = &gb->cfg->public;
+    if (!a->enabled || !b->enabled)
+        return a->enabled == b->enabled;
+    return same_str(ga->tls_cert, gb->tls_cert) && same_str(ga->tls_key, gb->tls_key) &&
+           same_str(ga->cfg->tls.priority_string, gb->cfg->tls.priority_string) &&
+           same_str(a->listen_host, b->listen_host) && a->listen_port == b->listen_port &&
+           a->max_connections == b->max_connections &&
+           a->max_connections_per_ip == b->max_connections_per_ip &&
+           ga->cfg->limits.connection_timeout_s == gb->cfg->limits.connection_timeout_s &&
+           ga->cfg->limits.header_timeout_s == gb->cfg->limits.header_timeout_s;
+}
+
+/* public.listen: the /u/ pages, for anyone (public.h).  Small bodies (the
+ * page's form), its own connection limits, the API's TLS when it has one. */
+#define PUBLIC_BODY_MAX 16384
+static struct http_server *start_public(struct worker *w, const struct generation *gen,
+                                        char *err, size_t errlen)
+{
+    const struct config *cfg = gen->cfg;
+    struct http_options opt = {
+        .tls_cert = gen->tls_cert,
+        .tls_key = gen->tls_key,
+        .tls_priorities = cfg->tls.enabled ? cfg->tls.priority_string : NULL,
+        .host = cfg->public.listen_host,
+        .port = cfg->public.listen_port,
+        .max_body_bytes = PUBLIC_BODY_MAX,
+        .max_connections = (unsigned)cfg->public.max_connections,
+        .max_connections_per_ip = 0,
+        .limits = w->setup.public_limits,
+        .connection_timeout_s = cfg->limits.connection_timeout_s,
+        .header_timeout_s = cfg->limits.header_timeout_s,
+        .connection_memory_bytes = 32768,
+    };
+    return http_server_start(w->loop.base, &opt, w->setup.public_handler, &w->loop, err, errlen);
+}
+
 /* Callers hold stats_lock. */
 static void retire_http(struct worker *w, struct http_server *srv)
 {
@@ -267,6 +306,8 @@ static void retire_store(struct worker *w, struct store *st)
 static unsigned active_requests(const struct worker *w)
 {
     unsigned n = w->http ? http_server_active_requests(w->http) : 0;
+    if (w->public_http)
+        n += http_server_active_requests(w->public_http);
     for (int k = 0; k < WORKER_RETIRED_MAX; k++)
         if (w->old_http[k])
             n += http_server_active_requests(w->old_http[k]);
@@ -304,6 +345,8 @@ static void close_http(struct worker *w)
     pthread_mutex_lock(&w->stats_lock);
     http_server_free(w->http);
     w->http = NULL;
+    http_server_free(w->public_http);
+    w->public_http = NULL;
     for (int k = 0; k < WORKER_RETIRED_MAX; k++) {
         http_server_free(w->old_http[k]);
         w->old_http[k] = NULL;
@@ -408,7 +451,8 @@ static void on_housekeeping(evutil_socket_t fd, short what, void *arg)
         }
     }
     if (w->http)
-        COUNTER_SET(w->connections, http_server_connections(w->http));
+        COUNTER_SET(w->connections, http_server_connections(w->http) +
+                                    (w->public_http ? http_server_connections(w->public_http) : 0));
     pthread_mutex_unlock(&w->stats_lock);
     delivery_pools_sweep(w->loop.upstreams);
 
@@ -451,7 +495,7 @@ void worker_apply_pending(struct worker *w)
     if (!gen)
         return;
     const struct config *old = w->loop.cfg, *cfg = gen->cfg;
-    struct http_server *http = NULL;
+    struct http_server *http = NULL, *pub = NULL;
     struct store *store = NULL;
 
     if (!same_http(w->gen, gen) && !w->stopping) {
@@ -459,6 +503,14 @@ void worker_apply_pending(struct worker *w)
         if (!http)
             log_error("reload: new listener failed; keeping the old one", "worker=%u error=%s",
                       w->loop.id, err);
+    }
+    /* public.listen: added, moved, or gone (then its socket closes). */
+    bool public_changed = !same_public(w->gen, gen) && !w->stopping;
+    if (public_changed && cfg->public.enabled &&
+        !(pub = start_public(w, gen, err, sizeof err))) {
+        log_error("reload: new public listener failed; keeping the old one",
+                  "worker=%u error=%s", w->loop.id, err);
+        public_changed = false;
     }
     if (!same_redis(old, cfg)) {
         store = start_store(w, cfg, err, sizeof err);
@@ -471,6 +523,16 @@ void worker_apply_pending(struct worker *w)
         http_server_handoff(w->http, http);
         retire_http(w, w->http);
         w->http = http;
+    }
+    if (public_changed) {
+        if (w->public_http) {
+            if (pub)
+                http_server_handoff(w->public_http, pub);
+            else
+                http_server_quiesce(w->public_http);
+            retire_http(w, w->public_http);
+        }
+        w->public_http = pub;
     }
     if (store) {
         /* The new connection takes over once it is ready (on_store_state):
@@ -503,6 +565,8 @@ static void on_command(evutil_socket_t fd, short what, void *arg)
         pthread_mutex_lock(&w->stats_lock);
         if (w->http)
             http_server_quiesce(w->http);
+        if (w->public_http)
+            http_server_quiesce(w->public_http);
         pthread_mutex_unlock(&w->stats_lock);
         on_housekeeping(-1, 0, w);
     } else if (w->stopping && __atomic_load_n(&w->stop_now, __ATOMIC_RELAXED)) {
@@ -592,13 +656,16 @@ struct worker *worker_create(const struct worker_setup *setup, char *err, size_t
     w->loop.store = start_store(w, w->loop.cfg, err, errlen);
     if (w->loop.store)
         w->http = start_http(w, gen, err, errlen);
+    bool public_ok = true;
+    if (w->http && gen->cfg->public.enabled)
+        public_ok = (w->public_http = start_public(w, gen, err, errlen)) != NULL;
     w->housekeeping = event_new(w->loop.base, -1, EV_PERSIST, on_housekeeping, w);
     w->command = event_new(w->loop.base, w->command_fd, EV_READ | EV_PERSIST, on_command, w);
     w->loop.upstreams = delivery_pools_new(w->loop.base, w->loop.n_loops);
     w->dispatcher = dispatcher_new(&w->loop);
     w->loop.breaker = breaker_new(&w->loop);
     w->loop.batch = decide_batch_new(w->loop.base, &w->loop.store, decide_undo_late, &w->loop);
-    if (!w->loop.store || !w->http || !w->housekeeping || !w->command || !w->dispatcher ||
+    if (!w->loop.store || !w->http || !public_ok || !w->housekeeping || !w->command || !w->dispatcher ||
         !w->loop.breaker ||
         !w->loop.batch || !w->loop.upstreams) {
         worker_free(w);
@@ -672,6 +739,7 @@ void worker_free(struct worker *w)
     store_free(w->loop.store);
     decide_batch_free(w->loop.batch);   /* after the stores: they answer its calls */
     http_server_free(w->http);
+    http_server_free(w->public_http);
     if (w->housekeeping)
         event_free(w->housekeeping);
     if (w->command)

@@ -33,6 +33,7 @@ api_handler api_rotation_mark;   /* POST /v1/admin/rotation/mark */
 
 struct cfg_route;
 /* A request to a transparent route (any method). */
+void api_unsubscribe_links(struct loop *l, struct http_request *req);
 void api_route(struct loop *l, struct http_request *req, const struct cfg_route *route);
 api_handler api_metrics;    /* GET /metrics (Prometheus text 0.0.4) */
 api_handler api_admin_reload; /* POST /v1/admin/reload */

@@ -27,6 +27,7 @@ enum api_error {
     API_INTERNAL,            /* 500 */
     API_BAD_REQUEST,         /* 400: framing a proxy could read another way (http.h) */
     API_OVER_RATE,           /* 429: over_rate: reject -- the upstream's rate or pause held it */
+    API_NO_PUBLIC,           /* 400: links asked for, but no public listener is configured */
     API_ERROR__COUNT
 };
 

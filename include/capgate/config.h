@@ -168,6 +168,19 @@ struct cfg_tls {
     char *priority_string; /* what MHD is given: priorities, versions from min_version */
 };
 
+/* What the people capgate messages can reach: the /u/ pages (public.c). */
+struct cfg_public {
+    bool enabled;
+    char *base_url;      /* how recipients reach the public listener, no trailing '/' */
+    char *listen;        /* as written */
+    char *listen_host;   /* numeric IPv4/IPv6 address */
+    uint16_t listen_port;
+    int64_t token_ttl_ms;    /* default 180d */
+    char *organisation;  /* shown on the page; NULL: none */
+    int max_connections;         /* default 1000 */
+    int max_connections_per_ip;  /* default 16 */
+};
+
 /* A tighter cap for people who ignore what they get. */
 struct cfg_fatigue {
     bool enabled;
@@ -255,6 +268,7 @@ struct config {
                                 record that is not an active suppression */
     struct cfg_auth auth;
     struct cfg_tls tls;
+    struct cfg_public public;
     struct cfg_fatigue fatigue;
     struct cfg_audit audit;
     struct cfg_delivery delivery;

@@ -30,7 +30,7 @@ struct tz_zone;
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
     SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM, SCRIPT_ROTATE,
-    SCRIPT_SHAPE, SCRIPT_BREAKER,
+    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_PREFS,
     SCRIPT__COUNT
 };
 
@@ -161,6 +161,8 @@ void decision_signal_args(const struct config *cfg, const char *user, enum conse
                           const char *detail, struct script_args *out);
 
 void decision_show_args(const struct config *cfg, const char *user, struct script_args *out);
+/* USER's consent records only (prefs.lua): {n, [scope, state, at, source] * n}. */
+void decision_prefs_args(const char *user, struct script_args *out);
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *out);
 /* Tag TAG's audit entries after stream id AFTER ("0-0": all), at most COUNT. */
 void decision_audit_page_args(unsigned tag, const char *after, unsigned count,

@@ -33,6 +33,18 @@ void pseudonym_free(struct pseudonym *p);
 char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len);
 char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t slen, size_t *len);
 
+/* Tokens handed to people (token.h): sealed the same way with a key of their
+ * own (so a token never opens as a blob, nor the reverse), as URL-safe
+ * base64 without padding.  seal writes at most OUTLEN - 1 characters and a
+ * NUL into OUT and returns how many, 0 when they do not fit.  open writes
+ * the plain bytes into PLAIN (at most MAX) and returns how many, or -1 when
+ * the token was altered, truncated or is not ours; *PREVIOUS says whether
+ * the previous key (a rotation) opened it. */
+size_t pseudonym_seal_token(const struct pseudonym *p, const void *plain, size_t len, char *out,
+                            size_t outlen);
+int pseudonym_open_token(const struct pseudonym *p, const char *token, size_t tlen, void *plain,
+                         size_t max, bool *previous);
+
 /* A key rotation: the key in KEY_FILE (privacy.previous_key_file) is kept
  * beside P's own, so that what was stored under it can still be found and
  * moved (rotation.h), and what it sealed opened.  0, or -1 with ERR (also

@@ -149,6 +149,18 @@ struct req_resume {
 };
 int request_resume(const char *body, size_t len, struct req_resume *out, struct field_error *e);
 
+/* POST /v1/unsubscribe-links: {"user", "channel"?, "category"?}: a configured
+ * channel and category, or absent (or "*") for every one (CHANNEL, CATEGORY
+ * are then ""). */
+struct req_link {
+    const char *user;
+    size_t user_len;
+    const char *channel, *category;
+    json_t *json;
+};
+int request_unsubscribe_link(const struct config *cfg, const char *body, size_t len,
+                             struct req_link *out, struct field_error *e);
+
 /* Lets go of a parsed body's JSON (any of the structs' JSON member). */
 static inline void request_free(json_t *json)
 {

@@ -47,6 +47,8 @@ struct worker_setup {
     const struct pseudonym *pseudonym;   /* outlives the worker */
     struct connlimit *limits;        /* the process's connection limits, shared */
     http_handler *handler;           /* serves every request; its argument is the loop */
+    http_handler *public_handler;    /* serves public.listen's (the /u/ pages), the same way */
+    struct connlimit *public_limits; /* public.listen's limits, shared */
     const struct loop_hooks *hooks;  /* handed to the loop; outlive the worker */
     void (*redis_ready)(void *owner);    /* from the worker's thread, whenever its Redis */
     void *owner;                         /* connection becomes ready */

@@ -1270,6 +1270,34 @@ def test_campaigns_responses():
     h.check(r.body == {"breaker": None, "campaigns": []}, "no breaker", r)
 
 
+def test_unsubscribe_links_responses():
+    port = h.free_port()
+    g = ready(h.Gateway(overrides={
+        "limits": {"max_body_bytes": MAX_BODY},
+        "public": {"base_url": "https://prefs.example.com", "listen": "127.0.0.1:%d" % port}}))
+    P = "/v1/unsubscribe-links"
+    u = h.uid("oa")
+    r = ok_post(g, P, {"user": u, "channel": "email", "category": "marketing"})
+    h.check(r.body["url"].startswith("https://prefs.example.com/u/") and u not in r.raw.decode(),
+            "a link, without the user", r)
+    ok_post(g, P, {"user": u})
+    ok_post(g, P, {"user": u, "channel": "*", "category": "*"})
+    bad_post(g, P, {}, "missing_field", "user")
+    bad_post(g, P, {"user": u, "channel": "fax"}, "unknown_channel", "channel", shape=False)
+    bad_post(g, P, {"user": u, "category": "spam"}, "unknown_category", "category", shape=False)
+    bad_post(g, P, {"user": u, "extra": 1}, "invalid_field", "extra")
+    bad_post(g, P, {"user": 5}, "invalid_field", "user")
+    error(g.post(P, b"{"), P, "post", 400, "invalid_json")
+    error(g.post(P, {"user": "x" * MAX_BODY}), P, "post", 413, "body_too_large")
+    method_not_allowed(g, P, "GET", ["POST"])
+    none = ready(h.Gateway())
+    error(none.post(P, {"user": u}), P, "post", 400, "no_public_listener")
+    r = conform(g.post("/v1/decide", {"user": u, "channel": "email", "message_id": h.mid()}),
+                "/v1/decide", "post", 200)
+    h.check(r.body["unsubscribe_url"].startswith("https://prefs.example.com/u/"),
+            "an allowed decision carries its link", r)
+
+
 def test_reload_responses():
     g = h.Gateway(overrides={"limits": {"max_body_bytes": MAX_BODY}})
     P = "/v1/admin/reload"

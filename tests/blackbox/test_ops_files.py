@@ -279,7 +279,7 @@ TABLE_PREFIX = {
     "rate_table": "channels.name.upstream.rate.",
     "pushback_table": "channels.name.upstream.pushback.",
     "warmup_table": "channels.name.upstream.warmup.", "throttle_table": "throttles[i].",
-    "breaker_table": "breaker.",
+    "breaker_table": "breaker.", "public_table": "public.",
 }
 
 

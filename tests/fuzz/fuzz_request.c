@@ -24,6 +24,7 @@
 #include "capgate/pseudonym.h"
 #include "capgate/tz.h"
 #include "capgate/requests.h"
+#include "capgate/token.h"
 #include "capgate/validate.h"
 #include "fuzz_common.h"
 
@@ -38,6 +39,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc; (void)argv;
     cfg = fz_config();
+    cfg.public = (struct cfg_public){ .enabled = true, .base_url = "https://prefs.example.com",
+                                      .token_ttl_ms = 180LL * 86400000 };
     fz_tz();
     fz_pseudonym();
     return 0;
@@ -277,6 +280,31 @@ static void run_resume(const char *body, size_t len)
     request_free(rr.json);
 }
 
+/* ---- POST /v1/unsubscribe-links (api_links), and /u/<token> (public) ---- */
+
+static void run_link(const char *body, size_t len)
+{
+    struct field_error e;
+    struct req_link rl;
+    if (request_unsubscribe_link(&cfg, body, len, &rl, &e) != 0) {
+        check_error(&e);
+    } else {
+        char u[PSEUDONYM_USER_HEX + 1], url[UNSUBSCRIBE_URL_MAX];
+        pseudonym_user(fz_pseudonym(), rl.user, rl.user_len, u);
+        FUZZ_CHECK(token_link(fz_pseudonym(), &cfg, u, rl.channel, rl.category, 1000, url,
+                              sizeof url) == 0);
+        const char *tok = strstr(url, "/u/") + 3;
+        struct token t;
+        FUZZ_CHECK(token_read(fz_pseudonym(), tok, strlen(tok), 1000, &t) == TOKEN_OK);
+        FUZZ_CHECK(strcmp(t.user, u) == 0 && strcmp(t.channel, rl.channel) == 0 &&
+                   strcmp(t.category, rl.category) == 0);
+    }
+    request_free(rl.json);
+    /* Whatever comes after /u/: never ours unless sealed by us. */
+    struct token t;
+    FUZZ_CHECK(token_read(fz_pseudonym(), body, len, 0, &t) == TOKEN_INVALID);
+}
+
 /* ---- a transparent route (api_route) ------------------------------------ */
 
 /* The request's headers, taken here from the body's "headers" object when
@@ -377,6 +405,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     run_consent(body, size);
     run_event(body, size);
     run_resume(body, size);
+    run_link(body, size);
     run_route(body, size);
     free(body);
     return 0;
