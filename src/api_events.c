@@ -5,6 +5,11 @@
  *   complaint     a spam report: only transactional messages, on any channel
  *   hard_bounce   nothing on that channel, any category, until a new opt-in
  *   open, click   engagement: fatigue rules let go
+ *   inbound_sms   a text the person sent: STOP opts out of the SMS channel,
+ *                 START opts in again (consent source "sms-keyword", as
+ *                 /v1/consent would record it); HELP and any other text
+ *                 change nothing, and the answer says so.  The text itself
+ *                 never gets here: requests.c keeps it to the parser.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +32,8 @@ struct event_call {
     struct http_request *req;
     char type[16];
     char effect[200];
+    const char *recognised;            /* inbound_sms: the keyword's name, or NULL */
+    char channel[CONFIG_NAME_MAX + 1]; /* inbound_sms */
     char user[PSEUDONYM_USER_HEX + 1];
     bool counts;                       /* the campaign breaker counts it (breaker.h) */
     enum breaker_kind breaker_kind;
@@ -34,6 +41,19 @@ struct event_call {
     struct script_args args;   /* built at once (it copies the request's words), sent once the
                                   person's records are under the current key (rotation.h) */
 };
+
+/* The answer: what was recorded, and for a text what it was recognised as. */
+static json_t *answer(const struct event_call *call, bool recorded)
+{
+    if (strcmp(call->type, "inbound_sms") != 0)
+        return json_pack("{s:b, s:s, s:s}", "recorded", recorded, "type", call->type,
+                         "effect", call->effect);
+    /* recognised is null, not left out, for a text that is no keyword:
+     * the question was asked and that is its answer. */
+    return json_pack("{s:b, s:s, s:o, s:s, s:s}", "recorded", recorded, "type", call->type,
+                     "recognised", call->recognised ? json_string(call->recognised) : json_null(),
+                     "channel", call->channel, "effect", call->effect);
+}
 
 static void on_recorded(void *arg, const struct store_reply *r)
 {
@@ -50,8 +70,7 @@ static void on_recorded(void *arg, const struct store_reply *r)
             loop_audit(l, json_pack("{s:s, s:s, s:s, s:s}", "type", "signal",
                                                  "pseudonym", call->user, "event", call->type,
                                                  "effect", call->effect));
-        reply_json(l, call->req, 200, json_pack("{s:b, s:s, s:s}", "recorded", 1,
-                                                      "type", call->type, "effect", call->effect));
+        reply_json(l, call->req, 200, answer(call, true));
     }
     free(call);
 }
@@ -82,6 +101,7 @@ void api_events(struct loop *l, struct http_request *req)
     static const enum consent_kind kinds[] = {
         [EVENT_UNSUBSCRIBE] = CONSENT_UNSUBSCRIBE, [EVENT_COMPLAINT] = CONSENT_COMPLAINT,
         [EVENT_BOUNCE] = CONSENT_BOUNCE, [EVENT_ENGAGE] = CONSENT_ENGAGE,
+        [EVENT_INBOUND_SMS] = CONSENT_SET,   /* the record /v1/consent would make */
     };
     struct field_error e;
     struct req_event ev;
@@ -105,11 +125,24 @@ void api_events(struct loop *l, struct http_request *req)
     snprintf(call->effect, sizeof call->effect, "%s", ev.effect);
     pseudonym_user(l->pseudonym, ev.user, ev.user_len, call->user);
     http_note_user(req, call->user);
-    decision_signal_args(l->cfg, call->user, kinds[ev.kind], ev.scope, false, NULL, ev.detail,
+    call->recognised = sms_keyword_name(ev.keyword);
+    snprintf(call->channel, sizeof call->channel, "%s", ev.channel ? ev.channel : "");
+    if (!ev.records) {
+        /* HELP, or a text that is no keyword: Redis is not asked at all,
+         * so nothing of the person changes and nothing of the text is kept. */
+        request_free(ev.json);
+        reply_json(l, req, 200, answer(call, false));
+        free(call);
+        return;
+    }
+    decision_signal_args(l->cfg, call->user, kinds[ev.kind], ev.scope, ev.opt_in,
+                         ev.kind == EVENT_INBOUND_SMS ? REQ_SMS_SOURCE : NULL, ev.detail,
                          &call->args);
     char old_p[PSEUDONYM_USER_HEX + 1];
     bool rotating = pseudonym_user_previous(l->pseudonym, ev.user, ev.user_len, old_p);
-    call->counts = ev.kind == EVENT_COMPLAINT || ev.kind == EVENT_UNSUBSCRIBE;
+    /* A STOP answering a campaign's text is that campaign's unsubscribe. */
+    call->counts = ev.kind == EVENT_COMPLAINT || ev.kind == EVENT_UNSUBSCRIBE ||
+                   (ev.kind == EVENT_INBOUND_SMS && !ev.opt_in);
     call->breaker_kind = ev.kind == EVENT_COMPLAINT ? BREAKER_COMPLAINT : BREAKER_UNSUBSCRIBE;
     snprintf(call->campaign, sizeof call->campaign, "%s", ev.campaign ? ev.campaign : "");
     request_free(ev.json);

@@ -248,17 +248,82 @@ int request_consent(const struct config *cfg, const char *body, size_t len,
 
 /* ---- POST /v1/events -------------------------------------------------------- */
 
+/* The characters of UTF-8 text S (LEN bytes; jansson's strings are valid):
+ * each byte but a continuation byte starts one. */
+static size_t utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < len; k++)
+        n += ((unsigned char)s[k] & 0xc0) != 0x80;
+    return n;
+}
+
+/* An inbound_sms's text, read for its keyword and left where it is.  No
+ * message here names its value: the text is personal data. */
+static int sms_text(json_t *obj, struct req_event *out, struct field_error *e)
+{
+    json_t *t = json_object_get(obj, "text");
+    if (!t || json_is_null(t))
+        return validate_fail(e, API_MISSING_FIELD, "text", "text is required for an inbound_sms");
+    if (!json_is_string(t))
+        return validate_fail(e, API_INVALID_FIELD, "text", "text must be a string");
+    const char *text = json_string_value(t);
+    size_t len = json_string_length(t);
+    if (utf8_chars(text, len) > REQ_SMS_TEXT_MAX)
+        return validate_fail(e, API_INVALID_FIELD, "text", "text must be at most %d characters",
+                             REQ_SMS_TEXT_MAX);
+    out->keyword = sms_keyword_of(text, len);
+    return 0;
+}
+
+/* The rest of an inbound_sms: the SMS channel, and what its keyword does. */
+static int sms_event(const struct config *cfg, json_t *obj, struct req_event *out,
+                     struct field_error *e)
+{
+    if (out->category)
+        return validate_fail(e, API_INVALID_FIELD, "category",
+                    "an inbound_sms has no category: its keywords are about every category");
+    const struct cfg_channel *ch = config_channel(cfg, out->channel ? out->channel : "sms");
+    if (!ch)
+        return validate_fail(e, API_UNKNOWN_CHANNEL, "channel",
+                    out->channel ? "channel is not configured"
+                                 : "no channel named sms is configured: name the SMS channel in channel");
+    out->channel = ch->name;
+    if (sms_text(obj, out, e) != 0)
+        return -1;
+    snprintf(out->scope, sizeof out->scope, "%s|*", ch->name);
+    switch (out->keyword) {
+    case SMS_KEYWORD_STOP:
+        out->records = true;
+        snprintf(out->effect, sizeof out->effect, "opted out of %s", out->scope);
+        break;
+    case SMS_KEYWORD_START:
+        out->records = out->opt_in = true;
+        snprintf(out->effect, sizeof out->effect, "opted in to %s", out->scope);
+        break;
+    case SMS_KEYWORD_HELP:
+        snprintf(out->effect, sizeof out->effect,
+                 "nothing changed: a help keyword, to be answered with your help message");
+        break;
+    case SMS_KEYWORD_NONE:
+        snprintf(out->effect, sizeof out->effect, "nothing changed: the text is no keyword");
+        break;
+    }
+    return 0;
+}
+
 int request_event(const struct config *cfg, const char *body, size_t len, struct req_event *out,
                   struct field_error *e)
 {
     static const char *const fields[] = { "user", "type", "channel", "category", "campaign",
-                                          "message_id", NULL };
+                                          "message_id", "text", NULL };
     static const struct {
         const char *type;
         enum req_event_kind kind;
     } kinds[] = {
         { "unsubscribe", EVENT_UNSUBSCRIBE }, { "complaint", EVENT_COMPLAINT },
         { "hard_bounce", EVENT_BOUNCE }, { "open", EVENT_ENGAGE }, { "click", EVENT_ENGAGE },
+        { "inbound_sms", EVENT_INBOUND_SMS },
     };
     const char *message_id;
     memset(out, 0, sizeof *out);
@@ -277,10 +342,21 @@ int request_event(const struct config *cfg, const char *body, size_t len, struct
         k++;
     if (k == sizeof kinds / sizeof kinds[0])
         return validate_fail(e, API_INVALID_FIELD, "type",
-                    "type must be unsubscribe, complaint, hard_bounce, open or click");
+                    "type must be unsubscribe, complaint, hard_bounce, open, click or inbound_sms");
     out->kind = kinds[k].kind;
-    if (out->channel && !config_channel(cfg, out->channel))
-        return validate_fail(e, API_UNKNOWN_CHANNEL, "channel", "channel is not configured");
+    if (out->kind == EVENT_INBOUND_SMS) {
+        if (sms_event(cfg, obj, out, e) != 0)
+            return -1;
+    } else {
+        /* A text is an SMS's: with another type it would be kept nowhere,
+         * and its sender would believe it had been read. */
+        json_t *text = json_object_get(obj, "text");
+        if (text && !json_is_null(text))
+            return validate_fail(e, API_INVALID_FIELD, "text", "text is only for an inbound_sms");
+        if (out->channel && !config_channel(cfg, out->channel))
+            return validate_fail(e, API_UNKNOWN_CHANNEL, "channel", "channel is not configured");
+        out->records = true;
+    }
     if (out->category && !config_category(cfg, out->category))
         return validate_fail(e, API_UNKNOWN_CATEGORY, "category", "category is not configured");
     switch (out->kind) {
@@ -303,9 +379,14 @@ int request_event(const struct config *cfg, const char *body, size_t len, struct
     case EVENT_ENGAGE:
         snprintf(out->effect, sizeof out->effect, "engaged: fatigue rules no longer apply");
         break;
+    case EVENT_INBOUND_SMS:
+        break;                            /* sms_event() said it */
     }
-    snprintf(out->detail, sizeof out->detail, "%s%s%s", out->type,
-             out->campaign ? " campaign=" : "", out->campaign ? out->campaign : "");
+    /* An inbound_sms's entry names its keyword: the audit trail shows what
+     * the person asked for, never how they put it. */
+    const char *kw = out->kind == EVENT_INBOUND_SMS ? sms_keyword_name(out->keyword) : NULL;
+    snprintf(out->detail, sizeof out->detail, "%s%s%s%s%s", out->type, kw ? " " : "",
+             kw ? kw : "", out->campaign ? " campaign=" : "", out->campaign ? out->campaign : "");
     return 0;
 }
 

@@ -32,6 +32,14 @@ json_t *validate_object(const char *body, size_t len, struct field_error *e)
     if (!obj)
         obj = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj) {
+        /* jansson quotes up to 20 bytes of the body ("... near '<bytes>'"),
+         * and a bad escape ("invalid Unicode '\uD800'"): a user id, a
+         * person's text.  The reason and the byte are enough. */
+        char *cut = strstr(jerr.text, " near '");
+        if (cut)
+            *cut = '\0';
+        if (strncmp(jerr.text, "invalid Unicode", 15) == 0 && (cut = strstr(jerr.text, " '")))
+            *cut = '\0';
         validate_fail(e, API_INVALID_JSON, NULL, "body is not valid JSON: %s (at byte %d)",
              jerr.text, jerr.position);
         return NULL;

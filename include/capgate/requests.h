@@ -19,6 +19,7 @@
 #include "capgate/config.h"
 #include "capgate/form.h"
 #include "capgate/jsonedit.h"
+#include "capgate/sms_keyword.h"
 #include "capgate/validate.h"
 
 struct tz_db;
@@ -75,12 +76,22 @@ struct req_consent {
 int request_consent(const struct config *cfg, const char *body, size_t len,
                     struct req_consent *out, struct field_error *e);
 
-/* POST /v1/events. */
-enum req_event_kind { EVENT_UNSUBSCRIBE, EVENT_COMPLAINT, EVENT_BOUNCE, EVENT_ENGAGE };
+/* POST /v1/events.  An inbound_sms is a text a person sent to CHANNEL
+ * (default "sms"): its keyword (sms_keyword.h) is all that leaves the
+ * parser -- the text is the person's own words and stays in JSON, to be
+ * let go of with it.  STOP and START set the consent of "<channel>|*"
+ * (OPT_IN, source REQ_SMS_SOURCE); HELP and anything else change nothing. */
+enum req_event_kind { EVENT_UNSUBSCRIBE, EVENT_COMPLAINT, EVENT_BOUNCE, EVENT_ENGAGE,
+                      EVENT_INBOUND_SMS };
+#define REQ_SMS_TEXT_MAX 1600        /* characters: 10 concatenated SMS, as providers bound it */
+#define REQ_SMS_SOURCE "sms-keyword"
 struct req_event {
     const char *user, *type, *channel, *category, *campaign;   /* optional ones NULL */
     size_t user_len;
     enum req_event_kind kind;
+    enum sms_keyword keyword;             /* inbound_sms */
+    bool opt_in;                          /* inbound_sms: START */
+    bool records;                         /* something is to be stored (not so a HELP) */
     char scope[2 * CONFIG_NAME_MAX + 2];   /* "<channel|*>|<category|*>", a bounce's channel */
     char effect[160];                     /* what it does, in words, for the answer */
     char detail[REQ_CAMPAIGN_MAX + 32];   /* the audit entry's detail: type and campaign */

@@ -871,6 +871,23 @@ def test_events_responses():
     ok_post(g, P, {"user": u, "type": "hard_bounce", "channel": "sms"})
     ok_post(g, P, {"user": u, "type": "open", "channel": "email", "campaign": "spring"})
     ok_post(g, P, {"user": u, "type": "click"})
+    # An inbound SMS: what its text was recognised as, never the text.
+    for text, kind, recorded in (("START", "start", True), (" Stop. ", "stop", True),
+                                 ("HeLp", "help", False), ("stop texting me", None, False)):
+        r = ok_post(g, P, {"user": u, "type": "inbound_sms", "text": text, "channel": None,
+                           "campaign": "spring"})
+        h.check(r.body["recognised"] == kind and r.body["recorded"] is recorded
+                and r.body["channel"] == "sms", "inbound_sms %r" % text, r)
+        h.check(text.strip() not in r.raw.decode(errors="replace"), "the answer echoes the text", r)
+    sms = {"user": u, "type": "inbound_sms", "text": "STOP"}
+    bad_post(g, P, dict(sms, text="s" * 1601), "invalid_field", "text")
+    bad_post(g, P, dict(sms, text=5), "invalid_field", "text")
+    # Valid by shape, refused by rule (the schema has no conditions).
+    bad_post(g, P, {"user": u, "type": "inbound_sms"}, "missing_field", "text", shape=False)
+    bad_post(g, P, dict(sms, category="marketing"), "invalid_field", "category", shape=False)
+    bad_post(g, P, {"user": u, "type": "open", "text": "STOP"}, "invalid_field", "text",
+             shape=False)
+    bad_post(g, P, dict(sms, channel="fax"), "unknown_channel", "channel", shape=False)
     ok = {"user": u, "type": "open"}
     for raw in (b"nope", b"[]", b"", b'{"user": "a", "user": "b", "type": "open"}'):
         bad_post(g, P, raw, "invalid_json")

@@ -246,6 +246,7 @@ static void run_event(const char *body, size_t len)
     static const enum consent_kind kinds[] = {
         [EVENT_UNSUBSCRIBE] = CONSENT_UNSUBSCRIBE, [EVENT_COMPLAINT] = CONSENT_COMPLAINT,
         [EVENT_BOUNCE] = CONSENT_BOUNCE, [EVENT_ENGAGE] = CONSENT_ENGAGE,
+        [EVENT_INBOUND_SMS] = CONSENT_SET,
     };
     struct field_error e;
     struct req_event ev;
@@ -253,10 +254,28 @@ static void run_event(const char *body, size_t len)
         check_error(&e);
     } else {
         FUZZ_CHECK(ev.effect[0] && strlen(ev.scope) < sizeof ev.scope);
+        if (ev.kind == EVENT_INBOUND_SMS) {
+            /* Only STOP and START reach Redis, on a configured channel,
+             * for every category; the detail names the keyword alone. */
+            FUZZ_CHECK(ev.channel && config_channel(&cfg, ev.channel) && !ev.category);
+            FUZZ_CHECK(ev.records == (ev.keyword == SMS_KEYWORD_STOP ||
+                                      ev.keyword == SMS_KEYWORD_START));
+            FUZZ_CHECK(ev.opt_in == (ev.keyword == SMS_KEYWORD_START));
+            size_t n = strlen(ev.channel);
+            FUZZ_CHECK(strncmp(ev.scope, ev.channel, n) == 0 && strcmp(ev.scope + n, "|*") == 0);
+            const char *kw = sms_keyword_name(ev.keyword);
+            FUZZ_CHECK(strncmp(ev.detail, "inbound_sms", 11) == 0);
+            FUZZ_CHECK(!kw || strncmp(ev.detail + 11, " ", 1) == 0);
+            FUZZ_CHECK(!kw || strncmp(ev.detail + 12, kw, strlen(kw)) == 0);
+        } else {
+            FUZZ_CHECK(ev.records && !ev.opt_in);
+        }
         char u[PSEUDONYM_USER_HEX + 1];
         pseudonym_user(fz_pseudonym(), ev.user, ev.user_len, u);
         struct script_args args;
-        decision_signal_args(&cfg, u, kinds[ev.kind], ev.scope, false, NULL, ev.detail, &args);
+        decision_signal_args(&cfg, u, kinds[ev.kind], ev.scope, ev.opt_in,
+                             ev.kind == EVENT_INBOUND_SMS ? REQ_SMS_SOURCE : NULL, ev.detail,
+                             &args);
         check_args(&args);
     }
     request_free(ev.json);

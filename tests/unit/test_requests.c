@@ -98,6 +98,84 @@ TEST(events_say_what_they_do)
     request_free(ev.json);
 }
 
+/* The text of an inbound SMS: only its keyword leaves the parser. */
+TEST(inbound_sms_keywords)
+{
+    struct req_event ev;
+    struct field_error e;
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\" Stop. \",\"campaign\":\"spring\"}"), &ev, &e), 0);
+    CHECK_EQ_INT(ev.kind, EVENT_INBOUND_SMS);
+    CHECK_EQ_INT(ev.keyword, SMS_KEYWORD_STOP);
+    CHECK(ev.records && !ev.opt_in);
+    CHECK_EQ_STR(ev.channel, "sms");              /* the default: the channel named sms */
+    CHECK_EQ_STR(ev.scope, "sms|*");
+    CHECK_EQ_STR(ev.effect, "opted out of sms|*");
+    CHECK_EQ_STR(ev.detail, "inbound_sms stop campaign=spring");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\"UNSTOP\",\"channel\":\"push\"}"), &ev, &e), 0);
+    CHECK(ev.records && ev.opt_in);
+    CHECK_EQ_STR(ev.scope, "push|*");
+    CHECK_EQ_STR(ev.detail, "inbound_sms start");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\"info\"}"), &ev, &e), 0);
+    CHECK(ev.keyword == SMS_KEYWORD_HELP && !ev.records);
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\"please stop texting me\"}"), &ev, &e), 0);
+    CHECK(ev.keyword == SMS_KEYWORD_NONE && !ev.records);
+    CHECK_EQ_STR(ev.detail, "inbound_sms");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\"\"}"), &ev, &e), 0);
+    CHECK(ev.keyword == SMS_KEYWORD_NONE && !ev.records);   /* an MMS with no words */
+    request_free(ev.json);
+    /* Other types record as before, and take no text. */
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"open\",\"text\":null}"), &ev, &e), 0);
+    CHECK(ev.records && !ev.opt_in);
+    request_free(ev.json);
+}
+
+TEST(inbound_sms_refusals_quote_no_text)
+{
+    struct req_event ev;
+    struct field_error e;
+    char body[8192];
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\"}"), &ev, &e), -1);
+    CHECK_EQ_INT(e.code, API_MISSING_FIELD);
+    CHECK_EQ_STR(e.field, "text");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":7}"), &ev, &e), -1);
+    CHECK_EQ_STR(e.field, "text");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"open\",\"text\":\"STOP\"}"), &ev, &e), -1);
+    CHECK_EQ_STR(e.field, "text");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\"STOP\",\"category\":\"marketing\"}"), &ev, &e), -1);
+    CHECK_EQ_STR(e.field, "category");
+    request_free(ev.json);
+    CHECK_EQ_INT(request_event(&cfg, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\"STOP\",\"channel\":\"fax\"}"), &ev, &e), -1);
+    CHECK_EQ_INT(e.code, API_UNKNOWN_CHANNEL);
+    request_free(ev.json);
+    /* Without a channel named sms, the text must name the SMS channel. */
+    struct config no_sms = cfg;
+    no_sms.n_channels = 2;                        /* email, push */
+    CHECK_EQ_INT(request_event(&no_sms, BODY("{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\"STOP\"}"), &ev, &e), -1);
+    CHECK_EQ_INT(e.code, API_UNKNOWN_CHANNEL);
+    CHECK_EQ_STR(e.field, "channel");
+    request_free(ev.json);
+    /* 1600 characters fit, however many bytes they take; 1601 do not. */
+    for (int n = 1600; n <= 1601; n++) {
+        int at = snprintf(body, sizeof body, "{\"user\":\"u\",\"type\":\"inbound_sms\",\"text\":\"");
+        for (int k = 0; k < n; k++)
+            at += snprintf(body + at, sizeof body - at, "%s", k % 2 ? "\xc3\xa9" : "Z");
+        at += snprintf(body + at, sizeof body - at, "\"}");
+        CHECK_EQ_INT(request_event(&cfg, body, (size_t)at, &ev, &e), n == 1600 ? 0 : -1);
+        if (n == 1601) {
+            CHECK_EQ_STR(e.field, "text");
+            CHECK(strstr(e.message, "ZZ") == NULL && strstr(e.message, "1600") != NULL);
+        }
+        request_free(ev.json);
+    }
+}
+
 TEST(consent_takes_stars)
 {
     struct req_consent c;
@@ -219,6 +297,8 @@ int main(void)
     RUN(control_characters_are_refused_where_they_travel);
     RUN(send_needs_an_upstream_and_a_payload);
     RUN(events_say_what_they_do);
+    RUN(inbound_sms_keywords);
+    RUN(inbound_sms_refusals_quote_no_text);
     RUN(consent_takes_stars);
     RUN(route_fields_from_pointers_and_headers);
     RUN(route_recipients_in_form_bodies);

@@ -29,6 +29,37 @@ TEST(rejects_duplicate_keys_and_bad_utf8)
     CHECK(validate_object(nul, sizeof nul - 1, &e) == NULL);
 }
 
+/* jansson words its errors with up to 20 bytes of the body ("near '...'"):
+ * a user id or a person's text.  The answer keeps the reason and the place. */
+TEST(invalid_json_quotes_nothing_of_the_body)
+{
+    struct field_error e;
+    const char ctl[] = "{\"user\":\"u\",\"text\":\"secret words\x01\"}";
+    CHECK(validate_object(ctl, sizeof ctl - 1, &e) == NULL);
+    CHECK_EQ_INT(e.code, API_INVALID_JSON);
+    CHECK(strstr(e.message, "secret") == NULL);
+    CHECK(strstr(e.message, "control character") != NULL && strstr(e.message, "at byte") != NULL);
+    const char tok[] = "{\"user\": alice}";
+    CHECK(validate_object(tok, sizeof tok - 1, &e) == NULL);
+    CHECK(strstr(e.message, "alice") == NULL && strstr(e.message, "near") == NULL);
+    const char esc[] = "{\"user\":\"ab\\qcd\"}";
+    CHECK(validate_object(esc, sizeof esc - 1, &e) == NULL);
+    CHECK(strstr(e.message, "ab") == NULL);
+    const char dup[] = "{\"secret\":1,\"secret\":2}";
+    CHECK(validate_object(dup, sizeof dup - 1, &e) == NULL);
+    CHECK(strstr(e.message, "secret") == NULL && strstr(e.message, "duplicate") != NULL);
+    const char uni[] = "{\"user\":\"\\ud800x\"}";
+    CHECK(validate_object(uni, sizeof uni - 1, &e) == NULL);
+    CHECK(strstr(e.message, "Unicode") != NULL && strstr(e.message, "D800") == NULL &&
+          strstr(e.message, "d800") == NULL);
+    const char uesc[] = "{\"user\":\"\\u12g4\"}";
+    CHECK(validate_object(uesc, sizeof uesc - 1, &e) == NULL);
+    CHECK(strstr(e.message, "12g") == NULL);
+    /* Where nothing was read, jansson's words hold nothing of the body. */
+    CHECK(validate_object("{\"a\":", 5, &e) == NULL);
+    CHECK(strstr(e.message, "end of file") != NULL);
+}
+
 TEST(unknown_field_is_named)
 {
     struct field_error e;
@@ -119,6 +150,7 @@ int main(void)
 {
     RUN(rejects_empty_and_non_objects);
     RUN(rejects_duplicate_keys_and_bad_utf8);
+    RUN(invalid_json_quotes_nothing_of_the_body);
     RUN(unknown_field_is_named);
     RUN(string_fields);
     RUN(multibyte_length_is_bytes);
