@@ -36,6 +36,7 @@
 #include "capgate/reply.h"
 #include "capgate/requests.h"
 #include "capgate/rotation.h"
+#include "capgate/token.h"
 #include "capgate/upstream.h"
 
 struct route_call;
@@ -483,6 +484,44 @@ static void on_collateral_abandoned(void *arg, const struct store_reply *r)
     (void)arg; (void)r;   /* failing, the copy waits for its lease and is delivered alone */
 }
 
+/* The unsubscribe links of the recipients KEEP names, when the route puts
+ * List-Unsubscribe headers in the body (unsubscribe_headers): the scope is
+ * the route's channel and the request's category.  NULL when it does not
+ * (or out of memory: the body then goes without them, as without the
+ * setting). */
+struct links {
+    size_t n;
+    char (*url)[UNSUBSCRIBE_URL_MAX];
+    const char **of;                  /* per recipient: url[k] or NULL */
+};
+
+static void links_free(struct links *ln)
+{
+    if (ln) {
+        free(ln->url);
+        free(ln->of);
+        free(ln);
+    }
+}
+
+static struct links *links_for(struct route_call *c, const bool *keep)
+{
+    size_t n = c->rr.n;
+    if (!c->route->unsubscribe_headers || !c->cfg->public.enabled || !n)
+        return NULL;
+    struct links *ln = calloc(1, sizeof *ln);
+    if (!ln || !(ln->url = calloc(n, sizeof *ln->url)) || !(ln->of = calloc(n, sizeof *ln->of))) {
+        links_free(ln);
+        return NULL;
+    }
+    time_t now = time(NULL);
+    for (size_t k = 0; k < n; k++)
+        if (keep[k] && token_link(c->loop->pseudonym, c->cfg, c->r[k].user, c->route->channel,
+                                  c->rr.cat->name, now, ln->url[k], sizeof ln->url[k]) == 0)
+            ln->of[k] = ln->url[k];
+    return ln;
+}
+
 static void decided_all(struct route_call *c)
 {
     struct loop *l = c->loop;
@@ -504,8 +543,10 @@ static void decided_all(struct route_call *c)
     bool failed = false;
     size_t len = c->body_len;
     if (sending) {
+        struct links *ln = links_for(c, keep);
         c->sent_body = request_route_body(&c->rr, c->body, c->body_len, keep, true, sent, &len,
-                                          &failed);
+                                          &failed, ln ? ln->of : NULL);
+        links_free(ln);
         if (failed) {
             /* A recipient that is not allowed cannot be cut out (a header,
              * a pointer without "*"): nobody goes. */
@@ -608,8 +649,10 @@ static char *recipient_blob(struct route_call *c, size_t k)
         if (!keep)
             return NULL;
         keep[k] = true;
+        struct links *ln = links_for(c, keep);
         alone = request_route_body(&c->rr, c->body, c->body_len, keep, false, NULL, &len,
-                                   &failed);
+                                   &failed, ln ? ln->of : NULL);
+        links_free(ln);
         free(keep);
         snprintf(mid, sizeof mid, "%s-%.8s", c->rr.message_id, r->user);
     }

@@ -2048,8 +2048,8 @@ static int check_public(struct parser *p, void *base, int line)
     (void)line;
     if (cfg->listen_host && strcmp(cfg->listen_host, pub->listen_host) == 0 &&
         cfg->listen_port == pub->listen_port)
-        return fail(p, line, "public.listen is the API's listen address: the public pages "
-                             "need a listener of their own");
+        return fail(p, line, "the same address as listen: the public pages need a listener "
+                             "of their own");
     pub->enabled = true;
     return 0;
 }
@@ -2264,6 +2264,30 @@ static int check_route_channel(struct parser *p, void *base, int line)
     return 0;
 }
 
+/* unsubscribe_headers: "json:<pointer>" whose last step is a plain key (the
+ * headers object, made when absent) and whose steps before it go through
+ * at least one "*" (an element per message: a personalization); the links
+ * need the public section. */
+static int check_route_unsubscribe_headers(struct parser *p, void *base, int line)
+{
+    const struct cfg_route *r = base;
+    const char *s = r->unsubscribe_headers;
+    if (!s)
+        return 0;
+    const char *last = strrchr(s, '/');
+    struct qbuf qb;
+    if (strncmp(s, "json:/", 6) != 0 || !last || last == s + 5 || !last[1] ||
+        strspn(last + 1, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") !=
+            strlen(last + 1) || !strstr(s, "/*/"))
+        return fail(p, line, "bad %s (want json:<pointer> to the headers object of each "
+                             "message, e.g. \"json:/personalizations/*/headers\")",
+                    quote(&qb, s));
+    if (!p->cfg->public.enabled)
+        return fail(p, line, "unsubscribe links need the public section (public.base_url, "
+                             "public.listen)");
+    return 0;
+}
+
 static const struct directive route_table[] = {
     { .name = "path", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_route, path),
       .check = check_route_path },
@@ -2277,6 +2301,8 @@ static const struct directive route_table[] = {
       .check = check_route_campaign },
     { .name = "category", .type = DT_STRING, FIELD(struct cfg_route, category),
       .check = check_route_category },
+    { .name = "unsubscribe_headers", .type = DT_STRING,
+      FIELD(struct cfg_route, unsubscribe_headers), .check = check_route_unsubscribe_headers },
     { .name = NULL },
 };
 
@@ -2884,6 +2910,7 @@ void config_free(struct config *cfg)
         free(r->campaign);
         free(r->message_id);
         free(r->category);
+        free(r->unsubscribe_headers);
     }
     free(cfg->routes);
 

@@ -16,6 +16,7 @@ struct jnode {
     unsigned char type;
     bool removed;                  /* marked by jdoc_remove */
     bool gone, dirty;              /* jdoc_text's: left out / something inside is */
+    bool appended;                 /* jdoc_append gave it members to add */
     unsigned parent, first, last, next, n;
     size_t start, end;             /* the value's bytes */
     size_t kstart, kend;           /* an object member's key, quotes included (else 0, 0) */
@@ -29,6 +30,13 @@ struct jdoc {
     unsigned n, cap;
     int depth;
     size_t rekeyed;                /* bytes jdoc_rekey's keys may add to jdoc_text */
+    struct jappend {               /* jdoc_append's members, in the order given */
+        unsigned node;
+        char *text;
+        size_t len;
+    } *appends;
+    unsigned n_appends, cap_appends;
+    size_t appended;               /* their bytes, with a comma each */
 };
 
 /* ---- parsing ------------------------------------------------------------------ */
@@ -238,6 +246,8 @@ struct jdoc *jdoc_parse(const char *text, size_t len)
 void jdoc_free(struct jdoc *d)
 {
     if (d) {
+        jdoc_unmark(d);            /* frees the appends */
+        free(d->appends);
         free(d->nodes);
         free(d);
     }
@@ -515,8 +525,36 @@ void jdoc_unmark(struct jdoc *d)
     for (unsigned k = 0; k < d->n; k++) {
         d->nodes[k].removed = false;
         d->nodes[k].rekey = NONE;
+        d->nodes[k].appended = false;
     }
     d->rekeyed = 0;
+    for (unsigned k = 0; k < d->n_appends; k++)
+        free(d->appends[k].text);
+    d->n_appends = 0;
+    d->appended = 0;
+}
+
+bool jdoc_append(struct jdoc *d, unsigned node, const char *member)
+{
+    if (node >= d->n || d->nodes[node].type != J_OBJ || !*member)
+        return false;
+    if (d->n_appends == d->cap_appends) {
+        unsigned cap = d->cap_appends ? d->cap_appends * 2 : 8;
+        struct jappend *a = realloc(d->appends, cap * sizeof *a);
+        if (!a)
+            return false;
+        d->appends = a;
+        d->cap_appends = cap;
+    }
+    size_t len = strlen(member);
+    char *text = malloc(len);
+    if (!text)
+        return false;
+    memcpy(text, member, len);
+    d->appends[d->n_appends++] = (struct jappend){ .node = node, .text = text, .len = len };
+    d->appended += len + 1;
+    d->nodes[node].appended = true;
+    return true;
 }
 
 struct buf {
@@ -536,11 +574,31 @@ static size_t child_start(const struct jnode *c)
     return c->kend ? c->kstart : c->start;
 }
 
+/* NODE's appended members, each after a comma but the first of an object
+ * that keeps nothing (AFTER: something is written before them). */
+static void put_appends(const struct jdoc *d, unsigned node, struct buf *b, bool after)
+{
+    for (unsigned k = 0; k < d->n_appends; k++) {
+        if (d->appends[k].node != node)
+            continue;
+        if (after)
+            put(b, ",", 1);
+        put(b, d->appends[k].text, d->appends[k].len);
+        after = true;
+    }
+}
+
 static void emit(const struct jdoc *d, unsigned node, struct buf *b)
 {
     const struct jnode *j = &d->nodes[node];
     if (!j->dirty) {
         put(b, d->text + j->start, j->end - j->start);
+        return;
+    }
+    if (j->n == 0) {                     /* an empty object given members: "{" ... "}" */
+        put(b, d->text + j->start, j->end - 1 - j->start);
+        put_appends(d, node, b, false);
+        put(b, d->text + j->end - 1, 1);
         return;
     }
     /* A container with something left out: its opening (up to its first
@@ -567,6 +625,8 @@ static void emit(const struct jdoc *d, unsigned node, struct buf *b)
         }
         prev_end = cn->end;      /* the separator before the next one starts here */
     }
+    if (j->appended)
+        put_appends(d, node, b, any);
     put(b, d->text + lastn->end, j->end - lastn->end);
 }
 
@@ -578,7 +638,7 @@ char *jdoc_text(const struct jdoc *d, size_t *len)
      * member) and what holds something that goes. */
     for (unsigned k = m->n; k-- > 0;) {
         struct jnode *j = &m->nodes[k];
-        j->dirty = false;
+        j->dirty = j->appended;
         bool all_gone = j->type == J_ARR && j->n > 0;
         for (unsigned c = j->first; c != NONE; c = m->nodes[c].next) {
             if (m->nodes[c].gone || m->nodes[c].dirty || m->nodes[c].rekey != NONE)
@@ -589,7 +649,7 @@ char *jdoc_text(const struct jdoc *d, size_t *len)
         bool member = j->parent != NONE && m->nodes[j->parent].type == J_OBJ;
         j->gone = j->removed || (all_gone && member);
     }
-    char *out = malloc(d->len + d->rekeyed + 1);
+    char *out = malloc(d->len + d->rekeyed + d->appended + 1);
     if (!out)
         return NULL;
     struct buf b = { out, 0 };

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "capgate/json_flat.h"
+#include "capgate/token.h"
 #include "capgate/tz.h"
 
 /* The body as a JSON object with no field outside FIELDS (NULL-terminated). */
@@ -633,6 +634,8 @@ int request_route(const struct config *cfg, const struct cfg_route *route, const
                   struct field_error *e)
 {
     memset(out, 0, sizeof *out);
+    if (route->unsubscribe_headers)
+        out->headers_at = route->unsubscribe_headers + 5;      /* after "json:" */
     int rc = read_route(cfg, route, body, len, header, ctx, out, e);
     if (rc != 0)
         request_route_free(out);      /* a refusal leaves nothing to free */
@@ -695,11 +698,58 @@ static void rekey_alone(const struct req_route *rr, struct jdoc *d, const bool *
     }
 }
 
+/* RFC 8058's two headers in each outer element (a personalization) at
+ * RR->headers_at, for the first recipient it still sends that has a link:
+ * in its headers object, or in one made for them.  An element whose
+ * headers already name List-Unsubscribe keeps the sender's. */
+static void add_unsubscribe_headers(const struct req_route *rr, struct jdoc *d, const bool *keep,
+                                    const char *const *links)
+{
+    const char *at = rr->headers_at, *slash = strrchr(at, '/');
+    char outer[JSONEDIT_PATH_MAX], key[JSONEDIT_PATH_MAX], path[2 * JSONEDIT_PATH_MAX + 32];
+    snprintf(outer, sizeof outer, "%.*s", (int)(slash - at), at);
+    snprintf(key, sizeof key, "%s", slash + 1);
+    size_t max = rr->n_places + 1;
+    struct jmatch *m = calloc(max, sizeof *m), found;
+    long n = m ? jdoc_find(d, outer, m, max) : 0;
+    for (long i = 0; i < n && (size_t)i < max; i++) {
+        if (jdoc_removed(d, m[i].node))
+            continue;
+        size_t plen = strlen(m[i].path);
+        const char *url = NULL;
+        for (size_t k = 0; k < rr->n_places && !url; k++) {
+            const struct req_place *p = &rr->place[k];
+            if (keep[p->recipient] && links[p->recipient] && !jdoc_removed(d, p->match.node) &&
+                strncmp(p->match.path, m[i].path, plen) == 0 && p->match.path[plen] == '/')
+                url = links[p->recipient];
+        }
+        if (!url)
+            continue;
+        char headers[2 * UNSUBSCRIBE_URL_MAX];
+        snprintf(headers, sizeof headers, "\"List-Unsubscribe\":\"<%s>\","
+                 "\"List-Unsubscribe-Post\":\"List-Unsubscribe=One-Click\"", url);
+        snprintf(path, sizeof path, "%s/%s", m[i].path, key);
+        if (jdoc_find(d, path, &found, 1) == 1) {
+            char named[sizeof path + 32];
+            snprintf(named, sizeof named, "%s/List-Unsubscribe", path);
+            struct jmatch own;
+            if (jdoc_find(d, named, &own, 1) == 0)
+                jdoc_append(d, found.node, headers);       /* (not an object: left alone) */
+        } else {
+            char member[sizeof headers + JSONEDIT_PATH_MAX + 8];
+            snprintf(member, sizeof member, "\"%s\":{%s}", key, headers);
+            jdoc_append(d, m[i].node, member);
+        }
+    }
+    free(m);
+}
+
 char *request_route_body(const struct req_route *rr, const char *body, size_t len,
                          const bool *keep, bool whole, bool *sent, size_t *outlen,
-                         bool *failed)
+                         bool *failed, const char *const *links)
 {
     bool all = true;
+    bool headers = links && rr->headers_at && rr->doc;
     *failed = false;
     for (size_t k = 0; k < rr->n; k++) {
         if (sent)
@@ -710,7 +760,7 @@ char *request_route_body(const struct req_route *rr, const char *body, size_t le
                 *failed = true;         /* a header, or a pointer without "*" */
         }
     }
-    if (all || *failed)
+    if (*failed || (all && !headers))
         return NULL;
     if (rr->pairs) {
         bool *drop = calloc(rr->n_pairs ? rr->n_pairs : 1, sizeof *drop);
@@ -762,6 +812,8 @@ char *request_route_body(const struct req_route *rr, const char *body, size_t le
     }
     if (!whole)
         rekey_alone(rr, d, keep);
+    if (headers)
+        add_unsubscribe_headers(rr, d, keep, links);
     /* Who is still there: a recipient is sent while one of its places stays. */
     if (sent) {
         for (size_t k = 0; k < rr->n; k++)

@@ -105,6 +105,9 @@ struct cfg_route {
     char *category;         /* optional */
     char **replay_headers;  /* the upstream's headers a replay repeats (e.g. X-Message-Id) */
     size_t n_replay_headers;
+    /* "json:/personalizations/STAR/headers" (STAR: "*"): the object each outer
+     * element's List-Unsubscribe headers go in (public section); NULL: none. */
+    char *unsubscribe_headers;
 };
 
 struct cfg_category {

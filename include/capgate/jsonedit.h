@@ -59,7 +59,13 @@ unsigned jdoc_parent(const struct jdoc *d, unsigned node);
  * its bytes as they are) -- a personalization's "cc" array written as its
  * "to" when the "to" goes.  False when either is not a member. */
 bool jdoc_rekey(struct jdoc *d, unsigned member, unsigned like);
-/* Clears every mark (and every rekey). */
+/* Adds MEMBER (one member's text, '"key":value', written as given: the
+ * caller makes it valid JSON) at the end of the object NODE in jdoc_text(),
+ * after a comma when something stands before it -- a personalization's
+ * List-Unsubscribe headers.  False when NODE is not an object, MEMBER is
+ * empty, or out of memory. */
+bool jdoc_append(struct jdoc *d, unsigned node, const char *member);
+/* Clears every mark (and every rekey and append). */
 void jdoc_unmark(struct jdoc *d);
 
 /* The text without what is marked: an array left empty by the marks goes

@@ -130,6 +130,7 @@ struct req_route {
     size_t n, cap_rcpt;
     struct req_place *place;
     size_t n_places, cap_places;
+    const char *headers_at;          /* the route's unsubscribe_headers pointer, or NULL */
 };
 
 /* More recipients than limits.max_recipients is API_TOO_MANY_RECIPIENTS (413).
@@ -148,10 +149,14 @@ void request_route_free(struct req_route *rr);
  * one recipient's copy, a kept "cc" or "bcc" array is written under the "to"
  * key when the "to" beside it goes).  SENT[i] (may be NULL) says which
  * recipients the result still carries.  *FAILED: it cannot be done (a kept
- * body must lose a recipient that no cut can take out, or out of memory). */
+ * body must lose a recipient that no cut can take out, or out of memory).
+ * LINKS (may be NULL; per recipient, entries may be NULL): with the route's
+ * unsubscribe_headers, each outer element's List-Unsubscribe headers name
+ * the link of the first recipient it still sends (a copy is then always
+ * made). */
 char *request_route_body(const struct req_route *rr, const char *body, size_t len,
                          const bool *keep, bool whole, bool *sent, size_t *outlen,
-                         bool *failed);
+                         bool *failed, const char *const *links);
 
 /* POST /v1/admin/campaigns/resume: {"campaign"}. */
 struct req_resume {

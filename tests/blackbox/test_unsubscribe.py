@@ -122,6 +122,26 @@ def seal_token(key_file, user_hex, channel, category, expires_s):
     return base64.urlsafe_b64encode(nonce + out.raw[:clen.value]).rstrip(b"=").decode()
 
 
+def open_token(key_file, token):
+    """(pseudonym hex, channel, category, expires) of a genuine token."""
+    with open(key_file, "rb") as f:
+        secret = f.read()
+    key = hashlib.blake2b(secret, digest_size=32).digest()
+    token_key = hashlib.blake2b(b"capgate token", key=key, digest_size=32).digest()
+    box = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    lib = _sodium()
+    out = ctypes.create_string_buffer(len(box))
+    plen = ctypes.c_ulonglong()
+    rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        out, ctypes.byref(plen), None, box[24:], ctypes.c_ulonglong(len(box) - 24), None,
+        ctypes.c_ulonglong(0), box[:24], token_key)
+    h.check(rc == 0, "the token opens with the key file's token key")
+    p = out.raw[:plen.value]
+    cl = p[21]
+    return (p[5:21].hex(), p[22:22 + cl].decode(), p[23 + cl:].decode(),
+            struct.unpack(">I", p[1:5])[0])
+
+
 def pseudonym_of(key_file, user):
     """pseudonym.c's user pseudonym, computed here: BLAKE2b keyed with the
     derived key, 16 bytes, of the domain byte 'u' and the id."""
@@ -419,3 +439,46 @@ def test_the_preference_page_in_headless_chromium_without_javascript():
         wd.close()
     h.check(decision(g, u) == ("deny", "opted_out"), "the next decide honours the page")
     h.check(decision(g, u, "push")[0] == "allow", "and nothing else changed")
+
+
+def test_list_unsubscribe_headers_go_in_each_personalization_of_a_routed_body():
+    from upstream_server import FakeUpstream
+    from test_routes import SG_USERS, mail, post
+    up = FakeUpstream().start()
+    route = {"path": "/v3/mail/send", "channel": "email", "user": SG_USERS,
+             "message_id": "header:Idempotency-Key",
+             "unsubscribe_headers": "json:/personalizations/*/headers"}
+    g, = public_gateways(channels={"email": {"upstream": {"url": up.url + "/sendgrid"}}},
+                         routes=[route], caps=[])
+    a, b, c, d = (h.uid("lu") for _ in range(4))
+    h.expect_status(g.post("/v1/consent", {"user": b, "channel": "email", "category": "*",
+                                           "state": "opt_out", "source": "test"}), 200)
+    body = mail([{"to": [{"email": b}, {"email": a}]},
+                 {"to": [{"email": c}], "headers": {"X-Custom": "kept"}},
+                 {"to": [{"email": d}], "headers": {"List-Unsubscribe": "<mailto:u@shop.example>"}}])
+    r = post(g, body, h.mid("lu"))
+    h.expect_status(r, 202)                  # SendGrid's own answer, passed through
+    h.wait_until(lambda: len(up.requests) >= 1, 5, what="the forward")
+    sent = json.loads(up.requests[0].body)
+    ps = sent["personalizations"]
+    h.check([x["email"] for x in ps[0]["to"]] == [a], "b (opted out) cut: %r" % ps[0])
+    links = {}
+    for k, who in ((0, a), (1, c)):
+        hd = ps[k]["headers"]
+        h.check(hd["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click" and
+                re.fullmatch(r"<http://127\.0\.0\.1:%d/u/[A-Za-z0-9_-]+>" % g.public_port,
+                             hd["List-Unsubscribe"]), "RFC 8058 headers in %d: %r" % (k, hd))
+        tok = hd["List-Unsubscribe"][1:-1].split("/u/")[1]
+        who_p, ch, cat, _ = open_token(g.key_file, tok)
+        h.check((who_p, ch, cat) == (pseudonym_of(g.key_file, who), "email", "marketing"),
+                "personalization %d's link is its recipient's, for email marketing" % k)
+        links[who] = hd["List-Unsubscribe"][1:-1]
+    h.check(ps[1]["headers"]["X-Custom"] == "kept", "the sender's own headers stay")
+    h.check(ps[2]["headers"] == {"List-Unsubscribe": "<mailto:u@shop.example>"},
+            "a sender's own List-Unsubscribe is kept: %r" % ps[2])
+    raw = up.requests[0].body.decode()
+    h.check('"subject": "Spring sale"' in raw, "every other byte as sent (indent kept)")
+    # The link works: c's one-click opts c out, a still goes.
+    h.expect_status(one_click(g, links[c]), 200)
+    h.check(decision(g, c)[1] == "opted_out" and decision(g, a)[0] == "allow",
+            "c's link opted c out, and only c")

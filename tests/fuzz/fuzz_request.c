@@ -356,6 +356,7 @@ static void run_route(const char *body, size_t len)
         .path = "/v3/mail/send", .channel = "email", .users = users, .n_users = 3,
         .message_id = "header:Idempotency-Key", .campaign = "json:/campaign",
         .category = "json:/category",
+        .unsubscribe_headers = "json:/personalizations/*/headers",
     };
     struct field_error e;
     struct req_route rr;
@@ -379,7 +380,8 @@ static void run_route(const char *body, size_t len)
         keep[k] = true;
         size_t olen = len;
         bool failed;
-        char *alone = request_route_body(&rr, body, len, keep, false, NULL, &olen, &failed);
+        char *alone = request_route_body(&rr, body, len, keep, false, NULL, &olen, &failed,
+                                         NULL);
         FUZZ_CHECK(!alone || olen <= len);
         struct message m = { .route = true, .method = "POST", .query = "a=1&b=%20",
                              .headers = route_headers(doc),
@@ -397,11 +399,27 @@ static void run_route(const char *body, size_t len)
         keep[k] = k % 2 == 1;
     size_t olen = len;
     bool failed;
-    char *cut = request_route_body(&rr, body, len, keep, true, sent, &olen, &failed);
+    char *cut = request_route_body(&rr, body, len, keep, true, sent, &olen, &failed, NULL);
     FUZZ_CHECK(!cut || olen <= len);
     for (size_t k = 0; cut && k < rr.n; k++)
         FUZZ_CHECK(!sent[k] || keep[k]);      /* nobody goes who was not kept */
     free(cut);
+    /* With List-Unsubscribe headers added: still one JSON value. */
+    const char **links = calloc(rr.n, sizeof *links);
+    FUZZ_CHECK(links);
+    for (size_t k = 0; k < rr.n; k++) {
+        keep[k] = k % 3 != 2;
+        links[k] = k % 4 == 3 ? NULL : "https://prefs.example.com/u/AbC-_9";
+    }
+    olen = len;
+    cut = request_route_body(&rr, body, len, keep, true, sent, &olen, &failed, links);
+    if (cut && rr.doc && doc) {          /* (what jansson itself reads) */
+        json_t *j = json_loadb(cut, olen, 0, NULL);
+        FUZZ_CHECK(j != NULL);
+        json_decref(j);
+    }
+    free(cut);
+    free(links);
     free(keep);
     free(sent);
     request_route_free(&rr);

@@ -1167,6 +1167,47 @@ TEST(shaping)
                 "channels.email.upstream.pushback.statuses: expected a list of HTTP statuses, got a scalar");
 }
 
+/* The public pages' listener and the routes' List-Unsubscribe headers. */
+TEST(public_section)
+{
+    struct config *cfg = load_ok(UPSTREAM_YAML "public:\n  base_url: \"https://p.example.com/x/\"\n"
+                                 "  listen: \"*:8426\"\n"
+                                 "routes:\n  - { path: /m, channel: email, user: \"json:/to\", "
+                                 "message_id: \"header:K\", unsubscribe_headers: "
+                                 "\"json:/personalizations/*/headers\" }\n");
+    CHECK(cfg != NULL);
+    if (cfg) {
+        CHECK(cfg->public.enabled);
+        CHECK_EQ_STR(cfg->public.base_url, "https://p.example.com/x");    /* no trailing / */
+        CHECK_EQ_STR(cfg->public.listen_host, "0.0.0.0");
+        CHECK_EQ_INT(cfg->public.listen_port, 8426);
+        CHECK(cfg->public.token_ttl_ms == 180LL * 86400000);
+        CHECK(cfg->public.organisation == NULL);
+        CHECK_EQ_INT(cfg->public.max_connections_per_ip, 16);
+        CHECK_EQ_STR(cfg->routes[0].unsubscribe_headers, "json:/personalizations/*/headers");
+        config_free(cfg);
+    }
+    cfg = load_ok(UPSTREAM_YAML);
+    CHECK(cfg != NULL && !cfg->public.enabled);
+    config_free(cfg);
+    CHECK_FAILS(UPSTREAM_YAML "public:\n  base_url: \"ftp://x\"\n  listen: \"*:8426\"\n", 10,
+                "public.base_url: bad URL \"ftp://x\" (want http:// or https://, a host, an "
+                "optional path, no query, at most 200 characters)");
+    CHECK_FAILS(UPSTREAM_YAML "public:\n  base_url: \"https://x/?a\"\n  listen: \"*:8426\"\n", 10,
+                "public.base_url: bad URL \"https://x/?a\" (want http:// or https://, a host, "
+                "an optional path, no query, at most 200 characters)");
+    CHECK_FAILS(UPSTREAM_YAML "public:\n  base_url: \"https://x\"\n", 9,
+                "public.listen: missing required key");
+    CHECK_FAILS(UPSTREAM_YAML "listen: \"127.0.0.1:9000\"\n"
+                "public:\n  base_url: \"https://x\"\n  listen: \"127.0.0.1:9000\"\n", 10,
+                "public: the same address as listen: the public pages need a listener of "
+                "their own");
+    CHECK_FAILS(UPSTREAM_YAML "routes:\n  - { path: /m, channel: email, user: \"json:/to\", "
+                "message_id: \"header:K\", unsubscribe_headers: \"json:/personalizations/*/headers\" }\n",
+                10, "routes[0].unsubscribe_headers: unsubscribe links need the public section "
+                "(public.base_url, public.listen)");
+}
+
 /* A category's default queue priority (a send's own "priority" wins). */
 TEST(category_priority)
 {
@@ -1258,6 +1299,7 @@ int main(void)
     RUN(lookups_on_edge_cases);
     RUN(shaping);
     RUN(category_priority);
+    RUN(public_section);
     RUN(warmup_and_throttles);
     return unit_done("test_config");
 }

@@ -150,6 +150,43 @@ TEST(form_bodies)
     CHECK(form_value(nul, &p[0], &len) == NULL);
 }
 
+/* Members added to objects: after the last kept member, in an empty
+ * object, beside cuts; every other byte as it was. */
+TEST(appended_members)
+{
+    const char body[] = "{\"p\": [ {\"to\": [1, 2], \"headers\": { }}, {\"to\": [3]} ], \"n\": 1.0}";
+    struct jdoc *d = jdoc_parse(body, sizeof body - 1);
+    struct jmatch m[4], h;
+    CHECK(d != NULL);
+    CHECK(jdoc_find(d, "/p/*", m, 4) == 2);
+    CHECK(jdoc_find(d, "/p/0/headers", &h, 1) == 1);
+    CHECK(jdoc_append(d, h.node, "\"A\":\"x\""));
+    CHECK(jdoc_append(d, h.node, "\"B\":\"y\""));
+    CHECK(jdoc_append(d, m[1].node, "\"headers\":{\"A\":\"z\"}"));
+    struct jmatch to[4];
+    CHECK(jdoc_find(d, "/p/0/to/*", to, 4) == 2);
+    CHECK(!jdoc_append(d, to[0].node, "\"A\":1"));      /* not an object */
+    CHECK(!jdoc_append(d, m[0].node, ""));
+    jdoc_remove(d, to[0].node);
+    size_t len;
+    char *out = jdoc_text(d, &len);
+    CHECK_EQ_STR(out, "{\"p\": [ {\"to\": [2], \"headers\": { \"A\":\"x\",\"B\":\"y\"}}, "
+                      "{\"to\": [3],\"headers\":{\"A\":\"z\"}} ], \"n\": 1.0}");
+    CHECK(len == strlen(out));
+    free(out);
+    /* Unmarked: the appends go too. */
+    jdoc_unmark(d);
+    out = jdoc_text(d, &len);
+    CHECK_EQ_STR(out, body);
+    free(out);
+    /* The root itself; and freed with appends still held (ASan: no leak). */
+    CHECK(jdoc_append(d, 0, "\"z\":true"));
+    out = jdoc_text(d, &len);
+    CHECK(strstr(out, "\"n\": 1.0,\"z\":true}") != NULL);
+    free(out);
+    jdoc_free(d);
+}
+
 int main(void)
 {
     RUN(wildcards_find_every_recipient_in_order);
@@ -157,5 +194,6 @@ int main(void)
     RUN(cuts_keep_every_other_byte);
     RUN(bad_json_and_bounds);
     RUN(form_bodies);
+    RUN(appended_members);
     return unit_done("test_jsonedit");
 }

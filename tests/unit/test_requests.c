@@ -213,12 +213,12 @@ TEST(route_fields_from_pointers_and_headers)
     bool keep[2] = { false, true }, sent[2];
     size_t len;
     bool failed;
-    char *out = request_route_body(&rr, ok, strlen(ok), keep, true, sent, &len, &failed);
+    char *out = request_route_body(&rr, ok, strlen(ok), keep, true, sent, &len, &failed, NULL);
     CHECK_EQ_STR(out, "{\"to\":[\"b@example.com\"],\"c\":7}");   /* both places of a@ go */
     CHECK(!sent[0] && sent[1] && !failed);
     free(out);
     keep[0] = true;
-    CHECK(request_route_body(&rr, ok, strlen(ok), keep, true, sent, &len, &failed) == NULL);
+    CHECK(request_route_body(&rr, ok, strlen(ok), keep, true, sent, &len, &failed, NULL) == NULL);
     CHECK(!failed);                              /* everyone kept: the body as it came */
     request_route_free(&rr);
     CHECK_EQ_INT(request_route(&cfg, &route, BODY("{\"to\":[]}"), headers, NULL, &rr, &e), -1);
@@ -252,16 +252,16 @@ TEST(alone_copy_of_a_cc_recipient_has_a_to)
     CHECK_EQ_INT(request_route(&cfg, &route, BODY(b1), headers, NULL, &rr, &e), 0);
     CHECK_EQ_INT(rr.n, 3);
     bool keep[3] = { false, true, false };
-    char *out = request_route_body(&rr, b1, strlen(b1), keep, false, NULL, &len, &failed);
+    char *out = request_route_body(&rr, b1, strlen(b1), keep, false, NULL, &len, &failed, NULL);
     CHECK_EQ_STR(out, "{\"p\":[{\"to\": [{\"email\":\"b\"}]}]}");
     free(out);
     bool keep_c[3] = { false, false, true };
-    out = request_route_body(&rr, b1, strlen(b1), keep_c, false, NULL, &len, &failed);
+    out = request_route_body(&rr, b1, strlen(b1), keep_c, false, NULL, &len, &failed, NULL);
     CHECK_EQ_STR(out, "{\"p\":[{\"to\":[{\"email\":\"c\"}]}]}");
     CHECK(len <= strlen(b1));
     free(out);
     bool keep_a[3] = { true, false, false };
-    out = request_route_body(&rr, b1, strlen(b1), keep_a, false, NULL, &len, &failed);
+    out = request_route_body(&rr, b1, strlen(b1), keep_a, false, NULL, &len, &failed, NULL);
     CHECK_EQ_STR(out, "{\"p\":[{\"to\":[{\"email\":\"a\"}]}]}");
     free(out);
     request_route_free(&rr);
@@ -269,7 +269,7 @@ TEST(alone_copy_of_a_cc_recipient_has_a_to)
     const char *b2 = "{\"p\":[{\"to\":[{\"email\":\"a\"},{\"name\":\"x\"}],\"cc\":[{\"email\":\"b\"}]}]}";
     CHECK_EQ_INT(request_route(&cfg, &route, BODY(b2), headers, NULL, &rr, &e), 0);
     bool keep2[2] = { false, true };
-    out = request_route_body(&rr, b2, strlen(b2), keep2, false, NULL, &len, &failed);
+    out = request_route_body(&rr, b2, strlen(b2), keep2, false, NULL, &len, &failed, NULL);
     CHECK_EQ_STR(out, "{\"p\":[{\"to\":[{\"name\":\"x\"}],\"cc\":[{\"email\":\"b\"}]}]}");
     free(out);
     request_route_free(&rr);
