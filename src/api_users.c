@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "capgate/api.h"
+#include "capgate/campaigns.h"
 #include "capgate/audit_entry.h"
 #include "capgate/clock.h"
 #include "capgate/config.h"
@@ -242,9 +243,9 @@ static void on_shown(void *arg, const struct store_reply *r)
         char disp[96];
         snprintf(disp, sizeof disp, "attachment; filename=\"capgate-%.12s.json\"", call->user);
         const char *const headers[] = { "Content-Disposition", disp, NULL };
-        reply_json_headers(call->loop, call->req, 200, body, headers);
+        campaign_names_reply(call->loop, call->req, body, headers);
     } else {
-        reply_json(call->loop, call->req, 200, body);
+        campaign_names_reply(call->loop, call->req, body, NULL);
     }
 done:
     json_decref(call->old_audit);

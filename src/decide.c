@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "capgate/breaker.h"
+#include "capgate/campaigns.h"
 #include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/decide_batch.h"
@@ -122,6 +123,7 @@ static void on_reply(void *arg, const struct store_reply *r)
      * would count twice here). */
     if (op->road == DECIDE_API && d->outcome == OUTCOME_ALLOW && !d->replay && !op->dry_run)
         breaker_count(op->loop->breaker, op->campaign, BREAKER_SEND);
+    campaign_names_note(op->loop->names, op->campaign);
     audit_line(op, d);
     log_debug("decision", "user=%s road=%s decision=%s reason=%s rule=%s retry_after=%lld replay=%d",
               op->user, road_names[op->road], decision_outcome_name(d->outcome),

@@ -24,6 +24,7 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_SHAPE] = lua_shape,
     [SCRIPT_BREAKER] = lua_breaker,
     [SCRIPT_PREFS] = lua_prefs,
+    [SCRIPT_NAMES] = lua_names,
 };
 
 unsigned decision_tag(const char *user)
@@ -801,6 +802,19 @@ static void person_keys(struct script_args *a, const struct config *cfg, const c
 void decision_show_args(const struct config *cfg, const char *user, struct script_args *a)
 {
     person_keys(a, cfg, user, SCRIPT_SHOW);
+}
+
+void decision_names_args(size_t argc, const char *const *argv, struct script_args *a)
+{
+    args_init(a, SCRIPT_NAMES, 1);
+    arg_fmt(a, "cg:{n}:names");
+    for (size_t k = 0; k < argc; k++)
+        arg_cstr(a, argv[k]);
+}
+
+unsigned decision_campaign_id(const char *campaign)
+{
+    return campaign_id(campaign);
 }
 
 void decision_prefs_args(const char *user, struct script_args *a)

@@ -18,6 +18,7 @@
 #include "capgate/decision.h"
 #include "capgate/delivery.h"
 #include "capgate/breaker.h"
+#include "capgate/campaigns.h"
 #include "capgate/dispatcher.h"
 #include "capgate/http.h"
 #include "capgate/log.h"
@@ -326,6 +327,8 @@ static void drop_stores(struct worker *w)
     w->dispatcher = NULL;
     breaker_free(w->loop.breaker);
     w->loop.breaker = NULL;
+    campaign_names_free(w->loop.names);
+    w->loop.names = NULL;
     delivery_pools_free(w->loop.upstreams);
     w->loop.upstreams = NULL;
     pthread_mutex_lock(&w->stats_lock);
@@ -664,9 +667,10 @@ struct worker *worker_create(const struct worker_setup *setup, char *err, size_t
     w->loop.upstreams = delivery_pools_new(w->loop.base, w->loop.n_loops);
     w->dispatcher = dispatcher_new(&w->loop);
     w->loop.breaker = breaker_new(&w->loop);
+    w->loop.names = campaign_names_new(&w->loop);
     w->loop.batch = decide_batch_new(w->loop.base, &w->loop.store, decide_undo_late, &w->loop);
     if (!w->loop.store || !w->http || !public_ok || !w->housekeeping || !w->command || !w->dispatcher ||
-        !w->loop.breaker ||
+        !w->loop.breaker || !w->loop.names ||
         !w->loop.batch || !w->loop.upstreams) {
         worker_free(w);
         return NULL;
@@ -734,6 +738,7 @@ void worker_free(struct worker *w)
     }
     dispatcher_free(w->dispatcher);
     breaker_free(w->loop.breaker);
+    campaign_names_free(w->loop.names);
     delivery_pools_free(w->loop.upstreams);
     store_free(w->next_store);
     store_free(w->loop.store);

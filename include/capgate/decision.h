@@ -30,7 +30,7 @@ struct tz_zone;
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
     SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM, SCRIPT_ROTATE,
-    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_PREFS,
+    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_PREFS, SCRIPT_NAMES,
     SCRIPT__COUNT
 };
 
@@ -161,6 +161,10 @@ void decision_signal_args(const struct config *cfg, const char *user, enum conse
                           const char *detail, struct script_args *out);
 
 void decision_show_args(const struct config *cfg, const char *user, struct script_args *out);
+/* The campaign names' dictionary (names.lua): ARGV[0..ARGC) as given. */
+void decision_names_args(size_t argc, const char *const *argv, struct script_args *out);
+/* The 24-bit id a send record keeps of CAMPAIGN (1..2^24-1; 0: none). */
+unsigned decision_campaign_id(const char *campaign);
 /* USER's consent records only (prefs.lua): {n, [scope, state, at, source] * n}. */
 void decision_prefs_args(const char *user, struct script_args *out);
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *out);

@@ -31,6 +31,7 @@ struct pseudonym;
 struct tz_db;
 struct decide_batch;
 struct breaker;
+struct campaign_names;
 struct delivery_pools;
 struct loop;
 
@@ -62,6 +63,7 @@ struct loop {
     struct decide_batch *batch;      /* decisions of a loop turn, one Redis call */
     struct delivery_pools *upstreams;    /* proxy mode: outbound HTTP, a pool per channel */
     struct breaker *breaker;         /* the campaign breaker's counts and paused campaigns */
+    struct campaign_names *names;    /* the campaign names its decisions met (campaigns.h) */
     struct metrics metrics;          /* written here only; read by any (counter.h) */
     const struct loop_hooks *hooks;
     /* When this loop's dispatcher claims from each of its tags next
