@@ -96,8 +96,16 @@ static json_t *decision_body(const struct send_call *c)
     if (rule)
         json_object_set_new(o, "rule", json_string(rule));
     json_object_set_new(o, "replay", json_boolean(d->replay));
+    return o;
+}
+
+/* A 200's body: with a public section, the person's link for this channel
+ * and category (the answer to a send that went, or had gone). */
+static json_t *sent_body(const struct send_call *c)
+{
+    json_t *o = decision_body(c);
     char url[UNSUBSCRIBE_URL_MAX];
-    if (d->outcome == OUTCOME_ALLOW && c->cfg->public.enabled &&
+    if (c->cfg->public.enabled &&
         token_link(c->loop->pseudonym, c->cfg, c->user, c->channel, c->category, time(NULL), url,
                    sizeof url) == 0)
         json_object_set_new(o, "unsubscribe_url", json_string(url));
@@ -317,7 +325,7 @@ static void on_forwarded(void *arg, const struct forward_result *fr)
     if (!c->failed_open)
         delivery_ack(c->loop->store, c->cfg, c->user, c->message, NULL, 0);
     breaker_count(c->loop->breaker, c->campaign, BREAKER_SEND);
-    json_t *body = decision_body(c);
+    json_t *body = sent_body(c);
     json_object_set_new(body, "upstream_status", json_integer(r->http_status));
     reply_json(c->loop, c->req, 200, body);
     call_free(c);
@@ -367,7 +375,7 @@ static void on_decided(void *arg, const struct decide_result *r)
         /* This message_id was allowed and its delivery acknowledged: a
          * client retry must not send it twice. */
         metrics_count_delivery(&l->metrics, c->channel, "replayed");
-        reply_json(l, c->req, 200, decision_body(c));
+        reply_json(l, c->req, 200, sent_body(c));
     } else if (d->outcome == OUTCOME_ALLOW) {
         const struct cfg_channel *ch = config_channel(c->cfg, c->channel);
         unsigned flags = c->failed_open ? FORWARD_UNSHAPED : 0;
@@ -444,6 +452,21 @@ static void decide_and_send(struct loop *l, struct send_call *c, const struct cf
     c->m.method = c->method ? c->method : "POST";
     c->m.query = c->query;
     c->m.priority = priority;
+    /* The payload carries this person's one-click link, where the upstream
+     * takes headers (upstream.unsubscribe_headers): now, so that a deferred
+     * copy has it too.  A payload without the place goes as it is. */
+    char url[UNSUBSCRIBE_URL_MAX];
+    size_t with_len;
+    char *with;
+    if (ch->upstream.unsubscribe_headers && l->cfg->public.enabled &&
+        token_link(l->pseudonym, l->cfg, c->user, ch->name, cat->name, time(NULL), url,
+                   sizeof url) == 0 &&
+        (with = request_send_headers(c->m.body, c->m.body_len,
+                                     ch->upstream.unsubscribe_headers + 5, url, &with_len))) {
+        free(c->m.body);
+        c->m.body = with;
+        c->m.body_len = with_len;
+    }
     c->blob = delivery_blob(&c->m, l->pseudonym);
     if (!c->blob) {
         reply_error(l, c->req, API_INTERNAL, NULL, "out of memory");

@@ -1495,6 +1495,28 @@ static const struct choice over_rates[] = {
     { "queue", OVER_RATE_QUEUE }, { "reject", OVER_RATE_REJECT }, { NULL, 0 },
 };
 
+/* channels.<c>.upstream.unsubscribe_headers: "json:<pointer>" to the
+ * headers object of a /v1/send payload (made when absent): the last step a
+ * plain key; the links need the public section (parsed before channels). */
+static int check_send_unsubscribe_headers(struct parser *p, void *base, int line)
+{
+    const struct cfg_upstream *u = base;
+    const char *s = u->unsubscribe_headers;
+    if (!s)
+        return 0;
+    const char *last = strrchr(s, '/');
+    struct qbuf qb;
+    if (strncmp(s, "json:/", 6) != 0 || !last || !last[1] ||
+        strspn(last + 1, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") !=
+            strlen(last + 1))
+        return fail(p, line, "bad %s (want json:<pointer> to the payload's headers object, "
+                             "e.g. \"json:/personalizations/*/headers\")", quote(&qb, s));
+    if (!p->cfg->public.enabled)
+        return fail(p, line, "unsubscribe links need the public section (public.base_url, "
+                             "public.listen)");
+    return 0;
+}
+
 static const struct directive upstream_table[] = {
     { .name = "url", .type = DT_STRING, .flags = D_REQUIRED, FIELD(struct cfg_upstream, url),
       .check = check_upstream_url },
@@ -1509,6 +1531,8 @@ static const struct directive upstream_table[] = {
       .off = offsetof(struct cfg_upstream, warmup), .sub = warmup_table, .check = check_warmup },
     { .name = "over_rate", .type = DT_ENUM, ENUM_FIELD(struct cfg_upstream, over_rate),
       .choices = over_rates, .def = "queue" },
+    { .name = "unsubscribe_headers", .type = DT_STRING,
+      FIELD(struct cfg_upstream, unsubscribe_headers), .check = check_send_unsubscribe_headers },
     { .name = "pushback", .type = DT_SECTION, .off = offsetof(struct cfg_upstream, pushback),
       .sub = pushback_table },
     { .name = NULL },
@@ -2463,6 +2487,9 @@ static const struct directive config_table[] = {
       .sub = redis_table },
     { .name = "privacy", .type = DT_SECTION, .flags = D_REQUIRED, .off = 0,
       .sub = privacy_table },
+    /* Before channels and routes: their unsubscribe_headers need it. */
+    { .name = "public", .type = DT_SECTION, .flags = D_OPTIONAL,
+      .off = offsetof(struct config, public), .sub = public_table, .check = check_public },
     { .name = "channels", .type = DT_CUSTOM, .flags = D_REQUIRED, .parse = parse_channels },
     { .name = "categories", .type = DT_CUSTOM, .flags = D_REQUIRED,
       .parse = parse_categories },
@@ -2493,8 +2520,6 @@ static const struct directive config_table[] = {
       .off = offsetof(struct config, auth), .sub = auth_table, .check = check_auth },
     { .name = "tls", .type = DT_SECTION, .flags = D_OPTIONAL,
       .off = offsetof(struct config, tls), .sub = tls_table, .check = check_tls },
-    { .name = "public", .type = DT_SECTION, .flags = D_OPTIONAL,
-      .off = offsetof(struct config, public), .sub = public_table, .check = check_public },
     { .name = "fatigue", .type = DT_SECTION, .flags = D_OPTIONAL,
       .off = offsetof(struct config, fatigue), .sub = fatigue_table, .check = check_fatigue },
     { .name = "audit", .type = DT_SECTION, .off = offsetof(struct config, audit),
@@ -2864,6 +2889,7 @@ void config_free(struct config *cfg)
         struct cfg_upstream *u = &cfg->channels[i].upstream;
         free(cfg->channels[i].name);
         free(u->url);
+        free(u->unsubscribe_headers);
         free(u->warmup.start);
         for (size_t h = 0; h < u->n_headers; h++)
             free_secret(u->headers[h]);   /* may hold an API token */

@@ -698,6 +698,29 @@ static void rekey_alone(const struct req_route *rr, struct jdoc *d, const bool *
     }
 }
 
+/* RFC 8058's two headers for URL in OUTER's member KEY (an object), or in
+ * one made for them; a headers object that names List-Unsubscribe already
+ * keeps the sender's.  Whether anything was added. */
+static bool put_headers(struct jdoc *d, const struct jmatch *outer, const char *key,
+                        const char *url)
+{
+    char headers[2 * UNSUBSCRIBE_URL_MAX], path[2 * JSONEDIT_PATH_MAX + 32];
+    struct jmatch found;
+    snprintf(headers, sizeof headers, "\"List-Unsubscribe\":\"<%s>\","
+             "\"List-Unsubscribe-Post\":\"List-Unsubscribe=One-Click\"", url);
+    snprintf(path, sizeof path, "%s/%s", outer->path, key);
+    if (jdoc_find(d, path, &found, 1) == 1) {
+        char named[sizeof path + 32];
+        snprintf(named, sizeof named, "%s/List-Unsubscribe", path);
+        struct jmatch own;
+        return jdoc_find(d, named, &own, 1) == 0 &&
+               jdoc_append(d, found.node, headers);     /* (not an object: left alone) */
+    }
+    char member[sizeof headers + JSONEDIT_PATH_MAX + 8];
+    snprintf(member, sizeof member, "\"%s\":{%s}", key, headers);
+    return jdoc_append(d, outer->node, member);
+}
+
 /* RFC 8058's two headers in each outer element (a personalization) at
  * RR->headers_at, for the first recipient it still sends that has a link:
  * in its headers object, or in one made for them.  An element whose
@@ -706,11 +729,11 @@ static void add_unsubscribe_headers(const struct req_route *rr, struct jdoc *d, 
                                     const char *const *links)
 {
     const char *at = rr->headers_at, *slash = strrchr(at, '/');
-    char outer[JSONEDIT_PATH_MAX], key[JSONEDIT_PATH_MAX], path[2 * JSONEDIT_PATH_MAX + 32];
+    char outer[JSONEDIT_PATH_MAX], key[JSONEDIT_PATH_MAX];
     snprintf(outer, sizeof outer, "%.*s", (int)(slash - at), at);
     snprintf(key, sizeof key, "%s", slash + 1);
     size_t max = rr->n_places + 1;
-    struct jmatch *m = calloc(max, sizeof *m), found;
+    struct jmatch *m = calloc(max, sizeof *m);
     long n = m ? jdoc_find(d, outer, m, max) : 0;
     for (long i = 0; i < n && (size_t)i < max; i++) {
         if (jdoc_removed(d, m[i].node))
@@ -723,25 +746,27 @@ static void add_unsubscribe_headers(const struct req_route *rr, struct jdoc *d, 
                 strncmp(p->match.path, m[i].path, plen) == 0 && p->match.path[plen] == '/')
                 url = links[p->recipient];
         }
-        if (!url)
-            continue;
-        char headers[2 * UNSUBSCRIBE_URL_MAX];
-        snprintf(headers, sizeof headers, "\"List-Unsubscribe\":\"<%s>\","
-                 "\"List-Unsubscribe-Post\":\"List-Unsubscribe=One-Click\"", url);
-        snprintf(path, sizeof path, "%s/%s", m[i].path, key);
-        if (jdoc_find(d, path, &found, 1) == 1) {
-            char named[sizeof path + 32];
-            snprintf(named, sizeof named, "%s/List-Unsubscribe", path);
-            struct jmatch own;
-            if (jdoc_find(d, named, &own, 1) == 0)
-                jdoc_append(d, found.node, headers);       /* (not an object: left alone) */
-        } else {
-            char member[sizeof headers + JSONEDIT_PATH_MAX + 8];
-            snprintf(member, sizeof member, "\"%s\":{%s}", key, headers);
-            jdoc_append(d, m[i].node, member);
-        }
+        if (url)
+            put_headers(d, &m[i], key, url);
     }
     free(m);
+}
+
+char *request_send_headers(const char *body, size_t len, const char *at, const char *url,
+                           size_t *outlen)
+{
+    const char *slash = strrchr(at, '/');
+    char outer[JSONEDIT_PATH_MAX];
+    snprintf(outer, sizeof outer, "%.*s", (int)(slash - at), at);
+    struct jdoc *d = jdoc_parse(body, len);
+    struct jmatch m[16];
+    long n = d ? jdoc_find(d, outer, m, 16) : 0;
+    bool any = false;
+    for (long i = 0; i < n && i < 16; i++)
+        any = put_headers(d, &m[i], slash + 1, url) || any;
+    char *out = any ? jdoc_text(d, outlen) : NULL;
+    jdoc_free(d);
+    return out;
 }
 
 char *request_route_body(const struct req_route *rr, const char *body, size_t len,

@@ -62,6 +62,7 @@ struct cfg_upstream {
     struct cfg_warmup warmup;
     enum over_rate over_rate;   /* a fresh send the rate (or a pause) holds: queued or 429 */
     struct cfg_pushback pushback;
+    char *unsubscribe_headers;  /* "json:<pointer>" in a /v1/send payload (public); NULL: none */
 };
 
 struct cfg_channel {

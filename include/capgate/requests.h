@@ -158,6 +158,14 @@ char *request_route_body(const struct req_route *rr, const char *body, size_t le
                          const bool *keep, bool whole, bool *sent, size_t *outlen,
                          bool *failed, const char *const *links);
 
+/* A /v1/send payload (BODY, LEN bytes) with URL's RFC 8058 headers in every
+ * object AT names (upstream.unsubscribe_headers after "json:"), each made in
+ * its parent when absent; a headers object naming List-Unsubscribe keeps
+ * the sender's.  Malloc'ed (*OUTLEN set), or NULL when nothing was added
+ * (the payload then goes as it is). */
+char *request_send_headers(const char *body, size_t len, const char *at, const char *url,
+                           size_t *outlen);
+
 /* POST /v1/admin/campaigns/resume: {"campaign"}. */
 struct req_resume {
     const char *campaign;

@@ -482,3 +482,46 @@ def test_list_unsubscribe_headers_go_in_each_personalization_of_a_routed_body():
     h.expect_status(one_click(g, links[c]), 200)
     h.check(decision(g, c)[1] == "opted_out" and decision(g, a)[0] == "allow",
             "c's link opted c out, and only c")
+
+
+def test_a_send_payload_gets_its_recipients_headers_where_the_upstream_takes_them():
+    from upstream_server import FakeUpstream
+    up = FakeUpstream().start()
+    g, = public_gateways(channels={"email": {"upstream": {
+        "url": up.url + "/send", "unsubscribe_headers": "json:/personalizations/*/headers"}}},
+        caps=[])
+    u = h.uid("ls")
+    r = g.post("/v1/send", {"user": u, "channel": "email", "message_id": h.mid(),
+                            "payload": {"personalizations": [{"to": [{"email": u}]}],
+                                        "subject": "Spring"}})
+    h.expect_status(r, 200)
+    documented(r, "/v1/send")
+    sent = json.loads(up.requests[-1].body)
+    hd = sent["personalizations"][0]["headers"]
+    tok = hd["List-Unsubscribe"][1:-1].split("/u/")[1]
+    h.check(open_token(g.key_file, tok)[:3] == (pseudonym_of(g.key_file, u), "email", "marketing")
+            and hd["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click",
+            "the payload carries the person's link: %r" % hd)
+    h.check(hd["List-Unsubscribe"][1:-1] != r.body["unsubscribe_url"] and
+            open_token(g.key_file, token_of(r.body["unsubscribe_url"]))[0] ==
+            pseudonym_of(g.key_file, u), "the answer's link is the same person's")
+    # A payload without the place goes as it was sent.
+    r = g.post("/v1/send", {"user": h.uid("ls"), "channel": "email", "message_id": h.mid(),
+                            "payload": {"to": "x", "n": 1}})
+    h.expect_status(r, 200)
+    h.check(json.loads(up.requests[-1].body) == {"to": "x", "n": 1}, "unchanged")
+    # Refused at load without a public section.
+    rc, out, err = h.run_cli(["-t", "-c", _config_without_public(up)])
+    h.check(rc == 1 and "need the public section" in err, "refused: %s" % err)
+
+
+def _config_without_public(up):
+    d = h.mkdtemp("capgate-conf-")
+    key = h.write_key_file(d)
+    text = h.fill(h.render_config(None, {"channels": {"email": {"upstream": {
+        "url": up.url, "unsubscribe_headers": "json:/headers"}}}}),
+        port=h.free_port(), redis_port=1, key_file=key)
+    path = d + "/capgate.yaml"
+    with open(path, "w") as f:
+        f.write(text)
+    return path

@@ -196,6 +196,17 @@ static void run_send(const char *body, size_t len)
         char id[REQ_MESSAGE_ID_MAX + 1];
         memcpy(id, s.d.message_id, s.d.message_id_len);
         id[s.d.message_id_len] = '\0';
+        /* upstream.unsubscribe_headers: the payload (jansson's own text)
+         * with the headers added stays one JSON value. */
+        size_t hlen;
+        char *with = request_send_headers(s.payload, strlen(s.payload), "/personalizations/*/headers",
+                                          "https://prefs.example.com/u/AbC-_9", &hlen);
+        if (with) {
+            json_t *j = json_loadb(with, hlen, JSON_DECODE_ANY, NULL);
+            FUZZ_CHECK(j != NULL);
+            json_decref(j);
+            free(with);
+        }
         struct message m = { .body = s.payload, .body_len = strlen(s.payload) };
         send_message(&m, s.d.user, s.d.user_len, id, s.d.channel, s.d.category, s.d.campaign,
                      s.d.tz, s.priority, s.collapse);
