@@ -361,13 +361,14 @@ def test_example_config_passes_check():
 
 def _uncomment_proxy_examples(text):
     """conf/capgate.yaml with its commented-out proxy mode examples (blocks
-    that open with "# upstream:", "# delivery:" or "# routes:") uncommented;
+    that open with "# upstream:", "# delivery:", "# routes:" or "# public:")
+    uncommented;
     also returns how many blocks were found."""
     lines = text.split("\n")
     blocks = 0
     i = 0
     while i < len(lines):
-        m = re.match(r"^(\s*)# ((?:upstream|delivery|routes):.*)$", lines[i])
+        m = re.match(r"^(\s*)# ((?:upstream|delivery|routes|public):.*)$", lines[i])
         if not m:
             i += 1
             continue
