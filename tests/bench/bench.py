@@ -4,6 +4,8 @@
     python3 tests/bench/bench.py BUILD_DIR              everything (run.sh)
     python3 tests/bench/bench.py --callgrind BUILD_DIR  only the callgrind part
     python3 tests/bench/bench.py --shaping BUILD_DIR    only the cost and accuracy of shaping
+    python3 tests/bench/bench.py --proxy BUILD_DIR      only /v1/send next to the floor, the
+                                        forward floor and nginx proxy_pass
     python3 tests/bench/bench.py --redis-callgrind BUILD_DIR
                                         Redis's instructions per decide call
 
@@ -322,10 +324,14 @@ class Capgate:
 
 
 class Floor:
-    def __init__(self, binary, tmp, redis_port, wrap=()):
+    """bench/floor; with UPSTREAM (a URL), the forward floor: an allowed
+    request's body POSTed there with libcurl multi, as /v1/send does."""
+
+    def __init__(self, binary, tmp, redis_port, wrap=(), upstream=None):
         self.port = free_port()
-        self.log = os.path.join(tmp, "floor.log")
-        self.proc = spawn(list(wrap) + [binary, str(self.port), str(redis_port)], log=self.log,
+        self.log = os.path.join(tmp, "floor-forward.log" if upstream else "floor.log")
+        self.proc = spawn(list(wrap) + [binary, str(self.port), str(redis_port)] +
+                          ([upstream] if upstream else []), log=self.log,
                           preexec_fn=child_nofile)
         deadline = time.monotonic() + (60 if wrap else 10)
         while True:
@@ -345,6 +351,62 @@ class Floor:
     @property
     def pid(self):
         return self.proc.pid
+
+
+NGINX_CONF = """
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    client_body_buffer_size 16k;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream campaign_api {{
+        server 127.0.0.1:{upstream};
+        keepalive 256;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://campaign_api/push;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+class NginxProxy:
+    """nginx proxy_pass to bench/upstream with upstream keep-alive and no
+    decision: what a plain reverse proxy costs (issue 15's second row)."""
+
+    def __init__(self, tmp, upstream_port, workers):
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.access(nginx, os.X_OK):
+            raise BenchError("nginx not found (make deps installs nginx-light)")
+        self.dir = os.path.join(tmp, "nginx")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(dir=self.dir, upstream=upstream_port, port=self.port,
+                                      workers=workers))
+        self.log = os.path.join(self.dir, "nginx-error.log")
+        self.proc = spawn([nginx, "-p", self.dir, "-e", self.log, "-c", conf], log=self.log)
+        wait_ready(self.port, self.proc, "nginx (log: %s)" % self.log, path="/")
+
+    def stop(self):
+        stop(self.proc)
 
 
 class Upstream:
@@ -945,13 +1007,17 @@ def measure_send_run(gw, up):
     return res
 
 
-def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl):
+def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl, floor_bin, fport):
     """POST /v1/send through capgate to bench/upstream, alternating with the
-    floor.  The same Redis as the decide runs (their sends, and the consent
-    records of consent_setup: sms is allowed for the people who opted in)."""
+    floor, the forward floor (the floor plus one libcurl multi forward to the
+    same upstream) and nginx proxy_pass to it (no decision).  The same Redis
+    as the decide runs (their sends, and the consent records of
+    consent_setup: sms is allowed for the people who opted in)."""
     up = Upstream(upstream_bin, tmp)
-    gw = None
+    gw = ff = ngx = None
     try:
+        ff = Floor(floor_bin, tmp, fport, upstream="http://127.0.0.1:%d/push" % up.port)
+        ngx = NginxProxy(tmp, up.port, os.cpu_count() or 1)
         gw = Capgate(capgate, tmp, rport, name="capgate-proxy",
                      channels=PROXY_CHANNELS.format(port=up.port))
         note("proxy mode: capgate pid %d on :%d, upstream pid %d on :%d" %
@@ -963,15 +1029,25 @@ def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl):
             raise BenchError("a first /v1/send answered %d %s" % (status, data[:200]))
         note("proxy mode: warm-up")
         run_wrk(gw.port, "/v1/send", WARMUP, latency=False, payload=True)
-        snd, flo = [], []
+        run_wrk(ff.port, "/", WARMUP, latency=False, payload=True)
+        run_wrk(ngx.port, "/", WARMUP, latency=False, payload=True)
+        snd, flo, fwd, nx = [], [], [], []
         for i in range(RUNS):
             note("proxy run %d/%d: capgate /v1/send" % (i + 1, RUNS))
             snd.append(measure_send_run(gw, up))
             note("proxy run %d/%d: floor" % (i + 1, RUNS))
             flo.append(run_wrk(fl.port, "/v1/decide", SECONDS))
+            note("proxy run %d/%d: forward floor" % (i + 1, RUNS))
+            fwd.append(run_wrk(ff.port, "/", SECONDS, payload=True))
+            note("proxy run %d/%d: nginx proxy_pass" % (i + 1, RUNS))
+            nx.append(run_wrk(ngx.port, "/", SECONDS, payload=True))
     finally:
         if gw:
             gw.stop()
+        if ngx:
+            ngx.stop()
+        if ff:
+            stop(ff.proc)
         stop(up.proc)
     with open(gw.log, "rb") as f:
         log_errors = sum(1 for line in f if b"level=error" in line)
@@ -1003,6 +1079,20 @@ def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl):
     rep.fig("send_ratio_to_floor", s_rps / f_rps if f_rps else None,
             "(floor %.0f, median of %d runs alternating with these: %s)" %
             (f_rps, RUNS, " ".join("%.0f" % r["rps"] for r in flo)), fmt="{:.2f}")
+    # Issue 15's goals, reported (not yet enforced: make bench would fail).
+    for name, rows, goal, what in (
+            ("forward_floor", fwd, 0.9, "the floor plus one libcurl multi forward of the body "
+             "to bench/upstream, one loop"),
+            ("nginx", nx, 0.6, "nginx proxy_pass, upstream keep-alive, %d workers, no decision"
+             % (os.cpu_count() or 1))):
+        rps = median([r["rps"] for r in rows])
+        rep.fig("%s_rps" % name, rps, "(%s; median of %d: %s)" %
+                (what, RUNS, " ".join("%.0f" % r["rps"] for r in rows)), fmt="{:.0f}")
+        rep.fig("%s_p99_ms" % name, median([r["p99"] for r in rows]), fmt="{:.2f}")
+        ratio = s_rps / rps if rps else None
+        rep.fig("send_ratio_to_%s" % name, ratio, "(goal >= %g: %s)" %
+                (goal, "met" if ratio is not None and ratio >= goal else "not met"),
+                fmt="{:.2f}")
     rep.fig("send_cpu_us_per_send", median([r["cpu_us"] for r in snd]),
             "(capgate process, user+sys, forwarding included)")
     forwarded = tot["allow"] - tot["replays"]
@@ -1370,7 +1460,7 @@ def main_bench(build):
 
     # (h) proxy mode, against the floor again.
     try:
-        proxy_part(rep, capgate, upstream_bin, tmp, rport, fl)
+        proxy_part(rep, capgate, upstream_bin, tmp, rport, fl, floor_bin, fport)
     except (BenchError, OSError, ValueError, KeyError) as e:
         rep.targets.append(("send_errors", False))
         rep.fail("send_rps", e)
@@ -1565,9 +1655,12 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     args = sys.argv[1:]
-    only_callgrind = only_redis = only_shaping = False
+    only_callgrind = only_redis = only_shaping = only_proxy = False
     if args and args[0] == "--shaping":
         only_shaping = True
+        args = args[1:]
+    elif args and args[0] == "--proxy":
+        only_proxy = True
         args = args[1:]
     elif args and args[0] == "--callgrind":
         only_callgrind = True
@@ -1581,6 +1674,23 @@ def main():
     build = args[0]
     TMP = tempfile.mkdtemp(prefix="capgate-bench-")
     try:
+        if only_proxy:
+            rep = Report()
+            rproc, rport, rconn = start_redis(TMP, "redis")
+            fproc, fport, fconn = start_redis(TMP, "redis-floor")
+            floor_bin = os.path.join(build, "bench", "floor")
+            fl = Floor(floor_bin, TMP, fport)
+            try:
+                proxy_part(rep, os.path.join(build, "capgate"),
+                           os.path.join(build, "bench", "upstream"), TMP, rport, fl, floor_bin,
+                           fport)
+            finally:
+                stop(fl.proc)
+                rconn.close()
+                fconn.close()
+                stop(rproc)
+                stop(fproc)
+            return 1 if rep.failures else 0
         if only_shaping:
             rep = Report()
             rproc, rport, rconn = start_redis(TMP, "redis")

@@ -1,7 +1,7 @@
 /*
  * floor: the floor of capgate's stack, for `make bench`.
  *
- *   floor PORT REDIS_PORT
+ *   floor PORT REDIS_PORT [UPSTREAM_URL]
  *
  * The cheapest honest version of what capgate does with the same libraries
  * and the same loop glue (src/http.c, src/store.c): libmicrohttpd in external
@@ -11,6 +11,11 @@
  * answer.  No validation, no JSON library, no pseudonym, no config, no
  * timeouts, no reconnects: whatever capgate costs above this is capgate's.
  *
+ * With UPSTREAM_URL (the forward floor, issue 15): an allowed request's body
+ * is then POSTed there with libcurl multi on the same loop (keep-alive, one
+ * reused easy handle per request slot) and answered with the upstream's
+ * status -- what /v1/send does, without anything of capgate's.
+ *
  * Listens on 127.0.0.1:PORT; Redis at 127.0.0.1:REDIS_PORT.  Exits 0 on
  * SIGTERM/SIGINT, 1 when it cannot start, 2 when Redis goes away.
  */
@@ -19,6 +24,7 @@
 #endif
 
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <event2/event.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
@@ -58,8 +64,16 @@ struct req {
     int state;                       /* 0 reading, 1 waiting on Redis, 2 answered */
     unsigned status;
     struct MHD_Response *resp;
+    CURL *easy;                      /* forward mode: the transfer under way */
     char body[BODY_MAX];
 };
+
+static const char *upstream_url;     /* forward mode */
+static CURLM *multi;
+static struct event *curl_timer;
+static struct curl_slist *json_header;
+static CURL *spare[4096];            /* easy handles kept for reuse */
+static size_t n_spare;
 
 /* ---- MHD inside libevent -------------------------------------------------- */
 
@@ -109,6 +123,118 @@ static const char *field(const char *body, size_t len, const char *name, size_t 
     return body;
 }
 
+static void answer(struct req *r, unsigned status, const char *buf, size_t n)
+{
+    r->status = status;
+    r->resp = MHD_create_response_from_buffer(n, (void *)buf, MHD_RESPMEM_MUST_COPY);
+    if (r->resp)
+        MHD_add_response_header(r->resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    r->state = 2;
+    MHD_resume_connection(r->conn);
+    /* MHD 0.9.75 in external mode does not wake the loop on resume. */
+    event_active(mhd_io, EV_READ, 0);
+}
+
+/* ---- forward mode: libcurl multi on the loop ------------------------------ */
+
+static size_t discard(char *p, size_t size, size_t n, void *arg)
+{
+    (void)p; (void)arg;
+    return size * n;
+}
+
+static void check_done(void)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        struct req *r;
+        long code = 0;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &code);
+        curl_multi_remove_handle(multi, m->easy_handle);
+        if (n_spare < sizeof spare / sizeof spare[0])
+            spare[n_spare++] = m->easy_handle;
+        else
+            curl_easy_cleanup(m->easy_handle);
+        r->easy = NULL;
+        char buf[64];
+        int n = snprintf(buf, sizeof buf, "{\"decision\":\"allow\",\"upstream_status\":%ld}",
+                         code);
+        answer(r, m->data.result == CURLE_OK && code / 100 == 2 ? MHD_HTTP_OK : 502, buf,
+               (size_t)n);
+    }
+}
+
+static void on_curl_event(evutil_socket_t fd, short what, void *arg)
+{
+    int running, flags = (what & EV_READ ? CURL_CSELECT_IN : 0) |
+                         (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    (void)arg;
+    curl_multi_socket_action(multi, fd, flags, &running);
+    check_done();
+}
+
+static void on_curl_timer(evutil_socket_t fd, short what, void *arg)
+{
+    int running;
+    (void)fd; (void)what; (void)arg;
+    curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done();
+}
+
+static int curl_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    struct event *ev = socketp;
+    (void)e; (void)userp;
+    if (what == CURL_POLL_REMOVE) {
+        if (ev)
+            event_free(ev);
+        curl_multi_assign(multi, s, NULL);
+        return 0;
+    }
+    short kind = (short)(EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) |
+                         (what & CURL_POLL_OUT ? EV_WRITE : 0));
+    if (ev)
+        event_free(ev);
+    ev = event_new(base, s, kind, on_curl_event, NULL);
+    event_add(ev, NULL);
+    curl_multi_assign(multi, s, ev);
+    return 0;
+}
+
+static int curl_timer_set(CURLM *m, long ms, void *userp)
+{
+    (void)m; (void)userp;
+    if (ms < 0) {
+        evtimer_del(curl_timer);
+    } else {
+        struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+        evtimer_add(curl_timer, &tv);
+    }
+    return 0;
+}
+
+static void forward(struct req *r)
+{
+    CURL *e = n_spare ? spare[--n_spare] : curl_easy_init();
+    if (!e) {
+        answer(r, 503, "{\"error\":\"curl\"}", 16);
+        return;
+    }
+    curl_easy_setopt(e, CURLOPT_URL, upstream_url);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)r->len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, json_header);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    r->easy = e;
+    curl_multi_add_handle(multi, e);
+}
+
 static void on_reply(redisAsyncContext *c, void *reply, void *privdata)
 {
     struct req *r = privdata;
@@ -117,22 +243,20 @@ static void on_reply(redisAsyncContext *c, void *reply, void *privdata)
     int n;
     (void)c;
 
+    if (upstream_url && rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[0]->integer == 0) {
+        forward(r);
+        return;
+    }
     if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
         n = snprintf(buf, sizeof buf, "{\"decision\":\"%s\",\"count\":%lld}",
                      rep->element[0]->integer == 0 ? "allow" : "defer",
                      rep->element[1]->integer);
-        r->status = MHD_HTTP_OK;
+        answer(r, MHD_HTTP_OK, buf, (size_t)n);
     } else {
         n = snprintf(buf, sizeof buf, "{\"error\":\"store\"}");
-        r->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+        answer(r, MHD_HTTP_SERVICE_UNAVAILABLE, buf, (size_t)n);
     }
-    r->resp = MHD_create_response_from_buffer((size_t)n, buf, MHD_RESPMEM_MUST_COPY);
-    if (r->resp)
-        MHD_add_response_header(r->resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    r->state = 2;
-    MHD_resume_connection(r->conn);
-    /* MHD 0.9.75 in external mode does not wake the loop on resume. */
-    event_active(mhd_io, EV_READ, 0);
 }
 
 static void send_call(struct req *r)
@@ -177,6 +301,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->len = 0;
         r->state = 0;
         r->resp = NULL;
+        r->easy = NULL;
         r->body[0] = '\0';
         *req_cls = r;
         return MHD_YES;
@@ -209,6 +334,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     (void)cls; (void)conn; (void)toe;
     if (!r)
         return;
+    if (r->easy) {                   /* (only when stopping: MHD completes every request) */
+        curl_multi_remove_handle(multi, r->easy);
+        curl_easy_cleanup(r->easy);
+    }
     if (r->resp)
         MHD_destroy_response(r->resp);
     free(r);
@@ -255,10 +384,11 @@ static int load_script(int rport)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: floor PORT REDIS_PORT\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: floor PORT REDIS_PORT [UPSTREAM_URL]\n");
         return 1;
     }
+    upstream_url = argc == 4 ? argv[3] : NULL;
     int port = atoi(argv[1]), rport = atoi(argv[2]);
     if (port <= 0 || port > 65535 || rport <= 0 || rport > 65535) {
         fprintf(stderr, "floor: bad port\n");
@@ -275,6 +405,19 @@ int main(int argc, char **argv)
         return 1;
     }
     redisLibeventAttach(ac, base);
+    if (upstream_url) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        multi = curl_multi_init();
+        curl_timer = evtimer_new(base, on_curl_timer, NULL);
+        json_header = curl_slist_append(NULL, "Content-Type: application/json");
+        if (!multi || !curl_timer || !json_header) {
+            fprintf(stderr, "floor: cannot set up libcurl\n");
+            return 1;
+        }
+        curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, curl_socket);
+        curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, curl_timer_set);
+        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 1024L);
+    }
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
 
     struct sockaddr_in sa;
@@ -313,6 +456,13 @@ int main(int argc, char **argv)
     if (ac)
         redisAsyncFree(ac);      /* answers pending calls (503), resuming their connections */
     MHD_stop_daemon(mhd);        /* completes (frees) the requests still open */
+    if (multi) {
+        while (n_spare)
+            curl_easy_cleanup(spare[--n_spare]);
+        curl_multi_cleanup(multi);
+        curl_slist_free_all(json_header);
+        event_free(curl_timer);
+    }
     event_free(mhd_io);
     event_free(mhd_timer);
     event_free(sigterm);
