@@ -123,7 +123,7 @@ VALGRIND := valgrind -q --leak-check=full --errors-for-leak-kinds=definite --sho
 # valgrind's 20-50x slowdown; they run plain and under ASan+UBSan.
 VALGRIND_MODULES := test_cli test_validation test_http test_decide test_consent test_quiet_hours \
                     test_concurrency test_privacy test_trust test_proxy test_ops test_faults \
-                    test_openapi test_symbols
+                    test_openapi test_symbols test_unsubscribe test_campaign_names
 test-valgrind: deps
 	@$(MAKE) --no-print-directory all unit
 	@CAPGATE_WRAP="$(VALGRIND)" BLACKBOX_ARGS="$(VALGRIND_MODULES)" \
