@@ -1,6 +1,7 @@
 /* delivery: message blobs and forwarding.  See delivery.h. */
 #include "capgate/delivery.h"
 
+#include "capgate/clock.h"
 #include "capgate/decision.h"
 #include "capgate/pseudonym.h"
 
@@ -167,7 +168,33 @@ struct delivery_pools {
         struct upstream_pool *pool;
     } pools[POOLS_MAX], retired[POOLS_MAX];
     size_t n_pools, n_retired;
+    /* Pushback-only upstreams (shape_pushback_only): until when this loop
+     * takes the last "open" it heard from Redis as still true. */
+    struct open_upstream {
+        char channel[CONFIG_NAME_MAX + 1];
+        uint64_t until_us;
+    } open[POOLS_MAX];
+    size_t n_open;
 };
+
+/* How long a loop forwards to a pushback-only upstream on the word of its
+ * last shape call: a pause another gateway heard of reaches this one within
+ * it (its own pushbacks at once); meanwhile a forward costs no Redis call,
+ * and an idle loop makes none at all. */
+#define OPEN_REMEMBERED_US 250000
+
+static struct open_upstream *open_of(struct delivery_pools *p, const char *channel, bool add)
+{
+    for (size_t k = 0; k < p->n_open; k++)
+        if (strcmp(p->open[k].channel, channel) == 0)
+            return &p->open[k];
+    if (!add || p->n_open == POOLS_MAX)
+        return NULL;
+    struct open_upstream *o = &p->open[p->n_open++];
+    snprintf(o->channel, sizeof o->channel, "%s", channel);
+    o->until_us = 0;
+    return o;
+}
 
 struct delivery_pools *delivery_pools_new(struct event_base *base, unsigned n_loops)
 {
@@ -354,6 +381,9 @@ static void on_answered(void *arg, const struct upstream_response *r)
     if (shape_wanted(op->cfg, op->ch)) {
         f.held_ms = shape_answered(op->st, op->cfg, op->ch, op->probe, r);
         f.why = SHAPE_PAUSED;
+        struct open_upstream *o = open_of(op->pools, op->ch->name, false);
+        if (f.held_ms > 0 && o)
+            o->until_us = 0;         /* it pushed back: ask Redis again */
     }
     op_done(op, &f);
 }
@@ -372,6 +402,10 @@ static void on_shaped(void *arg, const struct shape_answer *a)
     struct send_op *op = arg;
     if (a->go) {
         op->probe = a->probe;
+        struct open_upstream *o;
+        if (!a->probe && shape_pushback_only(op->cfg, op->ch) &&
+            (o = open_of(op->pools, op->ch->name, true)))
+            o->until_us = clock_now_us() + OPEN_REMEMBERED_US;
         forward_now(op);
         return;
     }
@@ -396,6 +430,12 @@ void delivery_send(struct delivery_pools *pools, struct store *st, const struct 
     if (!shape_wanted(cfg, op->ch) || (flags & FORWARD_UNSHAPED) || !st) {
         op->ch = NULL;                   /* and no pushback is noted */
         forward_now(op);
+        return;
+    }
+    struct open_upstream *o = shape_pushback_only(cfg, op->ch) ? open_of(pools, op->ch->name, false)
+                                                                : NULL;
+    if (o && clock_now_us() < o->until_us) {
+        forward_now(op);                 /* (its answer is still noted: a pushback pauses) */
         return;
     }
     shape_take(st, cfg, tz, op->ch, m->campaign, m->priority, flags & FORWARD_FROM_QUEUE,

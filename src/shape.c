@@ -32,6 +32,19 @@ bool shape_wanted(const struct config *cfg, const struct cfg_channel *ch)
     return false;
 }
 
+bool shape_pushback_only(const struct config *cfg, const struct cfg_channel *ch)
+{
+    if (!shape_wanted(cfg, ch))
+        return false;
+    const struct cfg_upstream *u = &ch->upstream;
+    if (u->rate.enabled || u->warmup.enabled)
+        return false;
+    for (size_t k = 0; cfg && k < cfg->n_throttles; k++)
+        if (throttle_applies(&cfg->throttles[k], ch))
+            return false;
+    return true;
+}
+
 const char *shape_reason(enum shape_why why)
 {
     static const char *const names[] = { "rate_limited", "campaign_throttled", "warmup_limit",

@@ -33,6 +33,10 @@ struct upstream_response;
 /* Whether forwards to CH go through shape_take (a rate, a throttle, a
  * warm-up or pushback). */
 bool shape_wanted(const struct config *cfg, const struct cfg_channel *ch);
+/* Whether CH shapes for pushback alone (no rate, warm-up or throttle): its
+ * forwards need Redis only to learn of a pause, which a loop may remember
+ * for a moment (delivery.c). */
+bool shape_pushback_only(const struct config *cfg, const struct cfg_channel *ch);
 
 enum shape_why { SHAPE_RATE, SHAPE_THROTTLE, SHAPE_WARMUP, SHAPE_PAUSED, SHAPE_UNAVAILABLE };
 /* The reason an answer names: "rate_limited", "campaign_throttled",

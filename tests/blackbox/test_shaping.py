@@ -4,6 +4,7 @@ upstream for every gateway, then one probe)."""
 
 import os
 import re
+import socket
 import time
 
 import harness as h
@@ -249,6 +250,53 @@ def test_higher_priority_sends_overtake_a_rate_held_backlog():
             "%.2fs" % late)
     most = busiest_second([q.time for q in up.requests])
     h.check(most <= rate + 1, "no second above per_second + burst: %d" % most)
+
+
+def test_a_pushback_only_upstream_costs_no_redis_call_per_forward_while_open():
+    """Pushback is on by default: a forward asks Redis whether the upstream
+    is paused only every 250 ms per loop, not each time; a 429 still pauses
+    it at once for this gateway."""
+    up = FakeUpstream().start()
+    g, = gateways(up, 1)
+    n = 200
+    send(g, h.uid())                      # warm: pools, scripts
+    # Redis's MONITOR counts the calls on the upstream's key (shape.lua's).
+    mon = socket.create_connection(("127.0.0.1", g.redis.port))
+    mon.sendall(b"MONITOR\r\n")
+    mon.settimeout(5)
+    seen = b""
+    while b"+OK" not in seen:
+        seen += mon.recv(4096)
+    t0 = time.monotonic()
+    rs = h.parallel(lambda k: send(g, h.uid(), message_id="po-%d" % k), range(n), workers=8)
+    took = time.monotonic() - t0
+    h.expect_status(g.post("/v1/events", {"user": "po-marker", "type": "open"}), 200)
+    data = b""
+    while b"po-marker" not in data and b"cg:{" not in data[-1:]:
+        chunk = mon.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if b"engage" in data:
+            break
+    mon.close()
+    h.check(all(r.status == 200 for r in rs), "all forwarded: %r" % h.summary(rs))
+    shape = sum(1 for line in data.split(b"\n")
+                if b'"EVALSHA"' in line and b'"cg:{u.email}:up"' in line)
+    # Each loop asks again every 250 ms; the sends under way when its memory
+    # runs out (8 at most here) ask together.
+    loops, concurrent = 2, 8
+    most = loops * concurrent * (int(took / 0.25) + 2)
+    print("  %d sends in %.2fs: %d shape calls (at most %d; before: one per send)"
+          % (n, took, shape, most))
+    h.check(shape <= most, "no shape call per forward: %d for %d sends" % (shape, n))
+    up.set_mode("status", code=429, retry_after="2", times=1)
+    r = send(g, h.uid(), message_id="po-pushed")
+    h.check(r.status == 202 and r.body["reason"] == "upstream_paused", "paused: %r" % (r.body,))
+    time.sleep(0.3)                      # every loop's memory of "open" is gone
+    r = send(g, h.uid(), message_id="po-after")
+    h.check(r.status == 202 and r.body["reason"] == "upstream_paused", "held: %r" % (r.body,))
+    h.wait_until(lambda: up.count_by_key().get("po-after") == 1, 10, what="delivered later")
 
 
 def test_a_route_held_by_the_rate_queues_each_recipient():
