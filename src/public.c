@@ -545,7 +545,15 @@ void public_dispatch(struct http_request *req, void *arg)
     const char *s = path + 3;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    switch (token_read(l->pseudonym, s, strlen(s), now.tv_sec, &t)) {
+    enum token_status ts = token_read(l->pseudonym, s, strlen(s), now.tv_sec, &t);
+    if (ts != TOKEN_OK) {
+        /* A token is a bearer secret: only a short hash of it is logged. */
+        char fp[17];
+        token_fingerprint(s, strlen(s), fp);
+        log_debug("public link refused", "token=%s why=%s", fp,
+                  ts == TOKEN_EXPIRED ? "expired" : "invalid");
+    }
+    switch (ts) {
     case TOKEN_OK:
         break;
     case TOKEN_EXPIRED:

@@ -243,6 +243,10 @@ def test_forged_altered_truncated_and_expired_tokens_change_nothing():
                     "%s of a bad token -> %s, a page: %r" % (method, status, r))
             h.check("link" in html(r), "a friendly page: %r" % html(r)[:300])
     h.check(decision(g, u) == ("allow", "ok"), "nothing changed")
+    logs = g.logs()
+    h.check(re.search(r'public link refused" token=[0-9a-f]{16} why=expired', logs) and
+            altered not in logs and expired not in logs and tok not in logs,
+            "a refused token is logged by a short hash only")
     # The genuine token made by our second implementation works: the
     # expired one above was refused for its expiry, not its form.
     fresh = seal_token(g.key_file, p, "email", "marketing", int(time.time()) + 3600)
