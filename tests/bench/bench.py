@@ -6,6 +6,8 @@
     python3 tests/bench/bench.py --shaping BUILD_DIR    only the cost and accuracy of shaping
     python3 tests/bench/bench.py --proxy BUILD_DIR      only /v1/send next to the floor, the
                                         forward floor and nginx proxy_pass, and batch routes
+    python3 tests/bench/bench.py --cluster BUILD_DIR    only decide on one Redis and on a
+                                        local 3-master Redis Cluster
     python3 tests/bench/bench.py --redis-callgrind BUILD_DIR
                                         Redis's instructions per decide call
 
@@ -247,7 +249,8 @@ PROXY_CHANNELS = """\
   sms: {{ requires_opt_in: true, upstream: {{ url: "http://127.0.0.1:{port}/sms" }} }}"""
 
 
-def write_config(tmp, name, port, redis_port, timeout_ms=250, extra="", channels=CHANNELS):
+def write_config(tmp, name, port, redis_port, timeout_ms=250, extra="", channels=CHANNELS,
+                 cluster=None):
     key = os.path.join(tmp, "user.key")
     if not os.path.exists(key):
         with open(key, "wb") as f:
@@ -255,8 +258,12 @@ def write_config(tmp, name, port, redis_port, timeout_ms=250, extra="", channels
         os.chmod(key, 0o600)
     path = os.path.join(tmp, name)
     with open(path, "w") as f:
-        f.write(CONFIG.format(port=port, redis_port=redis_port, key_file=key,
-                              timeout_ms=timeout_ms, extra=extra, channels=channels))
+        text = CONFIG.format(port=port, redis_port=redis_port, key_file=key,
+                             timeout_ms=timeout_ms, extra=extra, channels=channels)
+        if cluster:                  # CLUSTER: seed "host:port"s instead of the url
+            text = text.replace('  url: "redis://127.0.0.1:%d/0"\n' % redis_port,
+                                "  cluster: [%s]\n" % ", ".join('"%s"' % s for s in cluster))
+        f.write(text)
     return path
 
 
@@ -302,10 +309,11 @@ def wait_ready(port, proc, what, timeout=20.0, path="/readyz"):
 
 class Capgate:
     def __init__(self, binary, tmp, redis_port, name="capgate", extra="", wrap=(),
-                 timeout_ms=250, channels=CHANNELS):
+                 timeout_ms=250, channels=CHANNELS, cluster=None):
         self.port = free_port()
         self.cfg = write_config(tmp, name + ".yaml", self.port, redis_port,
-                                timeout_ms=timeout_ms, extra=extra, channels=channels)
+                                timeout_ms=timeout_ms, extra=extra, channels=channels,
+                                cluster=cluster)
         rc, out = check_config(binary, self.cfg)
         if rc != 0:
             raise BenchError("capgate -t refused the bench config: %s" % out)
@@ -1199,6 +1207,76 @@ def shaping_part(rep, capgate, upstream_bin, tmp, rport):
         stop(up.proc)
 
 
+def start_cluster(tmp, masters=3):
+    """A local Redis Cluster of MASTERS masters and no replicas: [(proc, port, Redis)]."""
+    nodes = []
+    for k in range(masters):
+        port = free_port()
+        d = os.path.join(tmp, "cluster-%d" % k)
+        os.makedirs(d, exist_ok=True)
+        p = spawn(rp.redis_argv(port, d, "--maxclients", "10000", "--cluster-enabled", "yes",
+                                "--cluster-config-file", os.path.join(d, "nodes.conf")),
+                  log=os.path.join(tmp, "cluster-%d.log" % k))
+        if not rp.wait_for_ping(port, p, timeout=10):
+            raise BenchError("a cluster node did not start (see cluster-%d.log)" % k)
+        nodes.append((p, port, Redis(port, timeout=120.0)))
+    r = subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create"] +
+                       ["127.0.0.1:%d" % n[1] for n in nodes] + ["--cluster-yes"],
+                       capture_output=True, timeout=120)
+    if r.returncode != 0:
+        raise BenchError("redis-cli --cluster create: %s" % r.stdout.decode()[-300:])
+    deadline = time.monotonic() + 30
+    while not all(b"cluster_state:ok" in n[2].cmd("CLUSTER", "INFO") for n in nodes):
+        if time.monotonic() > deadline:
+            raise BenchError("the cluster did not become ok")
+        time.sleep(0.2)
+    return nodes
+
+
+def cluster_part(rep, capgate, tmp, rport, redis):
+    """/v1/decide on a single Redis and on a local 3-master Redis Cluster, in
+    alternating runs: throughput, p99 and Redis CPU per decision (issue 15's
+    cluster row).  On a cluster a call's keys share one slot: decisions of
+    one loop turn are batched per hash tag, not all together."""
+    nodes = start_cluster(tmp)
+    gw = gc = None
+    try:
+        gw = Capgate(capgate, tmp, rport, name="capgate-single")
+        gc = Capgate(capgate, tmp, rport, name="capgate-cluster",
+                     cluster=["127.0.0.1:%d" % n[1] for n in nodes])
+        run_wrk(gw.port, "/v1/decide", WARMUP, latency=False)
+        run_wrk(gc.port, "/v1/decide", WARMUP, latency=False)
+        one, many = [], []
+        for i in range(RUNS):
+            note("cluster run %d/%d: one Redis" % (i + 1, RUNS))
+            one.append(measure_capgate_run(gw, redis))
+            note("cluster run %d/%d: a 3-master cluster" % (i + 1, RUNS))
+            for n in nodes:
+                n[2].cmd("CONFIG", "RESETSTAT")
+            cpu0 = sum(redis_cpu_s(n[2]) for n in nodes)
+            res = run_wrk(gc.port, "/v1/decide", SECONDS)
+            cpu1 = sum(redis_cpu_s(n[2]) for n in nodes)
+            calls = sum(evalsha_stats(n[2])[0] for n in nodes)
+            res["redis_total_us"] = (cpu1 - cpu0) * 1e6 / res["requests"] if res["requests"] else None
+            res["per_call"] = res["requests"] / calls if calls else None
+            many.append(res)
+    finally:
+        for g in (gw, gc):
+            if g:
+                g.stop()
+        for p, _, conn in nodes:
+            conn.close()
+            stop(p)
+    for name, rows in (("decide_single_redis", one), ("decide_cluster_3", many)):
+        rep.fig("%s_rps" % name, median([r["rps"] for r in rows]), "(median of %d: %s)" %
+                (RUNS, " ".join("%.0f" % r["rps"] for r in rows)), fmt="{:.0f}")
+        rep.fig("%s_p99_ms" % name, median([r["p99"] for r in rows]), fmt="{:.2f}")
+        rep.fig("%s_redis_us_per_decision" % name, median([r["redis_total_us"] for r in rows]),
+                "(every node's CPU, user+sys)")
+        rep.fig("%s_decisions_per_call" % name, median([r["per_call"] for r in rows]),
+                fmt="{:.2f}")
+
+
 def route_batch_part(rep, capgate, upstream_bin, tmp, rport):
     """One keep-alive connection posting SendGrid-shaped batches of 1, 100
     and 1000 new recipients each, one request after the other: how long a
@@ -1660,12 +1738,15 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     args = sys.argv[1:]
-    only_callgrind = only_redis = only_shaping = only_proxy = False
+    only_callgrind = only_redis = only_shaping = only_proxy = only_cluster = False
     if args and args[0] == "--shaping":
         only_shaping = True
         args = args[1:]
     elif args and args[0] == "--proxy":
         only_proxy = True
+        args = args[1:]
+    elif args and args[0] == "--cluster":
+        only_cluster = True
         args = args[1:]
     elif args and args[0] == "--callgrind":
         only_callgrind = True
@@ -1679,6 +1760,15 @@ def main():
     build = args[0]
     TMP = tempfile.mkdtemp(prefix="capgate-bench-")
     try:
+        if only_cluster:
+            rep = Report()
+            rproc, rport, rconn = start_redis(TMP, "redis")
+            try:
+                cluster_part(rep, os.path.join(build, "capgate"), TMP, rport, rconn)
+            finally:
+                rconn.close()
+                stop(rproc)
+            return 1 if rep.failures else 0
         if only_proxy:
             rep = Report()
             rproc, rport, rconn = start_redis(TMP, "redis")
