@@ -209,6 +209,11 @@ static void arg_consent_key(struct script_args *a, const char *user)
     arg_tag_key(a, user, "c:", true);
 }
 
+static void arg_history_key(struct script_args *a, const char *user)
+{
+    arg_tag_key(a, user, "h:", true);
+}
+
 static void arg_audit_key(struct script_args *a, const char *user)
 {
     arg_tag_key(a, user, "a", false);
@@ -758,13 +763,15 @@ int decision_release_result(const struct store_reply *r)
 
 void decision_signal_args(const struct config *cfg, const char *user, enum consent_kind kind,
                           const char *scope, bool opt_in, const char *source,
-                          const char *detail, struct script_args *a)
+                          const char *detail, const struct consent_proof *proof,
+                          struct script_args *a)
 {
     static const char *const kinds[] = { "set", "unsubscribe", "complaint", "bounce", "engage" };
-    args_init(a, SCRIPT_CONSENT, 3);
+    args_init(a, SCRIPT_CONSENT, 4);
     arg_consent_key(a, user);
     arg_bucket_key(a, cfg, user, 'g');
     arg_audit_key(a, user);
+    arg_history_key(a, user);
     /* Copied into the args' buffer: callers pass short-lived strings. */
     arg_cstr(a, kinds[kind]);
     arg_fmt(a, "%s", scope ? scope : "");
@@ -774,15 +781,22 @@ void decision_signal_args(const struct config *cfg, const char *user, enum conse
     arg_fmt(a, "%lld", (long long)cfg->retention_ms);
     arg_audit(a, cfg, user);
     arg_fmt(a, "%s", detail ? detail : "");
+    const char *controller = config_controller(cfg);
+    arg_fmt(a, "%s", proof ? proof->record_id : "");
+    arg_fmt(a, "%s", proof && proof->method ? proof->method : "");
+    arg_fmt(a, "%s", proof && proof->legal_basis ? proof->legal_basis : "");
+    arg_fmt(a, "%s", proof && proof->notice ? proof->notice : "");
+    arg_fmt(a, "%.*s", RECEIPT_CONTROLLER_MAX, controller ? controller : "");
+    arg_fmt(a, "%d", DECISION_HISTORY_PER_SCOPE);
 }
 
 void decision_consent_args(const struct config *cfg, const char *user, const char *channel,
                            const char *category, bool opt_in, const char *source,
-                           struct script_args *a)
+                           const struct consent_proof *proof, struct script_args *a)
 {
     char scope[160];
     snprintf(scope, sizeof scope, "%s|%s", channel, category);
-    decision_signal_args(cfg, user, CONSENT_SET, scope, opt_in, source, NULL, a);
+    decision_signal_args(cfg, user, CONSENT_SET, scope, opt_in, source, NULL, proof, a);
 }
 
 static void person_keys(struct script_args *a, const struct config *cfg, const char *user,
@@ -833,9 +847,17 @@ void decision_audit_trim_args(unsigned tag, const struct config *cfg, struct scr
 
 int64_t decision_consent_result(const struct store_reply *r)
 {
-    if (!all_ints(r, 1))
+    /* A number, or {time, legal basis} when a history entry was written. */
+    if (r->status != STORE_OK || r->n < 1 || r->n > 2 || r->items[0].type != STORE_INT)
         return -1;
     return r->items[0].i;
+}
+
+void decision_consent_basis(const struct store_reply *r, char out[32])
+{
+    out[0] = '\0';
+    if (decision_consent_result(r) >= 0 && r->n == 2 && r->items[1].type == STORE_STR)
+        snprintf(out, 32, "%.*s", (int)r->items[1].len, r->items[1].s);
 }
 
 void decision_rotate_args(const struct config *cfg, const char *mode, const char *user,
