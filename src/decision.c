@@ -24,6 +24,7 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_SHAPE] = lua_shape,
     [SCRIPT_BREAKER] = lua_breaker,
     [SCRIPT_PREFS] = lua_prefs,
+    [SCRIPT_HISTORY] = lua_history,
 };
 
 unsigned decision_tag(const char *user)
@@ -799,22 +800,26 @@ void decision_consent_args(const struct config *cfg, const char *user, const cha
     decision_signal_args(cfg, user, CONSENT_SET, scope, opt_in, source, NULL, proof, a);
 }
 
+/* KEYS: sends, consent, engagement, audit, queue (and the consent history
+ * when HISTORY); ARGV: the person's field and pseudonym. */
 static void person_keys(struct script_args *a, const struct config *cfg, const char *user,
-                        size_t script)
+                        size_t script, bool history)
 {
-    args_init(a, script, 5);
+    args_init(a, script, history ? 6 : 5);
     arg_sends_key(a, cfg, user);
     arg_consent_key(a, user);
     arg_bucket_key(a, cfg, user, 'g');
     arg_audit_key(a, user);
     arg_fmt(a, "cg:{%.2s}:q", user);
+    if (history)
+        arg_history_key(a, user);
     arg_person(a, user);
     arg_cstr(a, user);
 }
 
 void decision_show_args(const struct config *cfg, const char *user, struct script_args *a)
 {
-    person_keys(a, cfg, user, SCRIPT_SHOW);
+    person_keys(a, cfg, user, SCRIPT_SHOW, false);
 }
 
 void decision_prefs_args(const char *user, struct script_args *a)
@@ -825,8 +830,16 @@ void decision_prefs_args(const char *user, struct script_args *a)
 
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *a)
 {
-    person_keys(a, cfg, user, SCRIPT_ERASE);
+    person_keys(a, cfg, user, SCRIPT_ERASE, true);
     arg_audit(a, cfg, user);
+}
+
+void decision_history_args(const struct config *cfg, const char *user, struct script_args *a)
+{
+    args_init(a, SCRIPT_HISTORY, 2);
+    arg_consent_key(a, user);
+    arg_history_key(a, user);
+    arg_fmt(a, "%lld", (long long)cfg->retention_ms);
 }
 
 void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
@@ -864,10 +877,10 @@ void decision_rotate_args(const struct config *cfg, const char *mode, const char
                           unsigned tag, const char *const *data, const size_t *lens,
                           struct script_args *a)
 {
-    args_init(a, SCRIPT_ROTATE, 5);
+    args_init(a, SCRIPT_ROTATE, 6);
     if (!user) {
-        /* The tag's rotation set only, named five times (one slot). */
-        for (int k = 0; k < 5; k++)
+        /* The tag's rotation set only, named six times (one slot). */
+        for (int k = 0; k < 6; k++)
             arg_fmt(a, "cg:{%02x}:rot", tag & 0xff);
         arg_cstr(a, mode);
         return;
@@ -877,10 +890,13 @@ void decision_rotate_args(const struct config *cfg, const char *mode, const char
     arg_bucket_key(a, cfg, user, 'g');
     arg_fmt(a, "cg:{%.2s}:rot", user);
     arg_fmt(a, "cg:{%.2s}:q", user);
+    arg_history_key(a, user);
     arg_cstr(a, mode);
     arg_person(a, user);
     arg_cstr(a, user);
-    if (data)
-        for (int k = 0; k < 6; k++)
+    if (data) {
+        for (int k = 0; k < DECISION_ROTATE_DATA; k++)
             arg_str(a, data[k], lens[k]);
+        arg_fmt(a, "%d", DECISION_HISTORY_PER_SCOPE);
+    }
 }

@@ -34,7 +34,7 @@ struct tz_zone;
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
     SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM, SCRIPT_ROTATE,
-    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_PREFS,
+    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_PREFS, SCRIPT_HISTORY,
     SCRIPT__COUNT
 };
 
@@ -184,6 +184,10 @@ void decision_show_args(const struct config *cfg, const char *user, struct scrip
 /* USER's consent records only (prefs.lua): {n, [scope, state, at, source] * n}. */
 void decision_prefs_args(const char *user, struct script_args *out);
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *out);
+/* USER's consent records and history (history.lua): {now, n, [scope,
+ * state, at, source] * n, m, [scope, record id, at, state, method, legal
+ * basis, notice, controller] * m}, the changes oldest first. */
+void decision_history_args(const struct config *cfg, const char *user, struct script_args *out);
 /* Tag TAG's audit entries after stream id AFTER ("0-0": all), at most COUNT. */
 void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
                               struct script_args *out);
@@ -228,10 +232,12 @@ bool decision_cap_counts(const struct cfg_cap *cap, const struct send_record *r)
 int decision_release_result(const struct store_reply *r);
 
 /* A pseudonym key rotation (rotate.lua): MODE is "take", "put" or "drop"
- * for USER's records; put and drop carry what take read (DATA[0..6): sends,
- * consent, engagement and their PTTLs; referenced, not copied: they must
+ * for USER's records; put and drop carry what take read
+ * (DATA[0..DECISION_ROTATE_DATA): sends, consent, engagement, their PTTLs,
+ * the consent history and its PTTL; referenced, not copied: they must
  * outlive the store call's start).  "mark" and "report" use the rotation
  * set of tag TAG (USER NULL). */
+#define DECISION_ROTATE_DATA 8
 void decision_rotate_args(const struct config *cfg, const char *mode, const char *user,
                           unsigned tag, const char *const *data, const size_t *lens,
                           struct script_args *out);
