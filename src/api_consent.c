@@ -1,7 +1,8 @@
 /*
  * api_consent: POST /v1/consent -- record a person's consent for a channel
  * and category (or "*"), with Redis's time and the caller's source, as
- * proof of consent.  The answer echoes the record, never the user.
+ * proof of consent.  The answer echoes the record, never the user, and
+ * the change's receipt (receipt.h), which the person's history keeps too.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "capgate/http.h"
 #include "capgate/loop.h"
 #include "capgate/pseudonym.h"
+#include "capgate/receipt.h"
 #include "capgate/reply.h"
 #include "capgate/requests.h"
 #include "capgate/rotation.h"
@@ -28,6 +30,10 @@ struct consent_call {
     char category[CONFIG_NAME_MAX + 1];
     char source[REQ_SOURCE_MAX + 1];
     char user[PSEUDONYM_USER_HEX + 1];
+    char method[RECEIPT_METHOD_MAX + 1];
+    char notice[4 * RECEIPT_NOTICE_MAX + 1];   /* '' none */
+    char legal_basis[32];                      /* '' none: consent.lua picks it */
+    struct consent_proof proof;
 };
 
 static void on_consent_stored(void *arg, const struct store_reply *r)
@@ -50,11 +56,19 @@ static void on_consent_stored(void *arg, const struct store_reply *r)
                                     "category", call->category,
                                     "state", call->opt_in ? "opt_in" : "opt_out",
                                     "source", call->source));
+        char scope[2 * CONFIG_NAME_MAX + 2], basis[32];
+        snprintf(scope, sizeof scope, "%s|%s", call->channel, call->category);
+        decision_consent_basis(r, basis);
+        struct receipt rc = { .record_id = call->proof.record_id, .principal = call->user,
+                              .controller = config_controller(l->cfg), .scope = scope,
+                              .legal_basis = basis, .notice = call->notice,
+                              .method = call->method, .opt_in = call->opt_in, .at_ms = at };
+        json_t *receipt = receipt_json(&rc);
         reply_json(l, call->req, 200,
-                   json_pack("{s:s, s:s, s:s, s:s, s:s}", "channel", call->channel,
+                   json_pack("{s:s, s:s, s:s, s:s, s:s, s:o*}", "channel", call->channel,
                              "category", call->category, "state",
                              call->opt_in ? "opt_in" : "opt_out", "source", call->source,
-                             "updated_at", when));
+                             "updated_at", when, "receipt", receipt));
     }
     free(call);
 }
@@ -71,7 +85,7 @@ static int store(struct consent_call *call)
     struct loop *l = call->loop;
     struct script_args args;
     decision_consent_args(l->cfg, call->user, call->channel, call->category, call->opt_in,
-                          call->source, &args);
+                          call->source, &call->proof, &args);
     return store_eval(l->store, args.script, args.nkeys, args.argc, args.argv, args.argvlen,
                       on_consent_stored, call);
 }
@@ -107,6 +121,14 @@ void api_consent(struct loop *l, struct http_request *req)
     snprintf(call->channel, sizeof call->channel, "%s", rc.channel);
     snprintf(call->category, sizeof call->category, "%s", rc.category);
     snprintf(call->source, sizeof call->source, "%s", rc.source);
+    snprintf(call->notice, sizeof call->notice, "%s", rc.notice ? rc.notice : "");
+    snprintf(call->legal_basis, sizeof call->legal_basis, "%s",
+             rc.legal_basis ? rc.legal_basis : "");
+    receipt_api_method(rc.source, call->method);
+    receipt_new_id(call->proof.record_id);
+    call->proof.method = call->method;
+    call->proof.legal_basis = call->legal_basis;
+    call->proof.notice = call->notice;
     pseudonym_user(l->pseudonym, rc.user, rc.user_len, call->user);
     http_note_user(req, call->user);
     char old_p[PSEUDONYM_USER_HEX + 1];

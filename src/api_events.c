@@ -10,6 +10,9 @@
  *                 /v1/consent would record it); HELP and any other text
  *                 change nothing, and the answer says so.  The text itself
  *                 never gets here: requests.c keeps it to the parser.
+ * An event that changes consent (unsubscribe, complaint, STOP, START) is
+ * kept in the person's consent history, and its answer holds the receipt
+ * (receipt.h).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +25,7 @@
 #include "capgate/http.h"
 #include "capgate/loop.h"
 #include "capgate/pseudonym.h"
+#include "capgate/receipt.h"
 #include "capgate/reply.h"
 #include "capgate/requests.h"
 #include "capgate/rotation.h"
@@ -38,21 +42,41 @@ struct event_call {
     bool counts;                       /* the campaign breaker counts it (breaker.h) */
     enum breaker_kind breaker_kind;
     char campaign[REQ_CAMPAIGN_MAX + 1];
+    bool changes_consent;              /* a history entry is written: the answer has a receipt */
+    bool opt_in;
+    char scope[2 * CONFIG_NAME_MAX + 2];
+    struct consent_proof proof;
     struct script_args args;   /* built at once (it copies the request's words), sent once the
                                   person's records are under the current key (rotation.h) */
 };
 
-/* The answer: what was recorded, and for a text what it was recognised as. */
-static json_t *answer(const struct event_call *call, bool recorded)
+/* The answer: what was recorded, and for a text what it was recognised as.
+ * R: the store's reply to a consent change (for its receipt), or NULL. */
+static json_t *answer(const struct event_call *call, bool recorded, const struct store_reply *r)
 {
+    json_t *o;
     if (strcmp(call->type, "inbound_sms") != 0)
-        return json_pack("{s:b, s:s, s:s}", "recorded", recorded, "type", call->type,
-                         "effect", call->effect);
+        o = json_pack("{s:b, s:s, s:s}", "recorded", recorded, "type", call->type,
+                      "effect", call->effect);
     /* recognised is null, not left out, for a text that is no keyword:
      * the question was asked and that is its answer. */
-    return json_pack("{s:b, s:s, s:o, s:s, s:s}", "recorded", recorded, "type", call->type,
-                     "recognised", call->recognised ? json_string(call->recognised) : json_null(),
-                     "channel", call->channel, "effect", call->effect);
+    else
+        o = json_pack("{s:b, s:s, s:o, s:s, s:s}", "recorded", recorded, "type", call->type,
+                      "recognised", call->recognised ? json_string(call->recognised) : json_null(),
+                      "channel", call->channel, "effect", call->effect);
+    if (o && r && call->changes_consent) {
+        char basis[32];
+        decision_consent_basis(r, basis);
+        struct receipt rc = { .record_id = call->proof.record_id, .principal = call->user,
+                              .controller = config_controller(call->loop->cfg),
+                              .scope = call->scope, .legal_basis = basis,
+                              .method = call->proof.method, .opt_in = call->opt_in,
+                              .at_ms = decision_consent_result(r) };
+        json_t *receipt = receipt_json(&rc);
+        if (receipt)
+            json_object_set_new(o, "receipt", receipt);
+    }
+    return o;
 }
 
 static void on_recorded(void *arg, const struct store_reply *r)
@@ -70,7 +94,7 @@ static void on_recorded(void *arg, const struct store_reply *r)
             loop_audit(l, json_pack("{s:s, s:s, s:s, s:s}", "type", "signal",
                                                  "pseudonym", call->user, "event", call->type,
                                                  "effect", call->effect));
-        reply_json(l, call->req, 200, answer(call, true));
+        reply_json(l, call->req, 200, answer(call, true, r));
     }
     free(call);
 }
@@ -131,13 +155,27 @@ void api_events(struct loop *l, struct http_request *req)
         /* HELP, or a text that is no keyword: Redis is not asked at all,
          * so nothing of the person changes and nothing of the text is kept. */
         request_free(ev.json);
-        reply_json(l, req, 200, answer(call, false));
+        reply_json(l, req, 200, answer(call, false, NULL));
         free(call);
         return;
     }
+    /* The method a receipt names: what consent.lua records as the source. */
+    static const char *const methods[] = {
+        [EVENT_UNSUBSCRIBE] = "unsubscribe", [EVENT_COMPLAINT] = "complaint",
+        [EVENT_INBOUND_SMS] = REQ_SMS_SOURCE,
+    };
+    call->changes_consent = methods[ev.kind] != NULL;
+    if (call->changes_consent) {
+        receipt_new_id(call->proof.record_id);
+        call->proof.method = methods[ev.kind];
+        call->opt_in = ev.kind == EVENT_INBOUND_SMS && ev.opt_in;
+        /* A complaint is about everything (consent.lua). */
+        snprintf(call->scope, sizeof call->scope, "%s",
+                 ev.kind == EVENT_COMPLAINT ? "*|*" : ev.scope);
+    }
     decision_signal_args(l->cfg, call->user, kinds[ev.kind], ev.scope, ev.opt_in,
                          ev.kind == EVENT_INBOUND_SMS ? REQ_SMS_SOURCE : NULL, ev.detail,
-                         &call->args);
+                         call->changes_consent ? &call->proof : NULL, &call->args);
     char old_p[PSEUDONYM_USER_HEX + 1];
     bool rotating = pseudonym_user_previous(l->pseudonym, ev.user, ev.user_len, old_p);
     /* A STOP answering a campaign's text is that campaign's unsubscribe. */

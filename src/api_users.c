@@ -5,6 +5,12 @@
  *   POST /v1/users/erase  {"user"}  -> every trace removed; an opt-out,
  *                                      complaint or bounce leaves a minimal
  *                                      suppression marker
+ *   POST /v1/users/export {"user"}  -> what the person gave (consent
+ *                                      preferences and the receipts of every
+ *                                      change) as a portable document, GDPR
+ *                                      Art. 20; always a file
+ * show and export read the consent history with history.lua (show after
+ * show.lua: two reads, since the audit scan is show's alone).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +25,7 @@
 #include "capgate/decision.h"
 #include "capgate/http.h"
 #include "capgate/pseudonym.h"
+#include "capgate/receipt.h"
 #include "capgate/reply.h"
 #include "capgate/rotation.h"
 #include "capgate/store.h"
@@ -27,12 +34,18 @@
 
 #define SENDS_MAX 1000
 
+#define EXPORT_FORMAT "capgate-export/1"
+
+enum user_action { USER_SHOW, USER_ERASE, USER_EXPORT };
+
 struct user_call {
     struct loop *loop;
     struct http_request *req;
     const struct config *cfg;
     bool download;
     bool erase;
+    enum user_action action;
+    json_t *body;               /* show: the answer, waiting for the history */
     char user[PSEUDONYM_USER_HEX + 1];
     /* During a key rotation (rotation.h): the previous key's pseudonym, ''
      * without one, and what was found under it that does not move (audit
@@ -87,6 +100,145 @@ static json_t *audit_entries(const struct store_reply *r, size_t *pos, long long
 static const char *state_word(const char *s)
 {
     return strcmp(s, "in") == 0 ? "opt_in" : strcmp(s, "out") == 0 ? "opt_out" : s;
+}
+
+static bool item_is(const struct store_item *it, const char *s)
+{
+    return it->type == STORE_STR && it->len == strlen(s) && memcmp(it->s, s, it->len) == 0;
+}
+
+/* "%.*s" of a reply string into OUT (N bytes); "" for anything else. */
+static const char *item_str(const struct store_item *it, char *out, size_t n)
+{
+    snprintf(out, n, "%.*s", it->type == STORE_STR ? (int)it->len : 0,
+             it->type == STORE_STR ? it->s : "");
+    return out;
+}
+
+/* history.lua's consent records at *POS as preferences (a bounce is no
+ * preference: show lists it among the suppressions). */
+static json_t *history_preferences(const struct store_reply *r, size_t *pos)
+{
+    json_t *out = json_array();
+    long long n = *pos < r->n ? r->items[(*pos)++].i : 0;
+    for (long long k = 0; k < n && *pos + 4 <= r->n; k++, *pos += 4) {
+        char scope[160], state[16], source[160], when[32];
+        item_str(&r->items[*pos], scope, sizeof scope);
+        item_str(&r->items[*pos + 1], state, sizeof state);
+        item_str(&r->items[*pos + 3], source, sizeof source);
+        char *bar = strchr(scope, '|');
+        if (!bar || strcmp(state, "bounced") == 0)
+            continue;
+        *bar = '\0';
+        iso8601(r->items[*pos + 2].i, when);
+        json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:s, s:s}", "channel", scope,
+                              "category", bar + 1, "state", state_word(state), "source", source,
+                              "updated_at", when));
+    }
+    return out;
+}
+
+/* history.lua's changes at *POS as receipts of PRINCIPAL, oldest first. */
+static json_t *history_receipts(const struct store_reply *r, size_t *pos, const char *principal)
+{
+    json_t *out = json_array();
+    long long n = *pos < r->n ? r->items[(*pos)++].i : 0;
+    for (long long k = 0; k < n && *pos + 8 <= r->n; k++, *pos += 8) {
+        const struct store_item *it = &r->items[*pos];
+        char scope[160], id[RECEIPT_ID_HEX + 1], method[RECEIPT_METHOD_MAX + 1], basis[32];
+        char notice[4 * RECEIPT_NOTICE_MAX + 1], controller[RECEIPT_CONTROLLER_MAX + 1];
+        struct receipt rc = {
+            .scope = item_str(&it[0], scope, sizeof scope),
+            .record_id = item_str(&it[1], id, sizeof id),
+            .at_ms = it[2].type == STORE_INT ? it[2].i : 0,
+            .opt_in = item_is(&it[3], "in"),
+            .method = item_str(&it[4], method, sizeof method),
+            .legal_basis = item_str(&it[5], basis, sizeof basis),
+            .notice = item_str(&it[6], notice, sizeof notice),
+            .controller = item_str(&it[7], controller, sizeof controller),
+            .principal = principal,
+        };
+        json_t *o = receipt_json(&rc);
+        if (o)
+            json_array_append_new(out, o);
+    }
+    return out;
+}
+
+static void finish(struct user_call *call)
+{
+    json_decref(call->body);
+    json_decref(call->old_audit);
+    config_release(call->cfg);
+    free(call);
+}
+
+static void unavailable(struct user_call *call)
+{
+    reply_error(call->loop, call->req, API_STORE_UNAVAILABLE, NULL,
+                "the store is unavailable; retry later");
+    finish(call);
+}
+
+/* The answer as a file named after the pseudonym's prefix. */
+static void reply_file(struct user_call *call, const char *what, json_t *body)
+{
+    char disp[96];
+    snprintf(disp, sizeof disp, "attachment; filename=\"capgate-%s%.12s.json\"", what,
+             call->user);
+    const char *const headers[] = { "Content-Disposition", disp, NULL };
+    campaign_names_reply(call->loop, call->req, body, headers);
+}
+
+/* show: the consent history joins what show.lua found. */
+static void on_history(void *arg, const struct store_reply *r)
+{
+    struct user_call *call = arg;
+    if (r->status != STORE_OK || r->n < 3 || r->items[0].type != STORE_INT) {
+        unavailable(call);
+        return;
+    }
+    size_t pos = 1;
+    json_decref(history_preferences(r, &pos));
+    json_t *body = call->body;
+    call->body = NULL;
+    json_object_set_new(body, "consent_history", history_receipts(r, &pos, call->user));
+    COUNTER_INC(call->loop->metrics.shows);
+    if (call->download)
+        reply_file(call, "", body);
+    else
+        campaign_names_reply(call->loop, call->req, body, NULL);
+    finish(call);
+}
+
+/* export: the portable document.  What the person gave, not what capgate
+ * observed: the sends, caps and audit entries are show's (Art. 15). */
+static void on_exported(void *arg, const struct store_reply *r)
+{
+    struct user_call *call = arg;
+    if (r->status != STORE_OK || r->n < 3 || r->items[0].type != STORE_INT) {
+        unavailable(call);
+        return;
+    }
+    size_t pos = 1;
+    json_t *prefs = history_preferences(r, &pos);
+    json_t *receipts = history_receipts(r, &pos, call->user);
+    const char *controller = config_controller(call->cfg);
+    json_t *doc = json_pack("{s:s, s:o, s:s, s:o, s:o, s:o}", "format", EXPORT_FORMAT,
+                            "exported_at", time_json(r->items[0].i), "principal", call->user,
+                            "controller", controller ? json_string(controller) : json_null(),
+                            "preferences", prefs, "receipts", receipts);
+    COUNTER_INC(call->loop->metrics.shows);
+    reply_file(call, "export-", doc);
+    finish(call);
+}
+
+static int ask_history(struct user_call *call, store_cb *cb)
+{
+    struct script_args args;
+    decision_history_args(call->cfg, call->user, &args);
+    return store_eval(call->loop->store, args.script, args.nkeys, args.argc, args.argv,
+                      args.argvlen, cb, call);
 }
 
 static void on_shown(void *arg, const struct store_reply *r)
@@ -238,19 +390,12 @@ static void on_shown(void *arg, const struct store_reply *r)
                             json_pack("{s:I, s:i, s:b}", "ignored_in_a_row", (json_int_t)ignored,
                                       "unengaged_after", cfg->fatigue.unengaged_after,
                                       "tighter_cap_applies", ignored >= cfg->fatigue.unengaged_after));
-    COUNTER_INC(call->loop->metrics.shows);
-    if (call->download) {
-        char disp[96];
-        snprintf(disp, sizeof disp, "attachment; filename=\"capgate-%.12s.json\"", call->user);
-        const char *const headers[] = { "Content-Disposition", disp, NULL };
-        campaign_names_reply(call->loop, call->req, body, headers);
-    } else {
-        campaign_names_reply(call->loop, call->req, body, NULL);
-    }
+    call->body = body;
+    if (ask_history(call, on_history) != 0)
+        unavailable(call);
+    return;
 done:
-    json_decref(call->old_audit);
-    config_release(call->cfg);
-    free(call);
+    finish(call);
 }
 
 static void on_erased(void *arg, const struct store_reply *r)
@@ -275,13 +420,15 @@ static void on_erased(void *arg, const struct store_reply *r)
         loop_audit(call->loop, json_pack("{s:s, s:s, s:b}", "type", "erase", "pseudonym",
                                              call->user, "suppression_kept", kept > 0));
     size_t last = 4 + 2 * (size_t)kept;
-    json_t *body = json_pack("{s:b, s:{s:I, s:I, s:I, s:I}, s:b, s:o}", "erased", 1, "removed",
+    json_t *body = json_pack("{s:b, s:{s:I, s:I, s:I, s:I, s:I}, s:b, s:o}", "erased", 1, "removed",
                              "sends", (json_int_t)(r->items[0].i + call->old_removed[0]),
                              "consent_records", (json_int_t)(r->items[1].i + call->old_removed[1]),
                              "audit_entries", (json_int_t)(r->items[2].i + call->old_removed[2]),
                              "deferred_messages",
                              (json_int_t)((last < r->n ? r->items[last].i : 0) +
                                           call->old_removed[3]),
+                             "consent_history",
+                             (json_int_t)(last + 1 < r->n ? r->items[last + 1].i : 0),
                              "suppression_kept", kept > 0, "suppression", markers);
     json_object_set_new(body, "note", json_string(
         kept > 0 ? "Everything was erased except a minimal suppression marker (the pseudonym, "
@@ -289,9 +436,7 @@ static void on_erased(void *arg, const struct store_reply *r)
                  : "Everything held about this person was erased."));
     reply_json(call->loop, call->req, 200, body);
 done:
-    json_decref(call->old_audit);
-    config_release(call->cfg);
-    free(call);
+    finish(call);
 }
 
 static void refuse(struct user_call *call)
@@ -300,9 +445,7 @@ static void refuse(struct user_call *call)
                 call->erase ? "the store is unavailable; retry later (it may have erased part "
                               "of what is held: erasing again is safe)"
                             : "the store is unavailable; retry later");
-    json_decref(call->old_audit);
-    config_release(call->cfg);
-    free(call);
+    finish(call);
 }
 
 /* show.lua or erase.lua for pseudonym USER. */
@@ -346,11 +489,27 @@ static void on_old(void *arg, const struct store_reply *r)
 static void on_moved(void *arg, bool ok)
 {
     struct user_call *call = arg;
-    if (!ok || ask(call, call->old_user, on_old) != 0)
+    /* The history moves whole (rotate.lua): export has nothing to read
+     * under the old pseudonym. */
+    if (!ok || (call->action == USER_EXPORT ? ask_history(call, on_exported)
+                                            : ask(call, call->old_user, on_old)) != 0)
         refuse(call);
 }
 
-static void start(struct loop *l, struct http_request *req, bool erase)
+static int begin(struct user_call *call)
+{
+    switch (call->action) {
+    case USER_EXPORT:
+        return ask_history(call, on_exported);
+    case USER_ERASE:
+        return ask(call, call->user, on_erased);
+    case USER_SHOW:
+    default:
+        return ask(call, call->user, on_shown);
+    }
+}
+
+static void start(struct loop *l, struct http_request *req, enum user_action action)
 {
     struct field_error e;
     struct req_person rp;
@@ -373,7 +532,8 @@ static void start(struct loop *l, struct http_request *req, bool erase)
     call->cfg = config_retain(l->cfg);
     const char *dl = http_query(req, "download");
     call->download = dl && strcmp(dl, "0") != 0;
-    call->erase = erase;
+    call->action = action;
+    call->erase = action == USER_ERASE;
     pseudonym_user(l->pseudonym, rp.user, rp.user_len, call->user);
     http_note_user(req, call->user);
     bool rotating = pseudonym_user_previous(l->pseudonym, rp.user, rp.user_len, call->old_user);
@@ -382,16 +542,21 @@ static void start(struct loop *l, struct http_request *req, bool erase)
     /* During a rotation, the records that move are moved first; what stays
      * under the old pseudonym is asked for (or erased) next, then the rest. */
     if (rotating ? rotation_move(l, call->old_user, call->user, on_moved, call) != 0
-                 : ask(call, call->user, erase ? on_erased : on_shown) != 0)
+                 : begin(call) != 0)
         refuse(call);
 }
 
 void api_users_show(struct loop *l, struct http_request *req)
 {
-    start(l, req, false);
+    start(l, req, USER_SHOW);
+}
+
+void api_users_export(struct loop *l, struct http_request *req)
+{
+    start(l, req, USER_EXPORT);
 }
 
 void api_users_erase(struct loop *l, struct http_request *req)
 {
-    start(l, req, true);
+    start(l, req, USER_ERASE);
 }

@@ -2386,7 +2386,22 @@ static const struct directive redis_table[] = {
     { .name = NULL },
 };
 
-/* privacy's only key lives on struct config itself: base offset 0. */
+/* The controller travels into every consent receipt (receipt.h): a name,
+ * one line. */
+static int check_controller(struct parser *p, void *base, int line)
+{
+    const char *c = ((struct config *)base)->controller;
+    if (!c)
+        return 0;
+    for (const char *q = c; *q; q++)
+        if ((unsigned char)*q < 0x20 || *q == 0x7f)
+            return fail(p, line, "privacy.controller must be one line without control characters");
+    if (strlen(c) > 200)
+        return fail(p, line, "privacy.controller must be at most 200 bytes");
+    return 0;
+}
+
+/* privacy's keys live on struct config itself: base offset 0. */
 static const struct directive privacy_table[] = {
     { .name = "key_file", .type = DT_STRING, .flags = D_REQUIRED,
       FIELD(struct config, key_file) },
@@ -2396,6 +2411,8 @@ static const struct directive privacy_table[] = {
       FIELD(struct config, previous_key_file) },
     { .name = "retention", .type = DT_DURATION, FIELD(struct config, retention_ms),
       .min = MS_PER_D, .max = 3650 * MS_PER_D, .def = "400d" },
+    { .name = "controller", .type = DT_STRING, FIELD(struct config, controller),
+      .check = check_controller },
     { .name = NULL },
 };
 
@@ -2873,6 +2890,7 @@ void config_free(struct config *cfg)
     free(cfg->public.listen);
     free(cfg->public.listen_host);
     free(cfg->public.organisation);
+    free(cfg->controller);
 
     free_secret(cfg->redis.url);    /* still the raw URL if loading failed */
     free(cfg->redis.host);
@@ -2976,6 +2994,11 @@ bool config_quiet_channel(const struct config *cfg, const char *channel)
         if (strcmp(cfg->quiet_hours.channels[i], channel) == 0)
             return true;
     return false;
+}
+
+const char *config_controller(const struct config *cfg)
+{
+    return cfg->controller ? cfg->controller : cfg->public.organisation;
 }
 
 int64_t config_retention_ms(const struct config *cfg)

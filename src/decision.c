@@ -25,6 +25,7 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_BREAKER] = lua_breaker,
     [SCRIPT_PREFS] = lua_prefs,
     [SCRIPT_NAMES] = lua_names,
+    [SCRIPT_HISTORY] = lua_history,
 };
 
 unsigned decision_tag(const char *user)
@@ -208,6 +209,11 @@ static void arg_sends_key(struct script_args *a, const struct config *cfg, const
 static void arg_consent_key(struct script_args *a, const char *user)
 {
     arg_tag_key(a, user, "c:", true);
+}
+
+static void arg_history_key(struct script_args *a, const char *user)
+{
+    arg_tag_key(a, user, "h:", true);
 }
 
 static void arg_audit_key(struct script_args *a, const char *user)
@@ -759,13 +765,15 @@ int decision_release_result(const struct store_reply *r)
 
 void decision_signal_args(const struct config *cfg, const char *user, enum consent_kind kind,
                           const char *scope, bool opt_in, const char *source,
-                          const char *detail, struct script_args *a)
+                          const char *detail, const struct consent_proof *proof,
+                          struct script_args *a)
 {
     static const char *const kinds[] = { "set", "unsubscribe", "complaint", "bounce", "engage" };
-    args_init(a, SCRIPT_CONSENT, 3);
+    args_init(a, SCRIPT_CONSENT, 4);
     arg_consent_key(a, user);
     arg_bucket_key(a, cfg, user, 'g');
     arg_audit_key(a, user);
+    arg_history_key(a, user);
     /* Copied into the args' buffer: callers pass short-lived strings. */
     arg_cstr(a, kinds[kind]);
     arg_fmt(a, "%s", scope ? scope : "");
@@ -775,33 +783,44 @@ void decision_signal_args(const struct config *cfg, const char *user, enum conse
     arg_fmt(a, "%lld", (long long)cfg->retention_ms);
     arg_audit(a, cfg, user);
     arg_fmt(a, "%s", detail ? detail : "");
+    const char *controller = config_controller(cfg);
+    arg_fmt(a, "%s", proof ? proof->record_id : "");
+    arg_fmt(a, "%s", proof && proof->method ? proof->method : "");
+    arg_fmt(a, "%s", proof && proof->legal_basis ? proof->legal_basis : "");
+    arg_fmt(a, "%s", proof && proof->notice ? proof->notice : "");
+    arg_fmt(a, "%.*s", RECEIPT_CONTROLLER_MAX, controller ? controller : "");
+    arg_fmt(a, "%d", DECISION_HISTORY_PER_SCOPE);
 }
 
 void decision_consent_args(const struct config *cfg, const char *user, const char *channel,
                            const char *category, bool opt_in, const char *source,
-                           struct script_args *a)
+                           const struct consent_proof *proof, struct script_args *a)
 {
     char scope[160];
     snprintf(scope, sizeof scope, "%s|%s", channel, category);
-    decision_signal_args(cfg, user, CONSENT_SET, scope, opt_in, source, NULL, a);
+    decision_signal_args(cfg, user, CONSENT_SET, scope, opt_in, source, NULL, proof, a);
 }
 
+/* KEYS: sends, consent, engagement, audit, queue (and the consent history
+ * when HISTORY); ARGV: the person's field and pseudonym. */
 static void person_keys(struct script_args *a, const struct config *cfg, const char *user,
-                        size_t script)
+                        size_t script, bool history)
 {
-    args_init(a, script, 5);
+    args_init(a, script, history ? 6 : 5);
     arg_sends_key(a, cfg, user);
     arg_consent_key(a, user);
     arg_bucket_key(a, cfg, user, 'g');
     arg_audit_key(a, user);
     arg_fmt(a, "cg:{%.2s}:q", user);
+    if (history)
+        arg_history_key(a, user);
     arg_person(a, user);
     arg_cstr(a, user);
 }
 
 void decision_show_args(const struct config *cfg, const char *user, struct script_args *a)
 {
-    person_keys(a, cfg, user, SCRIPT_SHOW);
+    person_keys(a, cfg, user, SCRIPT_SHOW, false);
 }
 
 void decision_names_args(size_t argc, const char *const *argv, struct script_args *a)
@@ -825,8 +844,16 @@ void decision_prefs_args(const char *user, struct script_args *a)
 
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *a)
 {
-    person_keys(a, cfg, user, SCRIPT_ERASE);
+    person_keys(a, cfg, user, SCRIPT_ERASE, true);
     arg_audit(a, cfg, user);
+}
+
+void decision_history_args(const struct config *cfg, const char *user, struct script_args *a)
+{
+    args_init(a, SCRIPT_HISTORY, 2);
+    arg_consent_key(a, user);
+    arg_history_key(a, user);
+    arg_fmt(a, "%lld", (long long)cfg->retention_ms);
 }
 
 void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
@@ -847,19 +874,27 @@ void decision_audit_trim_args(unsigned tag, const struct config *cfg, struct scr
 
 int64_t decision_consent_result(const struct store_reply *r)
 {
-    if (!all_ints(r, 1))
+    /* A number, or {time, legal basis} when a history entry was written. */
+    if (r->status != STORE_OK || r->n < 1 || r->n > 2 || r->items[0].type != STORE_INT)
         return -1;
     return r->items[0].i;
+}
+
+void decision_consent_basis(const struct store_reply *r, char out[32])
+{
+    out[0] = '\0';
+    if (decision_consent_result(r) >= 0 && r->n == 2 && r->items[1].type == STORE_STR)
+        snprintf(out, 32, "%.*s", (int)r->items[1].len, r->items[1].s);
 }
 
 void decision_rotate_args(const struct config *cfg, const char *mode, const char *user,
                           unsigned tag, const char *const *data, const size_t *lens,
                           struct script_args *a)
 {
-    args_init(a, SCRIPT_ROTATE, 5);
+    args_init(a, SCRIPT_ROTATE, 6);
     if (!user) {
-        /* The tag's rotation set only, named five times (one slot). */
-        for (int k = 0; k < 5; k++)
+        /* The tag's rotation set only, named six times (one slot). */
+        for (int k = 0; k < 6; k++)
             arg_fmt(a, "cg:{%02x}:rot", tag & 0xff);
         arg_cstr(a, mode);
         return;
@@ -869,10 +904,13 @@ void decision_rotate_args(const struct config *cfg, const char *mode, const char
     arg_bucket_key(a, cfg, user, 'g');
     arg_fmt(a, "cg:{%.2s}:rot", user);
     arg_fmt(a, "cg:{%.2s}:q", user);
+    arg_history_key(a, user);
     arg_cstr(a, mode);
     arg_person(a, user);
     arg_cstr(a, user);
-    if (data)
-        for (int k = 0; k < 6; k++)
+    if (data) {
+        for (int k = 0; k < DECISION_ROTATE_DATA; k++)
             arg_str(a, data[k], lens[k]);
+        arg_fmt(a, "%d", DECISION_HISTORY_PER_SCOPE);
+    }
 }

@@ -15,6 +15,7 @@
 #include "capgate/http.h"
 #include "capgate/log.h"
 #include "capgate/loop.h"
+#include "capgate/receipt.h"
 #include "capgate/reply.h"
 #include "capgate/store.h"
 #include "capgate/token.h"
@@ -398,8 +399,11 @@ static void record(struct public_call *c)
     c->pending = c->n_changes + 1;       /* + 1: none answers before all are sent */
     for (size_t k = 0; k < c->n_changes; k++) {
         struct script_args a;
+        /* Each change is a receipt of its own in the person's history. */
+        struct consent_proof proof = { .method = source };
+        receipt_new_id(proof.record_id);
         decision_consent_args(c->cfg, c->tok.user, c->changes[k].channel, c->changes[k].category,
-                              c->changes[k].opt_in, source, &a);
+                              c->changes[k].opt_in, source, &proof, &a);
         if (!c->loop->store || store_eval(c->loop->store, a.script, a.nkeys, a.argc, a.argv,
                                           a.argvlen, on_recorded, c) != 0) {
             c->failed = true;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "capgate/json_flat.h"
+#include "capgate/receipt.h"
 #include "capgate/token.h"
 #include "capgate/tz.h"
 
@@ -220,11 +221,23 @@ int request_user(const char *body, size_t len, struct req_person *out, struct fi
 
 /* ---- POST /v1/consent ------------------------------------------------------- */
 
+/* The characters of UTF-8 text S (LEN bytes; jansson's strings are valid):
+ * each byte but a continuation byte starts one. */
+static size_t utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < len; k++)
+        n += ((unsigned char)s[k] & 0xc0) != 0x80;
+    return n;
+}
+
 int request_consent(const struct config *cfg, const char *body, size_t len,
                     struct req_consent *out, struct field_error *e)
 {
-    static const char *const fields[] = { "user", "channel", "category", "state", "source", NULL };
+    static const char *const fields[] = { "user", "channel", "category", "state", "source",
+                                          "notice", "legal_basis", NULL };
     const char *state;
+    size_t nlen = 0;
     memset(out, 0, sizeof *out);
     json_t *obj = out->json = body_object(body, len, fields, e);
     if (!obj)
@@ -233,8 +246,16 @@ int request_consent(const struct config *cfg, const char *body, size_t len,
         validate_string(obj, "channel", true, 1, CONFIG_NAME_MAX, &out->channel, NULL, e) ||
         validate_string(obj, "category", true, 1, CONFIG_NAME_MAX, &out->category, NULL, e) ||
         validate_string(obj, "state", true, 1, 16, &state, NULL, e) ||
-        validate_text(obj, "source", true, 1, REQ_SOURCE_MAX, &out->source, NULL, e))
+        validate_text(obj, "source", true, 1, REQ_SOURCE_MAX, &out->source, NULL, e) ||
+        validate_text(obj, "notice", false, 1, 4 * RECEIPT_NOTICE_MAX, &out->notice, &nlen, e) ||
+        validate_string(obj, "legal_basis", false, 1, 32, &out->legal_basis, NULL, e))
         return -1;
+    if (out->notice && utf8_chars(out->notice, nlen) > RECEIPT_NOTICE_MAX)
+        return validate_fail(e, API_INVALID_FIELD, "notice", "notice must be at most %d characters",
+                             RECEIPT_NOTICE_MAX);
+    if (out->legal_basis && !receipt_basis_known(out->legal_basis))
+        return validate_fail(e, API_INVALID_FIELD, "legal_basis",
+                    "legal_basis must be consent, soft_opt_in, contract or legitimate_interest");
     if (strcmp(out->channel, "*") != 0 && !config_channel(cfg, out->channel))
         return validate_fail(e, API_UNKNOWN_CHANNEL, "channel",
                     "channel must be a configured channel or \"*\"");
@@ -248,16 +269,6 @@ int request_consent(const struct config *cfg, const char *body, size_t len,
 }
 
 /* ---- POST /v1/events -------------------------------------------------------- */
-
-/* The characters of UTF-8 text S (LEN bytes; jansson's strings are valid):
- * each byte but a continuation byte starts one. */
-static size_t utf8_chars(const char *s, size_t len)
-{
-    size_t n = 0;
-    for (size_t k = 0; k < len; k++)
-        n += ((unsigned char)s[k] & 0xc0) != 0x80;
-    return n;
-}
 
 /* An inbound_sms's text, read for its keyword and left where it is.  No
  * message here names its value: the text is personal data. */

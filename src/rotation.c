@@ -18,16 +18,17 @@ struct move {
     rotation_cb *cb;
     void *arg;
     char old_p[PSEUDONYM_USER_HEX + 1], new_p[PSEUDONYM_USER_HEX + 1];
-    /* What take read under OLD: sends, consent, engagement, their PTTLs. */
-    char *data[6];
-    size_t len[6];
+    /* What take read under OLD: sends, consent, engagement, their PTTLs,
+     * the consent history and its PTTL. */
+    char *data[DECISION_ROTATE_DATA];
+    size_t len[DECISION_ROTATE_DATA];
 };
 
 static void done(struct move *mv, bool ok)
 {
     rotation_cb *cb = mv->cb;
     void *arg = mv->arg;
-    for (int k = 0; k < 6; k++)
+    for (int k = 0; k < DECISION_ROTATE_DATA; k++)
         free(mv->data[k]);
     config_release(mv->cfg);
     free(mv);
@@ -68,17 +69,17 @@ static void on_put(void *arg, const struct store_reply *r)
 static void on_take(void *arg, const struct store_reply *r)
 {
     struct move *mv = arg;
-    if (r->status != STORE_OK || r->n != 6) {
+    if (r->status != STORE_OK || r->n != DECISION_ROTATE_DATA) {
         done(mv, false);
         return;
     }
     bool any = false;
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < DECISION_ROTATE_DATA; k++) {
         const struct store_item *it = &r->items[k];
         char num[24];
         const char *s = it->s;
         size_t n = it->len;
-        if (k < 3) {
+        if (k < 3 || k == 6) {          /* the records; the rest are their PTTLs */
             if (it->type != STORE_STR) {
                 done(mv, false);
                 return;

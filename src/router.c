@@ -27,6 +27,7 @@ static const struct route routes[] = {
     { "/v1/unsubscribe-links", "POST", SCOPE_SEND, api_unsubscribe_links },
     { "/v1/users/show",   "POST", SCOPE_CONSENT, api_users_show },
     { "/v1/users/erase",  "POST", SCOPE_CONSENT, api_users_erase },
+    { "/v1/users/export", "POST", SCOPE_CONSENT, api_users_export },
     { "/v1/audit",        "GET",  SCOPE_ADMIN,   api_audit },
     { "/v1/admin/reload", "POST", SCOPE_ADMIN,   api_admin_reload },
     { "/v1/admin/dead-letters", "GET", SCOPE_ADMIN, api_dead_letters },

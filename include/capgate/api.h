@@ -23,6 +23,7 @@ api_handler api_readyz;     /* GET /readyz */
 api_handler api_events;     /* POST /v1/events */
 api_handler api_users_show; /* POST /v1/users/show */
 api_handler api_users_erase;/* POST /v1/users/erase */
+api_handler api_users_export;/* POST /v1/users/export */
 api_handler api_audit;      /* GET /v1/audit */
 api_handler api_send;       /* POST /v1/send (proxy mode) */
 api_handler api_dead_letters; /* GET /v1/admin/dead-letters */

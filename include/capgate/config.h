@@ -270,6 +270,8 @@ struct config {
     char *previous_key_file; /* privacy.previous_key_file, or NULL: no rotation */
     int64_t retention_ms;    /* privacy.retention, default 400d: bounds every
                                 record that is not an active suppression */
+    char *controller;        /* privacy.controller, named in consent receipts; NULL:
+                                public.organisation (config_controller) */
     struct cfg_auth auth;
     struct cfg_tls tls;
     struct cfg_public public;
@@ -315,6 +317,10 @@ bool config_quiet_channel(const struct config *cfg, const char *channel);
  * privacy.retention: how long any per-user send record is kept, and so the
  * TTL of those keys. */
 int64_t config_retention_ms(const struct config *cfg);
+
+/* Who consent receipts name as the controller: privacy.controller, else
+ * public.organisation, else NULL (none configured). */
+const char *config_controller(const struct config *cfg);
 
 /* "2s", "90m", "1d", "2w" -> milliseconds.  Units: s m h d w (ms too).
  * Returns 0 on success, -1 on a malformed or out-of-range value. */

@@ -11,6 +11,9 @@
  *   cg:{T}:s<B>     hash F -> the person's allowed sends, packed; field ''
  *                   its expiry as last set  (TTL: retention + slack)
  *   cg:{T}:c:<P>    string: the person's consent records          (no TTL: proof)
+ *   cg:{T}:h:<P>    hash scope -> the scope's consent history, the
+ *                   receipts (consent.lua)  (TTL: retention; none while
+ *                   it holds the proof of an opt-out in force)
  * Sharing one small hash among many people keeps it a listpack: a person
  * costs a field and a value, not a key with its expiry (see decide.lua).
  */
@@ -23,6 +26,7 @@
 
 #include "capgate/config.h"
 #include "capgate/pseudonym.h"
+#include "capgate/receipt.h"
 #include "capgate/store.h"
 
 struct tz_zone;
@@ -30,7 +34,7 @@ struct tz_zone;
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
     SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM, SCRIPT_ROTATE,
-    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_PREFS, SCRIPT_NAMES,
+    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_PREFS, SCRIPT_NAMES, SCRIPT_HISTORY,
     SCRIPT__COUNT
 };
 
@@ -155,10 +159,26 @@ void decision_breaker_args(const char *campaign, size_t argc, const char *const 
 /* Consent and the signals that act on it (consent.lua). */
 enum consent_kind { CONSENT_SET, CONSENT_UNSUBSCRIBE, CONSENT_COMPLAINT, CONSENT_BOUNCE,
                     CONSENT_ENGAGE };
-/* SCOPE: "<channel|*>|<category|*>", or a channel for CONSENT_BOUNCE. */
+/* How many changes of each scope a person's consent history keeps. */
+#define DECISION_HISTORY_PER_SCOPE 20
+
+/* What a consent change's history entry keeps beside the change (the
+ * receipt: receipt.h; the controller comes from the config).  Strings are
+ * copied into the arguments. */
+struct consent_proof {
+    char record_id[RECEIPT_ID_HEX + 1];
+    const char *method;        /* "api:<source>", "unsubscribe", "one-click", ... */
+    const char *legal_basis;   /* NULL: the scope's latest, else "consent" */
+    const char *notice;        /* NULL: none */
+};
+
+/* SCOPE: "<channel|*>|<category|*>", or a channel for CONSENT_BOUNCE.
+ * PROOF: NULL for a bounce and an engagement (no consent change, no
+ * history entry). */
 void decision_signal_args(const struct config *cfg, const char *user, enum consent_kind kind,
                           const char *scope, bool opt_in, const char *source,
-                          const char *detail, struct script_args *out);
+                          const char *detail, const struct consent_proof *proof,
+                          struct script_args *out);
 
 void decision_show_args(const struct config *cfg, const char *user, struct script_args *out);
 /* The campaign names' dictionary (names.lua): ARGV[0..ARGC) as given. */
@@ -168,6 +188,10 @@ unsigned decision_campaign_id(const char *campaign);
 /* USER's consent records only (prefs.lua): {n, [scope, state, at, source] * n}. */
 void decision_prefs_args(const char *user, struct script_args *out);
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *out);
+/* USER's consent records and history (history.lua): {now, n, [scope,
+ * state, at, source] * n, m, [scope, record id, at, state, method, legal
+ * basis, notice, controller] * m}, the changes oldest first. */
+void decision_history_args(const struct config *cfg, const char *user, struct script_args *out);
 /* Tag TAG's audit entries after stream id AFTER ("0-0": all), at most COUNT. */
 void decision_audit_page_args(unsigned tag, const char *after, unsigned count,
                               struct script_args *out);
@@ -212,10 +236,12 @@ bool decision_cap_counts(const struct cfg_cap *cap, const struct send_record *r)
 int decision_release_result(const struct store_reply *r);
 
 /* A pseudonym key rotation (rotate.lua): MODE is "take", "put" or "drop"
- * for USER's records; put and drop carry what take read (DATA[0..6): sends,
- * consent, engagement and their PTTLs; referenced, not copied: they must
+ * for USER's records; put and drop carry what take read
+ * (DATA[0..DECISION_ROTATE_DATA): sends, consent, engagement, their PTTLs,
+ * the consent history and its PTTL; referenced, not copied: they must
  * outlive the store call's start).  "mark" and "report" use the rotation
  * set of tag TAG (USER NULL). */
+#define DECISION_ROTATE_DATA 8
 void decision_rotate_args(const struct config *cfg, const char *mode, const char *user,
                           unsigned tag, const char *const *data, const size_t *lens,
                           struct script_args *out);
@@ -223,8 +249,11 @@ void decision_rotate_args(const struct config *cfg, const char *mode, const char
 /* CHANNEL / CATEGORY: a configured name or "*"; OPT_IN: the state. */
 void decision_consent_args(const struct config *cfg, const char *user, const char *channel,
                            const char *category, bool opt_in, const char *source,
-                           struct script_args *out);
+                           const struct consent_proof *proof, struct script_args *out);
 /* The stored time in ms, or -1 on a bad reply. */
 int64_t decision_consent_result(const struct store_reply *r);
+/* The legal basis the history entry got (consent.lua inherits an absent
+ * one) into OUT, "" when the reply carries none. */
+void decision_consent_basis(const struct store_reply *r, char out[32]);
 
 #endif

@@ -66,9 +66,12 @@ struct req_person {
 int request_release(const char *body, size_t len, struct req_person *out, struct field_error *e);
 int request_user(const char *body, size_t len, struct req_person *out, struct field_error *e);
 
-/* POST /v1/consent: CHANNEL and CATEGORY are configured names or "*". */
+/* POST /v1/consent: CHANNEL and CATEGORY are configured names or "*".
+ * NOTICE (the id or version of the text the person agreed to, at most
+ * RECEIPT_NOTICE_MAX characters, no control characters) and LEGAL_BASIS
+ * (receipt_basis_known) are NULL when absent. */
 struct req_consent {
-    const char *user, *channel, *category, *source;
+    const char *user, *channel, *category, *source, *notice, *legal_basis;
     size_t user_len;
     bool opt_in;
     json_t *json;

@@ -2,17 +2,31 @@
 -- clock, and keep the audit trail.  See decide.lua for the keys' layout.
 --
 -- KEYS[1] the person's consent key   KEYS[2] engagement bucket   KEYS[3] audit stream
+-- KEYS[4] the person's consent history, cg:{T}:h:<P>
 -- ARGV[1] kind: 'set' (consent), 'unsubscribe', 'complaint', 'bounce', 'engage'
 -- ARGV[2] scope "<channel|*>|<category|*>" (set, unsubscribe), or channel (bounce)
 -- ARGV[3] state 'in' | 'out' (set)   ARGV[4] source (set)
 -- ARGV[5] person field (engage)      ARGV[6] retention ms
 -- ARGV[7] audit: '' or "<max>|<retention ms>|<generation>|<pseudonym>"
 -- ARGV[8] extra audit detail (event type and campaign), may be ''
+-- ARGV[9..14] the history entry (src/receipt.h): record id ('' for none: a
+--         bounce or an engagement is no consent change), method, legal basis
+--         ('' the scope's latest, else 'consent'), notice (''), controller
+--         (''), the entries kept per scope
 --
 -- A consent key holds no TTL while it carries a suppression (an opt-out or
 -- a bounce): erasing time never re-enables sends.  Otherwise it expires
 -- after privacy.retention without a change.
--- Returns the time stored, in ms.
+--
+-- The history is a hash: scope -> cmsgpack list, oldest first, of
+-- {record id, at ms, 'in' | 'out', method, legal basis, notice, controller}.
+-- Each scope keeps its last ARGV[14] changes, and every write drops entries
+-- older than the retention -- except the newest of a scope whose opt-out is
+-- in force (the consent key's record of that scope says 'out'): that is the
+-- proof of the withdrawal, and it must last as long as the suppression
+-- does.  While such a proof is held the key has no TTL; else it expires the
+-- retention after its last write, with the consent key.
+-- Returns the time stored, in ms; with a history entry {time, legal basis}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end   -- see decide.lua
@@ -48,6 +62,49 @@ elseif kind == 'complaint' then
   -- A spam report: nothing but transactional mail, on any channel.
   scope, state, source = '*|*', 'out', 'complaint'
 end
+-- One more history entry for SCOPE; returns its legal basis.
+local function remember(scope, state)
+  local per = tonumber(ARGV[14])
+  local raw = redis.call('HGET', KEYS[4], scope)
+  local list = raw and cmsgpack.unpack(raw) or {}
+  local basis = ARGV[11]
+  if basis == '' then
+    -- An unsubscribe withdraws what the scope was last given under.
+    basis = list[#list] and list[#list][5] or 'consent'
+  end
+  list[#list + 1] = {ARGV[9], now, state, ARGV[10], basis, ARGV[12], ARGV[13]}
+  while #list > per do table.remove(list, 1) end
+  redis.call('HSET', KEYS[4], scope, cmsgpack.pack(list))
+  return basis
+end
+
+-- Drops what the retention has passed, keeps the proofs (see above).
+local function trim_history(rec)
+  local h = redis.call('HGETALL', KEYS[4])
+  local proof = false
+  for i = 1, #h, 2 do
+    local list = cmsgpack.unpack(h[i + 1])
+    local r = rec[h[i]]
+    local in_force = r and r[1] == 'out' and list[#list] and list[#list][3] == 'out'
+    if in_force then proof = true end
+    local kept = {}
+    for j, e in ipairs(list) do
+      if e[2] > now - retention or (in_force and j == #list) then kept[#kept + 1] = e end
+    end
+    if #kept == 0 then
+      redis.call('HDEL', KEYS[4], h[i])
+    elseif #kept < #list then
+      redis.call('HSET', KEYS[4], h[i], cmsgpack.pack(kept))
+    end
+  end
+  if proof then
+    redis.call('PERSIST', KEYS[4])
+  else
+    redis.call('PEXPIRE', KEYS[4], retention)
+  end
+end
+
+local basis
 if kind == 'bounce' then
   rec['bounce|' .. scope] = {'bounced', now, 'hard_bounce'}
   audit({'e', 'hard_bounce', 'c', scope})
@@ -72,8 +129,10 @@ else
     end
   end
   audit({'s', scope, 'st', state, 'src', source})
+  if ARGV[9] ~= '' then basis = remember(scope, state) end
 end
 redis.call('SET', KEYS[1], cmsgpack.pack(rec))
+if basis then trim_history(rec) end
 
 local suppressed = false
 for _, r in pairs(rec) do
@@ -84,4 +143,5 @@ if suppressed then
 else
   redis.call('PEXPIRE', KEYS[1], retention)
 end
+if basis then return {now, basis} end
 return now

@@ -20,7 +20,9 @@
 -- KEYS[2]  consent: string (one per person who has any): cmsgpack map
 --                   "<channel|*>|<category|*>" -> {state "in"|"out", at ms, source},
 --                   and "bounce|<channel>" -> {"bounced", at ms, source} after a
---                   hard bounce; no TTL while it holds a suppression (see consent.lua)
+--                   hard bounce; no TTL while it holds a suppression (see consent.lua).
+--                   Its history, the receipts, is cg:{T}:h:<P> (consent.lua):
+--                   a decision never reads it.
 -- KEYS[3]  engagement: hash  person -> sends since the last open/click (2) |
 --                   last engagement (5); TTL: retention (fatigue rules)
 -- KEYS[4]  audit:   stream of this tag's audit entries (see audit in decision.c)

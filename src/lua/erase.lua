@@ -1,15 +1,18 @@
 -- erase.lua: forget a person (POST /v1/users/erase).  Idempotent.
 -- KEYS[1] sends bucket  KEYS[2] consent key  KEYS[3] engagement bucket  KEYS[4] audit stream
--- KEYS[5] the tag's deferred queue (proxy mode)
+-- KEYS[5] the tag's deferred queue (proxy mode)  KEYS[6] consent history
 -- ARGV[1] person field  ARGV[2] pseudonym
 -- ARGV[3] audit: '' or "<max>|<retention ms>|<generation>|<pseudonym>"
 --
 -- Everything goes: sends (and with them the idempotency records), consent,
--- engagement, and the person's audit entries.  An opt-out, a complaint or a
+-- its history (the receipts: a person who asks to be forgotten is, and the
+-- marker below is what still proves a suppression), engagement, and the
+-- person's audit entries.  An opt-out, a complaint or a
 -- hard bounce leaves only a minimal suppression marker in the consent key --
 -- which scope, the fact, the day -- so that erasing never re-enables sends.
 -- Returns {sends removed, consent records removed, audit entries removed,
---          markers kept, [scope, fact] * markers, deferred messages removed}
+--          markers kept, [scope, fact] * markers, deferred messages removed,
+--          history entries removed}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end   -- see decide.lua
@@ -40,6 +43,11 @@ if packed then
     redis.call('DEL', KEYS[2])
   end
 end
+
+local receipts = 0
+local h = redis.call('HVALS', KEYS[6])
+for _, v in ipairs(h) do receipts = receipts + #cmsgpack.unpack(v) end
+redis.call('DEL', KEYS[6])
 
 local ids = {}
 local mark = ARGV[2] .. '|'
@@ -83,4 +91,5 @@ end
 local out = {sends and #sends / 16 or 0, removed, #ids, #kept / 2}
 for i = 1, #kept do out[#out + 1] = kept[i] end
 out[#out + 1] = dropped
+out[#out + 1] = receipts
 return out

@@ -21,18 +21,40 @@
 -- KEYS[4] the tag's rotation set cg:{T}:rot: what was under the old key when
 --         the rotation was marked ("c<P>", "s<bucket>|<F>", "g<bucket>|<F>"),
 --         less what moved since; the report counts it
--- KEYS[5] the tag's deferred queue (proxy mode)
+-- KEYS[5] the tag's deferred queue (proxy mode)  KEYS[6] the consent history
 -- ARGV[1] 'take' | 'put' | 'drop' | 'mark' | 'report'
 -- ARGV[2] person field (8 bytes)  ARGV[3] pseudonym
 -- put, drop: ARGV[4] sends  ARGV[5] consent  ARGV[6] engagement, as take read
 --            them under A ('' none); put: ARGV[7..9] their PTTLs in ms (-1 none)
+--            ARGV[10] the consent history as take read it ('' none, see
+--            history() below)  ARGV[11] its PTTL  ARGV[12] entries kept per scope
 -- ARGV[#ARGV] the gateway's deadline on Redis's clock (see decide.lua)
 --
--- take returns {sends, consent, engagement, pttl x 3} ('' for none); put and
--- drop return how many of the three records they wrote or deleted; mark and
--- report return how many entries the tag's rotation set holds.
+-- take returns {sends, consent, engagement, pttl x 3, history, its pttl}
+-- ('' for none); put and drop return how many of the four records they
+-- wrote or deleted; mark and report return how many entries the tag's
+-- rotation set holds.
 local mode = ARGV[1]
 local call = redis.call
+
+-- The consent history (a hash, see consent.lua) as one string that is the
+-- same whenever the hash is: its fields sorted, packed with their values.
+local function history(key)
+  local h = call('HGETALL', key)
+  if #h == 0 then return '' end
+  local fields, byname = {}, {}
+  for i = 1, #h, 2 do
+    fields[#fields + 1] = h[i]
+    byname[h[i]] = h[i + 1]
+  end
+  table.sort(fields)
+  local flat = {}
+  for _, f in ipairs(fields) do
+    flat[#flat + 1] = f
+    flat[#flat + 1] = byname[f]
+  end
+  return cmsgpack.pack(flat)
+end
 
 if mode == 'take' then
   local function pttl(key, present)
@@ -42,7 +64,9 @@ if mode == 'take' then
   local s = call('HGET', KEYS[1], ARGV[2])
   local c = call('GET', KEYS[2])
   local g = call('HGET', KEYS[3], ARGV[2])
-  return {s or '', c or '', g or '', pttl(KEYS[1], s), pttl(KEYS[2], c), pttl(KEYS[3], g)}
+  local h = history(KEYS[6])
+  return {s or '', c or '', g or '', pttl(KEYS[1], s), pttl(KEYS[2], c), pttl(KEYS[3], g),
+          h, pttl(KEYS[6], h ~= '')}
 end
 
 if mode == 'report' then
@@ -109,6 +133,11 @@ if mode == 'drop' then
     n = n + 1
   end
   if not call('HGET', KEYS[3], ARGV[2]) then call('SREM', KEYS[4], gm) end
+  -- The history moves whole: no decision reads it.
+  if ARGV[10] ~= '' and history(KEYS[6]) == ARGV[10] then
+    call('DEL', KEYS[6])
+    n = n + 1
+  end
   return n
 end
 
@@ -214,6 +243,45 @@ if ARGV[6] ~= '' then
     call('HSET', KEYS[3], ARGV[2], ARGV[6])
   end
   keep(KEYS[3], before, ARGV[9])
+  n = n + 1
+end
+
+if ARGV[10] ~= '' then
+  -- The consent history: per scope, the union of both by record id, in
+  -- time order, the newest ARGV[12] kept -- doing it twice is doing it once.
+  local per = tonumber(ARGV[12])
+  local before = call('PTTL', KEYS[6])
+  local a = cmsgpack.unpack(ARGV[10])
+  for i = 1, #a, 2 do
+    local scope, seen, list = a[i], {}, {}
+    for _, p in ipairs({call('HGET', KEYS[6], scope) or '', a[i + 1]}) do
+      if p ~= '' then
+        for _, e in ipairs(cmsgpack.unpack(p)) do
+          if not seen[e[1]] then
+            seen[e[1]] = true
+            list[#list + 1] = e
+          end
+        end
+      end
+    end
+    table.sort(list, function(x, y)
+      if x[2] ~= y[2] then return x[2] < y[2] end
+      return x[1] < y[1]
+    end)
+    while #list > per do table.remove(list, 1) end
+    call('HSET', KEYS[6], scope, cmsgpack.pack(list))
+  end
+  keep(KEYS[6], before, ARGV[11])
+  -- As consent.lua: the proof of an opt-out in force does not expire.
+  local packed = call('GET', KEYS[2])
+  local rec = packed and cmsgpack.unpack(packed) or {}
+  for scope, r in pairs(rec) do
+    if r[1] == 'out' then
+      local p = call('HGET', KEYS[6], scope)
+      local list = p and cmsgpack.unpack(p) or {}
+      if list[#list] and list[#list][3] == 'out' then call('PERSIST', KEYS[6]) end
+    end
+  end
   n = n + 1
 end
 return n

@@ -25,8 +25,9 @@ def test_consent_response_shape():
     h.expect_json_content_type(r)
     b = r.body
     h.check(isinstance(b, dict), "not an object", r)
-    h.check(set(b) == {"channel", "category", "state", "source", "updated_at"},
-            "expected exactly channel, category, state, source, updated_at; got %s" % sorted(b), r)
+    h.check(set(b) == {"channel", "category", "state", "source", "updated_at", "receipt"},
+            "expected exactly channel, category, state, source, updated_at, receipt; got %s"
+            % sorted(b), r)
     h.check(b["channel"] == "email" and b["category"] == "marketing" and b["state"] == "opt_out"
             and b["source"] == "preference-center", "fields not echoed", r)
     m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", b["updated_at"])

@@ -843,6 +843,13 @@ def test_consent_responses():
             "consent answer does not echo the record", r)
     h.check(u not in r.raw.decode(errors="replace"), "consent answer contains the user id", r)
     ok_post(g, P, dict(ok, channel="*", category="*", state="opt_out"))
+    r = ok_post(g, P, dict(ok, notice="terms-2026-01", legal_basis="soft_opt_in"))
+    h.check(r.body["receipt"]["notice"] == "terms-2026-01"
+            and r.body["receipt"]["legal_basis"] == "soft_opt_in", "receipt fields", r)
+    bad_post(g, P, dict(ok, legal_basis="vital_interest"), "invalid_field", "legal_basis")
+    bad_post(g, P, dict(ok, notice="n" * 129), "invalid_field", "notice", shape=False)
+    bad_post(g, P, dict(ok, notice=""), "invalid_field", "notice")
+    bad_post(g, P, dict(ok, notice="v1\n"), "invalid_field", "notice", shape=False)
     bad_post(g, P, b"not json", "invalid_json")
     bad_post(g, P, {k: v for k, v in ok.items() if k != "source"}, "missing_field", "source")
     bad_post(g, P, dict(ok, state="maybe"), "invalid_field", "state")
@@ -864,6 +871,7 @@ def test_events_responses():
     r = ok_post(g, P, {"user": u, "type": "unsubscribe", "channel": "email", "category": "marketing",
                        "campaign": "spring", "message_id": "ev-1"})
     h.check(r.body["recorded"] is True and r.body["type"] == "unsubscribe", "unsubscribe", r)
+    h.check(r.body["receipt"]["method"] == "unsubscribe", "an unsubscribe's receipt", r)
     h.check(u not in r.raw.decode(errors="replace"), "the answer holds the user id", r)
     ok_post(g, P, {"user": u, "type": "unsubscribe"})
     ok_post(g, P, {"user": u, "type": "complaint", "channel": None, "campaign": None,
@@ -968,6 +976,8 @@ def test_users_show_responses():
     h.check(u not in r.raw.decode(errors="replace"), "show echoes the raw id", r)
     h.check(len(b["sends"]) == 3 and b["consent"] and b["suppressions"] and b["audit"]
             and b["summary"] and "fatigue" in b, "show misses what is held", r)
+    h.check([c["method"] for c in b["consent_history"]] == ["api:signup form", "unsubscribe"],
+            "the consent history: %r" % b["consent_history"], r)
     h.check(any(c.get("campaign") for c in b["caps"]), "no per-campaign standing", r)
     h.check(any(c["mode"] == "shadow" for c in b["caps"]), "the shadow cap has no standing", r)
     h.check(any("shadow" in e for e in b["audit"]), "no audit entry with a shadow hit", r)
@@ -1003,7 +1013,8 @@ def test_users_erase_responses():
     h.check(sorted(m["fact"] for m in b["suppression"]) == ["hard_bounce", "opt_out"],
             "markers: %r" % b["suppression"], r)
     r = ok_post(g, P, {"user": u})
-    h.check(r.body["removed"] == {"sends": 0, "consent_records": 0, "audit_entries": 0, "deferred_messages": 0},
+    h.check(r.body["removed"] == {"sends": 0, "consent_records": 0, "audit_entries": 0,
+                                  "deferred_messages": 0, "consent_history": 0},
             "erasing again removed something", r)
     v = h.uid("oa")
     h.expect_decision(g.decide(v, "email"), "allow", "ok")
@@ -1018,6 +1029,28 @@ def test_users_erase_responses():
     bad_post(g, P, {"user": v, "everything": True}, "invalid_field", "everything")
     method_not_allowed(g, P, "GET", ["POST"])
     method_not_allowed(g, P, "PUT", ["POST"])
+    too_large(g, P)
+
+
+def test_users_export_responses():
+    g = gw()
+    P = "/v1/users/export"
+    u = _rich_person(g)
+    r = ok_post(g, P, {"user": u})
+    b = r.body
+    h.check(u not in r.raw.decode(errors="replace"), "export echoes the raw id", r)
+    h.check(b["format"] == "capgate-export/1" and len(b["receipts"]) == 2
+            and len(b["preferences"]) == 2, "export misses what is held", r)
+    h.check((r.header("Content-Disposition") or "").startswith("attachment; filename=\"capgate-export-"),
+            "export without Content-Disposition: attachment", r)
+    r = ok_post(g, P, {"user": h.uid("oa-nobody")})
+    h.check(r.body["receipts"] == [] and r.body["preferences"] == [], "a stranger has data", r)
+    bad_post(g, P, b"nope", "invalid_json")
+    bad_post(g, P, {}, "missing_field", "user")
+    bad_post(g, P, {"user": ""}, "invalid_field", "user")
+    bad_post(g, P, {"user": u, "format": "csv"}, "invalid_field", "format")
+    method_not_allowed(g, P, "GET", ["POST"])
+    method_not_allowed(g, P, "DELETE", ["POST"])
     too_large(g, P)
 
 
@@ -1171,7 +1204,8 @@ def test_store_unavailable_responses():
                                         "state": "opt_out", "source": "t"}),
                        ("/v1/events", {"user": u, "type": "complaint"}),
                        ("/v1/users/show", {"user": u}),
-                       ("/v1/users/erase", {"user": u})):
+                       ("/v1/users/erase", {"user": u}),
+                       ("/v1/users/export", {"user": u})):
         accepted_by_spec(path, body)
         r = error(g.post(path, body), path, "post", 503, "store_unavailable")
         h.check((r.header("Retry-After") or "").strip() == "1", "Retry-After is not 1", r)

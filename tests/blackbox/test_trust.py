@@ -145,7 +145,7 @@ def test_show_then_erase_round_trip():
     again = g.post("/v1/users/erase", {"user": u})
     h.expect_status(again, 200)
     h.check(again.body["removed"] == {"sends": 0, "consent_records": 0, "audit_entries": 0,
-                                      "deferred_messages": 0},
+                                      "deferred_messages": 0, "consent_history": 0},
             "idempotent: %r" % (again.body,))
     s2 = g.post("/v1/users/show", {"user": u}).body
     h.check(not s2["sends"] and not s2["consent"] and not s2["audit"], "empty after: %r" % s2)

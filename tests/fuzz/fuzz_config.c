@@ -123,7 +123,7 @@ static void use_config(const struct config *cfg)
         }
     decision_release_args(cfg, user, message, &a);
     check_args(&a);
-    decision_consent_args(cfg, user, cfg->channels[0].name, "*", true, "api", &a);
+    decision_consent_args(cfg, user, cfg->channels[0].name, "*", true, "api", NULL, &a);
     check_args(&a);
     decision_erase_args(cfg, user, &a);
     check_args(&a);

@@ -162,9 +162,17 @@ static void run_reply(const char *text, size_t len)
     FUZZ_CHECK(released >= -1 && released <= 1);
     if (released >= 0)
         FUZZ_CHECK(r.status == STORE_OK && n == 1);
+    /* consent.lua answers its time, or {time, legal basis} when it kept
+     * a history entry. */
     int64_t at = decision_consent_result(&r);
-    if (r.status != STORE_OK || n != 1 || items[0].type != STORE_INT)
+    if (r.status != STORE_OK || n < 1 || n > 2 || items[0].type != STORE_INT)
         FUZZ_CHECK(at == -1);
+    char basis[32];
+    memset(basis, 'x', sizeof basis);
+    decision_consent_basis(&r, basis);
+    FUZZ_CHECK(memchr(basis, '\0', sizeof basis) != NULL);
+    if (at == -1 || n != 2)
+        FUZZ_CHECK(basis[0] == '\0');
 
     free(heap);
     for (size_t k = 0; k < no; k++)

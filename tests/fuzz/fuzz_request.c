@@ -246,7 +246,12 @@ static void run_consent(const char *body, size_t len)
         char u[PSEUDONYM_USER_HEX + 1];
         pseudonym_user(fz_pseudonym(), c.user, c.user_len, u);
         struct script_args args;
-        decision_consent_args(&cfg, u, c.channel, c.category, c.opt_in, c.source, &args);
+        FUZZ_CHECK(!c.legal_basis || receipt_basis_known(c.legal_basis));
+        FUZZ_CHECK(!c.notice || !validate_has_control(c.notice, strlen(c.notice)));
+        struct consent_proof proof = { .method = c.source, .legal_basis = c.legal_basis,
+                                       .notice = c.notice };
+        receipt_new_id(proof.record_id);
+        decision_consent_args(&cfg, u, c.channel, c.category, c.opt_in, c.source, &proof, &args);
         check_args(&args);
     }
     request_free(c.json);
@@ -286,7 +291,7 @@ static void run_event(const char *body, size_t len)
         struct script_args args;
         decision_signal_args(&cfg, u, kinds[ev.kind], ev.scope, ev.opt_in,
                              ev.kind == EVENT_INBOUND_SMS ? REQ_SMS_SOURCE : NULL, ev.detail,
-                             &args);
+                             NULL, &args);
         check_args(&args);
     }
     request_free(ev.json);

@@ -46,7 +46,7 @@ fi
 # The sources each harness links (the harness itself comes first).
 srcs() {
     case "$1" in
-    fuzz_request) echo src/requests.c src/sms_keyword.c src/validate.c src/json_flat.c src/pseudonym.c \
+    fuzz_request) echo src/requests.c src/receipt.c src/sms_keyword.c src/validate.c src/json_flat.c src/pseudonym.c \
                        src/config.c src/decision.c src/delivery.c src/shape.c src/jsonptr.c src/jsonedit.c \
                        src/form.c src/token.c src/tz.c src/upstream.c \
                        src/store.c src/cluster.c src/histogram.c src/log.c build/gen/lua_scripts.c ;;

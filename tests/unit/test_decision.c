@@ -364,16 +364,31 @@ TEST(release_and_consent_args)
     CHECK_EQ_STR(arg(&a, 0), "cg:{01}:s23");
     CHECK_EQ_INT(a.argvlen[1], 8);
     CHECK_EQ_STR(arg(&a, 2), "2712");        /* 0x00000a98 */
-    decision_consent_args(&c, user, "*", "marketing", false, "web form", &a);
+    struct consent_proof proof = { .record_id = "00112233445566778899aabbccddeeff",
+                                   .method = "api:web form", .notice = "v3" };
+    decision_consent_args(&c, user, "*", "marketing", false, "web form", &proof, &a);
     CHECK_EQ_INT(a.script, SCRIPT_CONSENT);
-    CHECK_EQ_INT(a.nkeys, 3);
+    CHECK_EQ_INT(a.nkeys, 4);
     CHECK_EQ_STR(arg(&a, 0), "cg:{01}:c:0123456789abcdef0123456789abcdef");
     CHECK_EQ_STR(arg(&a, 1), "cg:{01}:g23");
     CHECK_EQ_STR(arg(&a, 2), "cg:{01}:a");
-    CHECK_EQ_STR(arg(&a, 3), "set");
-    CHECK_EQ_STR(arg(&a, 4), "*|marketing");
-    CHECK_EQ_STR(arg(&a, 5), "out");
-    CHECK_EQ_STR(arg(&a, 6), "web form");
+    CHECK_EQ_STR(arg(&a, 3), "cg:{01}:h:0123456789abcdef0123456789abcdef");
+    CHECK_EQ_STR(arg(&a, 4), "set");
+    CHECK_EQ_STR(arg(&a, 5), "*|marketing");
+    CHECK_EQ_STR(arg(&a, 6), "out");
+    CHECK_EQ_STR(arg(&a, 7), "web form");
+    /* The history entry: record id, method, basis ('' inherit), notice,
+     * controller (none configured), the bound per scope. */
+    CHECK_EQ_INT(a.argc, 4 + 14);
+    CHECK_EQ_STR(arg(&a, 12), "00112233445566778899aabbccddeeff");
+    CHECK_EQ_STR(arg(&a, 13), "api:web form");
+    CHECK_EQ_STR(arg(&a, 14), "");
+    CHECK_EQ_STR(arg(&a, 15), "v3");
+    CHECK_EQ_STR(arg(&a, 16), "");
+    CHECK_EQ_STR(arg(&a, 17), "20");
+    /* A bounce is no consent change: no history entry. */
+    decision_signal_args(&c, user, CONSENT_BOUNCE, "email", false, NULL, NULL, NULL, &a);
+    CHECK_EQ_STR(arg(&a, 12), "");
 }
 
 int main(void)

@@ -188,6 +188,44 @@ TEST(consent_takes_stars)
     request_free(c.json);
 }
 
+TEST(consent_notice_and_legal_basis)
+{
+    struct req_consent c;
+    struct field_error e;
+#define CONSENT(extra) BODY("{\"user\":\"u\",\"channel\":\"*\",\"category\":\"*\",\"state\":\"opt_in\",\"source\":\"s\"" extra "}")
+    CHECK_EQ_INT(request_consent(&cfg, CONSENT(""), &c, &e), 0);
+    CHECK(c.notice == NULL && c.legal_basis == NULL);
+    request_free(c.json);
+    CHECK_EQ_INT(request_consent(&cfg, CONSENT(",\"notice\":\"privacy-v3\",\"legal_basis\":\"soft_opt_in\""), &c, &e), 0);
+    CHECK_EQ_STR(c.notice, "privacy-v3");
+    CHECK_EQ_STR(c.legal_basis, "soft_opt_in");
+    request_free(c.json);
+    CHECK_EQ_INT(request_consent(&cfg, CONSENT(",\"legal_basis\":\"vital_interest\""), &c, &e), -1);
+    CHECK_EQ_STR(e.field, "legal_basis");
+    request_free(c.json);
+    CHECK_EQ_INT(request_consent(&cfg, CONSENT(",\"legal_basis\":7"), &c, &e), -1);
+    CHECK_EQ_STR(e.field, "legal_basis");
+    request_free(c.json);
+    CHECK_EQ_INT(request_consent(&cfg, CONSENT(",\"notice\":\"v1\\u0007\""), &c, &e), -1);
+    CHECK_EQ_STR(e.field, "notice");
+    request_free(c.json);
+    CHECK_EQ_INT(request_consent(&cfg, CONSENT(",\"notice\":\"\""), &c, &e), -1);
+    CHECK_EQ_STR(e.field, "notice");
+    request_free(c.json);
+#undef CONSENT
+    /* 128 characters pass, 129 do not; a character may be several bytes. */
+    for (int n = 127; n <= 129; n++) {
+        char body[1024];
+        int at = snprintf(body, sizeof body, "{\"user\":\"u\",\"channel\":\"*\",\"category\":\"*\","
+                          "\"state\":\"opt_in\",\"source\":\"s\",\"notice\":\"");
+        for (int k = 0; k < n; k++)
+            at += snprintf(body + at, sizeof body - (size_t)at, "\xc3\xa9");
+        at += snprintf(body + at, sizeof body - (size_t)at, "\"}");
+        CHECK_EQ_INT(request_consent(&cfg, body, (size_t)at, &c, &e), n <= 128 ? 0 : -1);
+        request_free(c.json);
+    }
+}
+
 static const char *headers(void *ctx, const char *name)
 {
     (void)ctx;
@@ -300,6 +338,7 @@ int main(void)
     RUN(inbound_sms_keywords);
     RUN(inbound_sms_refusals_quote_no_text);
     RUN(consent_takes_stars);
+    RUN(consent_notice_and_legal_basis);
     RUN(route_fields_from_pointers_and_headers);
     RUN(route_recipients_in_form_bodies);
     RUN(alone_copy_of_a_cc_recipient_has_a_to);
