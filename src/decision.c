@@ -23,7 +23,6 @@ const char *const decision_scripts[SCRIPT__COUNT] = {
     [SCRIPT_ROTATE] = lua_rotate,
     [SCRIPT_SHAPE] = lua_shape,
     [SCRIPT_BREAKER] = lua_breaker,
-    [SCRIPT_PREFS] = lua_prefs,
     [SCRIPT_NAMES] = lua_names,
     [SCRIPT_HISTORY] = lua_history,
 };
@@ -834,12 +833,6 @@ void decision_names_args(size_t argc, const char *const *argv, struct script_arg
 unsigned decision_campaign_id(const char *campaign)
 {
     return campaign_id(campaign);
-}
-
-void decision_prefs_args(const char *user, struct script_args *a)
-{
-    args_init(a, SCRIPT_PREFS, 1);
-    arg_consent_key(a, user);
 }
 
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *a)

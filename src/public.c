@@ -175,12 +175,15 @@ struct records {
     size_t n;
 };
 
+/* history.lua's answer: {now, n, [scope, state, at, source] * n, the history}:
+ * the records only (the page shows the choices, not how they came). */
 static void read_records(const struct store_reply *r, struct records *out)
 {
     out->n = 0;
-    if (r->n < 1 || r->items[0].type != STORE_INT)
+    if (r->n < 2 || r->items[1].type != STORE_INT)
         return;
-    for (size_t k = 1; k + 4 <= r->n && out->n < RECORDS_MAX; k += 4) {
+    size_t end = 2 + 4 * (size_t)(r->items[1].i > 0 ? r->items[1].i : 0);
+    for (size_t k = 2; k + 4 <= r->n && k < end && out->n < RECORDS_MAX; k += 4) {
         const struct store_item *s = &r->items[k], *st = &r->items[k + 1];
         if (s->type != STORE_STR || st->type != STORE_STR)
             continue;
@@ -346,7 +349,7 @@ static void on_prefs(void *arg, const struct store_reply *r)
 static void read_prefs(struct public_call *c)
 {
     struct script_args a;
-    decision_prefs_args(c->tok.user, &a);
+    decision_history_args(c->cfg, c->tok.user, &a);
     if (!c->loop->store ||
         store_eval(c->loop->store, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_prefs, c) != 0)
         unavailable(c);

@@ -34,7 +34,7 @@ struct tz_zone;
 enum decision_script {
     SCRIPT_DECIDE, SCRIPT_RELEASE, SCRIPT_CONSENT, SCRIPT_SHOW, SCRIPT_ERASE,
     SCRIPT_AUDIT_PAGE, SCRIPT_CLAIM, SCRIPT_FINISH, SCRIPT_DEAD_LIST, SCRIPT_AUDIT_TRIM, SCRIPT_ROTATE,
-    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_PREFS, SCRIPT_NAMES, SCRIPT_HISTORY,
+    SCRIPT_SHAPE, SCRIPT_BREAKER, SCRIPT_NAMES, SCRIPT_HISTORY,
     SCRIPT__COUNT
 };
 
@@ -185,8 +185,6 @@ void decision_show_args(const struct config *cfg, const char *user, struct scrip
 void decision_names_args(size_t argc, const char *const *argv, struct script_args *out);
 /* The 24-bit id a send record keeps of CAMPAIGN (1..2^24-1; 0: none). */
 unsigned decision_campaign_id(const char *campaign);
-/* USER's consent records only (prefs.lua): {n, [scope, state, at, source] * n}. */
-void decision_prefs_args(const char *user, struct script_args *out);
 void decision_erase_args(const struct config *cfg, const char *user, struct script_args *out);
 /* USER's consent records and history (history.lua): {now, n, [scope,
  * state, at, source] * n, m, [scope, record id, at, state, method, legal
