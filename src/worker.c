@@ -200,26 +200,33 @@ static struct store *start_store(struct worker *w, const struct config *cfg,
     return st;
 }
 
+/* The options every listener shares: the TLS, the timeouts. */
+static struct http_options listener_options(const struct generation *gen)
+{
+    const struct config *cfg = gen->cfg;
+    return (struct http_options){
+        .tls_cert = gen->tls_cert,
+        .tls_key = gen->tls_key,
+        .tls_priorities = cfg->tls.enabled ? cfg->tls.priority_string : NULL,
+        .max_connections_per_ip = 0,      /* connlimit's, for every worker together */
+        .connection_timeout_s = cfg->limits.connection_timeout_s,
+        .header_timeout_s = cfg->limits.header_timeout_s,
+    };
+}
+
 static struct http_server *start_http(struct worker *w, const struct generation *gen,
                                       char *err, size_t errlen)
 {
     const struct config *cfg = gen->cfg;
-    struct http_options opt = {
-        .tls_cert = gen->tls_cert,
-        .tls_key = gen->tls_key,
-        .tls_priorities = cfg->tls.enabled ? cfg->tls.priority_string : NULL,
-        .host = cfg->listen_host,
-        .port = cfg->listen_port,
-        .max_body_bytes = cfg->limits.max_body_bytes,
-        /* The limits are the process's (connlimit, shared by every worker);
-         * MHD's own are a backstop at the same figures. */
-        .max_connections = cfg->limits.max_connections,
-        .max_connections_per_ip = 0,
-        .limits = w->setup.limits,
-        .connection_timeout_s = cfg->limits.connection_timeout_s,
-        .header_timeout_s = cfg->limits.header_timeout_s,
-        .connection_memory_bytes = cfg->limits.connection_memory_bytes,
-    };
+    struct http_options opt = listener_options(gen);
+    opt.host = cfg->listen_host;
+    opt.port = cfg->listen_port;
+    opt.max_body_bytes = cfg->limits.max_body_bytes;
+    /* The limits are the process's (connlimit, shared by every worker);
+     * MHD's own are a backstop at the same figures. */
+    opt.max_connections = cfg->limits.max_connections;
+    opt.limits = w->setup.limits;
+    opt.connection_memory_bytes = cfg->limits.connection_memory_bytes;
     return http_server_start(w->loop.base, &opt, w->setup.handler, &w->loop, err, errlen);
 }
 
@@ -244,20 +251,13 @@ static struct http_server *start_public(struct worker *w, const struct generatio
                                         char *err, size_t errlen)
 {
     const struct config *cfg = gen->cfg;
-    struct http_options opt = {
-        .tls_cert = gen->tls_cert,
-        .tls_key = gen->tls_key,
-        .tls_priorities = cfg->tls.enabled ? cfg->tls.priority_string : NULL,
-        .host = cfg->public.listen_host,
-        .port = cfg->public.listen_port,
-        .max_body_bytes = PUBLIC_BODY_MAX,
-        .max_connections = (unsigned)cfg->public.max_connections,
-        .max_connections_per_ip = 0,
-        .limits = w->setup.public_limits,
-        .connection_timeout_s = cfg->limits.connection_timeout_s,
-        .header_timeout_s = cfg->limits.header_timeout_s,
-        .connection_memory_bytes = 32768,
-    };
+    struct http_options opt = listener_options(gen);
+    opt.host = cfg->public.listen_host;
+    opt.port = cfg->public.listen_port;
+    opt.max_body_bytes = PUBLIC_BODY_MAX;
+    opt.max_connections = (unsigned)cfg->public.max_connections;
+    opt.limits = w->setup.public_limits;
+    opt.connection_memory_bytes = 32768;
     return http_server_start(w->loop.base, &opt, w->setup.public_handler, &w->loop, err, errlen);
 }
 
