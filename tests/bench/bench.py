@@ -752,6 +752,31 @@ def callgrind_workload(port, n):
     return ok
 
 
+def callgrind_send_workload(port, n):
+    """N /v1/send of push messages, one keep-alive connection, one at a
+    time, deterministic bodies (about 280 bytes, as post.lua payload=1)."""
+    rnd = random.Random(20261203)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    ok = 0
+    try:
+        for i in range(n):
+            body = json.dumps({"user": "user-%d@example.com" % rnd.randint(1, 1000000),
+                               "channel": "push", "category": "marketing",
+                               "message_id": "cs-%08d-%012d" % (i, rnd.randint(0, 10**12)),
+                               "campaign": "camp-%d" % rnd.randint(1, 50),
+                               "payload": {"to": "device-token-%d" % i, "template": "spring",
+                                           "vars": {"name": "x"}}})
+            c.request("POST", "/v1/send", body=body,
+                      headers={"Content-Type": "application/json"})
+            resp = c.getresponse()
+            resp.read()
+            if resp.status == 200:
+                ok += 1
+    finally:
+        c.close()
+    return ok
+
+
 def annotate_top(outfile, n=5):
     r = subprocess.run(["callgrind_annotate", "--threshold=100", "--auto=no", outfile],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
@@ -800,7 +825,15 @@ def callgrind_profile(build, tmp, what):
     rproc, rport, rconn = start_redis(tmp, "redis-callgrind-" + what)
     out = os.path.join(tmp, "callgrind-%s.out" % what)
     wrap = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out + ".%p"]
-    if what == "capgate":
+    workload, up = callgrind_workload, None
+    if what == "send":
+        # /v1/send forwarding to bench/upstream, one worker (one profile).
+        up = Upstream(os.path.join(build, "bench", "upstream"), tmp)
+        proc = Capgate(os.path.join(build, "capgate"), tmp, rport, name="capgate-callgrind-send",
+                       wrap=wrap, timeout_ms=10000, extra="workers: 1\n",
+                       channels=PROXY_CHANNELS.format(port=up.port))
+        workload = callgrind_send_workload
+    elif what == "capgate":
         proc = Capgate(os.path.join(build, "capgate"), tmp, rport, name="capgate-callgrind",
                        wrap=wrap, timeout_ms=10000)
     else:
@@ -811,12 +844,12 @@ def callgrind_profile(build, tmp, what):
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, timeout=60)
         # One request first so that every lazy set-up is out of the figure.
-        callgrind_workload(proc.port, 1)
+        workload(proc.port, 1)
         z = ctl("-z")
         if z.returncode != 0:
             raise BenchError("callgrind_control -z: %s" % z.stdout.decode()[-200:])
         t = time.monotonic()
-        ok = callgrind_workload(proc.port, DECIDES)
+        ok = workload(proc.port, DECIDES)
         secs = time.monotonic() - t
         d = ctl("-d")
         if d.returncode != 0:
@@ -835,6 +868,8 @@ def callgrind_profile(build, tmp, what):
         time.sleep(0.5)
     finally:
         stop(proc.proc, 30.0)
+        if up:
+            stop(up.proc)
         rconn.close()
         stop(rproc)
     if ok != DECIDES:
@@ -878,6 +913,18 @@ def callgrind_part(rep, build, tmp):
     shutil.copyfile(fdump, keep + ".floor")
     rep.fig("callgrind_profile", keep, "(callgrind_annotate %s; floor: %s.floor)" % (keep, keep),
             fmt="{}")
+    # /v1/send: where a forward's instructions go (issue 15).
+    sdump, ssecs = callgrind_profile(build, tmp, "send")
+    stotal, stop_fns, sby_obj, smemset = annotate_top(sdump)
+    rep.fig("callgrind_send_ir_per_send", int(round(stotal / DECIDES)),
+            "(POST /v1/send to bench/upstream, one worker, %d sequential sends, %.1f s; "
+            "compare callgrind_ir_per_decision)" % (DECIDES, ssecs))
+    for i, (ir, fn, obj) in enumerate(stop_fns, 1):
+        rep.fig("callgrind_send_top%d_self" % i, "%.1f%%" % (100.0 * ir / stotal),
+                "%s (%s) %d Ir/send" % (fn, obj, ir // DECIDES))
+    rep.fig("callgrind_send_by_object", "",
+            "  ".join("%s %.0f%%" % (o, 100.0 * ir / stotal) for o, ir in sby_obj[:7]))
+    shutil.copyfile(sdump, keep + ".send")
 
 
 # --------------------------------------------------------------------------
