@@ -65,6 +65,8 @@ struct sock {
     struct sock *prev, *next;       /* p->socks, to free any curl never removed */
 };
 
+#define SPARE_EASY_MAX 64
+
 struct upstream_pool {
     struct event_base *base;
     CURLM *multi;
@@ -75,6 +77,10 @@ struct upstream_pool {
     bool closing;                   /* upstream_pool_free has begun */
     struct xfer *xfers;             /* in flight (doubly linked) */
     struct sock *socks;
+    /* Easy handles of finished transfers, reset, for the next ones: a
+     * handle's set-up was a good part of a forward's cost (callgrind). */
+    CURL *spare[SPARE_EASY_MAX];
+    unsigned n_spare;
 };
 
 /* One request, from upstream_send to its answer. */
@@ -222,10 +228,16 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 
 /* ---- answering ------------------------------------------------------------ */
 
+/* (X's handle is in no multi by now: finished, failed, or never added.) */
 static void xfer_free(struct xfer *x)
 {
-    if (x->easy)
+    struct upstream_pool *p = x->p;
+    if (x->easy && !p->closing && p->n_spare < SPARE_EASY_MAX) {
+        curl_easy_reset(x->easy);
+        p->spare[p->n_spare++] = x->easy;
+    } else if (x->easy) {
         curl_easy_cleanup(x->easy);
+    }
     curl_slist_free_all(x->req_headers);
     if (x->deadline)
         event_free(x->deadline);
@@ -498,6 +510,8 @@ unsigned upstream_pool_active(const struct upstream_pool *p)
 
 static void pool_destroy(struct upstream_pool *p)
 {
+    while (p->n_spare)
+        curl_easy_cleanup(p->spare[--p->n_spare]);
     if (p->multi)
         curl_multi_cleanup(p->multi);   /* closes cached connections: REMOVE callbacks */
     while (p->socks)
@@ -652,7 +666,7 @@ int upstream_send(struct upstream_pool *p, const struct upstream_request *req,
     x->p = p;
     x->cb = cb;
     x->arg = arg;
-    x->easy = curl_easy_init();
+    x->easy = p->n_spare ? p->spare[--p->n_spare] : curl_easy_init();
     x->deadline = evtimer_new(p->base, on_deadline, x);
     if (!x->easy || !x->deadline || !configure(x, req)) {
         xfer_free(x);
