@@ -354,6 +354,12 @@ class FakeUpstream:
         self._stopping = False
         self._stopped.clear()
         self._server = _Server((self.host, self.port), _Handler)
+        # serve_forever selects, then accepts: an accept that blocked (the
+        # connection went between the two) would never see shutdown(), and
+        # stop() would wait for it forever -- a CI run hung so at a test's
+        # end.  With a timeout the accept gives up and the loop goes on
+        # (accepted sockets are made blocking again by socket.accept).
+        self._server.socket.settimeout(0.5)
         self._server.fake = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
