@@ -3,7 +3,6 @@
  * POST /v1/admin/reload.  Label values come from the config (rule and
  * channel names) and from fixed enums: never from a request.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,45 +13,14 @@
 #include "capgate/http.h"
 #include "capgate/reply.h"
 #include "capgate/store.h"
+#include "capgate/textbuf.h"
 #include "capgate/loop.h"
 #include "capgate/procstat.h"
 #include "capgate/shape.h"
 
-struct text {
-    char *buf;
-    size_t len, cap;
-    bool failed;
-};
-
-__attribute__((format(printf, 2, 3)))
-static void put(struct text *t, const char *fmt, ...)
+static void help(struct textbuf *t, const char *name, const char *type, const char *text)
 {
-    va_list ap;
-    for (;;) {
-        size_t room = t->cap - t->len;
-        va_start(ap, fmt);
-        int n = t->buf ? vsnprintf(t->buf + t->len, room, fmt, ap) : -1;
-        va_end(ap);
-        if (n >= 0 && (size_t)n < room) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap ? t->cap * 2 : 16384;
-        while (n >= 0 && cap - t->len <= (size_t)n)
-            cap *= 2;
-        char *p = realloc(t->buf, cap);
-        if (!p) {
-            t->failed = true;
-            return;
-        }
-        t->buf = p;
-        t->cap = cap;
-    }
-}
-
-static void help(struct text *t, const char *name, const char *type, const char *text)
-{
-    put(t, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
+    textbuf_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
 }
 
 /* Config names are [A-Za-z0-9_.-]; escape anyway, as the format requires. */
@@ -75,65 +43,65 @@ static const char *label(const char *s, char *buf, size_t size)
 }
 
 /* LABELS: "" or 'name="value",' (escaped, with its trailing comma). */
-static void histogram_labeled(struct text *t, const char *name, const char *labels,
+static void histogram_labeled(struct textbuf *t, const char *name, const char *labels,
                               const struct histogram *h)
 {
     uint64_t cum = 0;
     for (int k = 0; k < HISTOGRAM_BUCKETS - 1; k++) {
         cum += h->buckets[k];
-        put(t, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, histogram_bounds[k],
+        textbuf_printf(t, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, histogram_bounds[k],
             (unsigned long long)cum);
     }
     size_t n = strlen(labels);
     int ln = n ? (int)n - 1 : 0;      /* _sum and _count: without the trailing comma */
-    put(t, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, (unsigned long long)h->count);
-    put(t, "%s_sum%s%.*s%s %.9f\n", name, n ? "{" : "", ln, labels, n ? "}" : "", h->sum);
-    put(t, "%s_count%s%.*s%s %llu\n", name, n ? "{" : "", ln, labels, n ? "}" : "",
+    textbuf_printf(t, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, (unsigned long long)h->count);
+    textbuf_printf(t, "%s_sum%s%.*s%s %.9f\n", name, n ? "{" : "", ln, labels, n ? "}" : "", h->sum);
+    textbuf_printf(t, "%s_count%s%.*s%s %llu\n", name, n ? "{" : "", ln, labels, n ? "}" : "",
         (unsigned long long)h->count);
 }
 
-static void histogram(struct text *t, const char *name, const struct histogram *h)
+static void histogram(struct textbuf *t, const char *name, const struct histogram *h)
 {
     histogram_labeled(t, name, "", h);
 }
 
 /* The process_* families of the Prometheus client libraries, read from
  * /proc now (a scrape), never on a request's path. */
-static void process_metrics(struct text *t)
+static void process_metrics(struct textbuf *t)
 {
     struct procstat ps;
     if (procstat_read(&ps) != 0)
         return;
     help(t, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
-    put(t, "process_cpu_seconds_total %.17g\n", ps.cpu_seconds);
+    textbuf_printf(t, "process_cpu_seconds_total %.17g\n", ps.cpu_seconds);
     help(t, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
-    put(t, "process_resident_memory_bytes %llu\n", (unsigned long long)ps.resident_bytes);
+    textbuf_printf(t, "process_resident_memory_bytes %llu\n", (unsigned long long)ps.resident_bytes);
     help(t, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
-    put(t, "process_virtual_memory_bytes %llu\n", (unsigned long long)ps.virtual_bytes);
+    textbuf_printf(t, "process_virtual_memory_bytes %llu\n", (unsigned long long)ps.virtual_bytes);
     help(t, "process_start_time_seconds", "gauge",
          "Start time of the process since unix epoch in seconds.");
-    put(t, "process_start_time_seconds %.17g\n", ps.start_time);
+    textbuf_printf(t, "process_start_time_seconds %.17g\n", ps.start_time);
     help(t, "process_open_fds", "gauge", "Number of open file descriptors.");
-    put(t, "process_open_fds %llu\n", (unsigned long long)ps.open_fds);
+    textbuf_printf(t, "process_open_fds %llu\n", (unsigned long long)ps.open_fds);
     if (ps.max_fds) {
         help(t, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
-        put(t, "process_max_fds %llu\n", (unsigned long long)ps.max_fds);
+        textbuf_printf(t, "process_max_fds %llu\n", (unsigned long long)ps.max_fds);
     }
 }
 
-static void counter(struct text *t, const char *name, const char *text, uint64_t v)
+static void counter(struct textbuf *t, const char *name, const char *text, uint64_t v)
 {
     help(t, name, "counter", text);
-    put(t, "%s %llu\n", name, (unsigned long long)v);
+    textbuf_printf(t, "%s %llu\n", name, (unsigned long long)v);
 }
 
-static void gauge(struct text *t, const char *name, const char *text, double v)
+static void gauge(struct textbuf *t, const char *name, const char *text, double v)
 {
     help(t, name, "gauge", text);
-    put(t, "%s %.17g\n", name, v);
+    textbuf_printf(t, "%s %.17g\n", name, v);
 }
 
-static void reply_metrics(struct loop *l, struct http_request *req, struct text *t)
+static void reply_metrics(struct loop *l, struct http_request *req, struct textbuf *t)
 {
     if (t->failed || !t->buf) {
         free(t->buf);
@@ -150,7 +118,7 @@ struct upstreams_call {
     struct loop *loop;
     struct http_request *req;
     const struct config *cfg;       /* retained: CHANNELS point into it */
-    struct text t;
+    struct textbuf t;
     size_t n, pending;
     const struct cfg_channel **channels;
     struct shape_state *states;
@@ -175,7 +143,7 @@ static void upstream_gauge(struct upstreams_call *c, const char *name, const cha
         if (!any)
             help(&c->t, name, "gauge", text);
         any = true;
-        put(&c->t, "%s{upstream=\"%s\"} %.17g\n", name, label(c->channels[k]->name, lb, sizeof lb),
+        textbuf_printf(&c->t, "%s{upstream=\"%s\"} %.17g\n", name, label(c->channels[k]->name, lb, sizeof lb),
             value(&c->states[k]));
     }
 }
@@ -212,7 +180,7 @@ static void upstreams_done(struct upstreams_call *c)
          "answer).");
     for (size_t k = 0; k < c->n; k++)
         for (size_t s = 0; s < sizeof kinds / sizeof kinds[0]; s++)
-            put(&c->t, "capgate_upstream_state{upstream=\"%s\",state=\"%s\"} %d\n",
+            textbuf_printf(&c->t, "capgate_upstream_state{upstream=\"%s\",state=\"%s\"} %d\n",
                 label(c->channels[k]->name, lb, sizeof lb), shape_state_name(kinds[s]),
                 c->states[k].state == kinds[s]);
     upstream_gauge(c, "capgate_upstream_paused_until_timestamp_seconds",
@@ -247,7 +215,7 @@ static void on_upstream_state(void *arg, const struct shape_state *s)
 }
 
 /* Replies T (taken) once each shaped upstream's state is appended. */
-static void reply_with_upstreams(struct loop *l, struct http_request *req, struct text *t)
+static void reply_with_upstreams(struct loop *l, struct http_request *req, struct textbuf *t)
 {
     const struct config *cfg = l->cfg;
     size_t n = 0;
@@ -287,7 +255,7 @@ static void reply_with_upstreams(struct loop *l, struct http_request *req, struc
 void api_metrics(struct loop *l, struct http_request *req)
 {
     const struct config *cfg = l->cfg;
-    struct text t = { 0 };
+    struct textbuf t = { 0 };
     char a[80], b[2 * METRICS_ROUTE_LEN + 1];
 
     struct totals *snap = loop_totals(l);
@@ -299,7 +267,7 @@ void api_metrics(struct loop *l, struct http_request *req)
     const struct store_stats ss = snap->redis;
 
     help(&t, "capgate_build_info", "gauge", "Version of the running capgate.");
-    put(&t, "capgate_build_info{version=\"%s\"} 1\n", CAPGATE_VERSION);
+    textbuf_printf(&t, "capgate_build_info{version=\"%s\"} 1\n", CAPGATE_VERSION);
     gauge(&t, "capgate_start_time_seconds", "Unix time capgate started.", (double)snap->started);
     gauge(&t, "capgate_workers", "Event loops (threads) serving requests.", snap->workers);
 
@@ -307,7 +275,7 @@ void api_metrics(struct loop *l, struct http_request *req)
          "Decisions by outcome, reason, deciding rule and channel.");
     for (size_t k = 0; k < m->n_labels; k++) {
         const struct decision_count *c = &m->by_label[k];
-        put(&t, "capgate_decisions_total{decision=\"%s\",reason=\"%s\",rule=\"%s\",channel=\"%s\"} %llu\n",
+        textbuf_printf(&t, "capgate_decisions_total{decision=\"%s\",reason=\"%s\",rule=\"%s\",channel=\"%s\"} %llu\n",
             decision_outcome_name(c->outcome), decision_reason_name(c->reason),
             label(c->rule, a, sizeof a), label(c->channel, b, sizeof b),
             (unsigned long long)c->n);
@@ -315,7 +283,7 @@ void api_metrics(struct loop *l, struct http_request *req)
     help(&t, "capgate_shadow_hits_total", "counter",
          "Decisions a cap in shadow mode would have made (not enforced).");
     for (size_t k = 0; k < m->n_shadow; k++)
-        put(&t, "capgate_shadow_hits_total{rule=\"%s\",would=\"%s\"} %llu\n",
+        textbuf_printf(&t, "capgate_shadow_hits_total{rule=\"%s\",would=\"%s\"} %llu\n",
             label(m->shadow[k].rule, a, sizeof a), decision_outcome_name(m->shadow[k].would),
             (unsigned long long)m->shadow[k].n);
     counter(&t, "capgate_signals_total", "Feedback signals recorded (POST /v1/events).",
@@ -338,7 +306,7 @@ void api_metrics(struct loop *l, struct http_request *req)
                 if (strcmp(m->delivery[k].outcome, *o) == 0 &&
                     strcmp(m->delivery[k].channel, ch->name) == 0)
                     n += m->delivery[k].n;
-            put(&t, "capgate_deliveries_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
+            textbuf_printf(&t, "capgate_deliveries_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
                 label(ch->name, a, sizeof a), *o, (unsigned long long)n);
         }
     }
@@ -346,7 +314,7 @@ void api_metrics(struct loop *l, struct http_request *req)
         const struct cfg_channel *ch = config_channel(cfg, m->delivery[k].channel);
         if (ch && ch->upstream.enabled)
             continue;
-        put(&t, "capgate_deliveries_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
+        textbuf_printf(&t, "capgate_deliveries_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
             label(m->delivery[k].channel, a, sizeof a), m->delivery[k].outcome,
             (unsigned long long)m->delivery[k].n);
     }
@@ -368,11 +336,11 @@ void api_metrics(struct loop *l, struct http_request *req)
     help(&t, "capgate_http_requests_total", "counter", "HTTP responses by status code.");
     for (unsigned code = 100; code < 600; code++)
         if (m->http_status[code])
-            put(&t, "capgate_http_requests_total{code=\"%u\"} %llu\n", code,
+            textbuf_printf(&t, "capgate_http_requests_total{code=\"%u\"} %llu\n", code,
                 (unsigned long long)m->http_status[code]);
     help(&t, "capgate_http_errors_total", "counter", "Error responses by error code.");
     for (int e = 0; e < API_ERROR__COUNT; e++)
-        put(&t, "capgate_http_errors_total{code=\"%s\"} %llu\n", api_error_code((enum api_error)e),
+        textbuf_printf(&t, "capgate_http_errors_total{code=\"%s\"} %llu\n", api_error_code((enum api_error)e),
             (unsigned long long)m->errors[e]);
     help(&t, "capgate_http_request_duration_seconds", "histogram",
          "Time from a request's headers to its response, by route (the endpoint or configured "

@@ -1,7 +1,6 @@
 /* public: the unsubscribe and preference pages.  See public.h. */
 #include "capgate/public.h"
 
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +17,7 @@
 #include "capgate/receipt.h"
 #include "capgate/reply.h"
 #include "capgate/store.h"
+#include "capgate/textbuf.h"
 #include "capgate/token.h"
 
 #define ROUTE "/u/{token}"
@@ -29,55 +29,23 @@
 
 /* ---- the page, as HTML --------------------------------------------------- */
 
-struct page {
-    char *buf;
-    size_t len, cap;
-    bool failed;
-};
-
-__attribute__((format(printf, 2, 3)))
-static void put(struct page *p, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        size_t room = p->cap - p->len;
-        va_start(ap, fmt);
-        int n = p->buf ? vsnprintf(p->buf + p->len, room, fmt, ap) : -1;
-        va_end(ap);
-        if (n >= 0 && (size_t)n < room) {
-            p->len += (size_t)n;
-            return;
-        }
-        size_t cap = p->cap ? p->cap * 2 : 8192;
-        while (n >= 0 && cap - p->len <= (size_t)n)
-            cap *= 2;
-        char *b = realloc(p->buf, cap);
-        if (!b) {
-            p->failed = true;
-            return;
-        }
-        p->buf = b;
-        p->cap = cap;
-    }
-}
-
 /* S as HTML text or attribute value. */
-static void put_text(struct page *p, const char *s)
+static void put_text(struct textbuf *p, const char *s)
 {
     for (; *s; s++) {
         switch (*s) {
-        case '&': put(p, "&amp;"); break;
-        case '<': put(p, "&lt;"); break;
-        case '>': put(p, "&gt;"); break;
-        case '"': put(p, "&quot;"); break;
-        case '\'': put(p, "&#39;"); break;
-        default: put(p, "%c", *s);
+        case '&': textbuf_printf(p, "&amp;"); break;
+        case '<': textbuf_printf(p, "&lt;"); break;
+        case '>': textbuf_printf(p, "&gt;"); break;
+        case '"': textbuf_printf(p, "&quot;"); break;
+        case '\'': textbuf_printf(p, "&#39;"); break;
+        default: textbuf_printf(p, "%c", *s);
         }
     }
 }
 
 /* A config name as people read it: "email" -> "Email", "push_news" -> "Push news". */
-static void put_label(struct page *p, const char *name)
+static void put_label(struct textbuf *p, const char *name)
 {
     char buf[CONFIG_NAME_MAX + 1];
     size_t n = 0;
@@ -85,7 +53,7 @@ static void put_label(struct page *p, const char *name)
         buf[n] = name[n] == '_' || name[n] == '-' || name[n] == '.' ? ' ' : name[n];
     buf[n] = '\0';
     if (strcasecmp(buf, "sms") == 0) {
-        put(p, "SMS");
+        textbuf_printf(p, "SMS");
         return;
     }
     if (buf[0] >= 'a' && buf[0] <= 'z')
@@ -108,22 +76,22 @@ static const char STYLE[] =
     "background:#1a5fb4;color:#fff;margin:.3rem .5rem .3rem 0;cursor:pointer}"
     "button.all{background:#fff;color:#a51d2d;border-color:#a51d2d}";
 
-static void page_head(struct page *p, const struct config *cfg, const char *title)
+static void page_head(struct textbuf *p, const struct config *cfg, const char *title)
 {
-    put(p, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    textbuf_printf(p, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
            "<meta name=\"robots\" content=\"noindex\"><title>");
     put_text(p, title);
     if (cfg->public.organisation) {
-        put(p, " \xe2\x80\x94 ");
+        textbuf_printf(p, " \xe2\x80\x94 ");
         put_text(p, cfg->public.organisation);
     }
-    put(p, "</title><style>%s</style></head><body><main>", STYLE);
+    textbuf_printf(p, "</title><style>%s</style></head><body><main>", STYLE);
 }
 
-static void page_end(struct page *p)
+static void page_end(struct textbuf *p)
 {
-    put(p, "</main></body></html>\n");
+    textbuf_printf(p, "</main></body></html>\n");
 }
 
 /* What every page is sent with: nothing cached, the token not passed on in a
@@ -137,7 +105,7 @@ static const char *const PAGE_HEADERS[] = {
     NULL,
 };
 
-static void send_page(struct loop *l, struct http_request *req, unsigned status, struct page *p)
+static void send_page(struct loop *l, struct http_request *req, unsigned status, struct textbuf *p)
 {
     if (p->failed || !p->buf) {
         static const char oom[] = "<!DOCTYPE html><title>Error</title><p>Please try again later.";
@@ -152,13 +120,13 @@ static void send_page(struct loop *l, struct http_request *req, unsigned status,
 static void message_page(struct loop *l, struct http_request *req, unsigned status,
                          const char *title, const char *text)
 {
-    struct page p = { 0 };
+    struct textbuf p = { 0 };
     page_head(&p, l->cfg, title);
-    put(&p, "<h1>");
+    textbuf_printf(&p, "<h1>");
     put_text(&p, title);
-    put(&p, "</h1><p>");
+    textbuf_printf(&p, "</h1><p>");
     put_text(&p, text);
-    put(&p, "</p>");
+    textbuf_printf(&p, "</p>");
     page_end(&p);
     send_page(l, req, status, &p);
 }
@@ -274,55 +242,55 @@ static void unavailable(struct public_call *c)
 static void render(struct public_call *c)
 {
     const struct config *cfg = c->cfg;
-    struct page p = { 0 };
+    struct textbuf p = { 0 };
     page_head(&p, cfg, "Your choices");
-    put(&p, "<h1>Your choices");
+    textbuf_printf(&p, "<h1>Your choices");
     if (cfg->public.organisation) {
-        put(&p, " for ");
+        textbuf_printf(&p, " for ");
         put_text(&p, cfg->public.organisation);
     }
-    put(&p, "</h1>");
+    textbuf_printf(&p, "</h1>");
     if (c->saved)
-        put(&p, "<p class=\"saved\" role=\"status\" id=\"saved\">Your choices are saved.</p>");
-    put(&p, "<p>Choose what you would like to receive. A change applies to the very next "
+        textbuf_printf(&p, "<p class=\"saved\" role=\"status\" id=\"saved\">Your choices are saved.</p>");
+    textbuf_printf(&p, "<p>Choose what you would like to receive. A change applies to the very next "
             "message.</p><form method=\"post\">");
     size_t shown = 0;
     for (size_t i = 0; i < cfg->n_channels; i++) {
         const struct cfg_channel *ch = &cfg->channels[i];
-        put(&p, "<fieldset><legend>");
+        textbuf_printf(&p, "<fieldset><legend>");
         put_label(&p, ch->name);
-        put(&p, "</legend>");
+        textbuf_printf(&p, "</legend>");
         for (size_t j = 0; j < cfg->n_categories; j++) {
             const struct cfg_category *cat = &cfg->categories[j];
             if (cat->ignores_opt_out || shown == CHOICES_MAX)
                 continue;
             shown++;
-            put(&p, "<div class=\"choice\"><input type=\"checkbox\" id=\"c-%s-%s\" "
+            textbuf_printf(&p, "<div class=\"choice\"><input type=\"checkbox\" id=\"c-%s-%s\" "
                     "name=\"c.%s.%s\" value=\"1\"%s><label for=\"c-%s-%s\">",
                 ch->name, cat->name, ch->name, cat->name,
                 receives(&c->rs, ch, cat) ? " checked" : "", ch->name, cat->name);
             put_label(&p, cat->name);
-            put(&p, "</label><input type=\"hidden\" name=\"shown\" value=\"%s.%s\"></div>",
+            textbuf_printf(&p, "</label><input type=\"hidden\" name=\"shown\" value=\"%s.%s\"></div>",
                 ch->name, cat->name);
         }
         /* What the person cannot turn off is said, not offered. */
         for (size_t j = 0; j < cfg->n_categories; j++) {
             if (!cfg->categories[j].ignores_opt_out)
                 continue;
-            put(&p, "<p class=\"note\">");
+            textbuf_printf(&p, "<p class=\"note\">");
             put_label(&p, cfg->categories[j].name);
-            put(&p, " messages are always sent, as part of a service you use.</p>");
+            textbuf_printf(&p, " messages are always sent, as part of a service you use.</p>");
         }
-        put(&p, "</fieldset>");
+        textbuf_printf(&p, "</fieldset>");
     }
-    put(&p, "<button type=\"submit\" name=\"action\" value=\"save\">Save my choices</button>"
+    textbuf_printf(&p, "<button type=\"submit\" name=\"action\" value=\"save\">Save my choices</button>"
             "<button type=\"submit\" class=\"all\" name=\"action\" value=\"everything\">"
             "Unsubscribe from everything</button></form>");
     char until[32];
     time_t exp = (time_t)c->tok.expires_s;
     struct tm tm;
     strftime(until, sizeof until, "%d %B %Y", gmtime_r(&exp, &tm));
-    put(&p, "<p class=\"note\">This page shows no name or address. Its link works until %s.</p>",
+    textbuf_printf(&p, "<p class=\"note\">This page shows no name or address. Its link works until %s.</p>",
         until);
     page_end(&p);
     send_page(c->loop, c->req, 200, &p);
