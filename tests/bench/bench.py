@@ -727,21 +727,15 @@ def load_people(redis, genload_bin, cfg, redis_port, people, tag):
 # callgrind
 # --------------------------------------------------------------------------
 
-def callgrind_workload(port, n):
-    """N decides, one keep-alive connection, one at a time: deterministic."""
+def _sequential(port, path, n, body_of):
+    """N requests to PATH, one keep-alive connection, one at a time, the
+    bodies body_of(i, rnd) (deterministic): how many answered 200."""
     rnd = random.Random(20240601)
-    zones = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC"]
-    channels = ["email"] * 5 + ["push"] * 4 + ["sms"]
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     ok = 0
     try:
         for i in range(n):
-            body = json.dumps({"user": "user-%d@example.com" % rnd.randint(1, 1000000),
-                               "channel": rnd.choice(channels), "category": "marketing",
-                               "message_id": "cg-%08d-%012d" % (i, rnd.randint(0, 10**12)),
-                               "campaign": "camp-%d" % rnd.randint(1, 50),
-                               "tz": rnd.choice(zones)})
-            c.request("POST", "/v1/decide", body=body,
+            c.request("POST", path, body=json.dumps(body_of(i, rnd)),
                       headers={"Content-Type": "application/json"})
             resp = c.getresponse()
             resp.read()
@@ -750,31 +744,27 @@ def callgrind_workload(port, n):
     finally:
         c.close()
     return ok
+
+
+def callgrind_workload(port, n):
+    """N decides: deterministic."""
+    zones = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC"]
+    channels = ["email"] * 5 + ["push"] * 4 + ["sms"]
+    return _sequential(port, "/v1/decide", n, lambda i, rnd: {
+        "user": "user-%d@example.com" % rnd.randint(1, 1000000),
+        "channel": rnd.choice(channels), "category": "marketing",
+        "message_id": "cg-%08d-%012d" % (i, rnd.randint(0, 10**12)),
+        "campaign": "camp-%d" % rnd.randint(1, 50), "tz": rnd.choice(zones)})
 
 
 def callgrind_send_workload(port, n):
-    """N /v1/send of push messages, one keep-alive connection, one at a
-    time, deterministic bodies (about 280 bytes, as post.lua payload=1)."""
-    rnd = random.Random(20261203)
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    ok = 0
-    try:
-        for i in range(n):
-            body = json.dumps({"user": "user-%d@example.com" % rnd.randint(1, 1000000),
-                               "channel": "push", "category": "marketing",
-                               "message_id": "cs-%08d-%012d" % (i, rnd.randint(0, 10**12)),
-                               "campaign": "camp-%d" % rnd.randint(1, 50),
-                               "payload": {"to": "device-token-%d" % i, "template": "spring",
-                                           "vars": {"name": "x"}}})
-            c.request("POST", "/v1/send", body=body,
-                      headers={"Content-Type": "application/json"})
-            resp = c.getresponse()
-            resp.read()
-            if resp.status == 200:
-                ok += 1
-    finally:
-        c.close()
-    return ok
+    """N /v1/send of push messages (about 280 bytes, as post.lua payload=1)."""
+    return _sequential(port, "/v1/send", n, lambda i, rnd: {
+        "user": "user-%d@example.com" % rnd.randint(1, 1000000),
+        "channel": "push", "category": "marketing",
+        "message_id": "cs-%08d-%012d" % (i, rnd.randint(0, 10**12)),
+        "campaign": "camp-%d" % rnd.randint(1, 50),
+        "payload": {"to": "device-token-%d" % i, "template": "spring", "vars": {"name": "x"}}})
 
 
 def annotate_top(outfile, n=5):
