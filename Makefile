@@ -39,6 +39,7 @@ OBJS     := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) $(BUILD)/obj/lua_script
             $(BUILD)/obj/assets.o
 LIB_OBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
 LUA      := $(wildcard src/lua/*.lua)
+LUA_LIB  := $(wildcard src/lua/lib/*.lua)
 ASSETS   := src/status.html
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
@@ -66,8 +67,9 @@ $(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj build/gen/lua_scripts.h build/gen/asset
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 # Lua scripts and the status page are embedded as C strings: the source of
-# truth stays in src/lua/*.lua and src/status.html.
-build/gen/lua_scripts.c build/gen/lua_scripts.h &: $(LUA) tools/embed.sh | build/gen
+# truth stays in src/lua/*.lua and src/status.html; src/lua/lib/ holds what
+# several scripts include.
+build/gen/lua_scripts.c build/gen/lua_scripts.h &: $(LUA) $(LUA_LIB) tools/embed.sh | build/gen
 	$(Q)sh tools/embed.sh build/gen/lua_scripts lua $(LUA)
 
 build/gen/assets.c build/gen/assets.h &: $(ASSETS) tools/embed.sh | build/gen

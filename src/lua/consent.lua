@@ -27,6 +27,8 @@
 -- does.  While such a proof is held the key has no TTL; else it expires the
 -- retention after its last write, with the consent key.
 -- Returns the time stored, in ms; with a history entry {time, legal basis}.
+-- #include consent_record.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end   -- see decide.lua
@@ -62,6 +64,16 @@ elseif kind == 'complaint' then
   -- A spam report: nothing but transactional mail, on any channel.
   scope, state, source = '*|*', 'out', 'complaint'
 end
+-- A key that holds a suppression, or the proof of one, has no TTL; any
+-- other leaves with the retention.
+local function keep(key, forever)
+  if forever then
+    redis.call('PERSIST', key)
+  else
+    redis.call('PEXPIRE', key, retention)
+  end
+end
+
 -- One more history entry for SCOPE; returns its legal basis.
 local function remember(scope, state)
   local per = tonumber(ARGV[14])
@@ -97,51 +109,21 @@ local function trim_history(rec)
       redis.call('HSET', KEYS[4], h[i], cmsgpack.pack(kept))
     end
   end
-  if proof then
-    redis.call('PERSIST', KEYS[4])
-  else
-    redis.call('PEXPIRE', KEYS[4], retention)
-  end
+  keep(KEYS[4], proof)
 end
 
 local basis
 if kind == 'bounce' then
-  rec['bounce|' .. scope] = {'bounced', now, 'hard_bounce'}
+  consent_apply(rec, 'bounce|' .. scope, {'bounced', now, 'hard_bounce'})
   audit({'e', 'hard_bounce', 'c', scope})
 else
-  -- The newest word wins inside its scope: an unsubscribe from email (or a
-  -- complaint, everything) overrides an older opt-in to email marketing.
-  local sc, sg = string.match(scope, '^([^|]*)|(.*)$')
-  for k, _ in pairs(rec) do
-    local kc, kg = string.match(k, '^([^|]*)|(.*)$')
-    if kc ~= 'bounce' and k ~= scope and (sc == '*' or kc == sc) and (sg == '*' or kg == sg) then
-      rec[k] = nil
-    end
-  end
-  rec[scope] = {state, now, source}
-  if state == 'in' then
-    -- A new opt-in lifts a bounce of that channel (or of all, for "*").
-    local ch = string.match(scope, '^([^|]*)|')
-    for k, _ in pairs(rec) do
-      if string.sub(k, 1, 7) == 'bounce|' and (ch == '*' or k == 'bounce|' .. ch) then
-        rec[k] = nil
-      end
-    end
-  end
+  consent_apply(rec, scope, {state, now, source})
   audit({'s', scope, 'st', state, 'src', source})
   if ARGV[9] ~= '' then basis = remember(scope, state) end
 end
 redis.call('SET', KEYS[1], cmsgpack.pack(rec))
 if basis then trim_history(rec) end
 
-local suppressed = false
-for _, r in pairs(rec) do
-  if r[1] == 'out' or r[1] == 'bounced' then suppressed = true end
-end
-if suppressed then
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('PEXPIRE', KEYS[1], retention)
-end
+keep(KEYS[1], consent_suppressed(rec))
 if basis then return {now, basis} end
 return now

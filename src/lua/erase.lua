@@ -13,6 +13,8 @@
 -- Returns {sends removed, consent records removed, audit entries removed,
 --          markers kept, [scope, fact] * markers, deferred messages removed,
 --          history entries removed}
+-- #include audit_entries.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('LATE ' .. now) end   -- see decide.lua
@@ -50,18 +52,7 @@ for _, v in ipairs(h) do receipts = receipts + #cmsgpack.unpack(v) end
 redis.call('DEL', KEYS[6])
 
 local ids = {}
-local mark = ARGV[2] .. '|'
-for _, e in ipairs(redis.call('XRANGE', KEYS[4], '-', '+')) do
-  local f = e[2]
-  for i = 1, #f, 2 do
-    -- A decision's one compact field starts "<P>|" (see decide.lua).
-    if (f[i] == 'p' and f[i + 1] == ARGV[2]) or
-       (f[i] == 'decide' and string.sub(f[i + 1], 1, #mark) == mark) then
-      ids[#ids + 1] = e[1]
-      break
-    end
-  end
-end
+for _, e in ipairs(audit_entries_of(KEYS[4], ARGV[2])) do ids[#ids + 1] = e[1] end
 for i = 1, #ids, 500 do
   redis.call('XDEL', KEYS[4], unpack(ids, i, math.min(i + 499, #ids)))
 end

@@ -9,23 +9,16 @@
 -- the records by scope, the changes oldest first.  A change older than the
 -- retention that a write has not trimmed yet is left out, as consent.lua
 -- would trim it -- but for the proof of an opt-out in force.
+-- #include consent_record.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local retention = tonumber(ARGV[1])
 
 local packed = redis.call('GET', KEYS[1])
 local rec = packed and cmsgpack.unpack(packed) or {}
-local scopes = {}
-for k, _ in pairs(rec) do scopes[#scopes + 1] = k end
-table.sort(scopes)
-local out = {now, #scopes}
-for _, k in ipairs(scopes) do
-  local r = rec[k]
-  out[#out + 1] = k
-  out[#out + 1] = r[1]
-  out[#out + 1] = r[2]
-  out[#out + 1] = r[3]
-end
+local out = {now}
+consent_list(out, rec)
 
 local all = {}
 local h = redis.call('HGETALL', KEYS[2])

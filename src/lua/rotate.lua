@@ -34,6 +34,8 @@
 -- ('' for none); put and drop return how many of the four records they
 -- wrote or deleted; mark and report return how many entries the tag's
 -- rotation set holds.
+-- #include consent_record.lua
+
 local mode = ARGV[1]
 local call = redis.call
 
@@ -202,31 +204,11 @@ if ARGV[5] ~= '' then
   end)
   local rec = {}
   for _, e in ipairs(all) do
-    local scope, r = e[1], e[2]
-    if string.sub(scope, 1, 7) ~= 'bounce|' then
-      local sc, sg = string.match(scope, '^([^|]*)|(.*)$')
-      for k, _ in pairs(rec) do
-        local kc, kg = string.match(k, '^([^|]*)|(.*)$')
-        if kc ~= 'bounce' and k ~= scope and (sc == '*' or kc == sc) and (sg == '*' or kg == sg) then
-          rec[k] = nil
-        end
-      end
-      if r[1] == 'in' then
-        for k, _ in pairs(rec) do
-          if string.sub(k, 1, 7) == 'bounce|' and (sc == '*' or k == 'bounce|' .. sc) then
-            rec[k] = nil
-          end
-        end
-      end
-    end
-    rec[scope] = r
+    consent_apply(rec, e[1], e[2])
   end
   local b_pttl = call('PTTL', KEYS[2])
   call('SET', KEYS[2], cmsgpack.pack(rec))
-  local suppressed = false
-  for _, r in pairs(rec) do
-    if r[1] == 'out' or r[1] == 'bounced' then suppressed = true end
-  end
+  local suppressed = consent_suppressed(rec)
   -- As consent.lua: a suppression has no TTL; else the longer of the two.
   local keep_ms = math.max(tonumber(ARGV[8]), b_pttl)
   if not suppressed and keep_ms > 0 and not (packed and b_pttl == -1) then

@@ -5,6 +5,9 @@
 -- Returns {now, sends (packed, or ''), ignored, n_consent, [scope, state, at, source] * n,
 --          n_audit, [id, n_fields, field, value, ...] * n,
 --          n_deferred, [message hash, deliver at ms, attempts, priority] * n}
+-- #include consent_record.lua
+-- #include audit_entries.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {now, redis.call('HGET', KEYS[1], ARGV[1]) or ''}
@@ -13,32 +16,9 @@ out[#out + 1] = engaged and struct.unpack('>I2', engaged) or 0
 
 local packed = redis.call('GET', KEYS[2])
 local rec = packed and cmsgpack.unpack(packed) or {}
-local scopes = {}
-for k, _ in pairs(rec) do scopes[#scopes + 1] = k end
-table.sort(scopes)
-out[#out + 1] = #scopes
-for _, k in ipairs(scopes) do
-  local r = rec[k]
-  out[#out + 1] = k
-  out[#out + 1] = r[1]
-  out[#out + 1] = r[2]
-  out[#out + 1] = r[3]
-end
+consent_list(out, rec)
 
--- The tag's stream holds everyone of the tag: keep this person's entries.
-local mine = {}
-local mark = ARGV[2] .. '|'
-for _, e in ipairs(redis.call('XRANGE', KEYS[4], '-', '+')) do
-  local f = e[2]
-  for i = 1, #f, 2 do
-    -- A decision's one compact field starts "<P>|" (see decide.lua).
-    if (f[i] == 'p' and f[i + 1] == ARGV[2]) or
-       (f[i] == 'decide' and string.sub(f[i + 1], 1, #mark) == mark) then
-      mine[#mine + 1] = e
-      break
-    end
-  end
-end
+local mine = audit_entries_of(KEYS[4], ARGV[2])
 out[#out + 1] = #mine
 for _, e in ipairs(mine) do
   out[#out + 1] = e[1]
