@@ -22,27 +22,8 @@
 #include "capgate/requests.h"
 #include "capgate/rotation.h"
 #include "capgate/store.h"
+#include "capgate/textbuf.h"
 #include "capgate/token.h"
-
-/* S as the inside of a JSON string (quotes, backslashes and control
- * characters escaped; UTF-8 passes through, jansson already checked it). */
-static const char *json_escape(char *out, size_t size, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 7 < size; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(out + o, size - o, "\\u%04x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    out[o] = '\0';
-    return out;
-}
 
 /* A decide waiting for its answer.  Freed in the callback. */
 struct decide_call {
@@ -97,7 +78,8 @@ static void answer(struct decide_call *call, const struct config *cfg, const str
         n = put(body, n, sizeof body, num);
     }
     n = put(body, n, sizeof body, ",\"message_id\":\"");
-    n = put(body, n, sizeof body, json_escape(id, sizeof id, call->message_id));
+    json_escape(id, sizeof id, call->message_id);
+    n = put(body, n, sizeof body, id);
     n = put(body, n, sizeof body, d->replay ? "\",\"replay\":true" : "\",\"replay\":false");
     /* The base URL has no character JSON would escape (config.c) and the
      * token is URL-safe base64. */

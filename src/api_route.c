@@ -49,7 +49,8 @@ struct rcpt {
     char message[PSEUDONYM_SHORT_HEX + 1];
     enum decide_status status;
     struct decision d;
-    char *blob;
+    char *blob;                       /* sealed, binary (delivery_blob) */
+    size_t blob_len;
     bool forwarded;                   /* in the body that went upstream */
     bool held;                        /* allowed, but the upstream's rate or pause held it */
     bool collateral;                  /* allowed, but cut with a personalization */
@@ -636,7 +637,7 @@ static const char *route_header(void *ctx, const char *name)
  * K alone (the request itself when it names nobody else), its own
  * Idempotency-Key (the request's, plus a suffix of K's pseudonym, when it
  * names several). */
-static char *recipient_blob(struct route_call *c, size_t k)
+static char *recipient_blob(struct route_call *c, size_t k, size_t *blob_len)
 {
     struct rcpt *r = &c->r[k];
     size_t n = c->rr.n, len = c->body_len;
@@ -663,7 +664,7 @@ static char *recipient_blob(struct route_call *c, size_t k)
         .query = c->query, .headers = c->headers,
         .body = alone ? alone : c->body, .body_len = alone ? len : c->body_len,
     };
-    char *blob = failed && n > 1 ? NULL : delivery_blob(&m, c->loop->pseudonym);
+    char *blob = failed && n > 1 ? NULL : delivery_blob(&m, c->loop->pseudonym, blob_len);
     free(alone);
     return blob;
 }
@@ -713,7 +714,7 @@ void api_route(struct loop *l, struct http_request *req, const struct cfg_route 
         r->rc = c;
         pseudonym_user(l->pseudonym, c->rr.rcpt[k].id, c->rr.rcpt[k].id_len, r->user);
         pseudonym_message(l->pseudonym, c->rr.message_id, strlen(c->rr.message_id), r->message);
-        if (!(r->blob = recipient_blob(c, k))) {
+        if (!(r->blob = recipient_blob(c, k, &r->blob_len))) {
             reply_error(l, req, API_INTERNAL, NULL, "out of memory");
             call_free(c);
             return;
@@ -782,7 +783,7 @@ static void decide_recipients(struct route_call *c)
     }
     for (size_t k = 0; k < n; k++) {
         struct rcpt *r = &c->r[k];
-        qs[k] = (struct enqueue){ .blob = r->blob, .blob_len = strlen(r->blob),
+        qs[k] = (struct enqueue){ .blob = r->blob, .blob_len = r->blob_len,
                                   .priority = c->rr.cat->priority, .first_answer = true };
         rqs[k] = (struct decide_request){ .channel = ch, .category = c->rr.cat,
                                           .campaign = c->rr.campaign[0] ? c->rr.campaign : NULL,

@@ -47,7 +47,8 @@ struct send_call {
     struct http_request *req;
     const struct config *cfg;     /* the decision's (retained) */
     struct message m;             /* fields point into owned strings below */
-    char *blob;
+    char *blob;                   /* sealed, binary (delivery_blob) */
+    size_t blob_len;
     char user[PSEUDONYM_USER_HEX + 1];
     char message[PSEUDONYM_SHORT_HEX + 1];
     char message_id[REQ_MESSAGE_ID_MAX + 1];
@@ -406,7 +407,7 @@ static void start_decide(struct loop *l, struct send_call *c, const struct cfg_c
                          const struct cfg_category *cat, int priority, const char *collapse,
                          enum decide_road road)
 {
-    struct enqueue q = { .blob = c->blob, .blob_len = strlen(c->blob), .priority = priority,
+    struct enqueue q = { .blob = c->blob, .blob_len = c->blob_len, .priority = priority,
                          .collapse = collapse };
     struct decide_request rq = { .channel = ch, .category = cat, .campaign = c->campaign,
                                  .tz = c->tz, .enqueue = &q, .road = road };
@@ -467,7 +468,7 @@ static void decide_and_send(struct loop *l, struct send_call *c, const struct cf
         c->m.body = with;
         c->m.body_len = with_len;
     }
-    c->blob = delivery_blob(&c->m, l->pseudonym);
+    c->blob = delivery_blob(&c->m, l->pseudonym, &c->blob_len);
     if (!c->blob) {
         reply_error(l, c->req, API_INTERNAL, NULL, "out of memory");
         call_free(c);
@@ -531,7 +532,7 @@ void api_send(struct loop *l, struct http_request *req)
         return;
     }
     c->m.body = rs.payload;          /* the call owns it now */
-    c->m.body_len = strlen(rs.payload);
+    c->m.body_len = rs.payload_len;
     rs.payload = NULL;
     decide_and_send(l, c, d->channel, d->category, rs.priority, rs.collapse, d->user,
                     d->user_len, DECIDE_SEND);

@@ -239,7 +239,8 @@ static void start_job(struct dispatcher *d, unsigned tag, const char *member, si
     j->priority = priority;
     j->attempts = attempts;
     snprintf(j->member, sizeof j->member, "%.*s", (int)mlen, member);
-    j->blob = strndup(blob, blen);
+    if ((j->blob = malloc(blen + 1)))       /* binary: a version 3 blob holds NULs */
+        memcpy(j->blob, blob, blen);
     d->active++;
     d->pending[tag]++;
     const struct cfg_channel *ch = NULL;

@@ -119,18 +119,32 @@ void pseudonym_free(struct pseudonym *p)
     free(p);
 }
 
-char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len)
+#define SEAL_NONCE crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define SEAL_TAG crypto_aead_xchacha20poly1305_ietf_ABYTES
+
+char *pseudonym_seal_bytes(const struct pseudonym *p, const void *prefix, size_t prefix_len,
+                           const char *plain, size_t len, size_t *outlen)
 {
-    size_t n = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + len +
-               crypto_aead_xchacha20poly1305_ietf_ABYTES;
+    size_t n = prefix_len + SEAL_NONCE + len + SEAL_TAG;
     unsigned char *box = malloc(n);
     if (!box)
         return NULL;
-    randombytes_buf(box, crypto_aead_xchacha20poly1305_ietf_NPUBBYTES);
-    unsigned long long clen;
-    crypto_aead_xchacha20poly1305_ietf_encrypt(box + crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
-                                               &clen, (const unsigned char *)plain, len, NULL, 0,
-                                               NULL, box, p->seal_key);
+    memcpy(box, prefix, prefix_len);
+    unsigned char *nonce = box + prefix_len;
+    randombytes_buf(nonce, SEAL_NONCE);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(nonce + SEAL_NONCE, NULL,
+                                               (const unsigned char *)plain, len, NULL, 0, NULL,
+                                               nonce, p->seal_key);
+    *outlen = n;
+    return (char *)box;
+}
+
+char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len)
+{
+    size_t n;
+    unsigned char *box = (unsigned char *)pseudonym_seal_bytes(p, "", 0, plain, len, &n);
+    if (!box)
+        return NULL;
     size_t b64 = sodium_base64_encoded_len(n, sodium_base64_VARIANT_ORIGINAL);
     char *out = malloc(b64);
     if (out)
@@ -139,40 +153,42 @@ char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len)
     return out;
 }
 
-static char *open_one(const struct pseudonym *p, const char *sealed, size_t slen, size_t *len)
+static char *open_one(const struct pseudonym *p, const unsigned char *box, size_t n, size_t *len)
 {
-    size_t n;
-    unsigned char *box = malloc(slen + 1);
-    if (!box || sodium_base642bin(box, slen, sealed, slen, NULL, &n, NULL,
-                                  sodium_base64_VARIANT_ORIGINAL) != 0 ||
-        n < crypto_aead_xchacha20poly1305_ietf_NPUBBYTES + crypto_aead_xchacha20poly1305_ietf_ABYTES) {
-        free(box);
+    if (n < SEAL_NONCE + SEAL_TAG)
         return NULL;
-    }
     char *out = malloc(n + 1);
     unsigned long long plen;
     if (!out || crypto_aead_xchacha20poly1305_ietf_decrypt(
-                    (unsigned char *)out, &plen, NULL,
-                    box + crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
-                    n - crypto_aead_xchacha20poly1305_ietf_NPUBBYTES, NULL, 0, box,
-                    p->seal_key) != 0) {
-        free(box);
+                    (unsigned char *)out, &plen, NULL, box + SEAL_NONCE, n - SEAL_NONCE, NULL, 0,
+                    box, p->seal_key) != 0) {
         free(out);
         return NULL;
     }
-    free(box);
     out[plen] = '\0';
     *len = (size_t)plen;
     return out;
 }
 
-char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t slen, size_t *len)
+char *pseudonym_open_bytes(const struct pseudonym *p, const void *box, size_t blen, size_t *len)
 {
-    char *out = open_one(p, sealed, slen, len);
+    char *out = open_one(p, box, blen, len);
     /* A message sealed before the rotation still waits in Redis: it opens
      * with the key it was sealed with. */
     if (!out && p->previous)
-        out = open_one(p->previous, sealed, slen, len);
+        out = open_one(p->previous, box, blen, len);
+    return out;
+}
+
+char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t slen, size_t *len)
+{
+    size_t n;
+    unsigned char *box = malloc(slen + 1);
+    char *out = NULL;
+    if (box && sodium_base642bin(box, slen, sealed, slen, NULL, &n, NULL,
+                                 sodium_base64_VARIANT_ORIGINAL) == 0)
+        out = pseudonym_open_bytes(p, box, n, len);
+    free(box);
     return out;
 }
 

@@ -50,6 +50,44 @@ struct decide_strings {
     size_t len[F__STRINGS];
 };
 
+/* One field of a decide body read without jansson into DS (copied to *B,
+ * which has room for each field once at its max).  1: taken; 0: not a
+ * decide field; -1: not valid, or not of the fast path's shape. */
+static int decide_fast_field(const struct json_flat_field *f, struct decide_strings *ds,
+                             bool *dry_run, char **b)
+{
+    size_t i = 0;
+    while (decide_fields[i] && !(strlen(decide_fields[i]) == f->klen &&
+                                 memcmp(decide_fields[i], f->key, f->klen) == 0))
+        i++;
+    if (!decide_fields[i])
+        return 0;
+    if (i == F__STRINGS) {               /* dry_run */
+        if (f->type != JSON_FLAT_TRUE && f->type != JSON_FLAT_FALSE && f->type != JSON_FLAT_NULL)
+            return -1;
+        *dry_run = f->type == JSON_FLAT_TRUE;
+        return 1;
+    }
+    if (f->type == JSON_FLAT_NULL)
+        return 1;                        /* as if absent */
+    if (f->type != JSON_FLAT_STRING || f->slen < 1 || f->slen > string_fields[i].max)
+        return -1;
+    memcpy(*b, f->s, f->slen);
+    (*b)[f->slen] = '\0';
+    ds->s[i] = *b;
+    ds->len[i] = f->slen;
+    *b += f->slen + 1;
+    return 1;
+}
+
+static bool decide_fast_required(const struct decide_strings *ds)
+{
+    for (size_t i = 0; i < F__STRINGS; i++)
+        if (string_fields[i].required && !ds->s[i])
+            return false;
+    return true;
+}
+
 /* The usual body read without jansson (whose objects were a sixth of a
  * decision's instructions): a flat object (json_flat_scan) of known fields,
  * each valid.  Anything else -- an invalid field too -- returns false, and
@@ -65,34 +103,10 @@ static bool decide_fast(const char *body, size_t len, struct decide_strings *ds,
         return false;
     memset(ds, 0, sizeof *ds);
     *dry_run = false;
-    for (int k = 0; k < n; k++) {
-        size_t i = 0;
-        while (decide_fields[i] && !(strlen(decide_fields[i]) == f[k].klen &&
-                                     memcmp(decide_fields[i], f[k].key, f[k].klen) == 0))
-            i++;
-        if (!decide_fields[i])
-            return false;                /* unknown field */
-        if (i == F__STRINGS) {           /* dry_run */
-            if (f[k].type != JSON_FLAT_TRUE && f[k].type != JSON_FLAT_FALSE &&
-                f[k].type != JSON_FLAT_NULL)
-                return false;
-            *dry_run = f[k].type == JSON_FLAT_TRUE;
-            continue;
-        }
-        if (f[k].type == JSON_FLAT_NULL)
-            continue;                    /* as if absent */
-        if (f[k].type != JSON_FLAT_STRING || f[k].slen < 1 || f[k].slen > string_fields[i].max)
-            return false;
-        memcpy(b, f[k].s, f[k].slen);    /* fits: each field once, each within its max */
-        b[f[k].slen] = '\0';
-        ds->s[i] = b;
-        ds->len[i] = f[k].slen;
-        b += f[k].slen + 1;
-    }
-    for (size_t i = 0; i < F__STRINGS; i++)
-        if (string_fields[i].required && !ds->s[i])
-            return false;
-    return true;
+    for (int k = 0; k < n; k++)
+        if (decide_fast_field(&f[k], ds, dry_run, &b) != 1)
+            return false;                /* unknown or invalid */
+    return decide_fast_required(ds);
 }
 
 /* The general path: jansson, with the errors worded.  DS points into OBJ. */
@@ -145,6 +159,80 @@ int request_decide(const struct config *cfg, const struct tz_db *tz, const char 
 
 /* ---- POST /v1/send ------------------------------------------------------- */
 
+/* The checks of a send once its fields are read, either way. */
+static int send_resolve(const struct config *cfg, const struct tz_db *tz,
+                        const struct decide_strings *ds, bool has_prio, json_int_t prio,
+                        struct req_send *out, struct field_error *e)
+{
+    struct req_decide *d = &out->d;
+    if (has_prio && (prio < 0 || prio > 9))
+        return validate_fail(e, API_INVALID_FIELD, "priority", "priority must be an integer 0..9");
+    if (decide_resolve(cfg, tz, ds, d, e) != 0)
+        return -1;
+    out->priority = has_prio ? (int)prio : d->category->priority;
+    if (!d->channel->upstream.enabled)
+        return validate_fail(e, API_NO_UPSTREAM, "channel",
+                    "channel has no upstream: use /v1/decide, or configure channels.%s.upstream",
+                    d->channel->name);
+    return 0;
+}
+
+/* The usual send read in one pass without jansson: the decide fields as
+ * decide_fast reads them, the payload an object or an array kept as the
+ * client's own text (only the whitespace between tokens dropped: a real
+ * number goes on as it was written, not re-printed), collapse_key a flat
+ * string, priority an integer or null.  1: read (OUT filled, its payload
+ * malloc'ed); 0: not of that shape, the general path reads it; -1: out of
+ * memory. */
+static int send_fast(const struct config *cfg, const struct tz_db *tz, const char *body,
+                     size_t len, struct req_send *out, struct field_error *e)
+{
+    struct json_flat_field f[F__STRINGS + 4];
+    struct decide_strings ds;
+    const struct json_flat_field *payload = NULL;
+    bool dry_run = false, has_prio = false;
+    json_int_t prio = 0;
+    char *b = out->d.buf;
+    int n = json_flat_scan_nested(body, len, f, sizeof f / sizeof f[0]);
+
+    if (n < 0)
+        return 0;
+    memset(&ds, 0, sizeof ds);
+    for (int k = 0; k < n; k++) {
+        if (f[k].klen == 7 && memcmp(f[k].key, "dry_run", 7) == 0)
+            return 0;                    /* not a send's field: the general path says so */
+        int took = decide_fast_field(&f[k], &ds, &dry_run, &b);
+        if (took < 0)
+            return 0;
+        if (took)
+            continue;
+        if (f[k].klen == 7 && memcmp(f[k].key, "payload", 7) == 0 &&
+            f[k].type == JSON_FLAT_NESTED) {
+            payload = &f[k];
+        } else if (f[k].klen == 12 && memcmp(f[k].key, "collapse_key", 12) == 0 &&
+                   f[k].type == JSON_FLAT_STRING && f[k].slen >= 1 &&
+                   f[k].slen <= REQ_COLLAPSE_MAX) {
+            memcpy(out->collapse_buf, f[k].s, f[k].slen);   /* flat: no escapes */
+            out->collapse_buf[f[k].slen] = '\0';
+            out->collapse = out->collapse_buf;
+        } else if (f[k].klen == 8 && memcmp(f[k].key, "priority", 8) == 0 &&
+                   (f[k].type == JSON_FLAT_INTEGER || f[k].type == JSON_FLAT_NULL)) {
+            has_prio = f[k].type == JSON_FLAT_INTEGER;
+            prio = f[k].i;
+        } else {
+            return 0;
+        }
+    }
+    if (!payload || !decide_fast_required(&ds))
+        return 0;
+    if (send_resolve(cfg, tz, &ds, has_prio, prio, out, e) != 0)
+        return -1;
+    if (!(out->payload = malloc(payload->slen + 1)))
+        return validate_fail(e, API_INTERNAL, NULL, "out of memory");
+    out->payload_len = json_flat_compact(payload->s, payload->slen, out->payload);
+    return 1;
+}
+
 int request_send(const struct config *cfg, const struct tz_db *tz, const char *body,
                  size_t len, struct req_send *out, struct field_error *e)
 {
@@ -153,6 +241,10 @@ int request_send(const struct config *cfg, const struct tz_db *tz, const char *b
                                           "priority", NULL };
     struct decide_strings ds;
     struct req_decide *d = &out->d;
+    memset(out, 0, sizeof *out);
+    int fast = send_fast(cfg, tz, body, len, out, e);
+    if (fast != 0)
+        return fast > 0 ? 0 : -1;
     memset(out, 0, sizeof *out);
     json_t *obj = d->json = body_object(body, len, fields, e);
     if (!obj)
@@ -170,19 +262,14 @@ int request_send(const struct config *cfg, const struct tz_db *tz, const char *b
     json_t *prio = json_object_get(obj, "priority");
     if (json_is_null(prio))
         prio = NULL;
-    if (prio && (!json_is_integer(prio) || json_integer_value(prio) < 0 ||
-                 json_integer_value(prio) > 9))
+    if (prio && !json_is_integer(prio))
         return validate_fail(e, API_INVALID_FIELD, "priority", "priority must be an integer 0..9");
-    if (decide_resolve(cfg, tz, &ds, d, e) != 0)
+    if (send_resolve(cfg, tz, &ds, prio != NULL, prio ? json_integer_value(prio) : 0, out, e))
         return -1;
-    out->priority = prio ? (int)json_integer_value(prio) : d->category->priority;
-    if (!d->channel->upstream.enabled)
-        return validate_fail(e, API_NO_UPSTREAM, "channel",
-                    "channel has no upstream: use /v1/decide, or configure channels.%s.upstream",
-                    d->channel->name);
     out->payload = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
     if (!out->payload)
         return validate_fail(e, API_INTERNAL, NULL, "out of memory");
+    out->payload_len = strlen(out->payload);
     return 0;
 }
 

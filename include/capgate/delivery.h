@@ -33,11 +33,12 @@ struct message {
 
 /* Builds the blob of a /v1/send message or of a routed request: the whole
  * message (payload or body, headers, description) sealed with SEAL (see
- * pseudonym_seal), because it names the recipient.  Returns a malloc'ed
- * string, NULL on error.  delivery_parse reads LEN bytes of one (not
- * NUL-terminated, as Redis hands it) into OUT; 0 or -1. */
+ * pseudonym_seal_bytes), because it names the recipient.  Returns malloc'ed
+ * bytes (*LEN of them: binary, not a string), NULL on error.
+ * delivery_parse reads LEN bytes of one (as Redis hands it) into OUT; 0 or
+ * -1. */
 struct pseudonym;
-char *delivery_blob(const struct message *m, const struct pseudonym *seal);
+char *delivery_blob(const struct message *m, const struct pseudonym *seal, size_t *len);
 int delivery_parse(const char *blob, size_t len, struct message *out,
                    const struct pseudonym *seal);
 void delivery_clear(struct message *m);

@@ -30,11 +30,26 @@ struct json_flat_field {
     const char *key;
     size_t klen;
     enum { JSON_FLAT_STRING, JSON_FLAT_TRUE, JSON_FLAT_FALSE, JSON_FLAT_NULL,
-           JSON_FLAT_INTEGER } type;
-    const char *s;          /* JSON_FLAT_STRING */
+           JSON_FLAT_INTEGER, JSON_FLAT_NESTED } type;
+    const char *s;          /* JSON_FLAT_STRING; JSON_FLAT_NESTED: the value's text */
     size_t slen;
     json_int_t i;           /* JSON_FLAT_INTEGER */
 };
 int json_flat_scan(const char *s, size_t len, struct json_flat_field *out, size_t max);
+
+/* As json_flat_scan, but a field's value may also be an object or an array
+ * (JSON_FLAT_NESTED, its text as a span of S), checked as jansson would read
+ * it with JSON_REJECT_DUPLICATES -- or declined (-1) where this reader is not
+ * sure it would agree: depth beyond JSON_FLAT_NEST_MAX, an object of more
+ * than JSON_FLAT_KEYS_MAX keys or a key with an escape, a number that could
+ * overflow.  For a body that carries a payload to pass on as it came (POST
+ * /v1/send): the payload is read once, and never re-encoded. */
+#define JSON_FLAT_NEST_MAX 32
+#define JSON_FLAT_KEYS_MAX 64
+int json_flat_scan_nested(const char *s, size_t len, struct json_flat_field *out, size_t max);
+
+/* A checked nested value (S, LEN) without the whitespace between its tokens,
+ * into OUT (LEN + 1 bytes at least), NUL-terminated.  Returns its length. */
+size_t json_flat_compact(const char *s, size_t len, char *out);
 
 #endif

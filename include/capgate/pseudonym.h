@@ -32,6 +32,13 @@ void pseudonym_free(struct pseudonym *p);
  * with or not ours (open also tries the previous key, during a rotation). */
 char *pseudonym_seal(const struct pseudonym *p, const char *plain, size_t len);
 char *pseudonym_open(const struct pseudonym *p, const char *sealed, size_t slen, size_t *len);
+/* The same seal as raw bytes, after PREFIX_LEN bytes of PREFIX (a version
+ * mark, say): malloc'ed, *OUTLEN its whole length.  Where the store takes
+ * bytes, base64 only cost time (a third of a /v1/send's sealing) and room.
+ * open_bytes takes such a box without its prefix. */
+char *pseudonym_seal_bytes(const struct pseudonym *p, const void *prefix, size_t prefix_len,
+                           const char *plain, size_t len, size_t *outlen);
+char *pseudonym_open_bytes(const struct pseudonym *p, const void *box, size_t blen, size_t *len);
 
 /* Tokens handed to people (token.h): sealed the same way with a key of their
  * own (so a token never opens as a blob, nor the reverse), as URL-safe

@@ -49,8 +49,10 @@ int request_decide(const struct config *cfg, const struct tz_db *tz, const char 
  * collapse_key and priority; the channel has an upstream. */
 struct req_send {
     struct req_decide d;
-    char *payload;                   /* malloc'ed compact JSON text */
+    char *payload;                   /* malloc'ed JSON text, no whitespace between tokens */
+    size_t payload_len;
     const char *collapse;            /* NULL when absent */
+    char collapse_buf[REQ_COLLAPSE_MAX + 1];
     int priority;                    /* 0..9 (the category's when absent) */
 };
 int request_send(const struct config *cfg, const struct tz_db *tz, const char *body,

@@ -17,5 +17,15 @@ struct textbuf {
 
 __attribute__((format(printf, 2, 3)))
 void textbuf_printf(struct textbuf *t, const char *fmt, ...);
+/* N bytes of S; S up to its NUL.  No printf: for the hot paths. */
+void textbuf_put(struct textbuf *t, const char *s, size_t n);
+void textbuf_puts(struct textbuf *t, const char *s);
+/* S (UTF-8, NUL-terminated) as a JSON string: quoted, with quotes,
+ * backslashes and control characters escaped. */
+void textbuf_json_string(struct textbuf *t, const char *s);
+
+/* The inside of that JSON string, into OUT (SIZE bytes, NUL-terminated;
+ * 6 * strlen(S) + 1 always suffice, less stops early).  Returns its length. */
+size_t json_escape(char *out, size_t size, const char *s);
 
 #endif

@@ -76,10 +76,10 @@ static bool same(const char *a, const char *b)
 }
 
 /* The blob survives the round trip through Redis unchanged. */
-static void check_blob(const char *blob, const struct message *m)
+static void check_blob(const char *blob, size_t blen, const struct message *m)
 {
     struct message back;
-    FUZZ_CHECK(delivery_parse(blob, strlen(blob), &back, fz_pseudonym()) == 0);
+    FUZZ_CHECK(delivery_parse(blob, blen, &back, fz_pseudonym()) == 0);
     FUZZ_CHECK(back.route == m->route);
     FUZZ_CHECK(same(back.user, m->user) && same(back.message, m->message));
     FUZZ_CHECK(same(back.message_id, m->message_id) && same(back.channel, m->channel));
@@ -156,13 +156,14 @@ static void send_message(struct message *m, const char *user, size_t user_len,
     m->tz = tz;
     if (!m->method)
         m->method = "POST";
-    char *blob = delivery_blob(m, fz_pseudonym());
+    size_t blen;
+    char *blob = delivery_blob(m, fz_pseudonym(), &blen);
     FUZZ_CHECK(blob);     /* only out of memory may fail here */
-    check_blob(blob, m);
+    check_blob(blob, blen, m);
     struct req_decide d = { .user = user, .user_len = user_len, .message_id = message_id,
                             .message_id_len = strlen(message_id), .campaign = campaign, .tz = tz,
                             .channel = ch, .category = cat };
-    struct enqueue q = { .blob = blob, .blob_len = strlen(blob), .priority = priority,
+    struct enqueue q = { .blob = blob, .blob_len = blen, .priority = priority,
                          .collapse = collapse };
     decide_args(&d, &q);
     free(blob);
@@ -193,13 +194,21 @@ static void run_send(const char *body, size_t len)
         check_decide(&s.d);
         FUZZ_CHECK(s.d.channel->upstream.enabled && s.priority >= 0 && s.priority <= 9);
         FUZZ_CHECK(!s.collapse || !validate_has_control(s.collapse, strlen(s.collapse)));
+        /* Either reading (the one-pass one keeps the client's text), the
+         * payload posted is the value jansson reads in the body. */
+        FUZZ_CHECK(strlen(s.payload) == s.payload_len);
+        json_t *ref = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+        json_t *sent = json_loadb(s.payload, s.payload_len, JSON_DECODE_ANY, NULL);
+        FUZZ_CHECK(ref && sent && json_equal(sent, json_object_get(ref, "payload")));
+        json_decref(sent);
+        json_decref(ref);
         char id[REQ_MESSAGE_ID_MAX + 1];
         memcpy(id, s.d.message_id, s.d.message_id_len);
         id[s.d.message_id_len] = '\0';
         /* upstream.unsubscribe_headers: the payload (jansson's own text)
          * with the headers added stays one JSON value. */
         size_t hlen;
-        char *with = request_send_headers(s.payload, strlen(s.payload), "/personalizations/*/headers",
+        char *with = request_send_headers(s.payload, s.payload_len, "/personalizations/*/headers",
                                           "https://prefs.example.com/u/AbC-_9", &hlen);
         if (with) {
             json_t *j = json_loadb(with, hlen, JSON_DECODE_ANY, NULL);
@@ -207,7 +216,7 @@ static void run_send(const char *body, size_t len)
             json_decref(j);
             free(with);
         }
-        struct message m = { .body = s.payload, .body_len = strlen(s.payload) };
+        struct message m = { .body = s.payload, .body_len = s.payload_len };
         send_message(&m, s.d.user, s.d.user_len, id, s.d.channel, s.d.category, s.d.campaign,
                      s.d.tz, s.priority, s.collapse);
     }
