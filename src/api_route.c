@@ -109,8 +109,8 @@ static enum fate fate_of(const struct rcpt *r)
         return F_UNAVAILABLE;
     if (r->d.outcome == OUTCOME_ALLOW)
         return r->d.replay && !r->d.resend ? F_REPLAYED : F_SEND;
-    if (r->d.outcome == OUTCOME_DEFER)
-        return r->d.queued == 1 ? F_DEFERRED : F_UNAVAILABLE;     /* a full queue: not taken */
+    if (r->d.outcome == OUTCOME_DEFER)       /* in_queue: the dispatcher has it */
+        return r->d.queued == 1 || r->d.in_queue ? F_DEFERRED : F_UNAVAILABLE;   /* a full queue: not taken */
     return F_DENIED;
 }
 

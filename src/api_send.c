@@ -38,6 +38,7 @@
 #include "capgate/reply.h"
 #include "capgate/requests.h"
 #include "capgate/store.h"
+#include "capgate/textbuf.h"
 #include "capgate/token.h"
 #include "capgate/upstream.h"
 
@@ -100,17 +101,47 @@ static json_t *decision_body(const struct send_call *c)
     return o;
 }
 
-/* A 200's body: with a public section, the person's link for this channel
- * and category (the answer to a send that went, or had gone). */
-static json_t *sent_body(const struct send_call *c)
+/* The 200 of a send that went (UPSTREAM_STATUS, the upstream's 2xx), or
+ * had gone (0: a replay): decision_body's fields and, with a public
+ * section, the person's link for this channel and category.  Written
+ * directly, as decide's answer is: jansson here was a tenth of a send. */
+static void reply_sent(struct send_call *c, long upstream_status)
 {
-    json_t *o = decision_body(c);
+    const struct decision *d = &c->d;
+    struct textbuf t = { 0 };
+    textbuf_puts(&t, "{\"decision\":\"");
+    textbuf_puts(&t, decision_outcome_name(d->outcome));
+    textbuf_puts(&t, "\",\"reason\":\"");
+    textbuf_puts(&t, decision_reason_name(d->reason));
+    textbuf_puts(&t, "\",\"message_id\":");
+    textbuf_json_string(&t, c->message_id);
+    const char *rule = decision_rule_name(c->cfg, d->rule);
+    if (rule) {
+        textbuf_puts(&t, ",\"rule\":");
+        textbuf_json_string(&t, rule);
+    }
+    textbuf_puts(&t, d->replay ? ",\"replay\":true" : ",\"replay\":false");
+    /* The base URL has no character JSON would escape (config.c) and the
+     * token is URL-safe base64. */
     char url[UNSUBSCRIBE_URL_MAX];
     if (c->cfg->public.enabled &&
         token_link(c->loop->pseudonym, c->cfg, c->user, c->channel, c->category, time(NULL), url,
-                   sizeof url) == 0)
-        json_object_set_new(o, "unsubscribe_url", json_string(url));
-    return o;
+                   sizeof url) == 0) {
+        textbuf_puts(&t, ",\"unsubscribe_url\":\"");
+        textbuf_puts(&t, url);
+        textbuf_puts(&t, "\"");
+    }
+    if (upstream_status) {
+        char num[24];
+        snprintf(num, sizeof num, ",\"upstream_status\":%ld", upstream_status);
+        textbuf_puts(&t, num);
+    }
+    textbuf_puts(&t, "}\n");
+    if (t.failed)
+        reply_error(c->loop, c->req, API_INTERNAL, NULL, "out of memory");
+    else
+        reply_text(c->loop, c->req, 200, "application/json", t.buf, t.len, NULL);
+    free(t.buf);
 }
 
 /* ---- after the upstream answered ------------------------------------------------ */
@@ -326,9 +357,7 @@ static void on_forwarded(void *arg, const struct forward_result *fr)
     if (!c->failed_open)
         delivery_ack(c->loop->store, c->cfg, c->user, c->message, NULL, 0);
     breaker_count(c->loop->breaker, c->campaign, BREAKER_SEND);
-    json_t *body = sent_body(c);
-    json_object_set_new(body, "upstream_status", json_integer(r->http_status));
-    reply_json(c->loop, c->req, 200, body);
+    reply_sent(c, r->http_status);
     call_free(c);
 }
 
@@ -372,11 +401,22 @@ static void on_decided(void *arg, const struct decide_result *r)
     c->d = r->decision;
     c->cfg = config_retain(r->cfg);
     c->failed_open = r->status == DECIDE_FAILED_OPEN;
-    if (d->outcome == OUTCOME_ALLOW && d->replay && !d->resend) {
+    if (d->in_queue) {
+        /* The dispatcher has claimed it (and decided it again: allow, or not
+         * yet: defer): the queue delivers it, once.  A forward now would be
+         * a second delivery. */
+        metrics_count_delivery(&l->metrics, c->channel, "replayed");
+        json_t *body = decision_body(c);
+        char when[32];
+        clock_format_rfc3339(when, sizeof when, time(NULL) + d->retry_after_s);
+        json_object_set_new(body, "delivery", json_string("queued"));
+        json_object_set_new(body, "deliver_at", json_string(when));
+        reply_json(l, c->req, 202, body);
+    } else if (d->outcome == OUTCOME_ALLOW && d->replay && !d->resend) {
         /* This message_id was allowed and its delivery acknowledged: a
          * client retry must not send it twice. */
         metrics_count_delivery(&l->metrics, c->channel, "replayed");
-        reply_json(l, c->req, 200, sent_body(c));
+        reply_sent(c, 0);
     } else if (d->outcome == OUTCOME_ALLOW) {
         const struct cfg_channel *ch = config_channel(c->cfg, c->channel);
         unsigned flags = c->failed_open ? FORWARD_UNSHAPED : 0;

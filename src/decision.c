@@ -148,21 +148,40 @@ static char *put_sdec(char *p, int64_t v)
     return put_dec(p, (uint64_t)v);
 }
 
-/* "cg:{TT}:" + SUFFIX (+ the whole pseudonym when WITH_USER): the keys of
- * one person's tag. */
+/* "cg:{TT}:" + SUFFIX (+ TAIL, when not NULL): the keys of one person's
+ * tag, TT being the first two digits of USER (a pseudonym, or a queue
+ * member, which starts with one). */
 static void arg_tag_key(struct script_args *a, const char *user, const char *suffix,
-                        bool with_user)
+                        const char *tail)
 {
-    size_t ns = strlen(suffix), nu = with_user ? strlen(user) : 0;
-    char *s = arg_open(a, 8 + ns + nu), *p = s;
+    size_t ns = strlen(suffix), nt = tail ? strlen(tail) : 0;
+    char *s = arg_open(a, 8 + ns + nt), *p = s;
     if (s) {
         p = put_mem(p, "cg:{", 4);
         p = put_mem(p, user, 2);
         p = put_mem(p, "}:", 2);
         p = put_mem(p, suffix, ns);
-        p = put_mem(p, user, nu);
+        p = put_mem(p, tail, nt);
     }
     arg_close(a, s, p);
+}
+
+/* S copied into the args' buffer (it need not outlive the call). */
+static void arg_copy(struct script_args *a, const char *s)
+{
+    size_t n = strlen(s);
+    char *b = arg_open(a, n), *p = b;
+    if (b)
+        p = put_mem(p, s, n);
+    arg_close(a, b, p);
+}
+
+static void arg_int(struct script_args *a, int64_t v)
+{
+    char *b = arg_open(a, 20), *p = b;
+    if (b)
+        p = put_sdec(p, v);
+    arg_close(a, b, p);
 }
 
 /* ---- key layout --------------------------------------------------------- */
@@ -197,7 +216,7 @@ static void arg_bucket_key(struct script_args *a, const struct config *cfg, cons
     suffix[0] = kind;
     memcpy(suffix + 1, h, (size_t)(hex + sizeof hex - h));
     suffix[1 + (hex + sizeof hex - h)] = '\0';
-    arg_tag_key(a, user, suffix, false);
+    arg_tag_key(a, user, suffix, NULL);
 }
 
 static void arg_sends_key(struct script_args *a, const struct config *cfg, const char *user)
@@ -207,17 +226,17 @@ static void arg_sends_key(struct script_args *a, const struct config *cfg, const
 
 static void arg_consent_key(struct script_args *a, const char *user)
 {
-    arg_tag_key(a, user, "c:", true);
+    arg_tag_key(a, user, "c:", user);
 }
 
 static void arg_history_key(struct script_args *a, const char *user)
 {
-    arg_tag_key(a, user, "h:", true);
+    arg_tag_key(a, user, "h:", user);
 }
 
 static void arg_audit_key(struct script_args *a, const char *user)
 {
-    arg_tag_key(a, user, "a", false);
+    arg_tag_key(a, user, "a", NULL);
 }
 
 int64_t decision_audit_keep_ms(const struct config *cfg)
@@ -397,15 +416,15 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
     else
         arg_sends_key(a, cfg, in->user);
     if (in->enqueue) {
-        arg_fmt(a, "cg:{%.2s}:q", in->user);
-        arg_fmt(a, "cg:{%.2s}:d:%s", in->user, member);
+        arg_tag_key(a, in->user, "q", NULL);
+        arg_tag_key(a, in->user, "d:", member);
         if (in->enqueue->collapse)
             arg_fmt(a, "cg:{%.2s}:k:%s:%08x", in->user, in->user,
                     (unsigned)fnv1a(in->enqueue->collapse));
         else
-            arg_fmt(a, "cg:{%.2s}:k:-", in->user);
+            arg_tag_key(a, in->user, "k:-", NULL);
         if (in->enqueue->first_answer)
-            arg_fmt(a, "cg:{%.2s}:ans:%s", in->user, member);
+            arg_tag_key(a, in->user, "ans:", member);
     }
     arg_person(a, in->user);
 
@@ -508,10 +527,22 @@ void decision_decide_args(const struct config *cfg, const struct decide_input *i
         /* A queued message lives as long as it may wait, plus its retries. */
         int64_t ttl = cfg->max_defer_ms + (int64_t)d->max_attempts * d->max_backoff_ms +
                       86400000LL;
-        arg_fmt(a, "%d|%lld|%d|%d|%lld", per_tag < 1 ? 1 : per_tag, (long long)ttl,
-                in->enqueue->priority, in->enqueue->collapse != NULL, (long long)d->lease_ms);
+        /* "max|ttl|priority|collapse|lease" */
+        char *b = arg_open(a, 5 * 21), *w = b;
+        if (b) {
+            w = put_sdec(w, per_tag < 1 ? 1 : per_tag);
+            *w++ = '|';
+            w = put_sdec(w, ttl);
+            *w++ = '|';
+            w = put_sdec(w, in->enqueue->priority);
+            *w++ = '|';
+            *w++ = in->enqueue->collapse ? '1' : '0';
+            *w++ = '|';
+            w = put_sdec(w, d->lease_ms);
+        }
+        arg_close(a, b, w);
         arg_str(a, in->enqueue->blob, in->enqueue->blob_len);
-        arg_fmt(a, "%s", member);
+        arg_copy(a, member);
     }
 }
 
@@ -538,7 +569,7 @@ void decision_ack_args(const struct config *cfg, const char *member, const char 
         a->used += (size_t)(p - s) + 1;
     }
     arg_str(a, answer, len);
-    arg_fmt(a, "%lld", (long long)cfg->idempotency_ms);
+    arg_int(a, cfg->idempotency_ms);
 }
 
 void decision_dead_list_args(unsigned tag, unsigned most, struct script_args *a)
@@ -550,7 +581,11 @@ void decision_dead_list_args(unsigned tag, unsigned most, struct script_args *a)
 
 void decision_member(const char *user, const char *message, char out[50])
 {
-    snprintf(out, 50, "%.32s:%.16s", user, message);
+    size_t nu = strnlen(user, 32), nm = strnlen(message, 16);
+    memcpy(out, user, nu);
+    out[nu] = ':';
+    memcpy(out + nu + 1, message, nm);
+    out[nu + 1 + nm] = '\0';
 }
 
 void decision_claim_args(const struct config *cfg, unsigned tag, unsigned most,
@@ -569,16 +604,15 @@ void decision_finish_args(const struct config *cfg, const char *member,
 {
     static const char *const actions[] = { "ack", "drop", "retry", "dead" };
     args_init(a, SCRIPT_FINISH, 3);
-    arg_fmt(a, "cg:{%.2s}:q", member);
-    arg_fmt(a, "cg:{%.2s}:d:%s", member, member);
-    arg_fmt(a, "cg:{%.2s}:dead", member);
+    arg_tag_key(a, member, "q", NULL);
+    arg_tag_key(a, member, "d:", member);
+    arg_tag_key(a, member, "dead", NULL);
     arg_cstr(a, actions[action]);
-    arg_fmt(a, "%s", member);
-    arg_fmt(a, "%lld", (long long)retry_in_ms);
-    arg_fmt(a, "%s", dead_summary ? dead_summary : "");
-    arg_fmt(a, "%d", 10000);
-    arg_fmt(a, "%lld", (long long)cfg->retention_ms < 7 * 86400000LL
-                            ? (long long)cfg->retention_ms : 7 * 86400000LL);
+    arg_copy(a, member);
+    arg_int(a, retry_in_ms);
+    arg_copy(a, dead_summary ? dead_summary : "");
+    arg_int(a, 10000);
+    arg_int(a, cfg->retention_ms < 7 * 86400000LL ? cfg->retention_ms : 7 * 86400000LL);
 }
 
 const char *decision_rule_name(const struct config *cfg, int rule)
@@ -678,6 +712,7 @@ int decision_decide_result(const struct store_reply *r, const struct config *cfg
     out->retry_after_s = retry_ms / 1000 + (retry_ms % 1000 != 0);   /* exact, rounded up */
     out->replay = p[10] != 0;
     out->resend = p[10] == 2;
+    out->in_queue = p[10] == 3;
     out->count = (int)get_be(p + 11, 4);
     out->queued = p[15];
     out->superseded = p[16] != 0;
@@ -719,11 +754,11 @@ void decision_abandon_args(const struct config *cfg, const char *user, const cha
     decision_member(user, message, member);
     args_init(a, SCRIPT_RELEASE, 3);
     arg_sends_key(a, cfg, user);
-    arg_fmt(a, "cg:{%.2s}:q", user);
-    arg_fmt(a, "cg:{%.2s}:d:%s", user, member);
+    arg_tag_key(a, user, "q", NULL);
+    arg_tag_key(a, user, "d:", member);
     arg_person(a, user);
-    arg_fmt(a, "%u", message_id(message));
-    arg_fmt(a, "%s", member);
+    arg_int(a, message_id(message));
+    arg_copy(a, member);
 }
 
 void decision_requeue_args(const struct config *cfg, const char *user, const char *message,

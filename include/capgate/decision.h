@@ -93,6 +93,8 @@ struct decision {
     bool replay;
     bool resend;              /* proxy mode: a replay whose delivery was never
                                  acknowledged: forward it again (at least once) */
+    bool in_queue;            /* proxy mode: a replay the dispatcher has claimed: the
+                                 queue delivers it (in retry_after_s at the latest) */
     int count;                /* sends the deciding rule counted */
     int queued;               /* proxy mode: 1 queued, 2 refused (queue full) */
     bool superseded;          /* proxy mode: an older message of its collapse key went */

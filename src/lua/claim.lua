@@ -17,6 +17,9 @@ for _, member in ipairs(due) do
     redis.call('ZREM', KEYS[1], member)      -- its data expired: nothing to deliver
   else
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), member)
+    -- The queue's from now on: a client's retry must not forward it too
+    -- (decide.lua).
+    redis.call('HSET', prefix .. member, 'by', 'q')
     out[#out + 1] = member
     out[#out + 1] = m[1]
     out[#out + 1] = tonumber(m[2] or 0)

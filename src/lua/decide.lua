@@ -76,7 +76,9 @@
 -- Returns the answer packed in one string (one reply object for the gateway
 -- to parse instead of ten): outcome (1) | reason (1) | rule (2) |
 --          retry ms (6, signed) | replay (1: 0 no, 1 yes, 2 yes but its
---          delivery was never acknowledged: forward it again) | count (4) |
+--          delivery was never acknowledged: forward it again, 3 yes and the
+--          dispatcher has claimed it: due in retry ms, outcome allow when
+--          it decided it already, defer when not yet) | count (4) |
 --          queued (1: 0 no, 1 yes, 2 queue full) | superseded (1: 0/1) |
 --          n_shadow (1), then n_shadow x (rule (2) | would (1))
 --   outcome 0 allow, 1 defer, 2 deny
@@ -142,7 +144,7 @@ local function answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_ke
   end
   -- A deferral in proxy mode queues the message, or refuses it when full.
   local queued, superseded = 0, 0
-  if outcome == 1 and nkeys >= 7 then
+  if outcome == 1 and nkeys >= 7 and replay ~= 3 then
     local max, ttl, prio, collapse = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)|')
     local member = ARGV[ao + 9]
     local replacing = collapse == '1' and call('EXISTS', KEYS[ko + 7]) == 1
@@ -230,12 +232,23 @@ local function decide(ko, ao, nkeys, now, s)
         -- (its gateway died, or the answer is still on its way): the
         -- gateway forwards it again, under a new lease.  At least once; the
         -- upstream sees the same Idempotency-Key.
+        -- But a message the dispatcher claimed (claim.lua marks it) is the
+        -- queue's: it is being delivered, or waits for its next attempt,
+        -- and a forward now would be a second delivery.  The retry changes
+        -- nothing and hears when the queue's lease or attempt is due.
+        local due_in = 0
         if nkeys >= 7 and from_queue == 0 and not dry and call('EXISTS', KEYS[ko + 6]) == 1 then
-          local lease = string.match(ARGV[ao + 7], '|(%d+)$')
-          call('ZADD', KEYS[ko + 5], now + tonumber(lease), ARGV[ao + 9])
-          replay = 2
+          local due = call('ZSCORE', KEYS[ko + 5], ARGV[ao + 9])
+          if call('HGET', KEYS[ko + 6], 'by') == 'q' and due then
+            replay = 3
+            due_in = math.max(tonumber(due) - now, 0)
+          else
+            local lease = string.match(ARGV[ao + 7], '|(%d+)$')
+            call('ZADD', KEYS[ko + 5], now + tonumber(lease), ARGV[ao + 9])
+            replay = 2
+          end
         end
-        local packed = answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 0, 0, 0, 0, replay, 0)
+        local packed = answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 0, 0, 0, due_in, replay, 0)
         if replay == 1 and nkeys >= 8 then
           local first = call('GET', KEYS[ko + 8])
           if first then return {packed, first} end
@@ -367,6 +380,16 @@ local function decide(ko, ao, nkeys, now, s)
     -- message) becomes this one: it does not go out a second time.  (The
     -- dispatcher deciding a queued copy holds its lease already.)
     if nkeys >= 7 and from_queue == 0 then
+      -- Unless the dispatcher has claimed that copy (claim.lua marks it) and
+      -- still holds it: then its forward may be on its way already, and this
+      -- one would be a second delivery.  The retry records nothing; the
+      -- queue decides the message again and delivers it.
+      if call('HGET', KEYS[ko + 6], 'by') == 'q' then
+        local due = tonumber(call('ZSCORE', KEYS[ko + 5], ARGV[ao + 9]) or 0)
+        if due > now then
+          return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 1, 0, 0, due - now, 3, 0)
+        end
+      end
       local _, ttl, prio, collapse, lease = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)|(%d+)$')
       if collapse == '1' and call('GET', KEYS[ko + 7]) == ARGV[ao + 9] then
         call('DEL', KEYS[ko + 7])      -- no longer waiting: nothing to replace

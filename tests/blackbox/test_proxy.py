@@ -354,6 +354,36 @@ def test_client_retry_of_a_deferred_message_is_sent_once():
     h.check(up.count_by_key().get("a2") == 1, "a2 exactly once: %r" % up.count_by_key())
 
 
+def test_retry_of_a_deferred_message_the_dispatcher_is_delivering_is_not_forwarded():
+    """The dispatcher has taken a deferred message and its forward is still
+    on its way: a client retry then must not forward it a second time.  It
+    hears 202 "queued", and the upstream sees the message once.  (Before,
+    the retry counted as a delivery never acknowledged and went again.)"""
+    up = FakeUpstream().start()
+    g = gateway(up, caps=[{"name": "email-1s", "channel": "email", "limit": 1, "window": "1s",
+                           "on_exceed": "defer"}], delivery={"max_attempts": 3, "backoff": "200ms",
+                                                            "lease": "3s"})
+    u = h.uid()
+    h.expect_status(send(g, u, message_id="q1"), 200)
+    up.set_mode("stall", seconds=None)
+    h.expect_status(send(g, u, message_id="q2"), 202)
+    h.wait_until(lambda: up.count_by_key().get("q2") == 1, 5,
+                 what="the dispatcher's forward reached the upstream")
+    r = send(g, u, message_id="q2", timeout=5)
+    h.expect_status(r, 202)
+    h.check(r.body.get("replay") is True and r.body.get("delivery") == "queued" and
+            "deliver_at" in r.body, "told the queue has it: %r" % (r.body,))
+    up.set_mode("normal")
+    h.wait_until(lambda: g.get("/status").body["proxy"]["deferred_depth"] == 0, 5,
+                 what="the delivery acknowledged")
+    r = send(g, u, message_id="q2")
+    h.expect_status(r, 200)
+    h.check(r.body.get("replay") is True and "upstream_status" not in r.body,
+            "acknowledged: a plain replay now: %r" % (r.body,))
+    time.sleep(0.5)
+    h.check(up.count_by_key().get("q2") == 1, "q2 exactly once: %r" % up.count_by_key())
+
+
 def test_show_lists_and_erase_removes_waiting_messages():
     up = FakeUpstream().start()
     g = gateway(up)
