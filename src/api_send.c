@@ -131,10 +131,13 @@ static void reply_sent(struct send_call *c, long upstream_status)
         textbuf_puts(&t, url);
         textbuf_puts(&t, "\"");
     }
-    if (upstream_status) {
-        char num[24];
-        snprintf(num, sizeof num, ",\"upstream_status\":%ld", upstream_status);
-        textbuf_puts(&t, num);
+    if (upstream_status >= 100 && upstream_status <= 999) {      /* an HTTP status: 3 digits */
+        char num[] = ",\"upstream_status\":000";
+        size_t n = sizeof num - 1;
+        num[n - 3] = (char)('0' + upstream_status / 100);
+        num[n - 2] = (char)('0' + upstream_status / 10 % 10);
+        num[n - 1] = (char)('0' + upstream_status % 10);
+        textbuf_put(&t, num, n);
     }
     textbuf_puts(&t, "}\n");
     if (t.failed)
@@ -481,8 +484,11 @@ static void decide_and_send(struct loop *l, struct send_call *c, const struct cf
     pseudonym_user(l->pseudonym, user, user_len, c->user);
     pseudonym_message(l->pseudonym, c->message_id, strlen(c->message_id), c->message);
     http_note_user(c->req, c->user);
-    snprintf(c->channel, sizeof c->channel, "%s", ch->name);
-    snprintf(c->category, sizeof c->category, "%s", cat->name);
+    size_t nc = strnlen(ch->name, CONFIG_NAME_MAX), ng = strnlen(cat->name, CONFIG_NAME_MAX);
+    memcpy(c->channel, ch->name, nc);
+    c->channel[nc] = '\0';
+    memcpy(c->category, cat->name, ng);
+    c->category[ng] = '\0';
     c->m.user = c->user;
     c->m.message = c->message;
     c->m.message_id = c->message_id;

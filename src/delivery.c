@@ -4,6 +4,7 @@
 #include "capgate/clock.h"
 #include "capgate/decision.h"
 #include "capgate/pseudonym.h"
+#include "capgate/requests.h"
 #include "capgate/textbuf.h"
 
 #include <sodium.h>
@@ -290,15 +291,16 @@ int delivery_forward(struct delivery_pools *pools, const struct config *cfg,
     if (!pool)
         return -1;
     const struct cfg_upstream *u = &ch->upstream;
-    char url[4096], idem[200];
-    const char *headers[160];
+    char with_query[4096], idem[32 + REQ_MESSAGE_ID_MAX];
+    const char *url = u->url, *headers[160];
     char *owned[100];
     size_t nh = 0, nowned = 0;
 
-    if (m->route && m->query && *m->query)
-        snprintf(url, sizeof url, "%s%c%s", u->url, strchr(u->url, '?') ? '&' : '?', m->query);
-    else
-        snprintf(url, sizeof url, "%s", u->url);
+    if (m->route && m->query && *m->query) {
+        snprintf(with_query, sizeof with_query, "%s%c%s", u->url, strchr(u->url, '?') ? '&' : '?',
+                 m->query);
+        url = with_query;
+    }
 
     /* The configured headers win over the caller's of the same name. */
     if (m->route && m->headers) {
@@ -329,7 +331,10 @@ int delivery_forward(struct delivery_pools *pools, const struct config *cfg,
     for (size_t c = 0; c < u->n_headers && nh < 150; c++)
         headers[nh++] = u->headers[c];
     /* Every attempt carries the same key: the upstream can drop repeats. */
-    snprintf(idem, sizeof idem, "Idempotency-Key: %s", m->message_id);
+    size_t il = strnlen(m->message_id, REQ_MESSAGE_ID_MAX + 11);   /* a route's adds "-<8 hex>" */
+    memcpy(idem, "Idempotency-Key: ", 17);
+    memcpy(idem + 17, m->message_id, il);
+    idem[17 + il] = '\0';
     headers[nh++] = idem;
     headers[nh] = NULL;
 
