@@ -446,6 +446,7 @@ static void on_forwarded(void *arg, const struct forward_result *fr)
         /* Every forwarded recipient leaves the queue; the first keeps the
          * answer, so that a retry of the whole request gets it again. */
         char *first = NULL;
+        size_t first_len = 0;
         bool kept = false;
         for (size_t k = 0; k < c->rr.n; k++) {
             struct rcpt *rc = &c->r[k];
@@ -453,9 +454,10 @@ static void on_forwarded(void *arg, const struct forward_result *fr)
                 continue;
             if (!kept)
                 first = delivery_answer_seal(r, c->route->replay_headers,
-                                             c->route->n_replay_headers, l->pseudonym);
+                                             c->route->n_replay_headers, l->pseudonym,
+                                             &first_len);
             delivery_ack(l->store, c->cfg, rc->user, rc->message, kept ? NULL : first,
-                         !kept && first ? strlen(first) : 0);
+                         !kept && first ? first_len : 0);
             breaker_count(l->breaker, c->rr.campaign, BREAKER_SEND);
             kept = true;
         }

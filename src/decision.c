@@ -161,7 +161,8 @@ static void arg_tag_key(struct script_args *a, const char *user, const char *suf
         p = put_mem(p, user, 2);
         p = put_mem(p, "}:", 2);
         p = put_mem(p, suffix, ns);
-        p = put_mem(p, tail, nt);
+        if (tail)
+            p = put_mem(p, tail, nt);
     }
     arg_close(a, s, p);
 }

@@ -57,19 +57,29 @@ char *delivery_blob(const struct message *m, const struct pseudonym *seal, size_
         textbuf_json_string(&t, fields[k][1]);
     }
     if (m->route) {
-        char *h = m->headers ? json_dumps(m->headers, JSON_COMPACT) : NULL;
         textbuf_puts(&t, ",\"method\":");
         textbuf_json_string(&t, m->method);
         textbuf_puts(&t, ",\"query\":");
         textbuf_json_string(&t, m->query ? m->query : "");
-        textbuf_puts(&t, ",\"h\":");
-        textbuf_puts(&t, h ? h : "[]");
-        if (m->headers && !h)
-            t.failed = true;
-        if (h) {
-            sodium_memzero(h, strlen(h));
-            free(h);
+        /* The request's headers, [[name, value], ...] (json_dumps of them
+         * was half of a route's blob). */
+        textbuf_puts(&t, ",\"h\":[");
+        size_t k;
+        json_t *pair;
+        bool first = true;
+        json_array_foreach(m->headers, k, pair) {
+            const char *name = json_string_value(json_array_get(pair, 0));
+            const char *value = json_string_value(json_array_get(pair, 1));
+            if (!name || !value)
+                continue;
+            textbuf_puts(&t, first ? "[" : ",[");
+            first = false;
+            textbuf_json_string(&t, name);
+            textbuf_puts(&t, ",");
+            textbuf_json_string(&t, value);
+            textbuf_puts(&t, "]");
         }
+        textbuf_puts(&t, "]");
     }
     textbuf_put(&t, "}", 2);             /* with its NUL: the separator */
     textbuf_put(&t, m->body, m->body_len);
@@ -506,11 +516,17 @@ size_t delivery_pass_headers(const struct upstream_response *r, const char **out
     return n / 2;
 }
 
+/* Version 3 (BLOB_V3, then the sealed box): the status and headers as
+ * compact JSON, a NUL, the body's bytes.  The older form -- JSON with the
+ * body in base64, all sealed and in base64 again -- cost a route request
+ * more than its decision; it is still read (answers kept before an upgrade). */
 char *delivery_answer_seal(const struct upstream_response *r, char *const *keep, size_t n,
-                           const struct pseudonym *seal)
+                           const struct pseudonym *seal, size_t *len)
 {
-    json_t *hdrs = json_array();
-    for (size_t k = 0; hdrs && k < r->n_headers; k++) {
+    struct textbuf t = { 0 };
+    textbuf_puts(&t, "{\"h\":[");
+    bool first = true;
+    for (size_t k = 0; k < r->n_headers; k++) {
         const char *colon = strchr(r->headers[k], ':');
         if (!colon)
             continue;
@@ -521,53 +537,75 @@ char *delivery_answer_seal(const struct upstream_response *r, char *const *keep,
         bool wanted = strncasecmp(r->headers[k], "Content-Type", nl) == 0 && nl == 12;
         for (size_t j = 0; !wanted && j < n; j++)
             wanted = strlen(keep[j]) == nl && strncasecmp(r->headers[k], keep[j], nl) == 0;
-        if (wanted)
-            json_array_append_new(hdrs, json_pack("[s%, s]", r->headers[k], nl, value));
+        if (!wanted)
+            continue;
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)(nl < sizeof name ? nl : sizeof name - 1),
+                 r->headers[k]);
+        textbuf_puts(&t, first ? "[" : ",[");
+        textbuf_json_string(&t, name);
+        textbuf_puts(&t, ",");
+        textbuf_json_string(&t, value);
+        textbuf_puts(&t, "]");
+        first = false;
     }
+    char status[32];
+    snprintf(status, sizeof status, "],\"s\":%ld}", r->http_status);
+    textbuf_put(&t, status, strlen(status) + 1);     /* with its NUL: the separator */
     size_t blen = r->body_len < DELIVERY_ANSWER_BODY_MAX ? r->body_len : DELIVERY_ANSWER_BODY_MAX;
-    size_t b64len = sodium_base64_encoded_len(blen, sodium_base64_VARIANT_ORIGINAL);
-    char *b64 = malloc(b64len);
-    if (!hdrs || !b64) {
-        json_decref(hdrs);
-        free(b64);
-        return NULL;
-    }
-    sodium_bin2base64(b64, b64len, (const unsigned char *)(r->body ? r->body : ""), blen,
-                      sodium_base64_VARIANT_ORIGINAL);
-    json_t *o = json_pack("{s:I, s:o, s:s}", "s", (json_int_t)r->http_status, "h", hdrs,
-                          "b", b64);
-    free(b64);
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    char *sealed = text ? pseudonym_seal(seal, text, strlen(text)) : NULL;
-    free(text);
+    textbuf_put(&t, r->body ? r->body : "", r->body ? blen : 0);
+    char *sealed = t.failed ? NULL
+                            : pseudonym_seal_bytes(seal, (char[]){ BLOB_V3 }, 1, t.buf, t.len, len);
+    free(t.buf);
     return sealed;
+}
+
+/* The body of an answer kept in the older form: base64 in "b". */
+static int answer_body_v2(struct kept_answer *out)
+{
+    const char *b64 = json_string_value(json_object_get(out->root, "b"));
+    if (!b64)
+        return -1;
+    size_t cap = strlen(b64);
+    out->body = malloc(cap + 1);
+    if (!out->body || sodium_base642bin((unsigned char *)out->body, cap, b64, cap, NULL,
+                                        &out->body_len, NULL, sodium_base64_VARIANT_ORIGINAL))
+        return -1;
+    out->body[out->body_len] = '\0';
+    return 0;
 }
 
 int delivery_answer_open(const char *sealed, size_t len, const struct pseudonym *seal,
                          struct kept_answer *out)
 {
     size_t plen;
-    const char *b64 = NULL;
     json_int_t status = 0;
     memset(out, 0, sizeof *out);
-    char *plain = pseudonym_open(seal, sealed, len, &plen);
-    out->root = plain ? json_loadb(plain, plen, 0, NULL) : NULL;
+    bool v3 = len > 0 && sealed[0] == BLOB_V3;
+    char *plain = v3 ? pseudonym_open_bytes(seal, sealed + 1, len - 1, &plen)
+                     : pseudonym_open(seal, sealed, len, &plen);
+    size_t jlen = plain ? strnlen(plain, plen) : 0;
+    if (plain && (!v3 || jlen < plen))
+        out->root = json_loadb(plain, jlen, 0, NULL);
+    int rc = !out->root || json_unpack(out->root, "{s:I, s:o}", "s", &status, "h",
+                                       &out->headers) != 0 ||
+             !json_is_array(out->headers) || status < 100 || status > 599 ? -1 : 0;
+    if (rc == 0 && v3) {
+        out->body_len = plen - jlen - 1;
+        if ((out->body = malloc(out->body_len + 1))) {
+            memcpy(out->body, plain + jlen + 1, out->body_len);
+            out->body[out->body_len] = '\0';
+        } else {
+            rc = -1;
+        }
+    } else if (rc == 0) {
+        rc = answer_body_v2(out);
+    }
     free(plain);
-    if (!out->root || json_unpack(out->root, "{s:I, s:o, s:s}", "s", &status, "h",
-                                  &out->headers, "b", &b64) != 0 ||
-        !json_is_array(out->headers) || status < 100 || status > 599) {
+    if (rc != 0) {
         delivery_answer_clear(out);
         return -1;
     }
-    size_t cap = strlen(b64);
-    out->body = malloc(cap + 1);
-    if (!out->body || sodium_base642bin((unsigned char *)out->body, cap, b64, cap, NULL,
-                                        &out->body_len, NULL, sodium_base64_VARIANT_ORIGINAL)) {
-        delivery_answer_clear(out);
-        return -1;
-    }
-    out->body[out->body_len] = '\0';
     out->status = (long)status;
     return 0;
 }

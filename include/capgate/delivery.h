@@ -119,10 +119,11 @@ size_t delivery_pass_headers(const struct upstream_response *r, const char **out
                              char **owned, size_t *n_owned, const char **content_type);
 
 /* The first answer kept for replays: status, the headers named in KEEP (N),
- * the body up to DELIVERY_ANSWER_BODY_MAX bytes, sealed.  Malloc'ed. */
+ * the body up to DELIVERY_ANSWER_BODY_MAX bytes, sealed.  Malloc'ed bytes,
+ * *LEN of them (binary, as a blob is). */
 #define DELIVERY_ANSWER_BODY_MAX 2048
 char *delivery_answer_seal(const struct upstream_response *r, char *const *keep, size_t n,
-                           const struct pseudonym *seal);
+                           const struct pseudonym *seal, size_t *len);
 struct kept_answer {
     json_t *root;                    /* owns what follows */
     long status;

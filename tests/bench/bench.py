@@ -446,8 +446,9 @@ def parse_duration_ms(s):
     return v * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
 
 
-def run_wrk(port, path, seconds, latency=True, payload=False):
-    """PAYLOAD: /v1/send bodies (post.lua's payload=1)."""
+def run_wrk(port, path, seconds, latency=True, payload=False, route=False):
+    """PAYLOAD: /v1/send bodies (post.lua's payload=1); ROUTE: SendGrid-shaped
+    requests for a transparent route (route=1)."""
     url = "http://127.0.0.1:%d%s" % (port, path)
     argv = ["wrk", "-t1", "-c%d" % CONNS, "-d%ds" % seconds, "--timeout", "5s",
             "-s", POST_LUA]
@@ -456,6 +457,8 @@ def run_wrk(port, path, seconds, latency=True, payload=False):
     argv.append(url)
     if payload:
         argv += ["--", "payload=1"]
+    elif route:
+        argv += ["--", "route=1"]
     try:
         r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, timeout=seconds + 60)
@@ -727,16 +730,19 @@ def load_people(redis, genload_bin, cfg, redis_port, people, tag):
 # callgrind
 # --------------------------------------------------------------------------
 
-def _sequential(port, path, n, body_of):
+def _sequential(port, path, n, body_of, headers_of=None):
     """N requests to PATH, one keep-alive connection, one at a time, the
-    bodies body_of(i, rnd) (deterministic): how many answered 200."""
+    bodies body_of(i, rnd) (deterministic; headers_of(i) adds headers): how
+    many answered 200."""
     rnd = random.Random(20240601)
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     ok = 0
     try:
         for i in range(n):
-            c.request("POST", path, body=json.dumps(body_of(i, rnd)),
-                      headers={"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"}
+            if headers_of:
+                headers.update(headers_of(i))
+            c.request("POST", path, body=json.dumps(body_of(i, rnd)), headers=headers)
             resp = c.getresponse()
             resp.read()
             if resp.status == 200:
@@ -765,6 +771,15 @@ def callgrind_send_workload(port, n):
         "message_id": "cs-%08d-%012d" % (i, rnd.randint(0, 10**12)),
         "campaign": "camp-%d" % rnd.randint(1, 50),
         "payload": {"to": "device-token-%d" % i, "template": "spring", "vars": {"name": "x"}}})
+
+
+def callgrind_route_workload(port, n):
+    """N SendGrid-shaped requests of one recipient to the transparent route."""
+    return _sequential(port, "/v3/mail/send", n, lambda i, rnd: {
+        "personalizations": [{"to": [{"email": "user-%d@example.com" % rnd.randint(1, 1000000)}]}],
+        "from": {"email": "shop@example.com"}, "subject": "camp-%d" % rnd.randint(1, 50),
+        "content": [{"type": "text/plain", "value": "Hello"}]},
+        headers_of=lambda i: {"Idempotency-Key": "cr-%08d" % i})
 
 
 def annotate_top(outfile, n=5):
@@ -823,6 +838,12 @@ def callgrind_profile(build, tmp, what):
                        wrap=wrap, timeout_ms=10000, extra="workers: 1\n",
                        channels=PROXY_CHANNELS.format(port=up.port))
         workload = callgrind_send_workload
+    elif what == "route":
+        up = Upstream(os.path.join(build, "bench", "upstream"), tmp)
+        proc = Capgate(os.path.join(build, "capgate"), tmp, rport, name="capgate-callgrind-route",
+                       wrap=wrap, timeout_ms=10000, extra=ROUTE_EXTRA + "workers: 1\n",
+                       channels=PROXY_CHANNELS.format(port=up.port))
+        workload = callgrind_route_workload
     elif what == "capgate":
         proc = Capgate(os.path.join(build, "capgate"), tmp, rport, name="capgate-callgrind",
                        wrap=wrap, timeout_ms=10000)
@@ -915,6 +936,18 @@ def callgrind_part(rep, build, tmp):
     rep.fig("callgrind_send_by_object", "",
             "  ".join("%s %.0f%%" % (o, 100.0 * ir / stotal) for o, ir in sby_obj[:7]))
     shutil.copyfile(sdump, keep + ".send")
+    # A transparent route of one recipient, next to /v1/send.
+    rdump, rsecs = callgrind_profile(build, tmp, "route")
+    rtotal, rtop_fns, rby_obj, _ = annotate_top(rdump)
+    rep.fig("callgrind_route_ir_per_request", int(round(rtotal / DECIDES)),
+            "(POST /v3/mail/send, one recipient, one worker, %d sequential requests, %.1f s; "
+            "compare callgrind_send_ir_per_send)" % (DECIDES, rsecs))
+    for i, (ir, fn, obj) in enumerate(rtop_fns[:3], 1):
+        rep.fig("callgrind_route_top%d_self" % i, "%.1f%%" % (100.0 * ir / rtotal),
+                "%s (%s) %d Ir/request" % (fn, obj, ir // DECIDES))
+    rep.fig("callgrind_route_by_object", "",
+            "  ".join("%s %.0f%%" % (o, 100.0 * ir / rtotal) for o, ir in rby_obj[:7]))
+    shutil.copyfile(rdump, keep + ".route")
 
 
 # --------------------------------------------------------------------------
@@ -1041,10 +1074,11 @@ def send_counters(gw, up):
         time.sleep(0.2)
 
 
-def measure_send_run(gw, up):
+def measure_send_run(gw, up, route=False):
     c0 = send_counters(gw, up)
     cpu0 = cpu_ticks(gw.pid)
-    res = run_wrk(gw.port, "/v1/send", SECONDS, payload=True)
+    res = run_wrk(gw.port, "/v3/mail/send" if route else "/v1/send", SECONDS,
+                  payload=not route, route=route)
     cpu1 = cpu_ticks(gw.pid)
     c1 = send_counters(gw, up)
     res["delta"] = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
@@ -1063,7 +1097,7 @@ def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl, floor_bin, fport):
     try:
         ff = Floor(floor_bin, tmp, fport, upstream="http://127.0.0.1:%d/push" % up.port)
         ngx = NginxProxy(tmp, up.port, os.cpu_count() or 1)
-        gw = Capgate(capgate, tmp, rport, name="capgate-proxy",
+        gw = Capgate(capgate, tmp, rport, name="capgate-proxy", extra=ROUTE_EXTRA,
                      channels=PROXY_CHANNELS.format(port=up.port))
         note("proxy mode: capgate pid %d on :%d, upstream pid %d on :%d" %
              (gw.pid, gw.port, up.proc.pid, up.port))
@@ -1076,10 +1110,13 @@ def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl, floor_bin, fport):
         run_wrk(gw.port, "/v1/send", WARMUP, latency=False, payload=True)
         run_wrk(ff.port, "/", WARMUP, latency=False, payload=True)
         run_wrk(ngx.port, "/", WARMUP, latency=False, payload=True)
-        snd, flo, fwd, nx = [], [], [], []
+        run_wrk(gw.port, "/v3/mail/send", WARMUP, latency=False, route=True)
+        snd, flo, fwd, nx, rte = [], [], [], [], []
         for i in range(RUNS):
             note("proxy run %d/%d: capgate /v1/send" % (i + 1, RUNS))
             snd.append(measure_send_run(gw, up))
+            note("proxy run %d/%d: capgate route /v3/mail/send" % (i + 1, RUNS))
+            rte.append(measure_send_run(gw, up, route=True))
             note("proxy run %d/%d: floor" % (i + 1, RUNS))
             flo.append(run_wrk(fl.port, "/v1/decide", SECONDS))
             note("proxy run %d/%d: forward floor" % (i + 1, RUNS))
@@ -1140,6 +1177,21 @@ def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl, floor_bin, fport):
                 fmt="{:.2f}")
     rep.fig("send_cpu_us_per_send", median([r["cpu_us"] for r in snd]),
             "(capgate process, user+sys, forwarding included)")
+    # A transparent route (routes[] in the config): the SendGrid-shaped
+    # request forwarded as it came, one recipient read from the body.
+    r_rps = median([r["rps"] for r in rte])
+    rep.fig("route_rps", r_rps, "(POST /v3/mail/send, a transparent route, one recipient a "
+            "request, post.lua route=1; median of %d: %s)" %
+            (RUNS, " ".join("%.0f" % r["rps"] for r in rte)), fmt="{:.0f}")
+    rep.fig("route_p99_ms", median([r["p99"] for r in rte]), fmt="{:.2f}")
+    rep.fig("route_cpu_us_per_request", median([r["cpu_us"] for r in rte]),
+            "(capgate process, user+sys)")
+    rte_err = sum(r["socket_errors"] for r in rte) + sum(r["delta"]["5xx"] for r in rte)
+    rep.target("route_errors", rte_err, "==", 0, fmt="{}",
+               comment="(socket errors + 5xx answers, all %d runs)" % RUNS)
+    ratio = r_rps / s_rps if s_rps else None
+    rep.fig("route_ratio_to_send", ratio, "(goal >= 0.9, within 10 %% of /v1/send: %s)" %
+            ("met" if ratio is not None and ratio >= 0.9 else "not met"), fmt="{:.2f}")
     forwarded = tot["allow"] - tot["replays"]
     rep.fig("upstream_requests_per_send", tot["upstream"] / forwarded if forwarded else None,
             "(requests the upstream received / sends allowed, replays aside: %d / %d; "

@@ -4,6 +4,7 @@
 --   wrk -t1 -c64 -d8s --latency -s tests/bench/post.lua http://127.0.0.1:PORT/v1/decide
 --   wrk ... -s tests/bench/post.lua http://127.0.0.1:FLOOR_PORT/ -- users=1000000 campaigns=50
 --   wrk ... -s tests/bench/post.lua http://127.0.0.1:PORT/v1/send -- payload=1
+--   wrk ... -s tests/bench/post.lua http://127.0.0.1:PORT/v3/mail/send -- route=1
 --
 -- The path is the URL's, so the same bodies drive capgate (/v1/decide) and
 -- the floor program (any path).  Each body names a random user out of
@@ -13,7 +14,9 @@
 -- `payload=1` it adds what /v1/send forwards to the channel's upstream: the
 -- recipient, a template and one variable, about 80 bytes.  (/v1/send answers
 -- per decision -- 200, 202, 403, 429 -- so wrk's "Non-2xx" counts decisions
--- there; bench.py takes the errors from capgate's /status.)
+-- there; bench.py takes the errors from capgate's /status.)  With `route=1`
+-- it posts the same person and campaign as a SendGrid-shaped request for a
+-- transparent route (one recipient, the message id as Idempotency-Key).
 --
 -- wrk runs each thread's copy of this script in its own Lua state: setup()
 -- (main state) hands every thread its id, init() seeds that thread's RNG from
@@ -26,7 +29,7 @@ function setup(thread)
   thread:set("tid", thread_count)
 end
 
-local users, campaigns, payload = 1000000, 50, false
+local users, campaigns, payload, route = 1000000, 50, false, false
 local run_token = "00000000"
 local seq = 0
 local headers = { ["Content-Type"] = "application/json" }
@@ -60,6 +63,7 @@ function init(args)
     if k == "users" then users = tonumber(v) end
     if k == "campaigns" then campaigns = tonumber(v) end
     if k == "payload" then payload = v ~= "0" end
+    if k == "route" then route = v ~= "0" end
   end
   seed()
 end
@@ -67,6 +71,16 @@ end
 function request()
   seq = seq + 1
   local user, campaign = math.random(1, users), math.random(1, campaigns)
+  if route then
+    local h = { ["Content-Type"] = "application/json",
+                ["Idempotency-Key"] = string.format("%s-%04x-r%011x", run_token, tonumber(tid) or 0,
+                                                    seq) }
+    return wrk.format("POST", nil, h, string.format(
+      '{"personalizations":[{"to":[{"email":"user-%d@example.com"}]}],' ..
+      '"from":{"email":"shop@example.com"},"subject":"camp-%d",' ..
+      '"content":[{"type":"text/plain","value":"Hello %s"}]}',
+      user, campaign, names[math.random(1, 8)]))
+  end
   local body = string.format(
     '{"user":"user-%d@example.com","channel":"%s","category":"marketing",' ..
     '"message_id":"%s-%04x-4%03x-a%03x-%012x","campaign":"camp-%d","tz":"%s"',

@@ -117,11 +117,49 @@ TEST(a_version_2_blob_still_reads)
     pseudonym_free(p);
 }
 
+/* The answer a route keeps for replays: status, the wanted headers, the
+ * body -- sealed as bytes now, and the older base64 form still read. */
+TEST(a_kept_answer_reads_back_in_either_form)
+{
+    struct pseudonym *p = key();
+    const char *const headers[] = { "Content-Type: application/json", "X-Message-Id: m\"1",
+                                    "Set-Cookie: no", "Date: today" };
+    static const char answer_body[] = "{\"ok\":true}\0bin";
+    struct upstream_response r = { .status = UPSTREAM_OK, .http_status = 202,
+                                   .body = answer_body, .body_len = sizeof answer_body - 1,
+                                   .headers = headers, .n_headers = 4 };
+    char *keep[] = { "X-Message-Id" };
+    size_t len;
+    char *sealed = delivery_answer_seal(&r, keep, 1, p, &len);
+    CHECK(sealed != NULL && sealed[0] == 3 && memmem(sealed, len, "ok", 2) == NULL);
+    struct kept_answer a;
+    CHECK(delivery_answer_open(sealed, len, p, &a) == 0);
+    CHECK_EQ_INT(a.status, 202);
+    CHECK_EQ_INT(json_array_size(a.headers), 2);
+    CHECK_EQ_STR(json_string_value(json_array_get(json_array_get(a.headers, 1), 1)), "m\"1");
+    CHECK_EQ_INT(a.body_len, sizeof answer_body - 1);
+    CHECK(memcmp(a.body, answer_body, a.body_len) == 0);
+    delivery_answer_clear(&a);
+    sealed[len - 1] ^= 1;
+    CHECK(delivery_answer_open(sealed, len, p, &a) != 0);
+    free(sealed);
+
+    const char *v2 = "{\"s\":201,\"h\":[[\"Content-Type\",\"text/plain\"]],\"b\":\"aGk=\"}";
+    char *old = pseudonym_seal(p, v2, strlen(v2));
+    CHECK(delivery_answer_open(old, strlen(old), p, &a) == 0);
+    CHECK_EQ_INT(a.status, 201);
+    CHECK_EQ_STR(a.body, "hi");
+    delivery_answer_clear(&a);
+    free(old);
+    pseudonym_free(p);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
         return 1;
     RUN(a_blob_is_binary_sealed_and_reads_back);
     RUN(a_version_2_blob_still_reads);
+    RUN(a_kept_answer_reads_back_in_either_form);
     return unit_done("test_delivery");
 }
