@@ -338,11 +338,17 @@ def test_https_upstream_certificate_is_verified():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def one_then_defer_gateway(up, window, lease):
+    """A gateway whose e-mail cap lets one message a WINDOW through and
+    defers the next; deliveries under a LEASE."""
+    return gateway(up, caps=[{"name": "email-" + window, "channel": "email", "limit": 1,
+                              "window": window, "on_exceed": "defer"}],
+                   delivery={"max_attempts": 3, "backoff": "200ms", "lease": lease})
+
+
 def test_client_retry_of_a_deferred_message_is_sent_once():
     up = FakeUpstream().start()
-    g = gateway(up, caps=[{"name": "email-2s", "channel": "email", "limit": 1, "window": "2s",
-                           "on_exceed": "defer"}], delivery={"max_attempts": 3, "backoff": "200ms",
-                                                            "lease": "2s"})
+    g = one_then_defer_gateway(up, "2s", "2s")
     u = h.uid()
     h.expect_status(send(g, u, message_id="a1"), 200)
     h.expect_status(send(g, u, message_id="a2"), 202)
@@ -360,9 +366,7 @@ def test_retry_of_a_deferred_message_the_dispatcher_is_delivering_is_not_forward
     hears 202 "queued", and the upstream sees the message once.  (Before,
     the retry counted as a delivery never acknowledged and went again.)"""
     up = FakeUpstream().start()
-    g = gateway(up, caps=[{"name": "email-1s", "channel": "email", "limit": 1, "window": "1s",
-                           "on_exceed": "defer"}], delivery={"max_attempts": 3, "backoff": "200ms",
-                                                            "lease": "3s"})
+    g = one_then_defer_gateway(up, "1s", "3s")
     u = h.uid()
     h.expect_status(send(g, u, message_id="q1"), 200)
     up.set_mode("stall", seconds=None)
