@@ -38,6 +38,18 @@ bool delivery_hop_by_hop(const char *name)
  */
 #define BLOB_V3 '\x03'
 
+/* One [NAME, VALUE] pair of a JSON array of headers, a comma before all but
+ * the first (*FIRST). */
+static void put_header_pair(struct textbuf *t, bool *first, const char *name, const char *value)
+{
+    textbuf_puts(t, *first ? "[" : ",[");
+    *first = false;
+    textbuf_json_string(t, name);
+    textbuf_puts(t, ",");
+    textbuf_json_string(t, value);
+    textbuf_puts(t, "]");
+}
+
 /* The description is written directly: its values are pseudonyms (hex),
  * configured names and the sender's message_id, campaign and tz, which are
  * escaped; jansson here cost as much as the sealing. */
@@ -70,14 +82,8 @@ char *delivery_blob(const struct message *m, const struct pseudonym *seal, size_
         json_array_foreach(m->headers, k, pair) {
             const char *name = json_string_value(json_array_get(pair, 0));
             const char *value = json_string_value(json_array_get(pair, 1));
-            if (!name || !value)
-                continue;
-            textbuf_puts(&t, first ? "[" : ",[");
-            first = false;
-            textbuf_json_string(&t, name);
-            textbuf_puts(&t, ",");
-            textbuf_json_string(&t, value);
-            textbuf_puts(&t, "]");
+            if (name && value)
+                put_header_pair(&t, &first, name, value);
         }
         textbuf_puts(&t, "]");
     }
@@ -542,12 +548,7 @@ char *delivery_answer_seal(const struct upstream_response *r, char *const *keep,
         char name[256];
         snprintf(name, sizeof name, "%.*s", (int)(nl < sizeof name ? nl : sizeof name - 1),
                  r->headers[k]);
-        textbuf_puts(&t, first ? "[" : ",[");
-        textbuf_json_string(&t, name);
-        textbuf_puts(&t, ",");
-        textbuf_json_string(&t, value);
-        textbuf_puts(&t, "]");
-        first = false;
+        put_header_pair(&t, &first, name, value);
     }
     char status[32];
     snprintf(status, sizeof status, "],\"s\":%ld}", r->http_status);

@@ -233,15 +233,17 @@ local function decide(ko, ao, nkeys, now, s)
         -- gateway forwards it again, under a new lease.  At least once; the
         -- upstream sees the same Idempotency-Key.
         -- But a message the dispatcher claimed (claim.lua marks it) is the
-        -- queue's: it is being delivered, or waits for its next attempt,
-        -- and a forward now would be a second delivery.  The retry changes
-        -- nothing and hears when the queue's lease or attempt is due.
+        -- queue's while its lease or next attempt runs: it is being
+        -- delivered, or waits, and a forward now would be a second
+        -- delivery.  The retry changes nothing and hears when it is due.
+        -- (The same test as before a proxy allow, step 6.)
         local due_in = 0
         if nkeys >= 7 and from_queue == 0 and not dry and call('EXISTS', KEYS[ko + 6]) == 1 then
-          local due = call('ZSCORE', KEYS[ko + 5], ARGV[ao + 9])
-          if call('HGET', KEYS[ko + 6], 'by') == 'q' and due then
+          local due = call('HGET', KEYS[ko + 6], 'by') == 'q' and
+                      tonumber(call('ZSCORE', KEYS[ko + 5], ARGV[ao + 9]) or 0) or 0
+          if due > now then
             replay = 3
-            due_in = math.max(tonumber(due) - now, 0)
+            due_in = due - now
           else
             local lease = string.match(ARGV[ao + 7], '|(%d+)$')
             call('ZADD', KEYS[ko + 5], now + tonumber(lease), ARGV[ao + 9])
@@ -383,12 +385,11 @@ local function decide(ko, ao, nkeys, now, s)
       -- Unless the dispatcher has claimed that copy (claim.lua marks it) and
       -- still holds it: then its forward may be on its way already, and this
       -- one would be a second delivery.  The retry records nothing; the
-      -- queue decides the message again and delivers it.
-      if call('HGET', KEYS[ko + 6], 'by') == 'q' then
-        local due = tonumber(call('ZSCORE', KEYS[ko + 5], ARGV[ao + 9]) or 0)
-        if due > now then
-          return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 1, 0, 0, due - now, 3, 0)
-        end
+      -- queue decides the message again and delivers it.  (As in step 1.)
+      local due = call('HGET', KEYS[ko + 6], 'by') == 'q' and
+                  tonumber(call('ZSCORE', KEYS[ko + 5], ARGV[ao + 9]) or 0) or 0
+      if due > now then
+        return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 1, 0, 0, due - now, 3, 0)
       end
       local _, ttl, prio, collapse, lease = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)|(%d+)$')
       if collapse == '1' and call('GET', KEYS[ko + 7]) == ARGV[ao + 9] then
