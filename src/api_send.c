@@ -107,30 +107,10 @@ static json_t *decision_body(const struct send_call *c)
  * directly, as decide's answer is: jansson here was a tenth of a send. */
 static void reply_sent(struct send_call *c, long upstream_status)
 {
-    const struct decision *d = &c->d;
     struct textbuf t = { 0 };
-    textbuf_puts(&t, "{\"decision\":\"");
-    textbuf_puts(&t, decision_outcome_name(d->outcome));
-    textbuf_puts(&t, "\",\"reason\":\"");
-    textbuf_puts(&t, decision_reason_name(d->reason));
-    textbuf_puts(&t, "\",\"message_id\":");
-    textbuf_json_string(&t, c->message_id);
-    const char *rule = decision_rule_name(c->cfg, d->rule);
-    if (rule) {
-        textbuf_puts(&t, ",\"rule\":");
-        textbuf_json_string(&t, rule);
-    }
-    textbuf_puts(&t, d->replay ? ",\"replay\":true" : ",\"replay\":false");
-    /* The base URL has no character JSON would escape (config.c) and the
-     * token is URL-safe base64. */
-    char url[UNSUBSCRIBE_URL_MAX];
-    if (c->cfg->public.enabled &&
-        token_link(c->loop->pseudonym, c->cfg, c->user, c->channel, c->category, time(NULL), url,
-                   sizeof url) == 0) {
-        textbuf_puts(&t, ",\"unsubscribe_url\":\"");
-        textbuf_puts(&t, url);
-        textbuf_puts(&t, "\"");
-    }
+    textbuf_puts(&t, "{");
+    decision_json_fields(&t, c->cfg, &c->d, c->message_id);
+    token_link_field(&t, c->loop->pseudonym, c->cfg, c->user, c->channel, c->category);
     if (upstream_status >= 100 && upstream_status <= 999) {      /* an HTTP status: 3 digits */
         char num[] = ",\"upstream_status\":000";
         size_t n = sizeof num - 1;

@@ -1,6 +1,8 @@
 /* decision: script arguments and results.  See decision.h and src/lua/. */
 #include "capgate/decision.h"
 
+#include "capgate/textbuf.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -614,6 +616,33 @@ void decision_finish_args(const struct config *cfg, const char *member,
     arg_copy(a, dead_summary ? dead_summary : "");
     arg_int(a, 10000);
     arg_int(a, cfg->retention_ms < 7 * 86400000LL ? cfg->retention_ms : 7 * 86400000LL);
+}
+
+void decision_json_fields(struct textbuf *t, const struct config *cfg, const struct decision *d,
+                          const char *message_id)
+{
+    /* The names come from the config ([A-Za-z0-9_.-]) and fixed tables;
+     * only message_id needs escaping.  No printf and no JSON library: on
+     * /v1/decide's path those cost a fifth of a decision's CPU. */
+    textbuf_puts(t, "\"decision\":\"");
+    textbuf_puts(t, decision_outcome_name(d->outcome));
+    textbuf_puts(t, "\",\"reason\":\"");
+    textbuf_puts(t, decision_reason_name(d->reason));
+    textbuf_puts(t, "\"");
+    const char *rule = decision_rule_name(cfg, d->rule);
+    if (rule) {
+        textbuf_puts(t, ",\"rule\":\"");
+        textbuf_puts(t, rule);
+        textbuf_puts(t, "\"");
+    }
+    if (d->outcome == OUTCOME_DEFER) {
+        char num[24], *e = put_sdec(num, d->retry_after_s);
+        textbuf_puts(t, ",\"retry_after\":");
+        textbuf_put(t, num, (size_t)(e - num));
+    }
+    textbuf_puts(t, ",\"message_id\":");
+    textbuf_json_string(t, message_id);
+    textbuf_puts(t, d->replay ? ",\"replay\":true" : ",\"replay\":false");
 }
 
 const char *decision_rule_name(const struct config *cfg, int rule)

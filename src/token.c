@@ -1,9 +1,12 @@
 /* token: sealed unsubscribe / preference tokens.  See token.h. */
 #include "capgate/token.h"
 
+#include "capgate/textbuf.h"
+
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 /* The sealed bytes: a version, the expiry (u32 BE, seconds: until 2106), the
  * pseudonym's 16 bytes, then the channel and the category, each a length
@@ -97,4 +100,18 @@ void token_fingerprint(const char *s, size_t len, char out[17])
     unsigned char h[crypto_generichash_BYTES_MIN];    /* 16: BLAKE2b's shortest */
     crypto_generichash(h, sizeof h, (const unsigned char *)s, len, NULL, 0);
     sodium_bin2hex(out, 17, h, 8);
+}
+
+void token_link_field(struct textbuf *t, const struct pseudonym *p, const struct config *cfg,
+                      const char *user, const char *channel, const char *category)
+{
+    char url[UNSUBSCRIBE_URL_MAX];
+    if (!cfg->public.enabled ||
+        token_link(p, cfg, user, channel, category, time(NULL), url, sizeof url) != 0)
+        return;
+    /* The base URL has no character JSON would escape (config.c) and the
+     * token is URL-safe base64. */
+    textbuf_puts(t, ",\"unsubscribe_url\":\"");
+    textbuf_puts(t, url);
+    textbuf_puts(t, "\"");
 }

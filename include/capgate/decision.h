@@ -117,6 +117,13 @@ struct script_args {
     size_t used;
 };
 
+/* The fields every answer with a decision carries, written into T without
+ * braces: "decision", "reason", "rule" (when one decided), "retry_after"
+ * (a defer), "message_id" (escaped), "replay". */
+struct textbuf;
+void decision_json_fields(struct textbuf *t, const struct config *cfg, const struct decision *d,
+                          const char *message_id);
+
 /* Refuses a config whose channel or category names collide in the 16-bit
  * ids the send records use (a rename fixes it).  0 or -1 with ERR. */
 int decision_check_config(const struct config *cfg, char *err, size_t errlen);

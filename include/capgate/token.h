@@ -45,6 +45,12 @@ int token_link(const struct pseudonym *p, const struct config *cfg, const char *
                const char *channel, const char *category, int64_t now_s, char *out,
                size_t outlen);
 
+/* With CFG's public section: ',"unsubscribe_url":"<link>"' for the scope,
+ * valid from now, appended to T (an answer being written); else nothing. */
+struct textbuf;
+void token_link_field(struct textbuf *t, const struct pseudonym *p, const struct config *cfg,
+                      const char *user, const char *channel, const char *category);
+
 /* 16 hex digits naming a token in a log line without giving it away. */
 void token_fingerprint(const char *s, size_t len, char out[17]);
 

@@ -50,7 +50,7 @@ srcs() {
                        src/config.c src/decision.c src/delivery.c src/shape.c src/jsonptr.c src/jsonedit.c \
                        src/form.c src/token.c src/tz.c src/upstream.c src/textbuf.c \
                        src/store.c src/cluster.c src/histogram.c src/log.c build/gen/lua_scripts.c ;;
-    fuzz_config)  echo src/config.c src/decision.c src/tz.c build/gen/lua_scripts.c ;;
+    fuzz_config)  echo src/config.c src/decision.c src/tz.c src/textbuf.c build/gen/lua_scripts.c ;;
     fuzz_duration) echo src/config.c src/tz.c ;;
     fuzz_jsonptr) echo src/jsonptr.c ;;
     fuzz_json_flat) echo src/json_flat.c ;;
