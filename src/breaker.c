@@ -2,10 +2,13 @@
 #include "capgate/breaker.h"
 
 #include <event2/event.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "capgate/clock.h"
 #include "capgate/config.h"
 #include "capgate/decision.h"
 #include "capgate/log.h"
@@ -30,9 +33,34 @@ struct breaker {
     size_t n_held;
     char (*paused)[REQ_CAMPAIGN_MAX + 1];   /* PAUSED_MAX, sorted: bsearch */
     size_t n_paused;
+    uint64_t poll_sent_us;    /* when the last poll left (monotonic) */
+    uint64_t paused_as_of_us; /* PAUSED is Redis's set as of then, at the latest */
     unsigned calls;           /* store calls in flight */
     bool freeing;
 };
+
+/* A resume through one loop holds on every loop of this process at once
+ * (openapi: "this one at once"), not at each one's next poll: each loop's
+ * list is checked against the campaigns resumed here since it was read.
+ * A few suffice; an older resume waits for the poll, as another gateway's
+ * does.  Locked only on the way of a campaign that is paused. */
+#define RESUMED_MAX 8
+static pthread_mutex_t resumed_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char campaign[REQ_CAMPAIGN_MAX + 1];
+    uint64_t at_us;
+} resumed[RESUMED_MAX];
+static unsigned resumed_next;
+
+static bool resumed_since(const char *campaign, uint64_t since_us)
+{
+    bool yes = false;
+    pthread_mutex_lock(&resumed_lock);
+    for (size_t k = 0; k < RESUMED_MAX && !yes; k++)
+        yes = resumed[k].at_us > since_us && strcmp(resumed[k].campaign, campaign) == 0;
+    pthread_mutex_unlock(&resumed_lock);
+    return yes;
+}
 
 static void maybe_free(struct breaker *b)
 {
@@ -134,6 +162,7 @@ static void on_polled(void *arg, const struct store_reply *r)
         }
         qsort(b->paused, n, sizeof b->paused[0], by_name);
         b->n_paused = n;
+        b->paused_as_of_us = b->poll_sent_us;
     }
     maybe_free(b);
 }
@@ -158,6 +187,7 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
     const char *argv[] = { "poll" };
     struct script_args a;
     decision_breaker_args("", 1, argv, &a);
+    b->poll_sent_us = clock_now_us();
     b->calls++;
     if (store_eval(st, a.script, a.nkeys, a.argc, a.argv, a.argvlen, on_polled, b) != 0)
         b->calls--;
@@ -226,13 +256,19 @@ bool breaker_paused(const struct breaker *b, const char *campaign)
 {
     if (!b || !campaign || !*campaign || b->n_paused == 0 || !conf(b))
         return false;
-    return bsearch(campaign, b->paused, b->n_paused, sizeof b->paused[0], by_name) != NULL;
+    return bsearch(campaign, b->paused, b->n_paused, sizeof b->paused[0], by_name) != NULL &&
+           !resumed_since(campaign, b->paused_as_of_us);
 }
 
 void breaker_forget(struct breaker *b, const char *campaign)
 {
     if (!b)
         return;
+    pthread_mutex_lock(&resumed_lock);
+    snprintf(resumed[resumed_next].campaign, sizeof resumed[0].campaign, "%s", campaign);
+    resumed[resumed_next].at_us = clock_now_us();
+    resumed_next = (resumed_next + 1) % RESUMED_MAX;
+    pthread_mutex_unlock(&resumed_lock);
     for (size_t k = 0; k < b->n_paused; k++)
         if (strcmp(b->paused[k], campaign) == 0) {
             memmove(b->paused[k], b->paused[k + 1], (b->n_paused - k - 1) * sizeof b->paused[0]);

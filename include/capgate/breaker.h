@@ -38,7 +38,8 @@ void breaker_count(struct breaker *b, const char *campaign, enum breaker_kind ki
 /* Whether CAMPAIGN is paused (mode enforce), as last read from Redis. */
 bool breaker_paused(const struct breaker *b, const char *campaign);
 
-/* Forget CAMPAIGN's pause here at once (it was resumed through this loop). */
+/* Forget CAMPAIGN's pause at once, on every loop of this process (it was
+ * resumed through this one). */
 void breaker_forget(struct breaker *b, const char *campaign);
 
 #endif
