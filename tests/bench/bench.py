@@ -730,11 +730,11 @@ def load_people(redis, genload_bin, cfg, redis_port, people, tag):
 # callgrind
 # --------------------------------------------------------------------------
 
-def _sequential(port, path, n, body_of, headers_of=None):
+def _sequential(port, path, n, body_of, headers_of=None, seed=20240601):
     """N requests to PATH, one keep-alive connection, one at a time, the
     bodies body_of(i, rnd) (deterministic; headers_of(i) adds headers): how
     many answered 200."""
-    rnd = random.Random(20240601)
+    rnd = random.Random(seed)
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     ok = 0
     try:
@@ -763,9 +763,9 @@ def callgrind_workload(port, n):
         "campaign": "camp-%d" % rnd.randint(1, 50), "tz": rnd.choice(zones)})
 
 
-def callgrind_send_workload(port, n):
+def callgrind_send_workload(port, n, seed=20240601):
     """N /v1/send of push messages (about 280 bytes, as post.lua payload=1)."""
-    return _sequential(port, "/v1/send", n, lambda i, rnd: {
+    return _sequential(port, "/v1/send", n, seed=seed, body_of=lambda i, rnd: {
         "user": "user-%d@example.com" % rnd.randint(1, 1000000),
         "channel": "push", "category": "marketing",
         "message_id": "cs-%08d-%012d" % (i, rnd.randint(0, 10**12)),
@@ -1820,6 +1820,97 @@ def redis_callgrind_part(rep, build, tmp):
             "(redis-server under callgrind, %d calls: allow %d, defer %d; audit on; "
             "network and command parsing included)" % (g["calls"], g["allow"], g["defer"]),
             fmt="{:.0f}")
+    redis_callgrind_send(rep, build, tmp)
+
+
+def redis_callgrind_send(rep, build, tmp):
+    """Instructions redis-server spends per POST /v1/send (proxy mode):
+    capgate runs natively, forwarding to bench/upstream, and Redis under
+    callgrind counts the decision with its queued copy, the audit entry
+    and the ack, for SENDS sequential sends of new people.  The gateway's
+    own background calls during the run (dispatcher polls, audit sweep:
+    a few a second) are counted too, and reported."""
+    sends = int(os.environ.get("BENCH_REDIS_SENDS", "2000"))
+    port = free_port()
+    out = os.path.join(tmp, "callgrind-redis-send.out")
+    proc = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                  "--callgrind-out-file=" + out + ".%p", shutil.which("redis-server"),
+                  "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                 log=os.path.join(tmp, "redis-callgrind-send.log"))
+    deadline = time.monotonic() + 60
+    r = None
+    while True:
+        try:
+            r = Redis(port)
+            if r.cmd("PING") == "PONG":
+                break
+        except (OSError, ConnectionError, RedisError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError("redis-server did not start under callgrind")
+        time.sleep(0.2)
+    up = Upstream(os.path.join(build, "bench", "upstream"), tmp)
+    gw = Capgate(os.path.join(build, "capgate"), tmp, port, name="capgate-redis-send",
+                 timeout_ms=10000, extra="workers: 1\n",
+                 channels=PROXY_CHANNELS.format(port=up.port))
+    try:
+        # Scripts loaded, lazy set-up done, every tag's audit stream made,
+        # and the start-up look at all 256 queues over: the steady state.
+        callgrind_send_workload(gw.port, 1000, seed=1)
+        time.sleep(2.5)
+        before = r.info("commandstats")
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        t = time.monotonic()
+        ok = callgrind_send_workload(gw.port, sends)
+        secs = time.monotonic() - t
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)
+        after = r.info("commandstats")
+        dump = None
+        prefix = os.path.basename(out) + ".%d" % proc.pid
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not dump:
+            parts = sorted(f for f in os.listdir(tmp) if f.startswith(prefix) and
+                           f != prefix)
+            if parts and os.path.getsize(os.path.join(tmp, parts[-1])) > 0:
+                dump = os.path.join(tmp, parts[-1])
+            time.sleep(0.3)
+    finally:
+        gw.stop()
+        stop(up.proc)
+        r.close()
+        stop(proc, 30.0)
+    if not dump:
+        raise BenchError("no callgrind dump of redis-server appeared")
+    if ok != sends:
+        raise BenchError("%d of %d sends failed with Redis under callgrind" % (sends - ok, sends))
+
+    def calls(stats):
+        out = {}
+        for k, v in stats.items():
+            d = dict(kv.split("=", 1) for kv in v.split(",") if "=" in kv)
+            out[k[len("cmdstat_"):]] = int(d.get("calls", 0))
+        return out
+    b, a = calls(before), calls(after)
+    delta = {k: a[k] - b.get(k, 0) for k in a if a[k] - b.get(k, 0) > 0}
+    delta.pop("info", None)
+    total, top, by_obj, _ = annotate_top(dump, n=3)
+    rep.fig("redis_ir_per_send", total / sends, "(redis-server under callgrind, %d sequential "
+            "POST /v1/send of new people, forwarded and acknowledged, %.0f s; "
+            "compare redis_ir_per_decision)" % (sends, secs), fmt="{:.0f}")
+    rep.fig("redis_calls_per_send", sum(delta.values()) / sends,
+            "(commands, those of scripts included: %s)" % ", ".join("%s %d" % kv for kv in sorted(delta.items())),
+            fmt="{:.2f}")
+    rep.fig("redis_send_top", "", "  ".join("%s %.0f%%" % (fn, 100.0 * ir / total)
+                                           for ir, fn, _ in top) +
+            "  (by object: %s)" % "  ".join("%s %.0f%%" % (o, 100.0 * ir / total)
+                                            for o, ir in by_obj[:4]))
+    os.makedirs(os.path.join(build, "bench"), exist_ok=True)
+    keep = os.path.join(build, "bench", "callgrind.out.redis-send")
+    shutil.copyfile(dump, keep)
+    rep.fig("redis_send_profile", keep, "(callgrind_annotate --inclusive=yes %s)" % keep,
+            fmt="{}")
 
 
 def main():
