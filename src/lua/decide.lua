@@ -37,7 +37,9 @@
 --         opt-out, requires opt-in, exempt from caps (recorded, never counted
 --         by a cap), the dispatcher deciding a queued message (proxy mode) |
 --         quiet intervals (1) | caps (1) | fatigue rule (1: 0/1) |
---         expiry slack ms (4: see 6.) | audit retention ms (6)
+--         expiry slack ms (4: see 6.) | audit retention ms (6), and in
+--         proxy mode (below) also: max queued per tag (4) | message TTL ms
+--         (6) | priority (1) | collapse (1: 0/1) | lease ms (4)
 -- ARGV[3] the rules, packed, in this order:
 --         quiet intervals: n x (start ms (6) | end ms (6)), absolute
 --         caps: n x (index (1) | channel (2, 0 any) | category (2, 0 any) |
@@ -65,8 +67,10 @@
 -- KEYS[8] (routes) the first answer the upstream gave this message, sealed
 --         (kept by finish.lua's ack): a replay returns it, so a client retry
 --         gets the upstream's own answer again
--- ARGV[7] "<max queued per tag>|<message TTL ms>|<priority>|<collapse 0/1>|<lease ms>"
--- ARGV[8] the blob   ARGV[9] the member
+-- ARGV[7] the blob   ARGV[8] the member
+-- (The queue's numbers travel in ARGV[2]: as a string of their own, their
+-- parsing was two string.match()es a send, each costing Redis as much as a
+-- redis.call().)
 -- A message that a newer one of its collapse key replaced leaves a marker,
 -- cg:{T}:x:<member>, for as long as it could have waited: a client retry of
 -- it is told so (reason superseded) and changes nothing.
@@ -145,14 +149,14 @@ local function answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_ke
   -- A deferral in proxy mode queues the message, or refuses it when full.
   local queued, superseded = 0, 0
   if outcome == 1 and nkeys >= 7 and replay ~= 3 then
-    local max, ttl, prio, collapse = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)|')
-    local member = ARGV[ao + 9]
-    local replacing = collapse == '1' and call('EXISTS', KEYS[ko + 7]) == 1
+    local max, ttl, prio, collapse = struct.unpack('>I4I6I1I1', ARGV[ao + 2], 48)
+    local member = ARGV[ao + 8]
+    local replacing = collapse == 1 and call('EXISTS', KEYS[ko + 7]) == 1
     if not replacing and not call('ZSCORE', KEYS[ko + 5], member) and
-       call('ZCARD', KEYS[ko + 5]) >= tonumber(max) then
+       call('ZCARD', KEYS[ko + 5]) >= max then
       queued = 2
     else
-      if collapse == '1' then
+      if collapse == 1 then
         local old = call('GET', KEYS[ko + 7])
         if old and old ~= member then
           -- The newer message replaces the older one of the same collapse key;
@@ -164,8 +168,8 @@ local function answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_ke
         end
         call('SET', KEYS[ko + 7], member, 'PX', ttl)
       end
-      call('HSET', KEYS[ko + 6], 'blob', ARGV[ao + 8], 'prio', prio,
-           'collapse', collapse == '1' and KEYS[ko + 7] or '')
+      call('HSET', KEYS[ko + 6], 'blob', ARGV[ao + 7], 'prio', prio,
+           'collapse', collapse == 1 and KEYS[ko + 7] or '')
       call('HSETNX', KEYS[ko + 6], 'attempts', 0)
       call('PEXPIRE', KEYS[ko + 6], ttl)
       call('ZADD', KEYS[ko + 5], now + retry, member)
@@ -238,15 +242,18 @@ local function decide(ko, ao, nkeys, now, s)
         -- delivery.  The retry changes nothing and hears when it is due.
         -- (The same test as before a proxy allow, step 6.)
         local due_in = 0
-        if nkeys >= 7 and from_queue == 0 and not dry and call('EXISTS', KEYS[ko + 6]) == 1 then
-          local due = call('HGET', KEYS[ko + 6], 'by') == 'q' and
-                      tonumber(call('ZSCORE', KEYS[ko + 5], ARGV[ao + 9]) or 0) or 0
+        -- (Every message hash has 'prio': one call asks whether it exists
+        -- and whose it is.)
+        local held = nkeys >= 7 and from_queue == 0 and not dry and
+                     call('HMGET', KEYS[ko + 6], 'prio', 'by')
+        if held and held[1] then
+          local due = held[2] == 'q' and
+                      tonumber(call('ZSCORE', KEYS[ko + 5], ARGV[ao + 8]) or 0) or 0
           if due > now then
             replay = 3
             due_in = due - now
           else
-            local lease = string.match(ARGV[ao + 7], '|(%d+)$')
-            call('ZADD', KEYS[ko + 5], now + tonumber(lease), ARGV[ao + 9])
+            call('ZADD', KEYS[ko + 5], now + unpack('>I4', ARGV[ao + 2], 60), ARGV[ao + 8])
             replay = 2
           end
         end
@@ -262,8 +269,8 @@ local function decide(ko, ao, nkeys, now, s)
 
   -- Proxy mode: a retry of a message that a newer one of its collapse key
   -- replaced changes nothing.
-  if nkeys >= 7 and from_queue == 0 and string.match(ARGV[ao + 7], '^%d+|%d+|%d+|(%d)|') == '1' and
-     call('EXISTS', string.sub(KEYS[ko + 5], 1, #KEYS[ko + 5] - 1) .. 'x:' .. ARGV[ao + 9]) == 1 then
+  if nkeys >= 7 and from_queue == 0 and string.byte(ARGV[ao + 2], 59) == 1 and
+     call('EXISTS', string.sub(KEYS[ko + 5], 1, #KEYS[ko + 5] - 1) .. 'x:' .. ARGV[ao + 8]) == 1 then
     return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 2, 6, 0, 0, 0, 0)
   end
 
@@ -382,22 +389,28 @@ local function decide(ko, ao, nkeys, now, s)
     -- message) becomes this one: it does not go out a second time.  (The
     -- dispatcher deciding a queued copy holds its lease already.)
     if nkeys >= 7 and from_queue == 0 then
-      -- Unless the dispatcher has claimed that copy (claim.lua marks it) and
-      -- still holds it: then its forward may be on its way already, and this
-      -- one would be a second delivery.  The retry records nothing; the
-      -- queue decides the message again and delivers it.  (As in step 1.)
-      local due = call('HGET', KEYS[ko + 6], 'by') == 'q' and
-                  tonumber(call('ZSCORE', KEYS[ko + 5], ARGV[ao + 9]) or 0) or 0
-      if due > now then
-        return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 1, 0, 0, due - now, 3, 0)
+      local ttl, prio, collapse, lease = unpack('>I6I1I1I4', ARGV[ao + 2], 52)
+      local member, lease_end = ARGV[ao + 8], now + lease
+      -- Almost always the message is new to the queue, which NX both asks
+      -- and, then, answers.  When a copy waits there already: unless the
+      -- dispatcher has claimed it (claim.lua marks it) and still holds it
+      -- -- then its forward may be on its way, and this one would be a
+      -- second delivery: the retry records nothing, and the queue decides
+      -- the message again and delivers it (as in step 1) -- it becomes this
+      -- one, under the lease.
+      if call('ZADD', KEYS[ko + 5], 'NX', lease_end, member) == 0 then
+        local due = call('HGET', KEYS[ko + 6], 'by') == 'q' and
+                    tonumber(call('ZSCORE', KEYS[ko + 5], member) or 0) or 0
+        if due > now then
+          return answer(ko, ao, nkeys, now, dry, shadow, rules, names_at, audit_keep, 1, 0, 0, due - now, 3, 0)
+        end
+        call('ZADD', KEYS[ko + 5], lease_end, member)
       end
-      local _, ttl, prio, collapse, lease = string.match(ARGV[ao + 7], '^(%d+)|(%d+)|(%d+)|(%d)|(%d+)$')
-      if collapse == '1' and call('GET', KEYS[ko + 7]) == ARGV[ao + 9] then
+      if collapse == 1 and call('GET', KEYS[ko + 7]) == member then
         call('DEL', KEYS[ko + 7])      -- no longer waiting: nothing to replace
       end
-      call('HSET', KEYS[ko + 6], 'blob', ARGV[ao + 8], 'prio', prio, 'collapse', '')
+      call('HSET', KEYS[ko + 6], 'blob', ARGV[ao + 7], 'prio', prio, 'collapse', '')
       call('PEXPIRE', KEYS[ko + 6], ttl)
-      call('ZADD', KEYS[ko + 5], now + tonumber(lease), ARGV[ao + 9])
     end
     -- Records are oldest first, so the ones that no longer matter (and those
     -- beyond MAX_SENDS) are a prefix: keep the rest as they are, append one.

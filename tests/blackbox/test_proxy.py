@@ -404,6 +404,36 @@ def test_show_lists_and_erase_removes_waiting_messages():
     h.check(up.count_by_key() == {"w1": 1}, "w2 never sent after erasure: %r" % up.count_by_key())
 
 
+def test_erasure_during_a_failing_delivery_leaves_no_key_of_the_person():
+    """The person is erased while the dispatcher's forward of their deferred
+    message hangs; the forward then fails.  Its retry must not bring back
+    a key of the erased person.  (Before, the retry counted the attempt on
+    a message that no longer existed, which made it again -- without an
+    expiry, so for ever -- and queued it again.)"""
+    up = FakeUpstream().start()
+    g = one_then_defer_gateway(up, "1s", "3s")
+    u = h.uid()
+    h.expect_status(send(g, u, message_id="e1"), 200)
+    up.set_mode("stall", seconds=None)
+    h.expect_status(send(g, u, message_id="e2"), 202)
+    h.wait_until(lambda: up.count_by_key().get("e2") == 1, 5,
+                 what="the dispatcher's forward reached the upstream")
+    e = g.post("/v1/users/erase", {"user": u}).body
+    h.check(e["removed"]["deferred_messages"] == 1, "erase: %r" % e)
+    # The forward times out (timeout_ms 1000) and the dispatcher finishes it.
+    failed = 'capgate_deliveries_total{upstream="email",outcome="retried"} 1'
+    h.wait_until(lambda: failed in g.get("/metrics").body, 5, what="the hung forward failed")
+    time.sleep(0.5)
+    keys = [k.decode() for k in g.redis.cmd("KEYS", "cg:*")]
+    left = [k for k in keys if ":d:" in k]
+    h.check(left == [], "no message key left after erasure: %r" % left)
+    queued = sum(g.redis.cmd("ZCARD", k) for k in keys if k.endswith(":q"))
+    h.check(queued == 0, "nothing queued again: %d" % queued)
+    up.set_mode("normal")
+    time.sleep(1.5)
+    h.check(up.count_by_key().get("e2") == 1, "e2 not sent again: %r" % up.count_by_key())
+
+
 # --------------------------------------------------------------------------
 # Issue 12: nothing accepted is lost, no answer lies, nothing readable held
 # --------------------------------------------------------------------------
