@@ -1300,7 +1300,9 @@ def start_cluster(tmp, masters=3):
     """A local Redis Cluster of MASTERS masters and no replicas: [(proc, port, Redis)]."""
     nodes = []
     for k in range(masters):
-        port = free_port()
+        port = rp.free_cluster_port()
+        while any(port in (n[1], n[1] + 10000, n[1] - 10000) for n in nodes):
+            port = rp.free_cluster_port()
         d = os.path.join(tmp, "cluster-%d" % k)
         os.makedirs(d, exist_ok=True)
         p = spawn(rp.redis_argv(port, d, "--maxclients", "10000", "--cluster-enabled", "yes",

@@ -12,12 +12,12 @@ when the scope that started it ends (the module, for a shared cluster).
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import shutil
 import time
 
 import harness as h
+import redisproto as rp  # noqa: E402  (harness puts tests/lib on the path)
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 NODE_TIMEOUT_MS = 2000
@@ -67,23 +67,6 @@ def tag_of(key):
 # The cluster
 # --------------------------------------------------------------------------
 
-def _free_cluster_port():
-    """A free port whose cluster bus port (+10000) is free too."""
-    for _ in range(200):
-        p = h.free_port()
-        if p + 10000 > 65535:
-            continue
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(("127.0.0.1", p + 10000))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        return p
-    raise h.HarnessError("no free port pair for a cluster node")
-
-
 class Cluster:
     def __init__(self, masters=3, replicas_per_master=1, node_timeout_ms=NODE_TIMEOUT_MS,
                  password=None):
@@ -93,7 +76,7 @@ class Cluster:
         self.procs = {}           # port -> Popen
         ports = []
         while len(ports) < masters * (1 + replicas_per_master):
-            p = _free_cluster_port()
+            p = rp.free_cluster_port()
             if p not in ports and p + 10000 not in ports and p - 10000 not in ports:
                 ports.append(p)
         self.ports = ports

@@ -30,6 +30,24 @@ def free_port():
         s.close()
 
 
+def free_cluster_port():
+    """A free port whose cluster bus port (+10000) is free too (Redis
+    refuses a cluster node above 55535)."""
+    for _ in range(200):
+        p = free_port()
+        if p + 10000 > 65535:
+            continue
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", p + 10000))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return p
+    raise OSError("no free port pair for a cluster node")
+
+
 def encode(args):
     out = [b"*%d\r\n" % len(args)]
     for a in args:
