@@ -456,7 +456,8 @@ static void on_forwarded(void *arg, const struct forward_result *fr)
                 first = delivery_answer_seal(r, c->route->replay_headers,
                                              c->route->n_replay_headers, l->pseudonym,
                                              &first_len);
-            delivery_ack(l->store, c->cfg, rc->user, rc->message, kept ? NULL : first,
+            delivery_ack(l->store, c->cfg, rc->user, rc->message, !rc->d.replay,
+                         kept ? NULL : first,
                          !kept && first ? first_len : 0);
             breaker_count(l->breaker, c->rr.campaign, BREAKER_SEND);
             kept = true;

@@ -338,7 +338,7 @@ static void on_forwarded(void *arg, const struct forward_result *fr)
         return;
     }
     if (!c->failed_open)
-        delivery_ack(c->loop->store, c->cfg, c->user, c->message, NULL, 0);
+        delivery_ack(c->loop->store, c->cfg, c->user, c->message, !c->d.replay, NULL, 0);
     breaker_count(c->loop->breaker, c->campaign, BREAKER_SEND);
     reply_sent(c, r->http_status);
     call_free(c);

@@ -556,6 +556,32 @@ void decision_ack_args(const struct config *cfg, const char *member, const char 
     arg_int(a, cfg->idempotency_ms);
 }
 
+size_t decision_ack_commands(const struct config *cfg, const char *member, const char *answer,
+                             size_t len, struct script_args *a, int argcs[3])
+{
+    args_init(a, 0, 0);
+    size_t n = 0;
+    int before = 0;
+    if (answer) {
+        arg_cstr(a, "SET");
+        arg_tag_key(a, member, "ans:", member);
+        arg_str(a, answer, len);
+        arg_cstr(a, "PX");
+        arg_int(a, cfg->idempotency_ms);
+        argcs[n++] = a->argc - before;
+        before = a->argc;
+    }
+    arg_cstr(a, "DEL");
+    arg_tag_key(a, member, "d:", member);
+    argcs[n++] = a->argc - before;
+    before = a->argc;
+    arg_cstr(a, "ZREM");
+    arg_tag_key(a, member, "q", NULL);
+    arg_copy(a, member);
+    argcs[n++] = a->argc - before;
+    return n;
+}
+
 void decision_dead_list_args(unsigned tag, unsigned most, struct script_args *a)
 {
     args_init(a, SCRIPT_DEAD_LIST, 1);

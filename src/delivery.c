@@ -374,11 +374,21 @@ static void on_acked(void *arg, const struct store_reply *r)
 }
 
 void delivery_ack(struct store *st, const struct config *cfg, const char *user,
-                  const char *message, const char *first_answer, size_t len)
+                  const char *message, bool own_copy, const char *first_answer, size_t len)
 {
     char member[50];
     struct script_args a;
     decision_member(user, message, member);
+    if (own_copy) {
+        int argcs[3];
+        size_t n = decision_ack_commands(cfg, member, first_answer, len, &a, argcs);
+        int at = 0;
+        for (size_t k = 0; k < n; k++) {
+            store_command(st, argcs[k], a.argv + at, a.argvlen + at, on_acked, NULL);
+            at += argcs[k];
+        }
+        return;
+    }
     if (first_answer)
         decision_ack_args(cfg, member, first_answer, len, &a);
     else

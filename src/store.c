@@ -179,11 +179,12 @@ struct store_call {
     bool retried_eval;
     bool retried_late;             /* sent again after a LATE our clock caused */
     bool asking;                    /* send ASKING first (an ASK redirect) */
+    bool plain;                     /* a command, not a script: no deadline */
     unsigned redirects;
     int slot;                       /* -1: no key */
     size_t script;
     uint64_t sent_us, deadline_us;
-    int argc;                       /* EVALSHA sha nkeys args... deadline */
+    int argc;                       /* EVALSHA sha nkeys args... deadline (plain: the command) */
     char deadline[24];              /* the last argument, set when sent */
     const char **argv;
     size_t *argvlen;
@@ -541,7 +542,8 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 
 static int send_call(struct node *n, struct store_call *call)
 {
-    set_deadline(n, call);
+    if (!call->plain)
+        set_deadline(n, call);
     if (call->asking) {
         if (redisAsyncCommand(n->ac, on_aux_reply, NULL, "ASKING") != REDIS_OK)
             return -1;
@@ -766,7 +768,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (r->type == REDIS_REPLY_ERROR && st->cluster && !st->closing &&
         cluster_error(call, n, r))
         return;
-    if (r->type == REDIS_REPLY_ERROR && !call->retried_eval && ac == n->ac &&
+    if (r->type == REDIS_REPLY_ERROR && !call->plain && !call->retried_eval && ac == n->ac &&
         strncmp(r->str, "NOSCRIPT", 8) == 0) {
         /* Redis lost its script cache (restart, failover, SCRIPT FLUSH):
          * send the same call once more with the source, which reloads it. */
@@ -782,7 +784,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     /* Redis 7 puts "ERR " before a script's error_reply('LATE <ms>'). */
-    if (r->type == REDIS_REPLY_ERROR && (is_error(r, "LATE") || is_error(r, "ERR LATE"))) {
+    if (r->type == REDIS_REPLY_ERROR && !call->plain &&
+        (is_error(r, "LATE") || is_error(r, "ERR LATE"))) {
         /* Redis ran it past its deadline and did nothing.  When that is our
          * clock's doing -- its sample was taken late (a stalled loop while
          * the handshake's TIME came back, valgrind), so its deadlines fall
@@ -822,9 +825,18 @@ static void on_call_timeout(evutil_socket_t fd, short what, void *arg)
     call_fail(call, lost ? STORE_UNAVAILABLE : STORE_TIMEOUT, lost ? "connection lost" : "timeout");
 }
 
+/* SCRIPT is PLAIN for a command: ARGV is then the whole command, its key
+ * (if NKEYS) at ARGV[1]. */
+#define PLAIN SIZE_MAX
 static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, int argc,
                 const char *const *argv, const size_t *argvlen, store_cb *cb, void *arg,
                 void (*after)(void *, const struct store_reply *), void *after_arg);
+
+int store_command(struct store *st, int argc, const char *const *argv, const size_t *argvlen,
+                  store_cb *cb, void *arg)
+{
+    return eval(st, 0, PLAIN, argc > 1, argc, argv, argvlen, cb, arg, NULL, NULL);
+}
 
 int store_eval(struct store *st, size_t script, int nkeys, int argc,
                const char *const *argv, const size_t *argvlen,
@@ -859,20 +871,22 @@ static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, in
     }
     timeout_us -= held_us;
 
+    bool plain = script == PLAIN;
     char nkeys_str[20];
-    size_t bytes = 0, total_argc = (size_t)argc + 4;
-    int slot = nkeys > 0 && argc > 0 ? (int)cluster_key_slot(argv[0], argvlen[0]) : -1;
+    size_t bytes = 0, total_argc = plain ? (size_t)argc : (size_t)argc + 4;
+    int key = plain ? 1 : 0;
+    int slot = nkeys > 0 && argc > key ? (int)cluster_key_slot(argv[key], argvlen[key]) : -1;
     struct node *n = owner_of(st, slot);
 
     /* A cluster node that is connecting takes calls (they wait for it). */
     if (!n || !(is_ready(n) || (st->cluster && (n->state == NODE_CONNECTING ||
                                                  n->state == NODE_HANDSHAKE))) ||
-        script >= st->n_scripts ||
+        (!plain && script >= st->n_scripts) || argc < 1 ||
         st->outstanding + st->waiting >= st->max_pending) {
         COUNTER_INC(st->stats.unavailable);
         return -1;
     }
-    int nk = (int)(put_decimal(nkeys_str, nkeys > 0 ? (size_t)nkeys : 0) - nkeys_str);
+    int nk = plain ? 0 : (int)(put_decimal(nkeys_str, nkeys > 0 ? (size_t)nkeys : 0) - nkeys_str);
     for (int k = 0; k < argc; k++)
         bytes += argvlen[k];
     bytes += (size_t)nk;
@@ -891,18 +905,24 @@ static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, in
     call->argvlen = (size_t *)(call->argv + total_argc);
     char *p = (char *)(call->argvlen + total_argc);
 
-    call->argv[0] = "EVALSHA";
-    call->argvlen[0] = 7;
-    call->argv[1] = st->sha[script];
-    call->argvlen[1] = SHA_HEX;
-    memcpy(p, nkeys_str, (size_t)nk);
-    call->argv[2] = p;
-    call->argvlen[2] = (size_t)nk;
-    p += nk;
+    int first = 0;
+    if (plain) {
+        call->plain = true;
+    } else {
+        call->argv[0] = "EVALSHA";
+        call->argvlen[0] = 7;
+        call->argv[1] = st->sha[script];
+        call->argvlen[1] = SHA_HEX;
+        memcpy(p, nkeys_str, (size_t)nk);
+        call->argv[2] = p;
+        call->argvlen[2] = (size_t)nk;
+        p += nk;
+        first = 3;
+    }
     for (int k = 0; k < argc; k++) {
         memcpy(p, argv[k], argvlen[k]);
-        call->argv[3 + k] = p;
-        call->argvlen[3 + k] = argvlen[k];
+        call->argv[first + k] = p;
+        call->argvlen[first + k] = argvlen[k];
         p += argvlen[k];
     }
 

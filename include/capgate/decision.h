@@ -216,6 +216,18 @@ enum finish_action { FINISH_ACK, FINISH_DROP, FINISH_RETRY, FINISH_DEAD };
 void decision_finish_args(const struct config *cfg, const char *member,
                           enum finish_action action, int64_t retry_in_ms,
                           const char *dead_summary, struct script_args *out);
+/* The acknowledgement of a copy this gateway's own decision queued for its
+ * forward (decide.lua, step 6: no collapse key names it, no attempts are
+ * counted on it), as plain commands in A, one after the other, ARGCS[k]
+ * arguments each; returns how many (2, or 3 with ANSWER, as for
+ * decision_ack_args).  A script call's own cost was more than half of what
+ * finish.lua's ack cost Redis.  The order is what makes two commands
+ * safe: the kept answer, then the message, then its place in the queue --
+ * a retry between them finds the message gone, that is delivered, and a
+ * queue entry left behind (the connection broke) is dropped by the claim
+ * that finds no message. */
+size_t decision_ack_commands(const struct config *cfg, const char *member, const char *answer,
+                             size_t len, struct script_args *a, int argcs[3]);
 void decision_dead_list_args(unsigned tag, unsigned most, struct script_args *out);
 /* FINISH_ACK that also keeps the upstream's first answer (ANSWER, LEN bytes,
  * sealed; not copied: it must outlive the store call) for idempotency_window. */

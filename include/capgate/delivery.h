@@ -98,10 +98,13 @@ bool delivery_hop_by_hop(const char *name);
  * USER and MESSAGE are the pseudonyms it was decided with. */
 struct store;
 /* The upstream's 2xx: the message leaves the queue.  FIRST_ANSWER (sealed,
- * LEN bytes; NULL: none) is kept for replays (a route's).  Fire and forget:
- * a lost ack only means one more delivery when the lease runs out. */
+ * LEN bytes; NULL: none) is kept for replays (a route's).  OWN_COPY: the
+ * queued copy is the one this forward's own decision made (not a replay's
+ * second forward of a copy the dispatcher may have held), which lets the
+ * ack be two plain commands instead of a script call.  Fire and forget: a
+ * lost ack only means one more delivery when the lease runs out. */
 void delivery_ack(struct store *st, const struct config *cfg, const char *user,
-                  const char *message, const char *first_answer, size_t len);
+                  const char *message, bool own_copy, const char *first_answer, size_t len);
 /* A refusal: the send is released and the message leaves the queue, in one
  * step; CB tells whether that was done (STORE_OK) -- if not, the message is
  * still queued and will be delivered.  As store_eval: 0, or -1 (CB will

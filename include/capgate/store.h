@@ -102,6 +102,13 @@ int store_eval_held(struct store *st, uint64_t held_us, size_t script, int nkeys
                     void (*after)(void *after_arg, const struct store_reply *late),
                     void *after_arg);
 
+/* Runs one Redis command, not a script: ARGV[0..argc) is the whole command,
+ * its key (routing it in a cluster) at ARGV[1].  It carries no deadline, so
+ * Redis runs it even after a timeout was answered: only for what is
+ * harmless to do late (an acknowledgement's DEL).  Returns as store_eval. */
+int store_command(struct store *st, int argc, const char *const *argv, const size_t *argvlen,
+                  store_cb *cb, void *arg);
+
 bool store_ready(const struct store *st);
 /* Whether it talks to a Redis Cluster (a call's keys must share one slot). */
 bool store_is_cluster(const struct store *st);

@@ -62,6 +62,13 @@ def test_forward_on_allow():
     h.check(q.header("Content-Type") == "application/json", "content type")
     h.check(q.header("Authorization") == "Bearer mail-secret-123", "${VAR} header")
     h.check("mail-secret-123" not in g.logs(), "upstream secret in the log")
+    # The upstream's 2xx was acknowledged: the copy that waited under a
+    # lease, and its place in the queue, are gone.
+    def left():
+        keys = [k.decode() for k in g.redis.cmd("KEYS", "cg:*")]
+        return ([k for k in keys if ":d:" in k],
+                sum(g.redis.cmd("ZCARD", k) for k in keys if k.endswith(":q")))
+    h.wait_until(lambda: left() == ([], 0), 1, what="the forward acknowledged (before the 2 s lease)")
 
 
 def test_release_on_upstream_failure():

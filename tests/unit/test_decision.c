@@ -391,6 +391,50 @@ TEST(release_and_consent_args)
     CHECK_EQ_STR(arg(&a, 12), "");
 }
 
+TEST(acks_take_only_what_they_use)
+{
+    struct config c = make_config();
+    c.idempotency_ms = 86400000;
+    struct script_args a;
+    const char *member = "0123456789abcdef0123456789abcdef:00000a9876543210";
+    /* The dispatcher's ack: a script call, two keys and two arguments. */
+    decision_finish_args(&c, member, FINISH_ACK, 0, NULL, &a);
+    CHECK_EQ_INT(a.script, SCRIPT_FINISH);
+    CHECK_EQ_INT(a.nkeys, 2);
+    CHECK_EQ_INT(a.argc, 4);
+    CHECK_EQ_STR(arg(&a, 0), "cg:{01}:q");
+    CHECK_EQ_STR(arg(&a, 1), "cg:{01}:d:0123456789abcdef0123456789abcdef:00000a9876543210");
+    CHECK_EQ_STR(arg(&a, 2), "ack");
+    CHECK_EQ_STR(arg(&a, 3), member);
+    decision_finish_args(&c, member, FINISH_RETRY, 1500, NULL, &a);
+    CHECK_EQ_INT(a.argc, 5);
+    CHECK_EQ_STR(arg(&a, 4), "1500");
+    decision_finish_args(&c, member, FINISH_DEAD, 0, "{}", &a);
+    CHECK_EQ_INT(a.nkeys, 3);
+    CHECK_EQ_STR(arg(&a, 2), "cg:{01}:dead");
+    CHECK_EQ_STR(arg(&a, 5), "{}");
+    /* A forward's own copy: plain commands, the kept answer first, then the
+     * message, then its place in the queue. */
+    int argcs[3];
+    CHECK_EQ_INT(decision_ack_commands(&c, member, "sealed", 6, &a, argcs), 3);
+    CHECK_EQ_INT(argcs[0], 5);
+    CHECK_EQ_INT(argcs[1], 2);
+    CHECK_EQ_INT(argcs[2], 3);
+    CHECK_EQ_STR(arg(&a, 0), "SET");
+    CHECK_EQ_STR(arg(&a, 1), "cg:{01}:ans:0123456789abcdef0123456789abcdef:00000a9876543210");
+    CHECK_EQ_STR(arg(&a, 2), "sealed");
+    CHECK_EQ_STR(arg(&a, 3), "PX");
+    CHECK_EQ_STR(arg(&a, 4), "86400000");
+    CHECK_EQ_STR(arg(&a, 5), "DEL");
+    CHECK_EQ_STR(arg(&a, 6), "cg:{01}:d:0123456789abcdef0123456789abcdef:00000a9876543210");
+    CHECK_EQ_STR(arg(&a, 7), "ZREM");
+    CHECK_EQ_STR(arg(&a, 8), "cg:{01}:q");
+    CHECK_EQ_STR(arg(&a, 9), member);
+    CHECK_EQ_INT(decision_ack_commands(&c, member, NULL, 0, &a, argcs), 2);
+    CHECK_EQ_STR(arg(&a, 0), "DEL");
+    CHECK_EQ_STR(arg(&a, 2), "ZREM");
+}
+
 int main(void)
 {
     RUN(keys_share_one_hash_tag);
@@ -400,6 +444,7 @@ int main(void)
     RUN(results_are_decoded_and_rounded_up);
     RUN(bad_results_are_refused);
     RUN(release_and_consent_args);
+    RUN(acks_take_only_what_they_use);
     RUN(config_names_must_not_collide);
     return unit_done("test_decision");
 }
