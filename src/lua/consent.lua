@@ -26,7 +26,8 @@
 -- proof of the withdrawal, and it must last as long as the suppression
 -- does.  While such a proof is held the key has no TTL; else it expires the
 -- retention after its last write, with the consent key.
--- Returns the time stored, in ms; with a history entry {time, legal basis}.
+-- Returns the time stored, in ms; with a history entry {the entry's time
+-- (see remember()), legal basis}.
 -- #include consent_record.lua
 
 local t = redis.call('TIME')
@@ -74,20 +75,30 @@ local function keep(key, forever)
   end
 end
 
--- One more history entry for SCOPE; returns its legal basis.
+-- One more history entry for SCOPE; returns its legal basis and its time.
+-- The history is read back oldest first across scopes, so two changes of
+-- different scopes in one millisecond would come back in scope order, not
+-- in the order they were made: an entry's time is after every other of the
+-- person's (by a millisecond, when one is that late; or after a failover to
+-- a Redis whose clock is behind).
 local function remember(scope, state)
   local per = tonumber(ARGV[14])
-  local raw = redis.call('HGET', KEYS[4], scope)
-  local list = raw and cmsgpack.unpack(raw) or {}
+  local at, list = now, {}
+  local h = redis.call('HGETALL', KEYS[4])
+  for i = 1, #h, 2 do
+    local l = cmsgpack.unpack(h[i + 1])
+    if h[i] == scope then list = l end
+    if l[#l] and l[#l][2] >= at then at = l[#l][2] + 1 end
+  end
   local basis = ARGV[11]
   if basis == '' then
     -- An unsubscribe withdraws what the scope was last given under.
     basis = list[#list] and list[#list][5] or 'consent'
   end
-  list[#list + 1] = {ARGV[9], now, state, ARGV[10], basis, ARGV[12], ARGV[13]}
+  list[#list + 1] = {ARGV[9], at, state, ARGV[10], basis, ARGV[12], ARGV[13]}
   while #list > per do table.remove(list, 1) end
   redis.call('HSET', KEYS[4], scope, cmsgpack.pack(list))
-  return basis
+  return basis, at
 end
 
 -- Drops what the retention has passed, keeps the proofs (see above).
@@ -112,18 +123,18 @@ local function trim_history(rec)
   keep(KEYS[4], proof)
 end
 
-local basis
+local basis, recorded
 if kind == 'bounce' then
   consent_apply(rec, 'bounce|' .. scope, {'bounced', now, 'hard_bounce'})
   audit({'e', 'hard_bounce', 'c', scope})
 else
   consent_apply(rec, scope, {state, now, source})
   audit({'s', scope, 'st', state, 'src', source})
-  if ARGV[9] ~= '' then basis = remember(scope, state) end
+  if ARGV[9] ~= '' then basis, recorded = remember(scope, state) end
 end
 redis.call('SET', KEYS[1], cmsgpack.pack(rec))
 if basis then trim_history(rec) end
 
 keep(KEYS[1], consent_suppressed(rec))
-if basis then return {now, basis} end
+if basis then return {recorded, basis} end
 return now
