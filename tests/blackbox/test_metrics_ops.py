@@ -118,6 +118,10 @@ def test_redis_stopped_counts_every_refused_decide():
                 ("capgate_redis_unavailable_total", "capgate_redis_timeouts_total"))
         h.check(n >= refused, "unavailable + timeouts grew by %d for %d refused decides" % (n, refused))
         h.wait_until(lambda: g.get("/readyz").status == 503, 5, what="the gateway to mark Redis down")
+        # /readyz says so once one loop has; each loop finds it out by its
+        # own health ping (every 1 s when idle, silent after another 1 s),
+        # and a decide on a loop that has not yet waits out its timeout.
+        time.sleep(2.5)
         b2, _, _ = scrape(g)
         for _ in range(3):
             h.expect_error(g.decide(h.uid("out"), "email"), 503, "store_unavailable")
