@@ -9,7 +9,13 @@
     python3 tests/bench/bench.py --cluster BUILD_DIR    only decide on one Redis and on a
                                         local 3-master Redis Cluster
     python3 tests/bench/bench.py --redis-callgrind BUILD_DIR
-                                        Redis's instructions per decide call
+                                        Redis's instructions per decide call, per
+                                        /v1/send and per one-recipient route
+    python3 tests/bench/bench.py --ab OTHER_BUILD_DIR BUILD_DIR
+                                        two capgates (OTHER_BUILD_DIR's, then
+                                        BUILD_DIR's) side by side on one Redis and one
+                                        upstream, their runs alternating: /v1/decide,
+                                        /v1/send and the route, each B / A
 
 BUILD_DIR holds capgate and bench/floor, bench/genload, bench/upstream
 (tests/bench/Makefile.inc).
@@ -1207,6 +1213,63 @@ def proxy_part(rep, capgate, upstream_bin, tmp, rport, fl, floor_bin, fport):
         rep.fig("send_mix", "n/a", "(no decisions counted)")
 
 
+def ab_part(rep, capgate_a, capgate_b, upstream_bin, tmp, rport, redis):
+    """Two capgates, A and B, started together on one Redis and one upstream
+    with the same config, and their wrk runs alternating (A B A B ...), so
+    that both see the same machine: on a noisy day the forward floor alone
+    moved by a third from one run to the next, which no comparison of two
+    separate `--proxy` runs survives.  What it reports is B / A."""
+    up = Upstream(upstream_bin, tmp)
+    gws = []
+    try:
+        for name, binary in (("a", capgate_a), ("b", capgate_b)):
+            gws.append(Capgate(binary, tmp, rport, name="capgate-ab-" + name, extra=ROUTE_EXTRA,
+                               channels=PROXY_CHANNELS.format(port=up.port)))
+        note("a/b: A pid %d (%s), B pid %d (%s)" % (gws[0].pid, capgate_a, gws[1].pid, capgate_b))
+        for g in gws:
+            run_wrk(g.port, "/v1/decide", WARMUP, latency=False)
+            run_wrk(g.port, "/v1/send", WARMUP, latency=False, payload=True)
+            run_wrk(g.port, "/v3/mail/send", WARMUP, latency=False, route=True)
+        rows = {k: ([], []) for k in ("decide", "send", "route")}
+        for i in range(RUNS):
+            for side, g in enumerate(gws):
+                note("a/b run %d/%d: %s" % (i + 1, RUNS, "AB"[side]))
+                for what in ("decide", "send", "route"):
+                    rcpu0, cpu0 = redis_cpu_s(redis), cpu_ticks(g.pid)
+                    if what == "decide":
+                        r = run_wrk(g.port, "/v1/decide", SECONDS)
+                        r["cpu_us"] = ((cpu_ticks(g.pid) - cpu0) * 1e6 / TICK / r["requests"]
+                                       if r["requests"] else None)
+                    else:
+                        r = measure_send_run(g, up, route=what == "route")
+                    r["redis_us"] = ((redis_cpu_s(redis) - rcpu0) * 1e6 / r["requests"]
+                                     if r["requests"] else None)
+                    rows[what][side].append(r)
+    finally:
+        for g in gws:
+            g.stop()
+        stop(up.proc)
+    for what, (a, b) in rows.items():
+        ra, rb = median([r["rps"] for r in a]), median([r["rps"] for r in b])
+        pairs = " ".join("%.2f" % (y["rps"] / x["rps"]) for x, y in zip(a, b) if x["rps"])
+        rep.fig("ab_%s_rps" % what, "%.0f / %.0f" % (ra, rb),
+                "(A / B, medians of %d; B / A run by run: %s)" % (RUNS, pairs), fmt="{}")
+        rep.fig("ab_%s_ratio" % what, rb / ra if ra else None, "(B / A)", fmt="{:.3f}")
+        rep.fig("ab_%s_p99_ms" % what, "%.2f / %.2f" % (median([r["p99"] for r in a]),
+                                                       median([r["p99"] for r in b])),
+                "(A / B)", fmt="{}")
+        rep.fig("ab_%s_cpu_us" % what, "%.1f / %.1f" % (median([r["cpu_us"] for r in a]),
+                                                       median([r["cpu_us"] for r in b])),
+                "(A / B: capgate's CPU a request)", fmt="{}")
+        rep.fig("ab_%s_redis_us" % what, "%.1f / %.1f" % (median([r["redis_us"] for r in a]),
+                                                         median([r["redis_us"] for r in b])),
+                "(A / B: Redis's CPU a request, INFO used_cpu_user+sys)", fmt="{}")
+        errors = sum(r.get("socket_errors", 0) + r.get("delta", {}).get("5xx", 0)
+                     for r in a + b)
+        rep.target("ab_%s_errors" % what, errors, "==", 0, fmt="{}",
+                   comment="(socket errors + 5xx answers, both sides, all runs)")
+
+
 # A SendGrid-shaped route: every recipient of a batch decided, the body cut.
 ROUTE_EXTRA = """\
   max_recipients: 1000
@@ -1923,7 +1986,11 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     args = sys.argv[1:]
     only_callgrind = only_redis = only_shaping = only_proxy = only_cluster = False
-    if args and args[0] == "--shaping":
+    other = None
+    if len(args) == 3 and args[0] == "--ab":
+        other = args[1]
+        args = args[2:]
+    elif args and args[0] == "--shaping":
         only_shaping = True
         args = args[1:]
     elif args and args[0] == "--proxy":
@@ -1944,6 +2011,16 @@ def main():
     build = args[0]
     TMP = tempfile.mkdtemp(prefix="capgate-bench-")
     try:
+        if other:
+            rep = Report()
+            rproc, rport, rconn = start_redis(TMP, "redis")
+            try:
+                ab_part(rep, os.path.join(other, "capgate"), os.path.join(build, "capgate"),
+                        os.path.join(build, "bench", "upstream"), TMP, rport, rconn)
+            finally:
+                rconn.close()
+                stop(rproc)
+            return 1 if rep.failures else 0
         if only_cluster:
             rep = Report()
             rproc, rport, rconn = start_redis(TMP, "redis")
