@@ -1835,51 +1835,73 @@ def main_bench(build):
     return 1 if rep.failures else 0
 
 
+class CallgrindRedis:
+    """A redis-server under callgrind, counting nothing until on(): its
+    dump() is the instructions between on() and dump()."""
+
+    def __init__(self, tmp, name):
+        self.tmp, self.port = tmp, free_port()
+        self.prefix = "callgrind-%s.out" % name
+        self.proc = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                           "--callgrind-out-file=" + os.path.join(tmp, self.prefix),
+                           shutil.which("redis-server"), "--port", str(self.port),
+                           "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                          log=os.path.join(tmp, name + ".log"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.redis = Redis(self.port)
+                if self.redis.cmd("PING") == "PONG":
+                    return
+            except (OSError, ConnectionError, RedisError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                stop(self.proc)
+                raise BenchError("redis-server did not start under callgrind")
+            time.sleep(0.2)
+
+    def _ctl(self, *args):
+        subprocess.run(["callgrind_control"] + list(args) + [str(self.proc.pid)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def on(self):
+        self._ctl("-i", "on")
+
+    def dump(self):
+        """The path of the dump it writes now (BenchError if none appears)."""
+        self._ctl("-d")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            parts = sorted(f for f in os.listdir(self.tmp) if f.startswith(self.prefix + "."))
+            if parts and os.path.getsize(os.path.join(self.tmp, parts[-1])) > 0:
+                return os.path.join(self.tmp, parts[-1])
+            time.sleep(0.3)
+        raise BenchError("no callgrind dump of redis-server appeared")
+
+    def stop(self):
+        self.redis.close()
+        stop(self.proc, 30.0)
+
+
 def redis_callgrind_part(rep, build, tmp):
     """Instructions redis-server spends per decide call (callgrind), the
     stable figure of the script's cost: 3,000 people with 3 sends each are
     loaded first, then 3,000 others make 4 decisions each (3 allowed, the
     4th deferred by email-daily), counted alone."""
     genload_bin = os.path.join(build, "bench", "genload")
-    port = free_port()
-    out = os.path.join(tmp, "callgrind-redis.out")
-    proc = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                  "--callgrind-out-file=" + out, shutil.which("redis-server"), "--port", str(port),
-                  "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                 log=os.path.join(tmp, "redis-callgrind.log"))
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            r = Redis(port)
-            if r.cmd("PING") == "PONG":
-                break
-        except (OSError, ConnectionError, RedisError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise BenchError("redis-server did not start under callgrind")
-        time.sleep(0.2)
-    people = 3000
-    cfg = write_config(tmp, "genload-callgrind.yaml", free_port(), port)
-    genload(genload_bin, cfg, port, people, 0, "pre",
-            ["email/marketing/camp-1", "push/marketing/camp-2", "email/marketing/-"])
-    subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=60)
-    g = genload(genload_bin, cfg, port, people, people, "m",
-                ["email/marketing/camp-1", "push/marketing/camp-2", "email/marketing/camp-3",
-                 "email/marketing/camp-4"])
-    subprocess.run(["callgrind_control", "-d", str(proc.pid)], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=60)
-    dump = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not dump:
-        parts = sorted(f for f in os.listdir(tmp) if f.startswith("callgrind-redis.out."))
-        if parts and os.path.getsize(os.path.join(tmp, parts[-1])) > 0:
-            dump = os.path.join(tmp, parts[-1])
-        time.sleep(0.3)
-    r.close()
-    stop(proc, 30.0)
-    if not dump:
-        raise BenchError("no callgrind dump of redis-server appeared")
+    cr = CallgrindRedis(tmp, "redis-callgrind")
+    try:
+        people = 3000
+        cfg = write_config(tmp, "genload-callgrind.yaml", free_port(), cr.port)
+        genload(genload_bin, cfg, cr.port, people, 0, "pre",
+                ["email/marketing/camp-1", "push/marketing/camp-2", "email/marketing/-"])
+        cr.on()
+        g = genload(genload_bin, cfg, cr.port, people, people, "m",
+                    ["email/marketing/camp-1", "push/marketing/camp-2", "email/marketing/camp-3",
+                     "email/marketing/camp-4"])
+        dump = cr.dump()
+    finally:
+        cr.stop()
     total = annotate_top(dump)[0]
     rep.fig("redis_ir_per_decision", total / g["calls"] if g["calls"] else None,
             "(redis-server under callgrind, %d calls: allow %d, defer %d; audit on; "
@@ -1898,27 +1920,11 @@ def redis_callgrind_send(rep, build, tmp, what="send"):
     own background calls during the run (dispatcher polls, audit sweep:
     a few a second) are counted too, and reported."""
     sends = int(os.environ.get("BENCH_REDIS_SENDS", "2000"))
-    port = free_port()
-    out = os.path.join(tmp, "callgrind-redis-%s.out" % what)
-    proc = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                  "--callgrind-out-file=" + out + ".%p", shutil.which("redis-server"),
-                  "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                 log=os.path.join(tmp, "redis-callgrind-%s.log" % what))
-    deadline = time.monotonic() + 60
-    r = None
-    while True:
-        try:
-            r = Redis(port)
-            if r.cmd("PING") == "PONG":
-                break
-        except (OSError, ConnectionError, RedisError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise BenchError("redis-server did not start under callgrind")
-        time.sleep(0.2)
+    cr = CallgrindRedis(tmp, "redis-callgrind-" + what)
+    r = cr.redis
     up = Upstream(os.path.join(build, "bench", "upstream"), tmp)
     workload = callgrind_route_workload if what == "route" else callgrind_send_workload
-    gw = Capgate(os.path.join(build, "capgate"), tmp, port, name="capgate-redis-" + what,
+    gw = Capgate(os.path.join(build, "capgate"), tmp, cr.port, name="capgate-redis-" + what,
                  timeout_ms=10000,
                  extra=(ROUTE_EXTRA if what == "route" else "") + "workers: 1\n",
                  channels=PROXY_CHANNELS.format(port=up.port))
@@ -1928,30 +1934,16 @@ def redis_callgrind_send(rep, build, tmp, what="send"):
         workload(gw.port, 1000, seed=1)
         time.sleep(2.5)
         before = r.info("commandstats")
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        cr.on()
         t = time.monotonic()
         ok = workload(gw.port, sends)
         secs = time.monotonic() - t
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=60)
+        dump = cr.dump()
         after = r.info("commandstats")
-        dump = None
-        prefix = os.path.basename(out) + ".%d" % proc.pid
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not dump:
-            parts = sorted(f for f in os.listdir(tmp) if f.startswith(prefix) and
-                           f != prefix)
-            if parts and os.path.getsize(os.path.join(tmp, parts[-1])) > 0:
-                dump = os.path.join(tmp, parts[-1])
-            time.sleep(0.3)
     finally:
         gw.stop()
         stop(up.proc)
-        r.close()
-        stop(proc, 30.0)
-    if not dump:
-        raise BenchError("no callgrind dump of redis-server appeared")
+        cr.stop()
     if ok != sends:
         raise BenchError("%d of %d sends failed with Redis under callgrind" % (sends - ok, sends))
 
