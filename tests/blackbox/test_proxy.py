@@ -353,6 +353,20 @@ def one_then_defer_gateway(up, window, lease):
                    delivery={"max_attempts": 3, "backoff": "200ms", "lease": lease})
 
 
+def dispatcher_forward_hanging(up, first, second):
+    """A person whose message FIRST went out at once and whose SECOND was
+    deferred, then taken by the dispatcher, whose forward of it now hangs
+    at the stalled upstream: (gateway, person)."""
+    g = one_then_defer_gateway(up, "1s", "3s")
+    u = h.uid()
+    h.expect_status(send(g, u, message_id=first), 200)
+    up.set_mode("stall", seconds=None)
+    h.expect_status(send(g, u, message_id=second), 202)
+    h.wait_until(lambda: up.count_by_key().get(second) == 1, 5,
+                 what="the dispatcher's forward reached the upstream")
+    return g, u
+
+
 def test_client_retry_of_a_deferred_message_is_sent_once():
     up = FakeUpstream().start()
     g = one_then_defer_gateway(up, "2s", "2s")
@@ -373,13 +387,7 @@ def test_retry_of_a_deferred_message_the_dispatcher_is_delivering_is_not_forward
     hears 202 "queued", and the upstream sees the message once.  (Before,
     the retry counted as a delivery never acknowledged and went again.)"""
     up = FakeUpstream().start()
-    g = one_then_defer_gateway(up, "1s", "3s")
-    u = h.uid()
-    h.expect_status(send(g, u, message_id="q1"), 200)
-    up.set_mode("stall", seconds=None)
-    h.expect_status(send(g, u, message_id="q2"), 202)
-    h.wait_until(lambda: up.count_by_key().get("q2") == 1, 5,
-                 what="the dispatcher's forward reached the upstream")
+    g, u = dispatcher_forward_hanging(up, "q1", "q2")
     r = send(g, u, message_id="q2", timeout=5)
     h.expect_status(r, 202)
     h.check(r.body.get("replay") is True and r.body.get("delivery") == "queued" and
@@ -418,13 +426,7 @@ def test_erasure_during_a_failing_delivery_leaves_no_key_of_the_person():
     a message that no longer existed, which made it again -- without an
     expiry, so for ever -- and queued it again.)"""
     up = FakeUpstream().start()
-    g = one_then_defer_gateway(up, "1s", "3s")
-    u = h.uid()
-    h.expect_status(send(g, u, message_id="e1"), 200)
-    up.set_mode("stall", seconds=None)
-    h.expect_status(send(g, u, message_id="e2"), 202)
-    h.wait_until(lambda: up.count_by_key().get("e2") == 1, 5,
-                 what="the dispatcher's forward reached the upstream")
+    g, u = dispatcher_forward_hanging(up, "e1", "e2")
     e = g.post("/v1/users/erase", {"user": u}).body
     h.check(e["removed"]["deferred_messages"] == 1, "erase: %r" % e)
     # The forward times out (timeout_ms 1000) and the dispatcher finishes it.
