@@ -75,21 +75,25 @@ local function keep(key, forever)
   end
 end
 
--- One more history entry for SCOPE; returns its legal basis and its time.
+-- One more history entry for SCOPE, and the whole history trimmed: what
+-- the retention has passed goes, the proofs stay (see above), and each
+-- scope is read and written once.  Returns the entry's legal basis and time.
 -- The history is read back oldest first across scopes, so two changes of
 -- different scopes in one millisecond would come back in scope order, not
 -- in the order they were made: an entry's time is after every other of the
 -- person's (by a millisecond, when one is that late; or after a failover to
--- a Redis whose clock is behind).
-local function remember(scope, state)
+-- a Redis whose clock is behind).  REC: the consent records, as changed.
+local function remember(scope, state, rec)
   local per = tonumber(ARGV[14])
-  local at, list = now, {}
+  local at, lists = now, {}
   local h = redis.call('HGETALL', KEYS[4])
   for i = 1, #h, 2 do
     local l = cmsgpack.unpack(h[i + 1])
-    if h[i] == scope then list = l end
+    lists[h[i]] = l
     if l[#l] and l[#l][2] >= at then at = l[#l][2] + 1 end
   end
+  local list = lists[scope] or {}
+  lists[scope] = list
   local basis = ARGV[11]
   if basis == '' then
     -- An unsubscribe withdraws what the scope was last given under.
@@ -97,30 +101,23 @@ local function remember(scope, state)
   end
   list[#list + 1] = {ARGV[9], at, state, ARGV[10], basis, ARGV[12], ARGV[13]}
   while #list > per do table.remove(list, 1) end
-  redis.call('HSET', KEYS[4], scope, cmsgpack.pack(list))
-  return basis, at
-end
-
--- Drops what the retention has passed, keeps the proofs (see above).
-local function trim_history(rec)
-  local h = redis.call('HGETALL', KEYS[4])
   local proof = false
-  for i = 1, #h, 2 do
-    local list = cmsgpack.unpack(h[i + 1])
-    local r = rec[h[i]]
-    local in_force = r and r[1] == 'out' and list[#list] and list[#list][3] == 'out'
+  for s, l in pairs(lists) do
+    local r = rec[s]
+    local in_force = r and r[1] == 'out' and l[#l] and l[#l][3] == 'out'
     if in_force then proof = true end
     local kept = {}
-    for j, e in ipairs(list) do
-      if e[2] > now - retention or (in_force and j == #list) then kept[#kept + 1] = e end
+    for j, e in ipairs(l) do
+      if e[2] > now - retention or (in_force and j == #l) then kept[#kept + 1] = e end
     end
     if #kept == 0 then
-      redis.call('HDEL', KEYS[4], h[i])
-    elseif #kept < #list then
-      redis.call('HSET', KEYS[4], h[i], cmsgpack.pack(kept))
+      redis.call('HDEL', KEYS[4], s)
+    elseif s == scope or #kept < #l then
+      redis.call('HSET', KEYS[4], s, cmsgpack.pack(kept))
     end
   end
   keep(KEYS[4], proof)
+  return basis, at
 end
 
 local basis, recorded
@@ -130,10 +127,9 @@ if kind == 'bounce' then
 else
   consent_apply(rec, scope, {state, now, source})
   audit({'s', scope, 'st', state, 'src', source})
-  if ARGV[9] ~= '' then basis, recorded = remember(scope, state) end
+  if ARGV[9] ~= '' then basis, recorded = remember(scope, state, rec) end
 end
 redis.call('SET', KEYS[1], cmsgpack.pack(rec))
-if basis then trim_history(rec) end
 
 keep(KEYS[1], consent_suppressed(rec))
 if basis then return {recorded, basis} end
