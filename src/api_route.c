@@ -36,6 +36,7 @@
 #include "capgate/reply.h"
 #include "capgate/requests.h"
 #include "capgate/rotation.h"
+#include "capgate/textbuf.h"
 #include "capgate/token.h"
 #include "capgate/upstream.h"
 
@@ -270,9 +271,9 @@ static void reply_as_upstream(struct route_call *c, const struct upstream_respon
     size_t sent, deferred, denied;
     count_fates(c, &sent, &deferred, &denied);
     char a[24], d[24], n[24];
-    snprintf(a, sizeof a, "%zu", sent);
-    snprintf(d, sizeof d, "%zu", deferred);
-    snprintf(n, sizeof n, "%zu", denied);
+    *text_dec(a, sent) = '\0';
+    *text_dec(d, deferred) = '\0';
+    *text_dec(n, denied) = '\0';
     hdrs[nh++] = "X-Capgate-Allowed";
     hdrs[nh++] = a;
     hdrs[nh++] = "X-Capgate-Deferred";
@@ -647,7 +648,7 @@ static char *recipient_blob(struct route_call *c, size_t k, size_t *blob_len)
     bool failed = false;
     char *alone = NULL;
     char mid[REQ_MESSAGE_ID_MAX + 12];
-    snprintf(mid, sizeof mid, "%s", c->rr.message_id);
+    text_copy(mid, sizeof mid, c->rr.message_id);
     if (n > 1) {
         bool *keep = calloc(n, sizeof *keep);
         if (!keep)

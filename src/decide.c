@@ -13,6 +13,7 @@
 #include "capgate/log.h"
 #include "capgate/loop.h"
 #include "capgate/store.h"
+#include "capgate/textbuf.h"
 #include "capgate/tz.h"
 
 static const char *const road_names[] = {
@@ -148,9 +149,9 @@ static void prepare(struct decide_op *op, struct loop *l, const struct decide_re
     op->queues = rq->enqueue != NULL && !rq->dry_run;
     memcpy(op->user, rq->user, sizeof op->user);
     memcpy(op->message, rq->message, sizeof op->message);
-    snprintf(op->channel, sizeof op->channel, "%s", rq->channel->name);
-    snprintf(op->category, sizeof op->category, "%s", rq->category->name);
-    snprintf(op->campaign, sizeof op->campaign, "%s", rq->campaign ? rq->campaign : "");
+    text_copy(op->channel, sizeof op->channel, rq->channel->name);
+    text_copy(op->category, sizeof op->category, rq->category->name);
+    text_copy(op->campaign, sizeof op->campaign, rq->campaign ? rq->campaign : "");
 
     struct decide_input in;
     memset(&in, 0, sizeof in);
@@ -268,8 +269,8 @@ static bool undo_one(struct store *st, const struct config *cfg, const char *use
         return false;
     t->store = st;
     t->cfg = config_retain(cfg);
-    snprintf(t->user, sizeof t->user, "%s", user);
-    snprintf(t->message, sizeof t->message, "%s", message);
+    text_copy(t->user, sizeof t->user, user);
+    text_copy(t->message, sizeof t->message, message);
     t->until_us = clock_now_us() + (uint64_t)cfg->delivery.lease_ms * 750u;
     if (undo_send(t))
         return true;

@@ -128,26 +128,13 @@ static char *put_be(char *p, uint64_t v, int bytes)
     return p + bytes;
 }
 
-static char *put_dec(char *p, uint64_t v)
-{
-    char tmp[20];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
 static char *put_sdec(char *p, int64_t v)
 {
     if (v < 0) {
         *p++ = '-';
-        return put_dec(p, (uint64_t)0 - (uint64_t)v);
+        return text_dec(p, (uint64_t)0 - (uint64_t)v);
     }
-    return put_dec(p, (uint64_t)v);
+    return text_dec(p, (uint64_t)v);
 }
 
 /* "cg:{TT}:" + SUFFIX (+ TAIL, when not NULL): the keys of one person's
@@ -264,7 +251,7 @@ static void arg_audit(struct script_args *a, const struct config *cfg, const cha
         *p++ = '|';
         p = put_sdec(p, keep);
         *p++ = '|';
-        p = put_dec(p, cfg->generation);
+        p = text_dec(p, cfg->generation);
         *p++ = '|';
         p = put_mem(p, user, nu);
     }
@@ -297,7 +284,7 @@ static void arg_decide_audit(struct script_args *a, const struct config *cfg,
         *p++ = '|';
         p = put_mem(p, in->category->name, nk);
         *p++ = '|';
-        p = put_dec(p, cfg->generation);
+        p = text_dec(p, cfg->generation);
     }
     arg_close(a, s, p);
 }

@@ -334,11 +334,13 @@ int delivery_forward(struct delivery_pools *pools, const struct config *cfg,
                     overridden = true;
             if (overridden || strcasecmp(name, "Idempotency-Key") == 0)
                 continue;
-            size_t len = nl + strlen(value) + 3;
-            char *h = malloc(len);
+            size_t vl = strlen(value);
+            char *h = malloc(nl + vl + 3);
             if (!h)
                 continue;
-            snprintf(h, len, "%s: %s", name, value);
+            memcpy(h, name, nl);
+            memcpy(h + nl, ": ", 2);
+            memcpy(h + nl + 2, value, vl + 1);
             headers[nh++] = owned[nowned++] = h;
         }
     } else {
@@ -556,13 +558,20 @@ char *delivery_answer_seal(const struct upstream_response *r, char *const *keep,
         if (!wanted)
             continue;
         char name[256];
-        snprintf(name, sizeof name, "%.*s", (int)(nl < sizeof name ? nl : sizeof name - 1),
-                 r->headers[k]);
+        size_t cut = nl < sizeof name ? nl : sizeof name - 1;
+        memcpy(name, r->headers[k], cut);
+        name[cut] = '\0';
         put_header_pair(&t, &first, name, value);
     }
-    char status[32];
-    snprintf(status, sizeof status, "],\"s\":%ld}", r->http_status);
-    textbuf_put(&t, status, strlen(status) + 1);     /* with its NUL: the separator */
+    char status[32], *end = status + 6;
+    memcpy(status, "],\"s\":", 6);
+    if (r->http_status < 0)
+        *end++ = '-';
+    end = text_dec(end, r->http_status < 0 ? 0 - (unsigned long long)r->http_status
+                                            : (unsigned long long)r->http_status);
+    *end++ = '}';
+    *end++ = '\0';                                  /* with its NUL: the separator */
+    textbuf_put(&t, status, (size_t)(end - status));
     size_t blen = r->body_len < DELIVERY_ANSWER_BODY_MAX ? r->body_len : DELIVERY_ANSWER_BODY_MAX;
     textbuf_put(&t, r->body ? r->body : "", r->body ? blen : 0);
     char *sealed = t.failed ? NULL

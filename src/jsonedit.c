@@ -1,6 +1,7 @@
 /* jsonedit: JSON as spans of its bytes, found with wildcard pointers, cut
  * without touching the rest.  See jsonedit.h. */
 #include "capgate/jsonedit.h"
+#include "capgate/textbuf.h"
 
 #include <limits.h>
 #include <stdint.h>
@@ -383,13 +384,32 @@ static int token(const char *s, size_t n, char *tok, size_t cap)
     return (int)o;
 }
 
+/* (memcpy, not snprintf: a route's pointers push a dozen pieces a request,
+ * and snprintf's set-up was most of their cost.) */
 static void path_push(struct jmatch *m, const char *piece, size_t *saved)
 {
     *saved = strlen(m->path);
-    size_t room = sizeof m->path - *saved;
-    int w = snprintf(m->path + *saved, room, "/%s", piece);
-    if (w < 0 || (size_t)w >= room)
-        m->path[*saved] = '\0';              /* too long to name: cut, never overrun */
+    size_t room = sizeof m->path - *saved, n = strlen(piece);
+    if (n + 2 > room)
+        return;                              /* too long to name: cut, never overrun */
+    m->path[*saved] = '/';
+    memcpy(m->path + *saved + 1, piece, n + 1);
+}
+
+/* Whether the member key at [S, E) (quotes included) reads TOK (TOKLEN
+ * bytes, unescaped): byte by byte when the key has no escape, which is
+ * nearly always, and decoded only when it has one. */
+static bool key_is(const char *text, size_t s, size_t e, const char *tok, size_t toklen)
+{
+    const char *raw = text + s + 1;
+    size_t rawlen = e - s - 2;
+    if (!memchr(raw, '\\', rawlen))
+        return rawlen == toklen && memcmp(raw, tok, toklen) == 0;
+    size_t klen;
+    char *key = decode(text, s, e, &klen);
+    bool same = key && klen == toklen && memcmp(key, tok, klen) == 0;
+    free(key);
+    return same;
 }
 
 static void walk(struct finder *f, unsigned node, const char *ptr)
@@ -416,8 +436,8 @@ static void walk(struct finder *f, unsigned node, const char *ptr)
             return;
         unsigned i = 0;
         for (unsigned c = j->first; c != NONE; c = d->nodes[c].next, i++) {
-            char num[16];
-            snprintf(num, sizeof num, "%u", i);
+            char num[24];
+            *text_dec(num, i) = '\0';
             path_push(&f->cur, num, &saved);
             f->cur.star[f->cur.n_stars++] = c;
             walk(f, c, next);
@@ -443,12 +463,9 @@ static void walk(struct finder *f, unsigned node, const char *ptr)
     }
     if (j->type != J_OBJ)
         return;
+    size_t toklen = strlen(tok);
     for (unsigned c = j->first; c != NONE; c = d->nodes[c].next) {
-        size_t klen;
-        char *key = decode(d->text, d->nodes[c].kstart, d->nodes[c].kend, &klen);
-        bool same = key && klen == strlen(tok) && memcmp(key, tok, klen) == 0;
-        free(key);
-        if (same) {
+        if (key_is(d->text, d->nodes[c].kstart, d->nodes[c].kend, tok, toklen)) {
             /* The path names the key as a pointer writes it (~0, ~1). */
             size_t o = 0;
             for (const char *t = tok; *t && o + 3 < sizeof esc; t++) {

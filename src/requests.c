@@ -7,6 +7,7 @@
 
 #include "capgate/json_flat.h"
 #include "capgate/receipt.h"
+#include "capgate/textbuf.h"
 #include "capgate/token.h"
 #include "capgate/tz.h"
 
@@ -557,7 +558,7 @@ static int add_place(struct req_route *rr, char *id, size_t len, const char *whe
             rr->cap_rcpt = cap;
         }
         rr->rcpt[rr->n] = (struct req_recipient){ .id = id, .id_len = len, .removable = true };
-        snprintf(rr->rcpt[rr->n].where, sizeof rr->rcpt[rr->n].where, "%s", where);
+        text_copy(rr->rcpt[rr->n].where, sizeof rr->rcpt[rr->n].where, where);
         rr->n++;
     } else {
         explicit_bzero(id, len);

@@ -50,6 +50,7 @@
 #include "capgate/cluster.h"
 #include "capgate/counter.h"
 #include "capgate/log.h"
+#include "capgate/textbuf.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -447,26 +448,11 @@ static void on_aux_reply(redisAsyncContext *ac, void *reply, void *privdata)
     owe(ac->data, -1);      /* ASKING: a refusal shows in the call's own reply */
 }
 
-/* V in decimal at P (up to 20 bytes); returns the end.  No printf: every
- * call formats a few of these. */
-static char *put_decimal(char *p, size_t v)
-{
-    char num[20];
-    int n = 0;
-    do {
-        num[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = num[--n];
-    return p;
-}
-
 /* "<prefix><v>\r\n" at P (room for it checked by the caller). */
 static char *resp_header(char *p, char prefix, size_t v)
 {
     *p++ = prefix;
-    p = put_decimal(p, v);
+    p = text_dec(p, v);
     *p++ = '\r';
     *p++ = '\n';
     return p;
@@ -513,7 +499,7 @@ static void set_deadline(struct node *n, struct store_call *call)
     uint64_t margin = late_margin_us(n->st);
     int64_t local = (int64_t)(call->deadline_us > margin ? call->deadline_us - margin : 0);
     int64_t ms = (local + n->clock_offset_us) / 1000;
-    char *end = put_decimal(call->deadline, ms > 0 ? (size_t)ms : 0);
+    char *end = text_dec(call->deadline, ms > 0 ? (size_t)ms : 0);
     call->argv[call->argc - 1] = call->deadline;
     call->argvlen[call->argc - 1] = (size_t)(end - call->deadline);
 }
@@ -886,7 +872,7 @@ static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, in
         COUNTER_INC(st->stats.unavailable);
         return -1;
     }
-    int nk = plain ? 0 : (int)(put_decimal(nkeys_str, nkeys > 0 ? (size_t)nkeys : 0) - nkeys_str);
+    int nk = plain ? 0 : (int)(text_dec(nkeys_str, nkeys > 0 ? (size_t)nkeys : 0) - nkeys_str);
     for (int k = 0; k < argc; k++)
         bytes += argvlen[k];
     bytes += (size_t)nk;

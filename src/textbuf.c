@@ -79,6 +79,27 @@ size_t json_escape(char *out, size_t size, const char *s)
     return o;
 }
 
+size_t text_copy(char *dst, size_t size, const char *s)
+{
+    size_t n = strnlen(s, size - 1);
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return n;
+}
+
+char *text_dec(char *p, unsigned long long v)
+{
+    char num[20];
+    int n = 0;
+    do {
+        num[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = num[--n];
+    return p;
+}
+
 void textbuf_json_string(struct textbuf *t, const char *s)
 {
     size_t n = strlen(s);

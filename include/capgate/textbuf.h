@@ -28,4 +28,12 @@ void textbuf_json_string(struct textbuf *t, const char *s);
  * 6 * strlen(S) + 1 always suffice, less stops early).  Returns its length. */
 size_t json_escape(char *out, size_t size, const char *s);
 
+/* The hot paths' snprintf("%s") and ("%llu"), without printf's set-up
+ * (a few hundred instructions a call, a dozen calls a request).
+ * text_copy: S into DST (SIZE > 0 bytes), cut to fit, NUL-terminated;
+ * returns the length written.  text_dec: V in decimal at P (up to 20
+ * bytes, no NUL); returns the end. */
+size_t text_copy(char *dst, size_t size, const char *s);
+char *text_dec(char *p, unsigned long long v);
+
 #endif

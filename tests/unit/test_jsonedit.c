@@ -187,6 +187,28 @@ TEST(appended_members)
     jdoc_free(d);
 }
 
+TEST(keys_match_as_decoded_and_paths_as_pointers_write_them)
+{
+    /* A key with an escape is matched by what it reads, and a key with
+     * "/" or "~" is named in the path as RFC 6901 writes it. */
+    static const char DOC[] =
+        "{\"p\": [{\"\\u0074o\": [{\"a/b~\": \"x\"}, {\"a/b~\": \"y\"}]}], \"to\": 1, "
+        "\"t\": 2, \"tox\": 3}";
+    struct jdoc *d = jdoc_parse(DOC, sizeof DOC - 1);
+    CHECK(d != NULL);
+    struct jmatch m[4];
+    CHECK_EQ_INT(jdoc_find(d, "/p/*/to/*/a~1b~0", m, 4), 2);
+    CHECK_EQ_STR(m[1].path, "/p/0/to/1/a~1b~0");
+    size_t len;
+    char *s = jdoc_scalar(d, m[1].node, &len);
+    CHECK_EQ_STR(s, "y");
+    free(s);
+    CHECK_EQ_INT(jdoc_find(d, "/t", m, 4), 1);      /* not a prefix of "to" or "tox" */
+    CHECK_EQ_STR(m[0].path, "/t");
+    CHECK_EQ_INT(jdoc_find(d, "/p/*/t", m, 4), 0);
+    jdoc_free(d);
+}
+
 int main(void)
 {
     RUN(wildcards_find_every_recipient_in_order);
@@ -195,5 +217,6 @@ int main(void)
     RUN(bad_json_and_bounds);
     RUN(form_bodies);
     RUN(appended_members);
+    RUN(keys_match_as_decoded_and_paths_as_pointers_write_them);
     return unit_done("test_jsonedit");
 }
