@@ -628,8 +628,15 @@ static void keep_header(void *arg, const char *name, const char *value)
     struct header_list *h = arg;
     /* Authorization belongs to the campaign API (capgate's own token comes
      * as X-Capgate-Token, which is hop-by-hop here). */
-    if (!delivery_hop_by_hop(name))
-        json_array_append_new(h->arr, json_pack("[s, s]", name, value));
+    if (delivery_hop_by_hop(name))
+        return;
+    /* (Not json_pack: reading its format was most of a header's cost.) */
+    json_t *pair = json_array();
+    if (pair && json_array_append_new(pair, json_string(name)) == 0 &&
+        json_array_append_new(pair, json_string(value)) == 0 && json_array_size(pair) == 2)
+        json_array_append_new(h->arr, pair);
+    else
+        json_decref(pair);
 }
 
 static const char *route_header(void *ctx, const char *name)

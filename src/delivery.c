@@ -20,8 +20,12 @@ bool delivery_hop_by_hop(const char *name)
         "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect",
         "x-capgate-token",
     };
+    /* Asked for every header of every request and answer: the length and
+     * the first letter rule out nearly every name before strcasecmp. */
+    size_t n = strlen(name);
+    char first = (char)(name[0] | 0x20);
     for (size_t k = 0; k < sizeof skip / sizeof skip[0]; k++)
-        if (strcasecmp(name, skip[k]) == 0)
+        if (skip[k][0] == first && strlen(skip[k]) == n && strcasecmp(name, skip[k]) == 0)
             return true;
     return false;
 }

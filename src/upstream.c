@@ -112,6 +112,7 @@ static void pool_destroy(struct upstream_pool *p);
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static bool global_ok;
+static bool env_proxy;              /* a proxy named in the environment */
 
 /* curl_global_init is not thread-safe and must run before any other curl
  * call; pools are made per worker thread, hence the once.  There is no
@@ -126,6 +127,13 @@ static void global_init(void)
     if (!(v->features & CURL_VERSION_ASYNCHDNS))
         log_warn("libcurl resolves names synchronously",
                  "curl=%s effect=\"a slow DNS answer stalls the event loop\"", v->version);
+    /* libcurl looks for these at every transfer (five getenv a forward);
+     * when none is set it is told so once and for all (no proxy). */
+    static const char *const names[] = { "http_proxy", "https_proxy", "HTTPS_PROXY",
+                                         "all_proxy", "ALL_PROXY" };
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+        if (getenv(names[k]) && *getenv(names[k]))
+            env_proxy = true;
 }
 
 /* ---- response accumulation ---------------------------------------------- */
@@ -618,6 +626,10 @@ static bool configure(struct xfer *x, const struct upstream_request *req)
     SET(CURLOPT_TCP_KEEPIDLE, (long)KEEPIDLE_S);
     SET(CURLOPT_TCP_KEEPINTVL, (long)KEEPINTVL_S);
     SET(CURLOPT_USERAGENT, "capgate/" CAPGATE_VERSION);
+    if (!env_proxy) {
+        SET(CURLOPT_PROXY, "");
+        SET(CURLOPT_NOPROXY, "");       /* (else no_proxy is still looked up) */
+    }
     SET(CURLOPT_ERRORBUFFER, x->errbuf);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, x);

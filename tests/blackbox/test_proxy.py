@@ -71,6 +71,23 @@ def test_forward_on_allow():
     h.wait_until(lambda: left() == ([], 0), 1, what="the forward acknowledged (before the 2 s lease)")
 
 
+def test_a_proxy_named_in_the_environment_carries_the_forwards():
+    """libcurl is told "no proxy" once when the environment names none (it
+    looked the variables up at every transfer); one that is named is still
+    used.  The upstream stands in for the proxy: the provider's name does
+    not resolve, so only a request through the proxy can reach it."""
+    up = FakeUpstream().start()
+    cfg = proxy_config(up)
+    cfg["channels"]["push"]["upstream"]["url"] = "http://provider.invalid/push"
+    g = h.Gateway(overrides=cfg, env=dict(ENV, http_proxy=up.url, no_proxy="127.0.0.1"))
+    u = h.uid()
+    r = send(g, u, channel="push", payload={"to": u})
+    h.expect_status(r, 200)
+    reqs = up.requests
+    h.check(len(reqs) == 1 and reqs[0].path == "/push" and
+            reqs[0].header("Host") == "provider.invalid", "through the proxy: %r" % reqs)
+
+
 def test_release_on_upstream_failure():
     up = FakeUpstream(mode="fail").start()
     g = gateway(up)
