@@ -13,14 +13,15 @@
 --        is kept for inspection (ms)
 -- Returns the attempts made so far.
 local action, member = ARGV[1], ARGV[2]
--- (One call for both; every message hash has 'collapse', so it also says
--- whether the message still exists.)
-local fields = redis.call('HMGET', KEYS[2], 'attempts', 'collapse')
+-- (One call for all three; every message hash has 'prio', so it says
+-- whether the message still exists.  A forward's own copy has neither
+-- 'attempts' nor 'collapse'.)
+local fields = redis.call('HMGET', KEYS[2], 'attempts', 'collapse', 'prio')
 local attempts = tonumber(fields[1] or 0)
 -- Gone meanwhile (erased, or expired): nothing is left to retry, and an
 -- attempt counted on it would make it again -- a key of the person,
 -- without an expiry -- and queue it again.
-if not fields[2] then
+if not fields[3] then
   redis.call('ZREM', KEYS[1], member)
   return attempts
 end

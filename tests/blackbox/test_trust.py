@@ -361,6 +361,38 @@ def test_inbound_tls():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def test_audit_streams_stay_about_their_length():
+    # audit.max_entries bounds each tag's stream (max / 256 entries, "about":
+    # Redis trims whole nodes).  Not every append asks for the trim (one in
+    # eight, by the message's hash), but each trim drops all that is over,
+    # so a long stream comes back to its length within a few appends.
+    redis = h.start_redis()
+    port = redis.port
+    g = h.Gateway(overrides={"audit": {"max_entries": 25600}}, redis=redis)   # 100 a tag
+    users = [h.uid() for _ in range(40)]
+    for u in users:
+        h.expect_status(g.decide(u, "push"), 200)
+    streams = [k.decode() for k in h.redis_cmd(port, "KEYS", "cg:{*}:a")]
+    h.check(len(streams) >= 20, "audit streams: %r" % streams)
+    with h.rp.RedisConn(port) as c:
+        for k in streams:
+            c.sock.sendall(b"".join(h.rp.encode(("XADD", k, "*", "decide", "filler"))
+                                    for _ in range(1000)))
+            for _ in range(1000):
+                h.rp.read(c.f)
+
+    def lengths():
+        return [h.redis_cmd(port, "XLEN", k) for k in streams]
+    h.check(min(lengths()) > 1000, "filled: %r" % lengths())
+    for _ in range(10):                       # ten more appends to each stream
+        for u in users:
+            h.expect_status(g.decide(u, "push"), 200)
+    short = [n for n in lengths() if n <= 300]
+    # Each stream had ten appends: one with no trim among them is 26 % likely.
+    h.check(len(short) >= len(streams) // 3,
+            "streams back near 100 entries: %d of %d (%r)" % (len(short), len(streams), lengths()))
+
+
 def test_audit_file_copy():
     import json
     import tempfile
