@@ -54,7 +54,7 @@ srcs() {
     fuzz_duration) echo src/config.c src/tz.c ;;
     fuzz_jsonptr) echo src/jsonptr.c ;;
     fuzz_json_flat) echo src/json_flat.c ;;
-    fuzz_jsonedit) echo src/jsonedit.c src/form.c ;;
+    fuzz_jsonedit) echo src/jsonedit.c src/form.c src/textbuf.c ;;
     fuzz_reply)   echo src/decision.c src/delivery.c src/shape.c src/pseudonym.c src/config.c src/tz.c src/textbuf.c \
                        src/upstream.c src/store.c src/cluster.c src/histogram.c src/log.c build/gen/lua_scripts.c ;;
     *) return 1 ;;
