@@ -172,7 +172,7 @@ struct store_call {
     void (*after)(void *after_arg, const struct store_reply *late);   /* see store_eval_after */
     void *after_arg;
     void *arg;
-    struct event *timer;            /* the caller's deadline */
+    struct event *timer;            /* the caller's deadline (in the call's own block) */
     struct event *retry;            /* DELAYED: made on first use */
     struct store_call *prev, *next; /* node->parked, st->delayed or st->lost */
     enum call_where where;
@@ -276,7 +276,7 @@ static void call_free(struct store_call *call)
     if (call->after)
         call->after(call->after_arg, NULL);
     if (call->timer)
-        event_free(call->timer);
+        event_del(call->timer);     /* (its memory is the call's: see eval) */
     if (call->retry)
         event_free(call->retry);
     free(call);
@@ -861,7 +861,9 @@ static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, in
     char nkeys_str[20];
     size_t bytes = 0, total_argc = plain ? (size_t)argc : (size_t)argc + 4;
     int key = plain ? 1 : 0;
-    int slot = nkeys > 0 && argc > key ? (int)cluster_key_slot(argv[key], argvlen[key]) : -1;
+    /* (A slot means something only to a cluster: a single node takes all.) */
+    int slot = st->cluster && nkeys > 0 && argc > key ? (int)cluster_key_slot(argv[key], argvlen[key])
+                                                      : -1;
     struct node *n = owner_of(st, slot);
 
     /* A cluster node that is connecting takes calls (they wait for it). */
@@ -877,17 +879,22 @@ static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, in
         bytes += argvlen[k];
     bytes += (size_t)nk;
 
-    /* One allocation: the call, argv[], argvlen[], then the argument bytes. */
-    struct store_call *call = calloc(1, sizeof *call + total_argc * (sizeof(char *) + sizeof(size_t)) + bytes);
+    /* One allocation: the call, its timer, argv[], argvlen[], then the
+     * argument bytes (malloc, not calloc: the bytes are written over
+     * anyway, and a timer of its own was a malloc and a free a call). */
+    size_t at_timer = (sizeof(struct store_call) + 15) & ~(size_t)15;
+    size_t head = (at_timer + event_get_struct_event_size() + 15) & ~(size_t)15;
+    struct store_call *call = malloc(head + total_argc * (sizeof(char *) + sizeof(size_t)) + bytes);
     if (!call)
         return -1;
+    memset(call, 0, sizeof *call);
     call->st = st;
     call->cb = cb;
     call->arg = arg;
     call->script = script;
     call->slot = slot;
     call->argc = (int)total_argc;
-    call->argv = (const char **)(call + 1);
+    call->argv = (const char **)((char *)call + head);
     call->argvlen = (size_t *)(call->argv + total_argc);
     char *p = (char *)(call->argvlen + total_argc);
 
@@ -912,11 +919,14 @@ static int eval(struct store *st, uint64_t held_us, size_t script, int nkeys, in
         p += argvlen[k];
     }
 
-    call->timer = evtimer_new(st->base, on_call_timeout, call);
-    if (!call->timer) {
+    /* (libevent's struct event, as big as this libevent makes it, in the
+     * call's own block: evtimer_assign is the ABI-safe way to embed it.) */
+    struct event *timer = (struct event *)(void *)((char *)call + at_timer);
+    if (evtimer_assign(timer, st->base, on_call_timeout, call) != 0) {
         free(call);
         return -1;
     }
+    call->timer = timer;
     call->deadline_us = clock_now_us() + timeout_us;
     if (is_ready(n)) {
         if (send_call(n, call) != 0) {
