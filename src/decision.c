@@ -128,15 +128,6 @@ static char *put_be(char *p, uint64_t v, int bytes)
     return p + bytes;
 }
 
-static char *put_sdec(char *p, int64_t v)
-{
-    if (v < 0) {
-        *p++ = '-';
-        return text_dec(p, (uint64_t)0 - (uint64_t)v);
-    }
-    return text_dec(p, (uint64_t)v);
-}
-
 /* "cg:{TT}:" + SUFFIX (+ TAIL, when not NULL): the keys of one person's
  * tag, TT being the first two digits of USER (a pseudonym, or a queue
  * member, which starts with one). */
@@ -170,7 +161,7 @@ static void arg_int(struct script_args *a, int64_t v)
 {
     char *b = arg_open(a, 20), *p = b;
     if (b)
-        p = put_sdec(p, v);
+        p = text_sdec(p, v);
     arg_close(a, b, p);
 }
 
@@ -247,9 +238,9 @@ static void arg_audit(struct script_args *a, const struct config *cfg, const cha
     size_t nu = strlen(user);
     char *s = arg_open(a, 3 * 21 + 3 + nu), *p = s;
     if (s) {
-        p = put_sdec(p, per_tag < 100 ? 100 : per_tag);
+        p = text_sdec(p, per_tag < 100 ? 100 : per_tag);
         *p++ = '|';
-        p = put_sdec(p, keep);
+        p = text_sdec(p, keep);
         *p++ = '|';
         p = text_dec(p, cfg->generation);
         *p++ = '|';
@@ -272,7 +263,7 @@ static void arg_decide_audit(struct script_args *a, const struct config *cfg,
     int per_tag = cfg->audit.max_entries / DECISION_TAGS;
     char *s = arg_open(a, 21), *p = s;
     if (s)
-        p = put_sdec(p, per_tag < 100 ? 100 : per_tag);
+        p = text_sdec(p, per_tag < 100 ? 100 : per_tag);
     arg_close(a, s, p);
     size_t nu = strlen(in->user), nc = strlen(in->channel->name),
            nk = strlen(in->category->name);
@@ -637,7 +628,7 @@ void decision_json_fields(struct textbuf *t, const struct config *cfg, const str
         textbuf_puts(t, "\"");
     }
     if (d->outcome == OUTCOME_DEFER) {
-        char num[24], *e = put_sdec(num, d->retry_after_s);
+        char num[24], *e = text_sdec(num, d->retry_after_s);
         textbuf_puts(t, ",\"retry_after\":");
         textbuf_put(t, num, (size_t)(e - num));
     }

@@ -567,12 +567,9 @@ char *delivery_answer_seal(const struct upstream_response *r, char *const *keep,
         name[cut] = '\0';
         put_header_pair(&t, &first, name, value);
     }
-    char status[32], *end = status + 6;
+    char status[32];
     memcpy(status, "],\"s\":", 6);
-    if (r->http_status < 0)
-        *end++ = '-';
-    end = text_dec(end, r->http_status < 0 ? 0 - (unsigned long long)r->http_status
-                                            : (unsigned long long)r->http_status);
+    char *end = text_sdec(status + 6, r->http_status);
     *end++ = '}';
     *end++ = '\0';                                  /* with its NUL: the separator */
     textbuf_put(&t, status, (size_t)(end - status));

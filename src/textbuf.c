@@ -100,6 +100,14 @@ char *text_dec(char *p, unsigned long long v)
     return p;
 }
 
+char *text_sdec(char *p, long long v)
+{
+    if (v >= 0)
+        return text_dec(p, (unsigned long long)v);
+    *p++ = '-';
+    return text_dec(p, 0 - (unsigned long long)v);
+}
+
 void textbuf_json_string(struct textbuf *t, const char *s)
 {
     size_t n = strlen(s);

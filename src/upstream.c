@@ -131,9 +131,11 @@ static void global_init(void)
      * when none is set it is told so once and for all (no proxy). */
     static const char *const names[] = { "http_proxy", "https_proxy", "HTTPS_PROXY",
                                          "all_proxy", "ALL_PROXY" };
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
-        if (getenv(names[k]) && *getenv(names[k]))
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        const char *value = getenv(names[k]);
+        if (value && *value)
             env_proxy = true;
+    }
 }
 
 /* ---- response accumulation ---------------------------------------------- */

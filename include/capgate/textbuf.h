@@ -35,5 +35,7 @@ size_t json_escape(char *out, size_t size, const char *s);
  * bytes, no NUL); returns the end. */
 size_t text_copy(char *dst, size_t size, const char *s);
 char *text_dec(char *p, unsigned long long v);
+/* V in decimal at P, '-' first when negative (up to 20 bytes, no NUL). */
+char *text_sdec(char *p, long long v);
 
 #endif
